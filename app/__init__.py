@@ -1,0 +1,92 @@
+"""Real-time notification service: the application factory.
+
+``create_app`` builds a configured app; it never connects to a server (clients connect
+lazily), so importing or creating the app is safe anywhere. Background greenlets (the
+hub's Redis listener, the batcher, the outbox relay) start after fork, in the worker.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import gevent
+from flask import Flask
+
+from .config import Config, ConfigError
+from .extensions import mongo, redis_store, sock
+from .hub import Hub
+from .notifications import NotificationService
+
+__all__ = ["create_app", "Config", "ConfigError"]
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
+    if config is None:
+        config = Config.from_env()
+    elif isinstance(config, dict):
+        config = Config.from_env().with_overrides(**config)
+    config.validate()
+
+    app = Flask(
+        __name__,
+        template_folder=str(ROOT / "templates"),
+        static_folder=str(ROOT / "static"),
+    )
+    app.config.update(config.flask_settings())
+    app.extensions["config"] = config
+    _configure_logging(config)
+
+    mongo.init_app(app, config)
+    redis_store.init_app(app, config)
+    sock.init_app(app)
+    service = NotificationService(config, app.extensions["redis"])
+    app.extensions["notifications"] = service
+    hub = Hub(config.REDIS_URL, service, config)
+    hub.on_reconnect.append(service.publisher.wake_relay)
+    app.extensions["hub"] = hub
+
+    from . import api, health, stream
+    from .errors import register_error_handlers
+
+    app.register_blueprint(api.bp)
+    app.register_blueprint(stream.bp)
+    app.register_blueprint(health.bp)
+    register_error_handlers(app)
+    return app
+
+
+def start_background(app: Flask) -> None:
+    """Start this worker's greenlets (hub listener, batcher, relay); once per process, after fork."""
+    app.extensions["notifications"].publisher.start()
+    app.extensions["hub"].start()
+
+
+def stop_background(app: Flask) -> None:
+    app.extensions["hub"].shutdown()
+    app.extensions["notifications"].publisher.stop()
+
+
+def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:
+    """Close every stream as soon as the worker is told to stop (gunicorn SIGTERM).
+
+    gunicorn waits ``graceful_timeout`` for open connections; streams never finish on
+    their own, so without this a deploy would hang for the whole timeout.
+    """
+
+    def watch() -> None:
+        while alive():
+            gevent.sleep(poll)
+        app.extensions["hub"].shutdown()
+
+    gevent.spawn(watch)
+
+
+def _configure_logging(config: Config) -> None:
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

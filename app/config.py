@@ -1,0 +1,150 @@
+"""Settings read from the environment (and a ``.env`` file), with safe dev defaults.
+
+``Config.from_env()`` builds the settings; ``Config.validate()`` refuses a production
+start that lacks secrets, naming what is missing, so a misconfigured deploy fails loudly
+instead of running with dev keys.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+DEV_SECRET_KEY = "dev-secret-key-change-me"
+DEV_API_KEY = "dev-api-key"
+
+
+class ConfigError(RuntimeError):
+    """Raised when settings are missing or invalid; the message says which."""
+
+
+def _split(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
+
+
+@dataclass(frozen=True)
+class Config:
+    APP_ENV: str = "development"
+    PORT: int = 8000
+    MONGO_URI: str = "mongodb://127.0.0.1:27030/notifications"
+    REDIS_URL: str = "redis://127.0.0.1:6390/0"
+    SECRET_KEY: str = ""
+    API_KEYS: tuple[str, ...] = ()
+    CACHE_TTL_SECONDS: int = 120
+    RECENT_LIMIT: int = 50
+    MAX_BODY_BYTES: int = 65536
+    TOKEN_TTL_SECONDS: int = 3600
+    TOKEN_MAX_TTL_SECONDS: int = 7 * 24 * 3600
+    HEARTBEAT_SECONDS: float = 15.0
+    SSE_RETRY_MS: int = 2000
+    WS_PING_SECONDS: float = 25.0
+    WS_MAX_MESSAGE_BYTES: int = 16 * 1024
+    ALLOWED_ORIGINS: tuple[str, ...] = ()
+    CLIENT_QUEUE_SIZE: int = 256
+    REPLAY_LIMIT: int = 1000
+    REPLAY_BUFFER_SIZE: int = 64
+    REPLAY_BUFFER_TTL_SECONDS: int = 600
+    RELAY_INTERVAL_SECONDS: float = 1.0
+    PUBLISH_LEASE_SECONDS: float = 10.0
+    PROBE_INTERVAL_SECONDS: float = 5.0
+    REDIS_SOCKET_TIMEOUT: float = 5.0
+    MONGO_TIMEOUT_MS: int = 5000
+    IDEMPOTENCY_TTL_SECONDS: int = 24 * 3600
+    KEY_PREFIX: str = "notify:"
+    ADMIN_USERNAME: str = ""
+    ADMIN_PASSWORD: str = ""
+    TEST_CRASH_AFTER_INSERT: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_production(self) -> bool:
+        return self.APP_ENV == "production"
+
+    @classmethod
+    def from_env(cls, environ: dict[str, str] | None = None, **overrides: Any) -> Config:
+        """Read every field from ``environ`` (default ``os.environ`` after loading ``.env``)."""
+        if environ is None:
+            _load_dotenv()
+            environ = dict(os.environ)
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            if f.name == "extra" or f.name not in environ:
+                continue
+            raw = environ[f.name]
+            try:
+                values[f.name] = _coerce(f.type, raw)
+            except ValueError:
+                raise ConfigError(f"{f.name}={raw!r} is not a valid {f.type}") from None
+        values.update(overrides)
+        return cls(**values)
+
+    def with_overrides(self, **overrides: Any) -> Config:
+        known = {f.name for f in fields(self)}
+        extra = {k: v for k, v in overrides.items() if k not in known}
+        data = {k: v for k, v in overrides.items() if k in known}
+        if extra:
+            data["extra"] = {**self.extra, **extra}
+        return Config(**{**asdict(self), **data})
+
+    def validate(self) -> None:
+        """Check ranges always; in production also demand real secrets."""
+        if self.APP_ENV not in ("development", "production", "testing"):
+            raise ConfigError("APP_ENV must be 'development', 'production' or 'testing'")
+        for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.is_production:
+            missing = [
+                name
+                for name, ok in (
+                    ("SECRET_KEY", self.SECRET_KEY and self.SECRET_KEY != DEV_SECRET_KEY),
+                    ("API_KEYS", bool(self.API_KEYS) and DEV_API_KEY not in self.API_KEYS),
+                )
+                if not ok
+            ]
+            if missing:
+                raise ConfigError(
+                    "refusing to start in production: set "
+                    + " and ".join(missing)
+                    + " (dev defaults are not accepted)"
+                )
+
+    def flask_settings(self) -> dict[str, Any]:
+        """The subset Flask and its extensions read from ``app.config``."""
+        return {
+            "SECRET_KEY": self.SECRET_KEY or DEV_SECRET_KEY,
+            "MAX_CONTENT_LENGTH": self.MAX_BODY_BYTES,
+            "SESSION_COOKIE_HTTPONLY": True,
+            "SESSION_COOKIE_SAMESITE": "Lax",
+            "SESSION_COOKIE_SECURE": self.is_production,
+            "SOCK_SERVER_OPTIONS": {
+                "max_message_size": self.WS_MAX_MESSAGE_BYTES,
+                "ping_interval": self.WS_PING_SECONDS,
+            },
+            **self.extra,
+        }
+
+    def api_keys(self) -> tuple[str, ...]:
+        if self.API_KEYS:
+            return self.API_KEYS
+        return () if self.is_production else (DEV_API_KEY,)
+
+
+def _coerce(kind: Any, raw: str) -> Any:
+    kind = str(kind)
+    if kind in ("int", "<class 'int'>"):
+        return int(raw)
+    if kind in ("float", "<class 'float'>"):
+        return float(raw)
+    if kind.startswith("tuple"):
+        return _split(raw)
+    return raw
+
+
+def _load_dotenv() -> None:
+    try:
+        from dotenv import load_dotenv
+    except ImportError:  # pragma: no cover - python-dotenv is a runtime requirement
+        return
+    load_dotenv(override=False)

@@ -1,0 +1,74 @@
+"""The event value object: one message for one user's stream, serialized once.
+
+An ``Event`` is built once per Redis message in the hub and shared by every local
+client: its SSE frame bytes and WebSocket text are computed on first use and cached,
+so fan-out to N clients costs N queue appends, not N serializations.
+"""
+
+from __future__ import annotations
+
+import orjson
+
+NOTIFICATION = "notification"
+READ = "read"
+RESET = "reset"
+PROBE = "probe"
+
+_WIRE_KINDS = {b"n": NOTIFICATION, b"r": READ, b"p": PROBE}
+_KIND_CODES = {v: k.decode() for k, v in _WIRE_KINDS.items()}
+
+SSE_HEARTBEAT = b": ping\n\n"
+
+
+class Event:
+    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws")
+
+    def __init__(self, kind: str, user_id: str, seq: int | None, payload: bytes) -> None:
+        self.kind = kind
+        self.user_id = user_id
+        self.seq = seq
+        self.payload = payload  # one-line JSON object
+        self._sse: bytes | None = None
+        self._ws: str | None = None
+
+    @classmethod
+    def from_wire(cls, raw: bytes) -> Event:
+        """Parse ``kind\\tuser\\tseq\\tjson`` as published by the Lua script."""
+        code, user, seq, payload = raw.split(b"\t", 3)
+        kind = _WIRE_KINDS.get(code)
+        if kind is None or not payload.startswith(b"{"):
+            raise ValueError(f"unknown event kind {code!r}")
+        return cls(kind, user.decode(), int(seq) if seq else None, payload)
+
+    def to_wire(self) -> bytes:
+        seq = b"" if self.seq is None else str(self.seq).encode()
+        return b"\t".join((_KIND_CODES[self.kind].encode(), self.user_id.encode(), seq, self.payload))
+
+    @classmethod
+    def reset(cls, user_id: str, cursor: int | None, reason: str) -> Event:
+        return cls(RESET, user_id, cursor, orjson.dumps({"reason": reason, "cursor": cursor}))
+
+    def sse(self) -> bytes:
+        """The SSE frame. Every payload line gets its own ``data:`` field (no injection)."""
+        if self._sse is None:
+            head = b"" if self.seq is None else b"id: %d\n" % self.seq
+            data = self.payload
+            if b"\n" in data or b"\r" in data:
+                lines = data.replace(b"\r\n", b"\n").replace(b"\r", b"\n").split(b"\n")
+                body = b"".join(b"data: " + line + b"\n" for line in lines)
+            else:
+                body = b"data: " + data + b"\n"
+            self._sse = head + b"event: " + self.kind.encode() + b"\n" + body + b"\n"
+        return self._sse
+
+    def ws_text(self) -> str:
+        """The WebSocket frame: ``{"type": kind, ...}``, built without re-parsing the JSON."""
+        if self._ws is None:
+            data = self.payload.decode()
+            if self.kind == NOTIFICATION:
+                self._ws = f'{{"type":"notification","id":{self.seq},"notification":{data}}}'
+            else:
+                rest = data[1:]
+                sep = "," if rest != "}" else ""
+                self._ws = f'{{"type":"{self.kind}"{sep}{rest}'
+        return self._ws

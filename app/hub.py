@@ -1,0 +1,263 @@
+"""The per-worker real-time hub: ONE Redis subscriber connection, ONE listener greenlet.
+
+The listener reads the shared events channel and routes each message to this worker's
+local subscriptions for that user (and to global watchers such as the dashboard). It
+parses a message once; clients share the resulting ``Event`` and its cached wire forms.
+
+Redis pub/sub is at-most-once, so the hub makes up for it:
+- after every (re)subscribe it replays, per local user, what was published while it was
+  not listening, before reading any newer message, so each client sees one ordered stream;
+- a loop-back probe every ``PROBE_INTERVAL_SECONDS`` proves the subscription still
+  delivers (a silent one is torn down after two intervals) and marks how far the hub is
+  caught up: every event published after a received probe has a larger cursor than it.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import redis
+from gevent.event import Event as Wakeup
+
+from .events import NOTIFICATION, PROBE, RESET, Event
+from .replay import ReplayUnavailable, events_after
+
+log = logging.getLogger(__name__)
+
+MAX_BACKOFF = 5.0
+PROBE_SCRIPT = r"""
+local t = redis.call('TIME')
+local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
+redis.call('PUBLISH', KEYS[1], 'p\t' .. ARGV[1] .. '\t' .. now .. '\t{}')
+return now
+"""
+
+
+class Subscription:
+    """One connected client: a bounded queue the hub fills and the client's greenlet drains."""
+
+    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize")
+
+    def __init__(self, user_id: str | None, maxsize: int) -> None:
+        self.user_id = user_id
+        self.queue: deque[Event] = deque()
+        self.wakeup = Wakeup()
+        self.closed = False
+        self.reason = ""
+        self.maxsize = maxsize
+
+    def offer(self, event: Event) -> None:
+        if self.closed:
+            return
+        if len(self.queue) >= self.maxsize:
+            self.close("slow consumer")
+            return
+        self.queue.append(event)
+        self.wakeup.set()
+
+    def close(self, reason: str) -> None:
+        if not self.closed:
+            self.closed = True
+            self.reason = reason
+            self.wakeup.set()
+
+    def get(self, timeout: float | None) -> Event | None:
+        """The next event; None on timeout or when closed with nothing left."""
+        if not self.queue and not self.closed:
+            self.wakeup.clear()
+            self.wakeup.wait(timeout)
+        return self.queue.popleft() if self.queue else None
+
+
+class Hub:
+    def __init__(self, redis_url: str, service: Any, config: Any) -> None:
+        self.redis_url = redis_url
+        self.service = service
+        self.config = config
+        self.channel = service.channel
+        self.hub_id = uuid.uuid4().hex[:12]
+        self.users: dict[str, set[Subscription]] = {}
+        self.watchers: set[Subscription] = set()
+        self.user_last: dict[str, int] = {}
+        self.caught_up_us = 0
+        self.connected = Wakeup()
+        self.stats = {"messages": 0, "bad_messages": 0, "reconnects": 0, "resynced": 0, "dropped_slow": 0}
+        self.on_reconnect: list[Callable[[], None]] = []
+        self._greenlet: gevent.Greenlet | None = None
+        self._stopping = False
+        self._probe_sent_at: float | None = None
+        self._probe = service.redis.register_script(PROBE_SCRIPT)
+        self._pubsub: Any = None
+
+    # -- registry --------------------------------------------------------------------
+    def subscribe(self, user_id: str) -> Subscription:
+        self.start()
+        sub = Subscription(user_id, self.config.CLIENT_QUEUE_SIZE)
+        self.users.setdefault(user_id, set()).add(sub)
+        return sub
+
+    def watch(self) -> Subscription:
+        """A subscription to every event on this worker (the support dashboard)."""
+        self.start()
+        sub = Subscription(None, self.config.CLIENT_QUEUE_SIZE * 4)
+        self.watchers.add(sub)
+        return sub
+
+    def unsubscribe(self, sub: Subscription) -> None:
+        sub.close("closed")
+        if sub.user_id is None:
+            self.watchers.discard(sub)
+            return
+        subs = self.users.get(sub.user_id)
+        if subs is not None:
+            subs.discard(sub)
+            if not subs:
+                del self.users[sub.user_id]
+                self.user_last.pop(sub.user_id, None)
+
+    def connection_count(self) -> int:
+        return sum(len(s) for s in self.users.values())
+
+    # -- lifecycle -------------------------------------------------------------------
+    def start(self) -> None:
+        if self._greenlet is None or self._greenlet.dead:
+            self._stopping = False
+            self._greenlet = gevent.spawn(self._run)
+
+    def shutdown(self, reason: str = "server shutting down") -> None:
+        """Close every stream (clients reconnect elsewhere) and stop listening."""
+        self._stopping = True
+        for subs in list(self.users.values()):
+            for sub in list(subs):
+                sub.close(reason)
+        for sub in list(self.watchers):
+            sub.close(reason)
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+        self._close_pubsub()
+
+    def force_reconnect(self) -> None:
+        """Drop the subscriber connection; the listener reconnects and resyncs."""
+        self._close_pubsub()
+
+    # -- listener --------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff, first = 0.1, True
+        while not self._stopping:
+            try:
+                self._connect()
+                if not first:
+                    self.stats["reconnects"] += 1
+                    self._resync()
+                    for callback in self.on_reconnect:
+                        callback()
+                first = False
+                self._send_probe()
+                backoff = 0.1
+                self._read_loop()
+            except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
+                if not self._stopping:
+                    log.warning("hub %s: subscriber connection lost: %s", self.hub_id, exc)
+            finally:
+                self.connected.clear()
+                self._close_pubsub()
+            if self._stopping:
+                break
+            gevent.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, MAX_BACKOFF)
+
+    def _connect(self) -> None:
+        client = redis.Redis.from_url(
+            self.redis_url,
+            socket_connect_timeout=2.0,
+            socket_timeout=self.config.REDIS_SOCKET_TIMEOUT,
+            socket_keepalive=True,
+        )
+        pubsub = client.pubsub()
+        self._pubsub = pubsub
+        pubsub.subscribe(self.channel)
+        reply = pubsub.get_message(timeout=self.config.REDIS_SOCKET_TIMEOUT)
+        if not reply or reply.get("type") != "subscribe":
+            raise redis.ConnectionError("no subscribe confirmation")
+        self.connected.set()
+        self._probe_sent_at = None
+
+    def _close_pubsub(self) -> None:
+        pubsub, self._pubsub = self._pubsub, None
+        if pubsub is not None:
+            try:
+                pubsub.reset()
+            except Exception:  # noqa: BLE001 - closing a broken connection
+                pass
+
+    def _read_loop(self) -> None:
+        interval = self.config.PROBE_INTERVAL_SECONDS
+        next_probe = time.monotonic() + interval
+        while not self._stopping:
+            pubsub = self._pubsub
+            if pubsub is None:
+                raise redis.ConnectionError("subscriber connection closed")
+            message = pubsub.get_message(timeout=min(1.0, interval))
+            if message is not None and message.get("type") == "message":
+                self.dispatch(message["data"])
+            now = time.monotonic()
+            if now >= next_probe:
+                next_probe = now + interval
+                if self._probe_sent_at is not None and now - self._probe_sent_at > 2 * interval:
+                    raise redis.ConnectionError("loop-back probe not received: subscription is silent")
+                if self._probe_sent_at is None:
+                    self._send_probe()
+
+    def _send_probe(self) -> None:
+        self._probe(keys=[self.channel], args=[self.hub_id])
+        self._probe_sent_at = time.monotonic()
+
+    def dispatch(self, raw: bytes) -> None:
+        try:
+            event = Event.from_wire(raw)
+        except (ValueError, UnicodeDecodeError):
+            self.stats["bad_messages"] += 1
+            log.warning("hub %s: ignoring malformed message %r", self.hub_id, raw[:200])
+            return
+        if event.kind == PROBE:
+            if event.user_id == self.hub_id:
+                self._probe_sent_at = None
+                self.caught_up_us = event.seq or self.caught_up_us
+            return
+        self.stats["messages"] += 1
+        self._deliver(event)
+
+    def _deliver(self, event: Event) -> None:
+        subs = self.users.get(event.user_id)
+        if subs:
+            if event.kind == NOTIFICATION and event.seq is not None:
+                self.user_last[event.user_id] = event.seq
+            for sub in tuple(subs):
+                sub.offer(event)
+                if sub.closed and sub.reason == "slow consumer":
+                    self.stats["dropped_slow"] += 1
+        for sub in tuple(self.watchers):
+            sub.offer(event)
+
+    def _resync(self) -> None:
+        """Replay, per local user, what was published while the hub was not listening."""
+        floor = max(self.caught_up_us - 1, 0)
+        for user_id in list(self.users):
+            cursor = max(self.user_last.get(user_id, 0), floor)
+            try:
+                events = events_after(self.service, user_id, cursor, self.config.REPLAY_LIMIT, strict=False)
+            except ReplayUnavailable as exc:
+                log.warning("hub %s: resync for a user failed: %s", self.hub_id, exc)
+                continue
+            if events is None:
+                events = [Event(RESET, user_id, None, b'{"reason":"too many missed","cursor":null}')]
+            for event in events:
+                self._deliver(event)
+            self.stats["resynced"] += len(events)

@@ -1,0 +1,80 @@
+"""MongoDB documents: the source of truth for notifications and idempotent requests.
+
+The hot paths (batched inserts, history pages, replay) go through the raw pymongo
+collection of these documents to skip per-document object construction; the schema,
+indexes and the rarer writes stay declared here.
+"""
+
+from __future__ import annotations
+
+from mongoengine import (
+    BooleanField,
+    DateTimeField,
+    DictField,
+    Document,
+    IntField,
+    StringField,
+)
+from pymongo.collection import Collection
+
+
+class Notification(Document):
+    """One notification for one user.
+
+    ``seq`` is the user's stream cursor, assigned atomically with the Redis publish, so
+    cursors increase in the order every instance delivers them. ``published`` stays
+    False until that publish happened: the relay publishes what is left over (outbox).
+    """
+
+    user_id = StringField(required=True, max_length=128)
+    title = StringField(default="", max_length=200)
+    message = StringField(required=True, max_length=4000)
+    category = StringField(default="", max_length=64)
+    data = DictField()
+    created_at = DateTimeField(required=True)
+    read = BooleanField(default=False)
+    seq = IntField()
+    published = BooleanField(default=False)
+    lease_until = DateTimeField()
+    claim = StringField()
+
+    meta = {
+        "collection": "notifications",
+        "auto_create_index": False,
+        "indexes": [
+            {"fields": ["user_id", "-id"], "name": "user_newest"},
+            {"fields": ["user_id", "read"], "name": "user_unread"},
+            {"fields": ["user_id", "seq"], "name": "user_seq"},
+            {"fields": ["published", "lease_until"], "name": "outbox"},
+        ],
+    }
+
+
+class IdempotencyRecord(Document):
+    """The first response to a POST carrying an ``Idempotency-Key``, kept for 24 h.
+
+    ``id`` is ``"<api key fingerprint>:<key>"`` so the unique primary key itself stops two
+    concurrent first attempts from both creating notifications.
+    """
+
+    id = StringField(primary_key=True)
+    body_hash = StringField(required=True)
+    status = IntField()
+    response = StringField()
+    created_at = DateTimeField(required=True)
+
+    meta = {
+        "collection": "idempotency",
+        "auto_create_index": False,
+        "indexes": [{"fields": ["created_at"], "name": "idem_ttl", "expireAfterSeconds": 86400}],
+    }
+
+
+def notifications_collection() -> Collection:
+    return Notification._get_collection()
+
+
+def ensure_indexes() -> None:
+    """Create every index; safe to call repeatedly (start-up, CLI, tests)."""
+    for document in (Notification, IdempotencyRecord):
+        document.ensure_indexes()

@@ -1,0 +1,199 @@
+"""The notification service: the one place that owns persistence, cache and publish.
+
+Views call this; they never touch MongoDB or Redis themselves.
+
+Caching uses versioned keys to make the stale-set race impossible: every change for a
+user bumps ``ver:<user>`` (atomically with the publish), and a reader reads the version
+*before* reading MongoDB and writes its result under that version. A reader that raced
+with a writer can only fill a key nobody will read again.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import Any
+
+import orjson
+import redis
+from bson import ObjectId
+from bson.errors import InvalidId
+from pymongo.errors import PyMongoError
+
+from . import lua
+from .config import Config
+from .errors import ApiError
+from .events import READ, Event
+from .models import notifications_collection
+from .publishing import Publisher, Stored, StoreUnavailable
+from .serialization import new_document, public_json, utc_now_ms
+
+log = logging.getLogger(__name__)
+
+_PROJECTION = {"published": 0, "lease_until": 0, "claim": 0}
+
+
+@dataclass(frozen=True)
+class CacheStatus:
+    cached: bool
+    ttl_seconds: int | None
+    version: int | None
+
+
+def _unavailable(exc: Exception) -> ApiError:
+    log.error("MongoDB unavailable: %s", exc)
+    return ApiError(503, "unavailable", "the notification store is unavailable, retry later")
+
+
+class NotificationService:
+    def __init__(self, config: Config, redis_client: redis.Redis) -> None:
+        self.config = config
+        self.redis = redis_client
+        self.prefix = config.KEY_PREFIX
+        self.publisher = Publisher(config, redis_client)
+        self._cache_get = redis_client.register_script(lua.CACHE_GET)
+
+    @property
+    def channel(self) -> str:
+        return self.prefix + "events"
+
+    def key(self, kind: str, user_id: str = "") -> str:
+        return f"{self.prefix}{kind}:{user_id}" if user_id else f"{self.prefix}{kind}"
+
+    # -- create ----------------------------------------------------------------------
+    def create(
+        self,
+        user_ids: list[str],
+        message: str,
+        title: str = "",
+        category: str = "",
+        data: dict[str, Any] | None = None,
+    ) -> Stored:
+        """Store one notification per user (MongoDB first), then publish them."""
+        now = utc_now_ms()
+        lease = now + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
+        docs = [new_document(u, message, title, category, data or {}, now, lease) for u in user_ids]
+        try:
+            return self.publisher.store(docs)
+        except StoreUnavailable as exc:
+            raise _unavailable(exc) from None
+
+    # -- history ---------------------------------------------------------------------
+    def history(
+        self, user_id: str, limit: int = 50, before: str | None = None, unread: bool = False
+    ) -> tuple[bytes, bool]:
+        """A page of the user's notifications, newest first. Returns (JSON body, cache hit)."""
+        if before is not None:
+            return self._history_page(user_id, limit, _object_id(before, "before"), unread), False
+        suffix = f":page:{limit}:{int(unread)}"
+        return self._cached(user_id, suffix, lambda: self._history_page(user_id, limit, None, unread))
+
+    def _history_page(self, user_id: str, limit: int, before: ObjectId | None, unread: bool) -> bytes:
+        query: dict[str, Any] = {"user_id": user_id}
+        if unread:
+            query["read"] = False
+        if before is not None:
+            query["_id"] = {"$lt": before}
+        try:
+            docs = list(
+                notifications_collection().find(query, _PROJECTION).sort("_id", -1).limit(limit + 1)
+            )
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        page = docs[:limit]
+        nxt = str(page[-1]["_id"]) if len(docs) > limit else None
+        return orjson.dumps({"notifications": [public_json(d) for d in page], "next": nxt})
+
+    def unread_count(self, user_id: str) -> int:
+        body, _ = self._cached(user_id, ":unread", lambda: b"%d" % self._count_unread(user_id))
+        return int(body)
+
+    def _count_unread(self, user_id: str) -> int:
+        try:
+            return notifications_collection().count_documents({"user_id": user_id, "read": False})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def _cached(self, user_id: str, suffix: str, load) -> tuple[bytes, bool]:
+        version = self._read_version(user_id, suffix)
+        if isinstance(version, bytes):  # a hit: the cached value itself
+            return version, True
+        body = load()
+        if version is not None:
+            try:
+                key = f"{self.key('cache', user_id)}:{version}{suffix}"
+                self.redis.set(key, body, ex=self.config.CACHE_TTL_SECONDS)
+            except redis.RedisError as exc:
+                log.warning("cache fill failed: %s", exc)
+        return body, False
+
+    def _read_version(self, user_id: str, suffix: str) -> bytes | int | None:
+        """The cached value (bytes), or the version to fill under (int), or None if Redis is down."""
+        try:
+            version, value, _ttl = self._cache_get(
+                keys=[self.key("ver", user_id)], args=[self.key("cache", user_id) + ":", suffix]
+            )
+        except redis.RedisError as exc:
+            log.warning("cache read failed, serving from MongoDB: %s", exc)
+            return None
+        return value if value is not None else int(version)
+
+    def cache_status(self, user_id: str, limit: int = 50) -> CacheStatus:
+        """Whether the user's first history page is cached now, and for how long still."""
+        suffix = f":page:{limit}:0"
+        try:
+            version, value, ttl = self._cache_get(
+                keys=[self.key("ver", user_id)], args=[self.key("cache", user_id) + ":", suffix]
+            )
+        except redis.RedisError:
+            return CacheStatus(False, None, None)
+        return CacheStatus(value is not None, int(ttl) if value is not None else None, int(version))
+
+    # -- read state ------------------------------------------------------------------
+    def mark_read(self, user_id: str, ids: list[str] | None) -> int:
+        """Mark ``ids`` (or all when None) read; tell every open stream of the user."""
+        query: dict[str, Any] = {"user_id": user_id, "read": False}
+        if ids is not None:
+            query["_id"] = {"$in": [_object_id(i, "ids") for i in ids]}
+        try:
+            updated = notifications_collection().update_many(query, {"$set": {"read": True}}).modified_count
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        if updated:
+            unread = self._count_unread(user_id)
+            payload = orjson.dumps({"ids": ids or [], "all": ids is None, "unread": unread})
+            event = Event(READ, user_id, None, payload)
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                pipe.incr(self.key("ver", user_id))
+                pipe.expire(self.key("ver", user_id), 86400)
+                pipe.publish(self.channel, event.to_wire())
+                pipe.execute()
+            except redis.RedisError as exc:
+                log.warning("read-state publish failed: %s", exc)
+        return updated
+
+    # -- recent ----------------------------------------------------------------------
+    def recent(self) -> bytes:
+        """The newest notifications across users, straight from the Redis list."""
+        try:
+            items = self.redis.lrange(self.key("recent"), 0, self.config.RECENT_LIMIT - 1)
+        except redis.RedisError as exc:
+            log.warning("recent list unavailable, reading MongoDB: %s", exc)
+            return self._recent_from_mongo()
+        return b'{"notifications":[' + b",".join(items) + b"]}"
+
+    def _recent_from_mongo(self) -> bytes:
+        try:
+            docs = notifications_collection().find({}, _PROJECTION).sort("_id", -1).limit(self.config.RECENT_LIMIT)
+            return orjson.dumps({"notifications": [public_json(d) for d in docs]})
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+
+def _object_id(value: str, field: str) -> ObjectId:
+    try:
+        return ObjectId(value)
+    except (InvalidId, TypeError):
+        raise ApiError(422, "invalid_field", f"{field}: not a notification id", field=field) from None

@@ -1,0 +1,81 @@
+"""What a stream missed: events after a cursor, from Redis first and MongoDB after.
+
+The publish script appends every event to a short per-user Redis list in the same atomic
+step as the PUBLISH, so that list is exact for recent history (including events whose
+cursor is not yet written back to MongoDB). Older history comes from MongoDB by ``seq``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import orjson
+import redis
+from pymongo.errors import PyMongoError
+
+from .events import NOTIFICATION, Event
+from .models import notifications_collection
+from .serialization import public_json
+
+log = logging.getLogger(__name__)
+
+_PROJECTION = {"published": 0, "lease_until": 0, "claim": 0}
+
+
+class ReplayUnavailable(RuntimeError):
+    """Neither Redis nor MongoDB could say what was missed."""
+
+
+def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bool) -> list[Event] | None:
+    """Notifications of ``user_id`` with ``seq > cursor``, oldest first.
+
+    Returns None when the client must reset: more than ``limit`` were missed, or (with
+    ``strict``) the cursor names no event we still keep. ``cursor`` 0 means "from the start".
+    """
+    recent, counter = _recent(service, user_id)
+    if strict and counter is not None and cursor > counter:
+        return None  # a cursor from the future: not one we issued
+    if recent and recent[0][0] <= cursor:
+        return [_event(user_id, seq, json) for seq, json in recent if seq > cursor]
+    query: dict[str, Any] = {"user_id": user_id, "seq": {"$gte" if strict and cursor else "$gt": cursor}}
+    try:
+        docs = list(notifications_collection().find(query, _PROJECTION).sort("seq", 1).limit(limit + 2))
+    except PyMongoError as exc:
+        raise ReplayUnavailable(str(exc)) from exc
+    if strict and cursor:
+        if not docs or docs[0]["seq"] != cursor:
+            return None  # older than what is kept, or never issued
+        docs = docs[1:]
+    events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
+    newest = events[-1].seq if events else cursor
+    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > newest)
+    return None if len(events) > limit else events
+
+
+def current_cursor(service: Any, user_id: str) -> int | None:
+    try:
+        value = service.redis.get(service.key("seq", user_id))
+    except redis.RedisError:
+        return None
+    return int(value) if value is not None else None
+
+
+def _recent(service: Any, user_id: str) -> tuple[list[tuple[int, bytes]], int | None]:
+    try:
+        pipe = service.redis.pipeline(transaction=False)
+        pipe.lrange(service.key("replay", user_id), 0, -1)
+        pipe.get(service.key("seq", user_id))
+        items, counter = pipe.execute()
+    except redis.RedisError as exc:
+        log.warning("replay buffer unavailable, using MongoDB only: %s", exc)
+        return [], None
+    parsed = []
+    for item in items:
+        seq, _, json = item.partition(b"\t")
+        parsed.append((int(seq), json))
+    return parsed, int(counter) if counter is not None else None
+
+
+def _event(user_id: str, seq: int, json: bytes) -> Event:
+    return Event(NOTIFICATION, user_id, seq, json)

@@ -1,0 +1,62 @@
+"""How a stored notification looks on the wire, in one place.
+
+``public_json`` turns a raw MongoDB document into the API's notification object, with
+keys in a fixed order; the Lua publish script splices the cursor in as ``seq``.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+from typing import Any
+
+from bson import ObjectId
+
+
+def utc_now_ms() -> datetime:
+    """Now, truncated to milliseconds: what MongoDB stores, so responses match reads."""
+    now = datetime.now(timezone.utc)
+    return now.replace(microsecond=now.microsecond // 1000 * 1000)
+
+
+def iso(dt: datetime) -> str:
+    if dt.tzinfo is None:
+        dt = dt.replace(tzinfo=timezone.utc)
+    dt = dt.astimezone(timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
+
+
+def new_document(
+    user_id: str,
+    message: str,
+    title: str,
+    category: str,
+    data: dict[str, Any],
+    created_at: datetime,
+    lease_until: datetime,
+) -> dict[str, Any]:
+    return {
+        "_id": ObjectId(),
+        "user_id": user_id,
+        "title": title,
+        "message": message,
+        "category": category,
+        "data": data,
+        "created_at": created_at,
+        "read": False,
+        "published": False,
+        "lease_until": lease_until,
+    }
+
+
+def public_json(doc: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "id": str(doc["_id"]),
+        "seq": doc.get("seq"),
+        "user_id": doc["user_id"],
+        "title": doc.get("title", ""),
+        "message": doc["message"],
+        "category": doc.get("category", ""),
+        "data": doc.get("data") or {},
+        "created_at": iso(doc["created_at"]),
+        "read": bool(doc.get("read", False)),
+    }

@@ -1,0 +1,242 @@
+"""The ``stream`` blueprint: a user's live notifications over SSE (``/stream``) and WebSocket (``/ws``).
+
+Both transports share ``StreamSession``: register with the hub first, then replay what the
+client missed after its cursor, then live events, dropping anything at or below the last
+cursor sent, so the hand-over from replay to live neither loses nor repeats an event.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+
+import gevent
+import orjson
+from flask import Blueprint, Response, current_app, g, request
+from simple_websocket import ConnectionClosed
+
+from .auth import Subscriber, bearer_token, verify_token
+from .errors import ApiError
+from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
+from .extensions import sock
+from .hub import Hub, Subscription
+from .replay import ReplayUnavailable, current_cursor, events_after
+
+log = logging.getLogger(__name__)
+
+bp = Blueprint("stream", __name__)
+
+WS_SLOW = 1008
+WS_EXPIRED = 4401
+WS_GOING_AWAY = 1001
+
+
+class StreamSession:
+    """One client's view of its user's events: resume, then live, in cursor order."""
+
+    def __init__(self, hub: Hub, subscriber: Subscriber, cursor: str | None) -> None:
+        self.hub = hub
+        self.subscriber = subscriber
+        self.raw_cursor = cursor
+        self.last_seq: int | None = None
+        self.sub: Subscription | None = None
+
+    def open(self) -> list[Event]:
+        """Subscribe, then read the replay: events in flight meanwhile are deduplicated."""
+        user_id = self.subscriber.user_id
+        self.sub = self.hub.subscribe(user_id)
+        if self.raw_cursor is None:
+            return []
+        config = self.hub.config
+        cursor = _parse_cursor(self.raw_cursor)
+        try:
+            events = (
+                events_after(self.hub.service, user_id, cursor, config.REPLAY_LIMIT, strict=True)
+                if cursor is not None
+                else None
+            )
+        except ReplayUnavailable:
+            self.close()
+            raise ApiError(503, "unavailable", "cannot replay missed notifications now, retry") from None
+        if events is None:
+            current = current_cursor(self.hub.service, user_id)
+            self.last_seq = current
+            return [Event.reset(user_id, current, "unknown or expired cursor: reload history")]
+        self.last_seq = events[-1].seq if events else cursor
+        return events
+
+    def next(self, timeout: float) -> Event | None:
+        """The next event to send, or None when ``timeout`` passed with nothing to send."""
+        assert self.sub is not None
+        deadline = time.monotonic() + timeout
+        while True:
+            event = self.sub.get(max(deadline - time.monotonic(), 0))
+            if event is None:
+                return None
+            if event.kind == NOTIFICATION:
+                if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
+                    continue  # already sent (replay/live hand-over, hub resync)
+                self.last_seq = event.seq
+            elif event.kind == RESET:
+                self.last_seq = None
+            return event
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self.sub.reason if self.sub is not None and self.sub.closed else None
+
+    def expired(self) -> bool:
+        return time.time() >= self.subscriber.expires_at
+
+    def wait_budget(self, heartbeat: float) -> float:
+        return max(min(heartbeat, self.subscriber.expires_at - time.time()), 0.0)
+
+    def close(self) -> None:
+        if self.sub is not None:
+            self.hub.unsubscribe(self.sub)
+
+
+def _parse_cursor(raw: str) -> int | None:
+    raw = raw.strip()
+    if not raw.isdigit() or len(raw) > 19:
+        return None
+    return int(raw)
+
+
+def _hub() -> Hub:
+    return current_app.extensions["hub"]
+
+
+def _authenticate() -> Subscriber:
+    subscriber = verify_token(bearer_token() or request.args.get("token"))
+    if subscriber is None:
+        raise ApiError(401, "unauthorized", "missing, invalid or expired subscriber token")
+    return subscriber
+
+
+def _cursor_arg() -> str | None:
+    return request.headers.get("Last-Event-ID") or request.args.get("last_event_id")
+
+
+@bp.get("/stream")
+def sse() -> Response:
+    subscriber = _authenticate()
+    session = StreamSession(_hub(), subscriber, _cursor_arg())
+    initial = session.open()
+    config = current_app.extensions["config"]
+    g.stream_user = subscriber.user_id
+    return Response(
+        _sse_frames(session, initial, config.HEARTBEAT_SECONDS, config.SSE_RETRY_MS),
+        mimetype="text/event-stream",
+        headers={
+            "Cache-Control": "no-cache",
+            "X-Accel-Buffering": "no",
+            "Connection": "close",
+        },
+    )
+
+
+def _sse_frames(session: StreamSession, initial: list[Event], heartbeat: float, retry_ms: int) -> Iterator[bytes]:
+    try:
+        yield b"retry: %d\n: connected\n\n" % retry_ms
+        for event in initial:
+            yield event.sse()
+        while True:
+            event = session.next(session.wait_budget(heartbeat))
+            if event is not None:
+                yield event.sse()
+            elif session.closed_reason is not None:
+                return
+            elif session.expired():
+                yield b'event: expired\ndata: {"reason":"token expired"}\n\n'
+                return
+            else:
+                yield SSE_HEARTBEAT
+    finally:
+        session.close()
+
+
+@bp.before_request
+def _check_websocket_handshake() -> None:
+    """Refuse a bad WebSocket handshake with JSON before flask-sock upgrades it."""
+    if request.endpoint != "stream.websocket":
+        return
+    allowed = current_app.extensions["config"].ALLOWED_ORIGINS
+    origin = request.headers.get("Origin")
+    if origin is not None and origin not in allowed and origin != request.host_url.rstrip("/"):
+        raise ApiError(403, "forbidden", "WebSocket Origin not allowed")
+    g.subscriber = _authenticate()
+
+
+@sock.route("/ws", bp=bp, endpoint="websocket")
+def websocket(ws) -> None:
+    subscriber: Subscriber = g.subscriber
+    hub = _hub()
+    config = current_app.extensions["config"]
+    session = StreamSession(hub, subscriber, request.args.get("last_event_id"))
+    service = hub.service
+    try:
+        initial = session.open()
+    except ApiError as exc:
+        ws.close(reason=1011, message=exc.message)
+        return
+    reader = gevent.spawn(_ws_reader, ws, session, service)
+    try:
+        for event in initial:
+            ws.send(event.ws_text())
+        while ws.connected:
+            event = session.next(session.wait_budget(config.HEARTBEAT_SECONDS))
+            if event is not None:
+                ws.send(event.ws_text())
+            elif session.closed_reason is not None:
+                slow = session.closed_reason == "slow consumer"
+                ws.close(reason=WS_SLOW if slow else WS_GOING_AWAY, message=session.closed_reason)
+                return
+            elif session.expired():
+                ws.close(reason=WS_EXPIRED, message="token expired")
+                return
+    except ConnectionClosed:
+        pass
+    finally:
+        reader.kill(block=False)
+        session.close()
+
+
+def _ws_reader(ws, session: StreamSession, service) -> None:
+    """Handle client frames: read receipts; anything else gets an error frame."""
+    try:
+        while True:
+            data = ws.receive()
+            if data is None:
+                continue
+            reply = _handle_client_frame(data, session.subscriber.user_id, service)
+            if reply is not None:
+                ws.send(reply)
+    except ConnectionClosed:
+        if session.sub is not None:
+            session.sub.close("client closed")
+
+
+def _handle_client_frame(data: str | bytes, user_id: str, service) -> str | None:
+    def error(code: str, message: str) -> str:
+        return orjson.dumps({"type": "error", "code": code, "message": message}).decode()
+
+    if isinstance(data, bytes):
+        return error("unsupported", "binary frames are not supported")
+    try:
+        frame = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return error("malformed_json", "frame is not valid JSON")
+    if not isinstance(frame, dict) or frame.get("type") != "read":
+        return error("unknown_type", 'expected {"type": "read", "ids": [...]} or {"type": "read", "all": true}')
+    ids = frame.get("ids")
+    if frame.get("all") is True and ids is None:
+        ids = None
+    elif not (isinstance(ids, list) and 1 <= len(ids) <= 1000 and all(isinstance(i, str) for i in ids)):
+        return error("invalid_field", "ids: must be a list of 1-1000 notification ids")
+    try:
+        service.mark_read(user_id, ids)
+    except ApiError as exc:
+        return error(exc.code, exc.message)
+    return None

@@ -1,0 +1,302 @@
+#!/usr/bin/env python3
+"""Developer entry point; needs nothing but Python 3.11.
+
+    python3 dev.py run              # app + embedded Redis/MongoDB on http://127.0.0.1:8000
+    python3 dev.py test [ARGS...]   # the test suite (ARGS go to pytest)
+
+Both create/refresh ``.venv`` from requirements-dev.txt and re-run inside it.
+Only the standard library may be used until ``ensure_venv`` has re-executed us.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import TYPE_CHECKING, NoReturn
+
+if TYPE_CHECKING:
+    from tools.devservers import ManagedServer
+
+ROOT = Path(__file__).resolve().parent
+VENV = ROOT / ".venv"
+VENV_PY = VENV / "bin" / "python"
+STAMP = VENV / ".requirements.sha256"
+DEVDATA = ROOT / ".devdata"
+CHROMIUM = Path("/usr/bin/chromium")
+
+
+def say(msg: str) -> None:
+    print(f"[dev] {msg}", file=sys.stderr, flush=True)
+
+
+def die(msg: str, code: int = 1) -> NoReturn:
+    say(f"error: {msg}")
+    raise SystemExit(code)
+
+
+# --- bootstrap (stdlib only) -------------------------------------------------
+
+
+def ensure_venv(argv: list[str]) -> None:
+    """Create .venv, pip-install when the requirements changed, re-exec inside it."""
+    if sys.version_info < (3, 11):  # noqa: UP036 (may run on any python3)
+        die(f"Python 3.11+ is required, this is {sys.version.split()[0]}")
+    if not VENV_PY.exists():
+        say("creating .venv ...")
+        subprocess.run([sys.executable, "-m", "venv", str(VENV)], check=True)
+    digest = hashlib.sha256()
+    for name in ("requirements.txt", "requirements-dev.txt"):
+        digest.update((ROOT / name).read_bytes())
+    wanted = digest.hexdigest()
+    if not STAMP.exists() or STAMP.read_text().strip() != wanted:
+        say("installing requirements-dev.txt into .venv ...")
+        pip = [str(VENV_PY), "-m", "pip", "install", "-r", "requirements-dev.txt"]
+        if subprocess.run(pip, cwd=ROOT, check=False).returncode != 0:
+            die("pip install failed (see above)")
+        STAMP.write_text(wanted + "\n")
+    if Path(sys.prefix).resolve() != VENV.resolve():
+        if os.environ.get("DEV_PY_REEXEC"):
+            die(f"re-exec into {VENV_PY} did not land in the venv")
+        os.environ["DEV_PY_REEXEC"] = "1"
+        os.execv(VENV_PY, [str(VENV_PY), str(ROOT / "dev.py"), *argv])
+
+
+# --- run -----------------------------------------------------------------------
+
+
+class Stop(Exception):
+    """Raised by our signal handler to unwind into the cleanup code."""
+
+
+def _on_signal(signum: int, _frame: object) -> None:
+    raise Stop(signal.Signals(signum).name)
+
+
+def dev_secrets() -> dict[str, str]:
+    """Dev credentials, generated once and kept in .devdata/dev.env."""
+    from dotenv import dotenv_values
+
+    path = DEVDATA / "dev.env"
+    if not path.exists():
+        path.write_text(
+            "# Generated once by dev.py for local development only; delete to regenerate.\n"
+            f"SECRET_KEY={secrets.token_urlsafe(32)}\n"
+            f"API_KEYS=dev-{secrets.token_urlsafe(24)}\n"
+            "ADMIN_USERNAME=admin\n"
+            f"ADMIN_PASSWORD={secrets.token_urlsafe(12)}\n"
+        )
+        path.chmod(0o600)
+    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def _cmdline(pid: int) -> list[bytes]:
+    """argv of a live process; empty for zombies and processes that are gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[:-1]
+    except OSError:
+        return []
+
+
+def stop_stale(name: str, data_dir: Path, port_var: str) -> None:
+    """Stop a server a previous run left behind (pid file, running in our data dir).
+
+    The working directory identifies it: redis-server rewrites its argv.
+    """
+    pidfile = DEVDATA / f"{name}.pid"
+    try:
+        pid = int(pidfile.read_text())
+        cwd = Path(os.readlink(f"/proc/{pid}/cwd"))
+        ppid = int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError):
+        pidfile.unlink(missing_ok=True)
+        return
+    if _cmdline(pid) and cwd == data_dir.resolve():
+        if any(arg.endswith(b"dev.py") for arg in _cmdline(ppid)):
+            die(
+                f"another `dev.py run` (pid {ppid}) is using the dev {name}; stop it "
+                f"first, or set {port_var} to run a second copy"
+            )
+        say(f"stopping the dev {name} left over from a previous run (pid {pid})")
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 10
+        while _cmdline(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _cmdline(pid):
+            os.kill(pid, signal.SIGKILL)
+            time.sleep(0.2)
+    pidfile.unlink(missing_ok=True)
+
+
+# name: (env var that replaces it, env var for its port, default dev port)
+DEV_SERVERS = {
+    "redis": ("REDIS_URL", "DEV_REDIS_PORT", 6390),
+    "mongo": ("MONGO_URI", "DEV_MONGO_PORT", 27030),
+}
+
+
+def plan_dev_servers(env: dict[str, str]) -> list[ManagedServer]:
+    """Embedded servers for the URLs not configured; exits if a port is taken."""
+    from tools import devservers as ds
+
+    factories = {"redis": ds.redis_server, "mongo": ds.mongo_server}
+    planned = []
+    for name, (url_var, port_var, default_port) in DEV_SERVERS.items():
+        if url_var in env:
+            continue
+        port, data_dir = int(env.get(port_var, default_port)), DEVDATA / name
+        stop_stale(name, data_dir, port_var)
+        if ds.port_in_use(port):
+            die(
+                f"port {port} (dev {name}) is already in use by another program; "
+                f"set {port_var} to a free port, or {url_var} to use an existing server"
+            )
+        planned.append(factories[name](port=port, data_dir=data_dir))
+    return planned
+
+
+def stop_gunicorn(proc: subprocess.Popen[bytes]) -> None:
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGINT)  # gunicorn: INT = quick shutdown
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+def cmd_run(args: list[str]) -> int:
+    """Start the app with gunicorn, plus embedded Redis/MongoDB unless configured."""
+    from dotenv import load_dotenv
+
+    from tools.devservers import die_with_parent, port_in_use
+
+    if args:
+        die(f"`run` takes no arguments (got {' '.join(args)}); configure it with env vars")
+    load_dotenv(ROOT / ".env", override=False)  # real env vars win over .env
+    DEVDATA.mkdir(exist_ok=True)
+    env = dict(os.environ)
+    env.pop("DEV_PY_REEXEC", None)
+    defaults = {
+        "PORT": "8000",
+        "HOST": "127.0.0.1",  # gunicorn.conf.py defaults to 0.0.0.0: keep dev local
+        "WEB_CONCURRENCY": "2",
+        "APP_ENV": "development",
+    }
+    for key, value in {**dev_secrets(), **defaults}.items():
+        env.setdefault(key, value)
+    port = int(env["PORT"])
+    if port_in_use(port):
+        die(f"port {port} (the app) is already in use; choose another with PORT=<port>")
+    planned = plan_dev_servers(env)
+
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _on_signal)
+    started: list[ManagedServer] = []
+    gunicorn: subprocess.Popen[bytes] | None = None
+    code = 0
+    try:
+        for server in planned:
+            say(f"starting dev {server.name} on port {server.port} ({server.data_dir})")
+            started.append(server.start())
+            assert server.process is not None
+            (DEVDATA / f"{server.name}.pid").write_text(f"{server.process.pid}\n")
+            suffix = "notifications" if server.name == "mongo" else ""
+            env[DEV_SERVERS[server.name][0]] = server.url + suffix
+        gunicorn = subprocess.Popen(
+            [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
+            cwd=ROOT,
+            env=env,
+            start_new_session=True,  # Ctrl-C reaches us; we stop it in order
+            preexec_fn=die_with_parent,  # noqa: PLW1509 (only calls prctl)
+        )
+        deadline = time.monotonic() + 60
+        while gunicorn.poll() is None and time.monotonic() < deadline:
+            if port_in_use(port):
+                print_banner(env, port)
+                break
+            time.sleep(0.2)
+        code = gunicorn.wait()
+        code = 128 - code if code < 0 else code  # killed by signal N -> 128+N
+        say(f"gunicorn exited with code {code}")
+    except Stop as exc:
+        say(f"{exc}: shutting down")
+    except RuntimeError as exc:  # a server did not start; the message has its log
+        say(f"error: {exc}")
+        code = 1
+    finally:
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
+        if gunicorn is not None:
+            stop_gunicorn(gunicorn)
+        for server in reversed(started):
+            server.stop()
+            (DEVDATA / f"{server.name}.pid").unlink(missing_ok=True)
+    return code
+
+
+def print_banner(env: dict[str, str], port: int) -> None:
+    url = f"http://127.0.0.1:{port}"
+    key = env["API_KEYS"].split(",")[0].strip()
+    print(
+        f"""
+  Notification service (development) is up
+    App:        {url}
+    Dashboard:  {url}/dashboard   login {env["ADMIN_USERNAME"]} / {env["ADMIN_PASSWORD"]}
+    Demo:       {url}/demo
+    API key:    {key}
+    MongoDB:    {env["MONGO_URI"]}
+    Redis:      {env["REDIS_URL"]}
+
+  Send a notification:
+    curl -X POST {url}/api/notifications \\
+      -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
+      -d '{{"user_id":"alice","message":"hello"}}'
+
+  Ctrl-C stops everything. Dev credentials live in .devdata/dev.env.
+""",
+        flush=True,
+    )
+
+
+# --- test ----------------------------------------------------------------------
+
+
+def cmd_test(args: list[str]) -> int:
+    """Run pytest in the venv (installs Chromium for browser tests when possible)."""
+    if not CHROMIUM.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
+        say("installing chromium for the browser tests (apt-get, about a minute) ...")
+        apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+            done = subprocess.run(cmd, env=apt_env, capture_output=True, text=True, check=False)
+            if done.returncode != 0:
+                print((done.stdout + done.stderr)[-3000:], file=sys.stderr)
+                say(f"warning: `{' '.join(cmd)}` failed; browser tests need {CHROMIUM}")
+                break
+    os.chdir(ROOT)
+    os.execv(VENV_PY, [str(VENV_PY), "-m", "pytest", *args])
+
+
+COMMANDS: dict[str, Callable[[list[str]], int]] = {
+    "run": cmd_run,
+    "test": cmd_test,
+}
+
+
+def main(argv: list[str]) -> int:
+    if not argv or argv[0] not in COMMANDS:
+        print(__doc__, file=sys.stderr)
+        return 2
+    ensure_venv(argv)
+    return COMMANDS[argv[0]](argv[1:])
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

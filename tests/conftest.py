@@ -1,0 +1,118 @@
+"""Test bootstrap: gevent first, then real servers started for the session.
+
+Redis and the MongoDB-wire server are real processes on free ports (or the ones named by
+``TEST_REDIS_URL`` / ``TEST_MONGO_URI``). Every test gets its own MongoDB database and
+Redis key prefix, so tests never see each other's data, even on shared servers.
+"""
+
+from gevent import monkey
+
+monkey.patch_all()
+
+import os  # noqa: E402
+import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
+from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
+
+import pytest  # noqa: E402
+from flask import Flask  # noqa: E402
+from flask.testing import FlaskClient  # noqa: E402
+
+from app import Config, create_app, stop_background  # noqa: E402
+from app.models import ensure_indexes  # noqa: E402
+from tests.support import ExternalServer, LiveServer, Stack  # noqa: E402
+from tools.devservers import ManagedServer, mongo_server, redis_server  # noqa: E402
+
+API_KEY = "test-api-key"
+SECRET = "test-secret-key"
+ROOT = Path(__file__).resolve().parent.parent
+ARTIFACTS = ROOT / "test-artifacts"
+
+
+def _server(env: str, start: Callable[[], ManagedServer]) -> Iterator[Any]:
+    url = os.environ.get(env)
+    if url:
+        yield ExternalServer(url)
+        return
+    server = start().start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_srv() -> Iterator[Any]:
+    yield from _server("TEST_REDIS_URL", redis_server)
+
+
+@pytest.fixture(scope="session")
+def mongo_srv() -> Iterator[Any]:
+    yield from _server("TEST_MONGO_URI", mongo_server)
+
+
+@pytest.fixture
+def stack(redis_srv: Any, mongo_srv: Any) -> Stack:
+    """Names for this test's isolated data: a MongoDB database and a Redis key prefix."""
+    tag = uuid.uuid4().hex[:10]
+    return Stack(
+        redis_url=redis_srv.url,
+        mongo_uri=mongo_srv.url.rstrip("/") + f"/t_{tag}",
+        prefix=f"t{tag}:",
+        api_key=API_KEY,
+        secret=SECRET,
+    )
+
+
+@pytest.fixture
+def make_app(stack: Stack) -> Iterator[Callable[..., Flask]]:
+    apps: list[Flask] = []
+
+    def factory(**overrides: Any) -> Flask:
+        config = Config(**{**stack.config_values(), **overrides})
+        app = create_app(config)
+        with app.app_context():
+            ensure_indexes()
+        apps.append(app)
+        return app
+
+    yield factory
+    for app in apps:
+        stop_background(app)
+
+
+@pytest.fixture
+def app(make_app: Callable[..., Flask]) -> Flask:
+    return make_app()
+
+
+@pytest.fixture
+def client(app: Flask) -> FlaskClient:
+    return app.test_client()
+
+
+@pytest.fixture
+def auth() -> dict[str, str]:
+    return {"Authorization": f"Bearer {API_KEY}"}
+
+
+@pytest.fixture
+def live(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
+    """Start gunicorn instances of the real app (``wsgi:app``) against this test's stack."""
+    servers: list[LiveServer] = []
+
+    def factory(workers: int = 1, **env: Any) -> LiveServer:
+        server = LiveServer(stack, tmp_path / f"gunicorn-{len(servers)}.log", workers, env)
+        servers.append(server)
+        return server.start()
+
+    yield factory
+    for server in servers:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def artifacts() -> Path:
+    ARTIFACTS.mkdir(exist_ok=True)
+    return ARTIFACTS

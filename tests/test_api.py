@@ -1,0 +1,290 @@
+"""The services' JSON API against real MongoDB-wire and Redis servers."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import gevent
+import orjson
+import pytest
+
+
+def post(client, body: Any, auth: dict[str, str], **headers: str):
+    return client.post(
+        "/api/notifications",
+        data=body if isinstance(body, (bytes, str)) else orjson.dumps(body),
+        headers={**auth, "Content-Type": "application/json", **headers},
+    )
+
+
+def test_create_returns_the_stored_notification(client, auth):
+    resp = post(client, {"user_id": "alice", "message": "hi", "title": "T", "category": "c", "data": {"k": 1}}, auth)
+    assert resp.status_code == 201
+    body = resp.get_json()
+    assert set(body) == {"id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"}
+    assert body["user_id"] == "alice" and body["message"] == "hi" and body["data"] == {"k": 1}
+    assert body["read"] is False and body["created_at"].endswith("Z") and isinstance(body["seq"], int)
+    history = client.get("/api/users/alice/notifications", headers=auth).get_json()
+    assert history["notifications"] == [body]
+
+
+def test_create_for_many_users(client, auth):
+    users = [f"u{i}" for i in range(300)]
+    resp = post(client, {"user_ids": users, "message": "broadcast"}, auth)
+    assert resp.status_code == 201
+    created = resp.get_json()["notifications"]
+    assert [n["user_id"] for n in created] == users
+    assert len({n["id"] for n in created}) == 300
+    assert client.get("/api/users/u299/unread-count", headers=auth).get_json() == {"user_id": "u299", "unread": 1}
+
+
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({"message": "x"}, "user_id"),
+        ({"user_id": "", "message": "x"}, "user_id"),
+        ({"user_id": "a b", "message": "x"}, "user_id"),
+        ({"user_id": "x" * 129, "message": "x"}, "user_id"),
+        ({"user_id": 5, "message": "x"}, "user_id"),
+        ({"user_id": "a"}, "message"),
+        ({"user_id": "a", "message": ""}, "message"),
+        ({"user_id": "a", "message": "x" * 4001}, "message"),
+        ({"user_id": "a", "message": "x", "title": "t" * 201}, "title"),
+        ({"user_id": "a", "message": "x", "category": "c" * 65}, "category"),
+        ({"user_id": "a", "message": "x", "data": [1]}, "data"),
+        ({"user_id": "a", "message": "x", "data": {"b": "x" * 9000}}, "data"),
+        ({"user_ids": [], "message": "x"}, "user_ids"),
+        ({"user_ids": ["a", "a"], "message": "x"}, "user_ids"),
+        ({"user_ids": [f"u{i}" for i in range(1001)], "message": "x"}, "user_ids"),
+        ({"user_ids": ["ok", "not ok"], "message": "x"}, "user_ids"),
+        ({"user_id": "a", "user_ids": ["b"], "message": "x"}, "user_ids"),
+    ],
+)
+def test_invalid_fields_are_named(client, auth, body, field):
+    resp = post(client, body, auth)
+    assert resp.status_code == 422
+    error = resp.get_json()["error"]
+    assert error["code"] == "invalid_field" and error["field"] == field and error["message"]
+
+
+def test_nothing_is_stored_for_invalid_input(client, auth):
+    post(client, {"user_ids": ["a", "b b"], "message": "x"}, auth)
+    assert client.get("/api/users/a/notifications", headers=auth).get_json()["notifications"] == []
+
+
+@pytest.mark.parametrize(
+    "data, content_type, status, code",
+    [
+        (b"{not json", "application/json", 400, "malformed_json"),
+        (b"[1, 2]", "application/json", 400, "malformed_json"),
+        (b"[" * 10000 + b"]" * 10000, "application/json", 400, "malformed_json"),
+        (b'{"user_id": "a", "message": "x", "data": {"n": 1' + b"0" * 5000 + b"e400}}", "application/json", 400, "malformed_json"),
+        (b"user_id=a", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
+        (b'{"user_id":"a","message":"' + b"x" * 70000 + b'"}', "application/json", 413, "payload_too_large"),
+    ],
+)
+def test_bad_bodies(client, auth, data, content_type, status, code):
+    resp = client.post("/api/notifications", data=data, headers={**auth, "Content-Type": content_type})
+    assert resp.status_code == status
+    assert resp.get_json()["error"]["code"] == code
+    assert client.get("/healthz").status_code == 200
+
+
+def test_huge_integer_inside_data_is_accepted_as_a_number(client, auth):
+    resp = post(client, b'{"user_id": "a", "message": "x", "data": {"n": 1' + b"0" * 30 + b"}}", auth)
+    assert resp.status_code == 201
+
+
+@pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic dGVzdA==", "Bearer"])
+def test_api_key_required(client, header):
+    headers = {"Authorization": header} if header else {}
+    for method, path in [("post", "/api/notifications"), ("get", "/api/users/a/notifications"), ("get", "/api/recent")]:
+        resp = getattr(client, method)(path, headers=headers, json={"user_id": "a", "message": "x"})
+        assert resp.status_code == 401
+        assert resp.get_json()["error"]["code"] == "unauthorized"
+
+
+def test_unknown_path_and_wrong_method_are_json(client, auth):
+    resp = client.get("/api/nope", headers=auth)
+    assert resp.status_code == 404 and resp.get_json()["error"]["code"] == "not_found"
+    resp = client.delete("/api/notifications", headers=auth)
+    assert resp.status_code == 405 and resp.get_json()["error"]["code"] == "method_not_allowed"
+    assert "POST" in resp.headers["Allow"]
+
+
+def test_history_paging_newest_first(client, auth):
+    for i in range(7):
+        assert post(client, {"user_id": "pager", "message": f"m{i}"}, auth).status_code == 201
+    page1 = client.get("/api/users/pager/notifications?limit=3", headers=auth).get_json()
+    assert [n["message"] for n in page1["notifications"]] == ["m6", "m5", "m4"]
+    page2 = client.get(f"/api/users/pager/notifications?limit=3&before={page1['next']}", headers=auth).get_json()
+    assert [n["message"] for n in page2["notifications"]] == ["m3", "m2", "m1"]
+    page3 = client.get(f"/api/users/pager/notifications?limit=3&before={page2['next']}", headers=auth).get_json()
+    assert [n["message"] for n in page3["notifications"]] == ["m0"] and page3["next"] is None
+
+
+@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
+                                          ("before=zzz", "before"), ("unread=maybe", "unread")])
+def test_history_bad_query(client, auth, query, field):
+    resp = client.get(f"/api/users/a/notifications?{query}", headers=auth)
+    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
+
+
+def test_cache_miss_hit_and_invalidation(client, auth):
+    post(client, {"user_id": "c", "message": "one"}, auth)
+    first = client.get("/api/users/c/notifications", headers=auth)
+    assert first.headers["X-Cache"] == "MISS"
+    second = client.get("/api/users/c/notifications", headers=auth)
+    assert second.headers["X-Cache"] == "HIT" and second.get_json() == first.get_json()
+    post(client, {"user_id": "c", "message": "two"}, auth)
+    third = client.get("/api/users/c/notifications", headers=auth)
+    assert third.headers["X-Cache"] == "MISS"
+    assert [n["message"] for n in third.get_json()["notifications"]] == ["two", "one"]
+    ids = [n["id"] for n in third.get_json()["notifications"]]
+    assert client.get("/api/users/c/notifications", headers=auth).headers["X-Cache"] == "HIT"
+    client.post("/api/users/c/read", json={"ids": ids[:1]}, headers=auth)
+    after_read = client.get("/api/users/c/notifications", headers=auth)
+    assert after_read.headers["X-Cache"] == "MISS"
+    assert [n["read"] for n in after_read.get_json()["notifications"]] == [True, False]
+
+
+def test_cache_expires_after_ttl(make_app, auth):
+    client = make_app(CACHE_TTL_SECONDS=1).test_client()
+    post(client, {"user_id": "ttl", "message": "x"}, auth)
+    assert client.get("/api/users/ttl/notifications", headers=auth).headers["X-Cache"] == "MISS"
+    assert client.get("/api/users/ttl/notifications", headers=auth).headers["X-Cache"] == "HIT"
+    app = client.application
+    service = app.extensions["notifications"]
+    key = [k for k in service.redis.scan_iter(service.key("cache", "ttl") + ":*")]
+    assert key and 0 < service.redis.pttl(key[0]) <= 1000
+    gevent.sleep(service.redis.pttl(key[0]) / 1000 + 0.05)
+    assert client.get("/api/users/ttl/notifications", headers=auth).headers["X-Cache"] == "MISS"
+
+
+def test_unread_count_and_mark_read(client, auth):
+    ids = [post(client, {"user_id": "r", "message": f"m{i}"}, auth).get_json()["id"] for i in range(3)]
+    assert client.get("/api/users/r/unread-count", headers=auth).get_json() == {"user_id": "r", "unread": 3}
+    resp = client.post("/api/users/r/read", json={"ids": ids[:2]}, headers=auth)
+    assert resp.get_json() == {"updated": 2}
+    assert client.get("/api/users/r/unread-count", headers=auth).get_json()["unread"] == 1
+    assert client.post("/api/users/r/read", json={"ids": ids[:2]}, headers=auth).get_json() == {"updated": 0}
+    assert client.post("/api/users/r/read", json={"all": True}, headers=auth).get_json() == {"updated": 1}
+    assert client.get("/api/users/r/unread-count", headers=auth).get_json()["unread"] == 0
+    unread_page = client.get("/api/users/r/notifications?unread=true", headers=auth).get_json()
+    assert unread_page["notifications"] == []
+
+
+def test_mark_read_of_another_users_ids_changes_nothing(client, auth):
+    nid = post(client, {"user_id": "owner", "message": "x"}, auth).get_json()["id"]
+    assert client.post("/api/users/intruder/read", json={"ids": [nid]}, headers=auth).get_json() == {"updated": 0}
+    assert client.get("/api/users/owner/unread-count", headers=auth).get_json()["unread"] == 1
+
+
+@pytest.mark.parametrize("body, field", [({}, "ids"), ({"ids": []}, "ids"), ({"ids": "x"}, "ids"),
+                                         ({"ids": ["nope"]}, "ids"), ({"all": False}, "ids")])
+def test_mark_read_bad_input(client, auth, body, field):
+    resp = client.post("/api/users/r/read", json=body, headers=auth)
+    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
+
+
+def test_recent_is_capped_and_newest_first(client, auth):
+    post(client, {"user_ids": [f"r{i}" for i in range(40)], "message": "batch"}, auth)
+
+    def one(i: int) -> None:
+        assert post(client, {"user_id": f"c{i}", "message": f"n{i}"}, auth).status_code == 201
+
+    gevent.joinall([gevent.spawn(one, i) for i in range(30)], raise_error=True)
+    recent = client.get("/api/recent", headers=auth).get_json()["notifications"]
+    assert len(recent) == 50
+    ids = [n["id"] for n in recent]
+    seqs = [n["seq"] for n in recent]
+    assert len(set(ids)) == 50
+    assert all(m.startswith("n") for m in [n["message"] for n in recent[:30]])
+    assert seqs[:30] == sorted(seqs[:30], reverse=True) or len(set(n["user_id"] for n in recent[:30])) == 30
+
+
+def test_idempotent_retry_returns_first_response(client, auth):
+    body = {"user_id": "idem", "message": "once"}
+    first = post(client, body, auth, **{"Idempotency-Key": "k-1"})
+    second = post(client, body, auth, **{"Idempotency-Key": "k-1"})
+    assert first.status_code == second.status_code == 201
+    assert first.get_json() == second.get_json()
+    assert second.headers.get("Idempotent-Replayed") == "true"
+    assert client.get("/api/users/idem/unread-count", headers=auth).get_json()["unread"] == 1
+    conflict = post(client, {"user_id": "idem", "message": "different"}, auth, **{"Idempotency-Key": "k-1"})
+    assert conflict.status_code == 409 and conflict.get_json()["error"]["code"] == "idempotency_conflict"
+    bad = post(client, body, auth, **{"Idempotency-Key": "x" * 300})
+    assert bad.status_code == 422 and bad.get_json()["error"]["field"] == "Idempotency-Key"
+
+
+def test_concurrent_idempotent_requests_create_one(client, auth):
+    body = {"user_id": "idem2", "message": "once"}
+    results = gevent.joinall([gevent.spawn(post, client, body, auth, **{"Idempotency-Key": "same"}) for _ in range(5)])
+    statuses = sorted(g.value.status_code for g in results)
+    assert statuses.count(201) >= 1 and set(statuses) <= {201, 409}
+    assert client.get("/api/users/idem2/unread-count", headers=auth).get_json()["unread"] == 1
+
+
+def test_read_your_writes_under_concurrent_reads(client, auth):
+    """Readers keep refilling the cache while writes land: no GET after a 201 misses it."""
+    stop = False
+    failures: list[str] = []
+
+    def reader() -> None:
+        while not stop:
+            client.get("/api/users/ryw/notifications", headers=auth)
+
+    readers = [gevent.spawn(reader) for _ in range(4)]
+    try:
+        for i in range(40):
+            created = post(client, {"user_id": "ryw", "message": f"w{i}"}, auth).get_json()
+            page = client.get("/api/users/ryw/notifications", headers=auth).get_json()
+            if created["id"] not in {n["id"] for n in page["notifications"]}:
+                failures.append(created["id"])
+            gevent.sleep(0)
+    finally:
+        stop = True
+        gevent.joinall(readers)
+    assert failures == []
+
+
+def test_tokens(client, auth):
+    resp = client.post("/api/tokens", json={"user_id": "tok", "ttl_seconds": 60}, headers=auth)
+    assert resp.status_code == 201
+    token = resp.get_json()["token"]
+    assert resp.get_json()["expires_at"].endswith("Z")
+    post(client, {"user_id": "tok", "message": "mine"}, auth)
+    post(client, {"user_id": "other", "message": "theirs"}, auth)
+    me = client.get("/api/me/notifications", headers={"Authorization": f"Bearer {token}"}).get_json()
+    assert [n["message"] for n in me["notifications"]] == ["mine"]
+    nid = me["notifications"][0]["id"]
+    read = client.post("/api/me/read", json={"ids": [nid]}, headers={"Authorization": f"Bearer {token}"})
+    assert read.get_json() == {"updated": 1}
+    assert client.get("/api/me/unread-count", headers={"Authorization": f"Bearer {token}"}).get_json()["unread"] == 0
+    # a subscriber token is not an API key, and an API key is not a subscriber token
+    assert client.get("/api/users/tok/notifications", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert client.get("/api/me/notifications", headers=auth).status_code == 401
+
+
+@pytest.mark.parametrize("body, field", [({}, "user_id"), ({"user_id": "a", "ttl_seconds": 0}, "ttl_seconds"),
+                                         ({"user_id": "a", "ttl_seconds": "60"}, "ttl_seconds"),
+                                         ({"user_id": "a", "ttl_seconds": 10**9}, "ttl_seconds")])
+def test_token_bad_input(client, auth, body, field):
+    resp = client.post("/api/tokens", json=body, headers=auth)
+    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
+
+
+def test_expired_and_forged_tokens_are_refused(client, auth, app):
+    from app.auth import mint_token
+
+    with app.test_request_context():
+        expired, _ = mint_token("x", -1)
+    for token in [expired, "garbage", expired[:-2] + "aa"]:
+        resp = client.get("/api/me/notifications", headers={"Authorization": f"Bearer {token}"})
+        assert resp.status_code == 401
+
+
+def test_health(client):
+    assert client.get("/healthz").get_json() == {"status": "ok"}
+    ready = client.get("/readyz")
+    assert ready.status_code == 200 and ready.get_json()["checks"] == {"mongodb": "ok", "redis": "ok"}
