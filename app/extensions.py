@@ -6,8 +6,14 @@ MongoDB and Redis clients connect lazily on first use.
 
 from __future__ import annotations
 
+import queue
+from collections import deque
+from typing import Any
+
+import gevent
 import mongoengine
 import redis
+from gevent.event import AsyncResult
 from flask import Flask, current_app
 from flask_sock import Sock
 
@@ -24,6 +30,7 @@ class MongoDB:
             alias="default",
             connect=False,
             tz_aware=True,
+            uuidRepresentation="standard",
             serverSelectionTimeoutMS=config.MONGO_TIMEOUT_MS,
             connectTimeoutMS=config.MONGO_TIMEOUT_MS,
             socketTimeoutMS=max(config.MONGO_TIMEOUT_MS, 10000),
@@ -35,11 +42,51 @@ class MongoDB:
         mongoengine.get_db().command("ping")
 
 
+class FairQueue:
+    """The connection pool's free list, handing a released connection to the longest waiter.
+
+    redis-py's default LIFO queue lets a greenlet that releases a connection take it again
+    before a waiting greenlet runs, so a few hot readers can starve a writer indefinitely.
+    """
+
+    def __init__(self, maxsize: int) -> None:
+        self.maxsize = maxsize
+        self.queue: deque[Any] = deque()
+        self._waiters: deque[AsyncResult] = deque()
+
+    def put_nowait(self, item: Any) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.ready():
+                waiter.set(item)
+                return
+        if len(self.queue) >= self.maxsize:
+            raise queue.Full
+        self.queue.append(item)
+
+    def get(self, block: bool = True, timeout: float | None = None) -> Any:
+        if self.queue:
+            return self.queue.pop()
+        if not block:
+            raise queue.Empty
+        waiter = AsyncResult()
+        self._waiters.append(waiter)
+        try:
+            return waiter.get(timeout=timeout)
+        except gevent.Timeout:
+            if waiter.ready():
+                return waiter.value
+            raise queue.Empty from None
+        finally:
+            if waiter in self._waiters:
+                self._waiters.remove(waiter)
+
+
 class RedisStore:
     """A small blocking pool of command connections per worker process.
 
     The pool is capped, so a worker's Redis connections stay constant whatever the number
-    of clients: callers wait briefly for a free connection instead of opening more.
+    of clients: callers wait their turn (first come, first served) for a free connection.
     """
 
     POOL_SIZE = 3
@@ -52,6 +99,7 @@ class RedisStore:
             socket_timeout=config.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=min(config.REDIS_SOCKET_TIMEOUT, 2.0),
             health_check_interval=30,
+            queue_class=FairQueue,
         )
         app.extensions["redis"] = redis.Redis(connection_pool=pool)
 

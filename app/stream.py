@@ -45,10 +45,13 @@ class StreamSession:
     def open(self) -> list[Event]:
         """Subscribe, then read the replay: events in flight meanwhile are deduplicated."""
         user_id = self.subscriber.user_id
+        config = self.hub.config
         self.sub = self.hub.subscribe(user_id)
+        # Live means "published after this stream opened": make sure this worker's
+        # subscriber is listening before saying so (it may still be connecting).
+        self.hub.connected.wait(config.REDIS_SOCKET_TIMEOUT)
         if self.raw_cursor is None:
             return []
-        config = self.hub.config
         cursor = _parse_cursor(self.raw_cursor)
         try:
             events = (

@@ -229,9 +229,9 @@ class SSEClient(StreamClient):
         self._add(event)
 
     def close(self) -> None:
-        self.response.close()
         if self.greenlet is not None:
-            self.greenlet.kill(block=False)
+            self.greenlet.kill()
+        self.response.close()
 
 
 class WSClient(StreamClient):
