@@ -3,6 +3,7 @@
 
     python3 dev.py run              # app + embedded Redis/MongoDB on http://127.0.0.1:8000
     python3 dev.py test [ARGS...]   # the test suite (ARGS go to pytest)
+    python3 dev.py bench [--quick]  # the benchmark vs Flask-SSE (bench/README.md)
 
 Both create/refresh ``.venv`` from requirements-dev.txt and re-run inside it.
 Only the standard library may be used until ``ensure_venv`` has re-executed us.
@@ -284,9 +285,28 @@ def cmd_test(args: list[str]) -> int:
     os.execv(VENV_PY, [str(VENV_PY), "-m", "pytest", *args])
 
 
+# --- bench ---------------------------------------------------------------------
+
+
+def cmd_bench(args: list[str]) -> int:
+    """Install bench/requirements.txt when it changed, then run bench/run.py."""
+    reqs = ROOT / "bench" / "requirements.txt"
+    stamp = VENV / ".bench-requirements.sha256"
+    wanted = hashlib.sha256(reqs.read_bytes()).hexdigest()
+    if not stamp.exists() or stamp.read_text().strip() != wanted:
+        say("installing bench/requirements.txt into .venv ...")
+        pip = [str(VENV_PY), "-m", "pip", "install", "-r", str(reqs)]
+        if subprocess.run(pip, cwd=ROOT, check=False).returncode != 0:
+            die("pip install failed (see above)")
+        stamp.write_text(wanted + "\n")
+    os.chdir(ROOT)
+    os.execv(VENV_PY, [str(VENV_PY), str(ROOT / "bench" / "run.py"), *args])
+
+
 COMMANDS: dict[str, Callable[[list[str]], int]] = {
     "run": cmd_run,
     "test": cmd_test,
+    "bench": cmd_bench,
 }
 
 

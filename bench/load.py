@@ -1,0 +1,347 @@
+"""One load-generator process (asyncio + aiohttp), driven by JSON-line commands on stdin.
+
+``bench/run.py`` starts several of these so no process holds more than ~10,000 sockets
+(the open-file limit is 20,000 per process) and so the load runs on its own CPU budget,
+apart from the server. Every command gets exactly one JSON line back on stdout.
+
+Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send}``;
+CLOCK_MONOTONIC is system-wide on Linux, so receipt time minus ``t`` is the delivery
+latency even though sender and receiver are different processes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sys
+import time
+from typing import Any
+
+import aiohttp
+import orjson
+from itsdangerous import URLSafeSerializer
+
+TOKEN_SALT = "subscriber-token"  # app/auth.py
+CONNECT_HOLD = 30.0
+
+
+class Conn:
+    """One stream client: which user it follows and which markers it has received."""
+
+    __slots__ = ("user", "seen", "task", "open", "closed", "close_code", "error")
+
+    def __init__(self, user: str) -> None:
+        self.user = user
+        self.seen: dict[tuple[str, int], int] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.open = False
+        self.closed = False
+        self.close_code: int | None = None
+        self.error = ""
+
+
+class Load:
+    def __init__(self) -> None:
+        self.conns: list[Conn] = []
+        self.session: aiohttp.ClientSession | None = None
+        self.latency_us: dict[str, list[int]] = {}
+        # (phase, marker) -> [receipts, sent_ns, first_ns, last_ns]
+        self.markers: dict[tuple[str, int], list[int]] = {}
+        self.mode = "ours-sse"
+
+    # -- receipt ----------------------------------------------------------------------
+    def received(self, conn: Conn, payload: bytes) -> None:
+        now = time.monotonic_ns()
+        try:
+            doc = orjson.loads(payload)
+        except orjson.JSONDecodeError:
+            return
+        if self.mode == "ours-ws":
+            if doc.get("type") != "notification":
+                return
+            doc = doc["notification"]
+        data = doc if self.mode == "peer-sse" else doc.get("data")
+        if not isinstance(data, dict) or "k" not in data:
+            return
+        key = (data["p"], data["k"])
+        conn.seen[key] = conn.seen.get(key, 0) + 1
+        mark = self.markers.get(key)
+        if mark is None:
+            self.markers[key] = [1, data["t"], now, now]
+        else:
+            mark[0] += 1
+            mark[3] = now
+        self.latency_us.setdefault(data["p"], []).append((now - data["t"]) // 1000)
+
+    # -- streams ----------------------------------------------------------------------
+    async def sse(self, conn: Conn, url: str, sem: asyncio.Semaphore, hold: float) -> None:
+        assert self.session is not None
+        async with sem:
+            request = asyncio.ensure_future(self.session.get(url))
+            await asyncio.wait({request}, timeout=hold)
+        try:
+            resp = await request
+            if resp.status != 200:
+                conn.error = f"HTTP {resp.status}"
+                resp.release()
+                return
+            conn.open = True
+            content = resp.content
+            while True:
+                frame = await content.readuntil(b"\n\n")
+                if not frame:
+                    break
+                for line in frame.split(b"\n"):
+                    if line.startswith(b"data:"):
+                        self.received(conn, line[5:])
+        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            conn.error = conn.error or type(exc).__name__
+        finally:
+            conn.closed = True
+
+    async def ws(self, conn: Conn, url: str, sem: asyncio.Semaphore) -> None:
+        assert self.session is not None
+        try:
+            async with sem:
+                ws = await self.session.ws_connect(url, autoping=True, compress=0, heartbeat=None)
+            conn.open = True
+            async for msg in ws:
+                if msg.type == aiohttp.WSMsgType.TEXT:
+                    self.received(conn, msg.data.encode())
+            conn.close_code = ws.close_code
+        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            conn.error = type(exc).__name__
+        finally:
+            conn.closed = True
+
+    async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Open ``per_user`` streams for each user; returns once all are open or failed."""
+        self.mode = cmd["mode"]
+        if self.session is None:
+            self.session = aiohttp.ClientSession(
+                connector=aiohttp.TCPConnector(limit=0, force_close=False),
+                timeout=aiohttp.ClientTimeout(total=None, connect=60, sock_read=None),
+            )
+        signer = URLSafeSerializer(cmd.get("secret", "x"), salt=TOKEN_SALT)
+        exp = int(time.time()) + 7200
+        sem = asyncio.Semaphore(cmd.get("concurrency", 100))
+        base, started = cmd["url"], time.monotonic()
+        new: list[Conn] = []
+        for user in cmd["users"]:
+            token = signer.dumps({"u": user, "exp": exp})
+            for _ in range(cmd["per_user"]):
+                conn = Conn(user)
+                if self.mode == "peer-sse":
+                    coro = self.sse(conn, f"{base}/stream?channel={user}", sem, 0.02)
+                elif self.mode == "ours-sse":
+                    coro = self.sse(conn, f"{base}/stream?token={token}", sem, CONNECT_HOLD)
+                else:
+                    coro = self.ws(conn, f"{base.replace('http', 'ws', 1)}/ws?token={token}", sem)
+                conn.task = asyncio.create_task(coro)
+                new.append(conn)
+        self.conns.extend(new)
+        deadline = time.monotonic() + cmd.get("timeout", 120)
+        while time.monotonic() < deadline:
+            pending = sum(1 for c in new if not c.open and not c.closed)
+            if pending == 0 or self.mode == "peer-sse":
+                break
+            await asyncio.sleep(0.05)
+        if self.mode == "peer-sse":  # its headers come with the first event: wait for the requests
+            await asyncio.sleep(min(2.0, 0.0005 * len(new)))
+        return {
+            "opened": sum(1 for c in new if c.open),
+            "failed": sum(1 for c in new if c.closed and not c.open),
+            "errors": sorted({c.error for c in new if c.error})[:5],
+            "seconds": round(time.monotonic() - started, 3),
+        }
+
+    def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """How many live clients have received at least one marker of ``phase``."""
+        phase = cmd["phase"]
+        got = sum(1 for c in self.conns if any(k[0] == phase for k in c.seen))
+        return {"clients": len(self.conns), "live": sum(1 for c in self.conns if not c.closed), "got": got}
+
+    def report(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """Latency samples and exactly-once counts for ``phase`` (marker k goes to user k % U)."""
+        phase, n_posts, users = cmd["phase"], cmd.get("n_posts", 0), cmd.get("users", [])
+        index = {u: i for i, u in enumerate(users)}
+        lost = dup = stray = 0
+        for conn in self.conns:
+            mine = {k: n for (p, k), n in conn.seen.items() if p == phase}
+            if users:
+                i = index.get(conn.user)
+                expected = range(i, n_posts, len(users)) if i is not None else range(0)
+                lost += sum(1 for k in expected if k not in mine)
+                dup += sum(mine[k] - 1 for k in expected if mine.get(k, 0) > 1)
+                stray += sum(n for k, n in mine.items() if k not in expected)
+            else:
+                lost += sum(1 for k in cmd.get("markers", []) if k not in mine)
+                dup += sum(n - 1 for n in mine.values() if n > 1)
+        markers = {str(k): v for (p, k), v in self.markers.items() if p == phase}
+        return {
+            "latency_us": self.latency_us.get(phase, []),
+            "lost": lost,
+            "duplicates": dup,
+            "stray": stray,
+            "markers": markers,
+            "clients": len(self.conns),
+            "closed": sum(1 for c in self.conns if c.closed),
+            "close_codes": sorted({c.close_code for c in self.conns if c.close_code is not None}),
+        }
+
+    def reset(self) -> dict[str, Any]:
+        self.latency_us.clear()
+        self.markers.clear()
+        for conn in self.conns:
+            conn.seen.clear()
+        return {}
+
+    async def close(self) -> dict[str, Any]:
+        for conn in self.conns:
+            if conn.task is not None:
+                conn.task.cancel()
+        await asyncio.gather(*(c.task for c in self.conns if c.task), return_exceptions=True)
+        self.conns.clear()
+        if self.session is not None:
+            await self.session.close()
+            self.session = None
+        return {}
+
+    # -- posting ----------------------------------------------------------------------
+    async def post_rate(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """POST ``count`` single-user notifications at ``rate``/s (open loop); marker k -> user k % U."""
+        users, rate, count, phase = cmd["users"], cmd["rate"], cmd["count"], cmd["phase"]
+        path = "/publish" if cmd.get("peer") else "/api/notifications"
+        headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
+        times: list[float] = []
+        errors: dict[str, int] = {}
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+
+            async def one(k: int) -> None:
+                body = {"user_id": users[k % len(users)], "message": "bench", "data": None}
+                body["data"] = {"p": phase, "k": k, "t": time.monotonic_ns()}
+                t0 = time.monotonic()
+                try:
+                    async with session.post(cmd["url"] + path, data=orjson.dumps(body), headers=headers) as r:
+                        await r.read()
+                        if r.status not in (200, 201):
+                            errors[f"HTTP {r.status}"] = errors.get(f"HTTP {r.status}", 0) + 1
+                except (aiohttp.ClientError, OSError) as exc:
+                    errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
+                times.append(time.monotonic() - t0)
+
+            start, tasks = time.monotonic(), []
+            deadline = start + count / rate + 60
+            for k in range(count):
+                delay = start + k / rate - time.monotonic()
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                tasks.append(asyncio.create_task(one(k)))
+            await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
+        return {"sent": count, "errors": errors, "post_ms": _pcts(times), "seconds": time.monotonic() - start}
+
+    async def post_batch(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """One POST naming many users (ours: ``user_ids``; the peer publishes per channel)."""
+        path = "/publish" if cmd.get("peer") else "/api/notifications"
+        headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
+        results = []
+        async with aiohttp.ClientSession() as session:
+            for chunk_start in range(0, len(cmd["user_ids"]), 1000):
+                chunk = cmd["user_ids"][chunk_start : chunk_start + 1000]
+                data = {"p": cmd["phase"], "k": cmd["k"], "t": time.monotonic_ns()}
+                body = {"user_ids": chunk, "message": "bench", "data": data}
+                t0 = time.monotonic()
+                async with session.post(cmd["url"] + path, data=orjson.dumps(body), headers=headers) as r:
+                    await r.read()
+                    results.append((r.status, time.monotonic() - t0))
+        return {"statuses": sorted({s for s, _ in results}), "seconds": sum(t for _, t in results)}
+
+    async def throughput(self, cmd: dict[str, Any]) -> dict[str, Any]:
+        """``clients`` keep-alive clients POSTing single-user notifications for ``seconds``."""
+        headers = {"Authorization": f"Bearer {cmd['key']}", "Content-Type": "application/json"}
+        users, times, errors = cmd["users"], [], [0]
+        stop = time.monotonic() + cmd["seconds"]
+        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cmd["clients"])) as session:
+
+            async def worker(w: int) -> None:
+                i = 0
+                while time.monotonic() < stop:
+                    body = {"user_id": users[(w + i) % len(users)], "message": "throughput"}
+                    i += 1
+                    t0 = time.monotonic()
+                    try:
+                        async with session.post(
+                            cmd["url"] + "/api/notifications", data=orjson.dumps(body), headers=headers
+                        ) as r:
+                            await r.read()
+                            if r.status != 201:
+                                errors[0] += 1
+                                continue
+                    except (aiohttp.ClientError, OSError):
+                        errors[0] += 1
+                        continue
+                    times.append(time.monotonic() - t0)
+
+            start = time.monotonic()
+            await asyncio.wait_for(
+                asyncio.gather(*(worker(w) for w in range(cmd["clients"]))), cmd["seconds"] + 30
+            )
+            elapsed = time.monotonic() - start
+        return {
+            "ok": len(times),
+            "errors": errors[0],
+            "per_second": len(times) / elapsed,
+            "post_ms": _pcts(times),
+        }
+
+
+def _pcts(times: list[float]) -> dict[str, float]:
+    if not times:
+        return {}
+    s = sorted(times)
+    return {q: round(s[min(int(len(s) * f), len(s) - 1)] * 1000, 2) for q, f in (("p50", 0.5), ("p99", 0.99))}
+
+
+async def main() -> None:
+    load = Load()
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
+    await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
+    handlers = {
+        "open": load.open,
+        "post_rate": load.post_rate,
+        "post_batch": load.post_batch,
+        "throughput": load.throughput,
+        "close": lambda cmd: load.close(),
+    }
+    while True:
+        line = await reader.readline()
+        if not line:
+            break
+        cmd = orjson.loads(line)
+        name = cmd["cmd"]
+        try:
+            if name == "exit":
+                await load.close()
+                reply: dict[str, Any] = {}
+            elif name in handlers:
+                reply = await handlers[name](cmd)
+            elif name == "count":
+                reply = load.count(cmd)
+            elif name == "report":
+                reply = load.report(cmd)
+            elif name == "reset":
+                reply = load.reset()
+            else:
+                reply = {"error": f"unknown command {name}"}
+        except Exception as exc:  # report, don't die: the orchestrator decides
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        sys.stdout.buffer.write(orjson.dumps(reply) + b"\n")
+        sys.stdout.buffer.flush()
+        if name == "exit":
+            break
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(main())

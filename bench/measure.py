@@ -1,0 +1,83 @@
+"""What the benchmark reads from the kernel and from Redis about the servers under test."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from urllib.parse import urlparse
+
+import redis
+
+
+@dataclass(frozen=True)
+class ProcStats:
+    """A process's resident memory (VmRSS) and how many client connections it holds.
+
+    ``sockets`` counts the process's sockets accepted on ``port`` (the service's), not its
+    own connections to Redis and MongoDB.
+    """
+
+    rss_kb: int
+    sockets: int
+
+    @classmethod
+    def read(cls, pid: int, port: int) -> ProcStats:
+        rss = 0
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                rss = int(line.split()[1])
+                break
+        accepted = {inode for local, remote, inode in _tcp_table() if local == port and remote != 0}
+        return cls(rss, len(socket_inodes(pid) & accepted))
+
+
+def socket_inodes(pid: int) -> set[int]:
+    inodes = set()
+    fd_dir = f"/proc/{pid}/fd"
+    try:
+        names = os.listdir(fd_dir)
+    except OSError:
+        return inodes
+    for name in names:
+        try:
+            target = os.readlink(f"{fd_dir}/{name}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(int(target[8:-1]))
+    return inodes
+
+
+def _tcp_table() -> list[tuple[int, int, int]]:
+    """(local port, remote port, inode) of every TCP socket on the machine."""
+    rows = []
+    for name in ("/proc/net/tcp", "/proc/net/tcp6"):
+        try:
+            lines = Path(name).read_text().splitlines()[1:]
+        except OSError:
+            continue
+        for line in lines:
+            parts = line.split()
+            local, remote, inode = parts[1], parts[2], int(parts[9])
+            rows.append((int(local.rsplit(":", 1)[1], 16), int(remote.rsplit(":", 1)[1], 16), inode))
+    return rows
+
+
+def redis_connections_by_pid(redis_url: str, pids: list[int]) -> dict[str, int]:
+    """How many of Redis's clients (``CLIENT LIST``) each process holds.
+
+    A client's address in CLIENT LIST is the process's local port; /proc/net/tcp maps the
+    port to a socket inode and /proc/<pid>/fd tells which process holds that inode.
+    """
+    url = urlparse(redis_url)
+    client = redis.Redis(host=url.hostname, port=url.port or 6379)
+    try:
+        listed = client.client_list()
+    finally:
+        client.close()
+    ports = {int(c["addr"].rsplit(":", 1)[1]) for c in listed}
+    inodes = {inode for local, remote, inode in _tcp_table() if remote == url.port and local in ports}
+    counts = {str(pid): len(socket_inodes(pid) & inodes) for pid in pids}
+    counts["total_clients"] = len(listed)
+    return counts

@@ -1,0 +1,267 @@
+"""Turn the runs' raw figures into bench/results/latest.{json,md,png}: medians and spread."""
+
+from __future__ import annotations
+
+import json
+import statistics
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+Getter = Callable[[dict[str, Any]], float | None]
+
+
+def _get(*path: str) -> Getter:
+    def get(side: dict[str, Any]) -> float | None:
+        value: Any = side
+        for key in path:
+            if not isinstance(value, dict) or key not in value:
+                return None
+            value = value[key]
+        return value if isinstance(value, (int, float)) else None
+
+    return get
+
+
+def _errors(name: str) -> Getter:
+    def get(side: dict[str, Any]) -> float | None:
+        m = side.get(name)
+        if not m or "lost" not in m:
+            return None
+        return (
+            m["lost"]
+            + m["duplicates"]
+            + m["stray"]
+            + (m["expected"] - m["received"] if m["received"] < m["expected"] else 0)
+        )
+
+    return get
+
+
+def _held(name: str) -> Getter:
+    """Idle connections that were all still there and got the final broadcast exactly once."""
+
+    def get(side: dict[str, Any]) -> float | None:
+        m = side.get(name)
+        if not m or "final_received" not in m:
+            return None
+        ok = m["final_lost"] == 0 and m["final_duplicates"] == 0 and m["failed"] == 0
+        return m["final_received"] if ok else -m["final_received"]
+
+    return get
+
+
+def _min_per_worker(name: str) -> Getter:
+    def get(side: dict[str, Any]) -> float | None:
+        m = side.get(name)
+        if not m or "per_worker" not in m:
+            return None
+        return min(w["connections"] for w in m["per_worker"].values())
+
+    return get
+
+
+def _redis_per_worker(side: dict[str, Any]) -> float | None:
+    counts = [
+        n
+        for name in ("idle_sse", "idle_ws")
+        for pid, n in (side.get(name) or {}).get("redis_connections_per_worker", {}).items()
+        if pid != "total_clients"
+    ]
+    return max(counts) if counts else None
+
+
+# (measure, getter, target text, target check, lower is better)
+ROWS: list[tuple[str, Getter, str, Callable[[float], bool], bool]] = [
+    ("SSE latency p50 (ms)", _get("latency_sse", "p50_ms"), "≤ 3", lambda v: v <= 3, True),
+    ("SSE latency p99 (ms)", _get("latency_sse", "p99_ms"), "≤ 10", lambda v: v <= 10, True),
+    ("WS latency p50 (ms)", _get("latency_ws", "p50_ms"), "≤ 3", lambda v: v <= 3, True),
+    ("WS latency p99 (ms)", _get("latency_ws", "p99_ms"), "≤ 10", lambda v: v <= 10, True),
+    ("SSE lost + duplicate deliveries", _errors("latency_sse"), "0", lambda v: v == 0, True),
+    ("WS lost + duplicate deliveries", _errors("latency_ws"), "0", lambda v: v == 0, True),
+    (
+        "idle SSE connections held, all got the final broadcast",
+        _held("idle_sse"),
+        "20,000",
+        lambda v: v >= 20000,
+        False,
+    ),
+    (
+        "idle WS connections held, all got the final broadcast",
+        _held("idle_ws"),
+        "20,000",
+        lambda v: v >= 20000,
+        False,
+    ),
+    (
+        "idle SSE connections on the less loaded worker",
+        _min_per_worker("idle_sse"),
+        "10,000",
+        lambda v: v >= 10000,
+        False,
+    ),
+    (
+        "idle WS connections on the less loaded worker",
+        _min_per_worker("idle_ws"),
+        "10,000",
+        lambda v: v >= 10000,
+        False,
+    ),
+    (
+        "memory per idle SSE connection (KB RSS)",
+        _get("idle_sse", "kb_per_connection"),
+        "≤ 12",
+        lambda v: v <= 12,
+        True,
+    ),
+    (
+        "memory per idle WS connection (KB RSS)",
+        _get("idle_ws", "kb_per_connection"),
+        "≤ 12",
+        lambda v: v <= 12,
+        True,
+    ),
+    (
+        "broadcast over SSE (deliveries/s)",
+        _get("broadcast_sse", "deliveries_per_second"),
+        "≥ 30,000",
+        lambda v: v >= 30000,
+        False,
+    ),
+    (
+        "broadcast over WS (deliveries/s)",
+        _get("broadcast_ws", "deliveries_per_second"),
+        "≥ 30,000",
+        lambda v: v >= 30000,
+        False,
+    ),
+    (
+        "POST throughput, 32 keep-alive clients (/s)",
+        _get("throughput", "per_second"),
+        "≥ 2,000",
+        lambda v: v >= 2000,
+        False,
+    ),
+    ("Redis connections per worker (max, idle phase)", _redis_per_worker, "≤ 4", lambda v: v <= 4, True),
+]
+
+
+def _fmt(v: float | None) -> str:
+    if v is None:
+        return "—"
+    if abs(v) >= 1000:
+        return f"{v:,.0f}"
+    return f"{v:.3g}" if isinstance(v, float) else str(v)
+
+
+def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    rows = []
+    for label, get, target, check, lower in ROWS:
+        row: dict[str, Any] = {"measure": label, "target": target}
+        for side in ("ours", "peer"):
+            values = [v for r in results if (v := get(r.get(side, {}))) is not None]
+            row[side] = {
+                "median": statistics.median(values) if values else None,
+                "min": min(values) if values else None,
+                "max": max(values) if values else None,
+                "runs": values,
+            }
+        ours, peer = row["ours"]["median"], row["peer"]["median"]
+        row["target_met"] = ours is not None and check(ours)
+        row["better_than_peer"] = (
+            None if ours is None or peer is None else (ours < peer if lower else ours > peer)
+        )
+        rows.append(row)
+    return rows
+
+
+def _cell(stats: dict[str, Any]) -> str:
+    med = stats["median"]
+    if med is None:
+        return "—"
+    if len(stats["runs"]) > 1 and stats["min"] != stats["max"]:
+        return f"{_fmt(med)} ({_fmt(stats['min'])}–{_fmt(stats['max'])})"
+    return _fmt(med)
+
+
+def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dict[str, Any]]) -> str:
+    lines = [
+        f"Command: `{meta['command'].strip()}` · profile {meta['profile']} · {meta['runs']} run(s) · "
+        f"started {meta['started_utc']} UTC · {meta['seconds']} s · {meta['cpus']} CPUs · "
+        f"load average at end {', '.join(f'{x:.1f}' for x in meta['load_avg_at_end'])}",
+    ]
+    if meta.get("note"):
+        lines.append(f"Note: {meta['note']}")
+    sizes = results[0].get("sizes", {}) if results else {}
+    lines += [
+        f"Peer idle measures at {sizes.get('peer_idle_connections', '?')} connections "
+        "(Flask-SSE holds a Redis connection per client, two sockets per client in its worker).",
+        'Cells: median over runs (min–max). "met?": target met by the median, and better than '
+        "Flask-SSE where it was measured.",
+        "",
+        "| measure | ours | Flask-SSE | target | met? |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        met = "yes" if row["target_met"] else "**no**"
+        if row["better_than_peer"] is False:
+            met += " (**not better than peer**)"
+        elif row["better_than_peer"]:
+            met += " (better than peer)"
+        lines.append(
+            f"| {row['measure']} | {_cell(row['ours'])} | {_cell(row['peer'])} | {row['target']} | {met} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot(path: Path, results: list[dict[str, Any]]) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    series = [
+        ("ours", "latency_sse", "ours SSE"),
+        ("ours", "latency_ws", "ours WS"),
+        ("peer", "latency_sse", "Flask-SSE"),
+    ]
+    for side, name, label in series:
+        samples = sorted(s for r in results for s in (r.get(side, {}).get(name) or {}).get("hist_ms", []))
+        if samples:
+            ys = [(i + 1) / len(samples) for i in range(len(samples))]
+            lat.plot(samples, ys, label=label)
+    lat.set_xscale("log")
+    lat.set_xlabel("delivery latency (ms, log)")
+    lat.set_ylabel("fraction delivered")
+    lat.set_title("latency distribution (CDF)")
+    lat.grid(True, which="both", alpha=0.3)
+    lat.legend()
+    for side, name, label in [
+        ("ours", "idle_sse", "ours SSE"),
+        ("ours", "idle_ws", "ours WS"),
+        ("peer", "idle_sse", "Flask-SSE"),
+    ]:
+        for i, r in enumerate(results):
+            curve = (r.get(side, {}).get(name) or {}).get("curve_mb")
+            if curve:
+                xs, ys = zip(*curve, strict=False)
+                mem.plot(xs, ys, marker="o", label=label if i == 0 else None, alpha=0.8)
+    mem.set_xlabel("open idle connections (both workers)")
+    mem.set_ylabel("workers' RSS (MB)")
+    mem.set_title("memory against connections")
+    mem.grid(True, alpha=0.3)
+    mem.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def write_results(prefix: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> list[Path]:
+    prefix.parent.mkdir(parents=True, exist_ok=True)
+    rows = summarize(results)
+    md, js, png = prefix.with_suffix(".md"), prefix.with_suffix(".json"), prefix.with_suffix(".png")
+    md.write_text(markdown(meta, rows, results))
+    js.write_text(json.dumps({"meta": meta, "summary": rows, "runs": results}, indent=1, default=str))
+    plot(png, results)
+    return [md, js, png]

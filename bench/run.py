@@ -1,0 +1,540 @@
+"""The benchmark: this service and Flask-SSE, side by side, on one machine, on loopback.
+
+    python3 dev.py bench [--quick] [--runs N] [--only ours|peer] [--skip NAME,...]
+
+Starts its own redis-server and SecantusDB (tools/devservers.py), the service (gunicorn,
+gevent, 2 workers) and the Flask-SSE peer (bench/peer_flask_sse/, gunicorn + gevent, same
+Redis), and load generators in separate processes (bench/load.py). Every wait is bounded.
+Writes bench/results/latest.{md,json,png}; see bench/README.md for what each row means.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import secrets
+import selectors
+import signal
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.measure import ProcStats, redis_connections_by_pid  # noqa: E402
+from bench.report import write_results  # noqa: E402
+from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
+
+PY = sys.executable
+GUNICORN = str(Path(PY).parent / "gunicorn")
+RESULTS = ROOT / "bench" / "results"
+API_KEY = "bench-" + secrets.token_urlsafe(12)
+SECRET = secrets.token_urlsafe(24)
+
+PROFILES: dict[str, dict[str, Any]] = {
+    # what the issue asks for
+    "full": {
+        "lat_users": 200, "lat_per_user": 10, "lat_posts": 2000, "lat_rate": 200,
+        "idle_users": 2000, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
+        "peer_idle_users": 600, "peer_idle_per_user": 10,
+        "bc_users": 1000, "bc_per_user": 10, "bc_repeats": 5,
+        "tp_clients": 32, "tp_seconds": 10.0,
+        "load_procs": 4, "heartbeat": 15,
+    },
+    # small and fast, for developing the harness on a shared machine
+    "quick": {
+        "lat_users": 20, "lat_per_user": 10, "lat_posts": 200, "lat_rate": 100,
+        "idle_users": 40, "idle_per_user": 10, "idle_steps": 2, "idle_hold": 3.0,
+        "peer_idle_users": 20, "peer_idle_per_user": 10,
+        "bc_users": 50, "bc_per_user": 4, "bc_repeats": 3,
+        "tp_clients": 32, "tp_seconds": 3.0,
+        "load_procs": 2, "heartbeat": 2,
+    },
+}  # fmt: skip
+
+
+def say(msg: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+# --- load generator processes ------------------------------------------------------------
+
+
+class LoadProc:
+    """A bench/load.py child: one JSON command in, one JSON reply out."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.proc = subprocess.Popen(
+            [PY, str(ROOT / "bench" / "load.py")],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            cwd=ROOT,
+            start_new_session=True,
+        )
+        self._buf = b""
+
+    def send(self, cmd: dict[str, Any]) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(json.dumps(cmd).encode() + b"\n")
+        self.proc.stdin.flush()
+
+    def recv(self, timeout: float) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        with selectors.DefaultSelector() as sel:
+            sel.register(self.proc.stdout, selectors.EVENT_READ)
+            while b"\n" not in self._buf:
+                left = deadline - time.monotonic()
+                if left <= 0 or self.proc.poll() is not None and not sel.select(0):
+                    raise RuntimeError(f"load process {self.name}: no reply in {timeout:.0f}s")
+                if sel.select(min(left, 1.0)):
+                    chunk = os.read(self.proc.stdout.fileno(), 1 << 20)
+                    if not chunk:
+                        raise RuntimeError(f"load process {self.name} exited")
+                    self._buf += chunk
+        line, self._buf = self._buf.split(b"\n", 1)
+        reply = json.loads(line)
+        if "error" in reply:
+            raise RuntimeError(f"load process {self.name}: {reply['error']}")
+        return reply
+
+    def call(self, cmd: dict[str, Any], timeout: float = 120) -> dict[str, Any]:
+        self.send(cmd)
+        return self.recv(timeout)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            try:
+                self.call({"cmd": "exit"}, timeout=20)
+                self.proc.wait(10)
+            except (RuntimeError, OSError, subprocess.TimeoutExpired):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+
+
+def all_call(procs: list[LoadProc], cmds: list[dict[str, Any]], timeout: float = 300) -> list[dict[str, Any]]:
+    for proc, cmd in zip(procs, cmds, strict=False):
+        proc.send(cmd)
+    return [proc.recv(timeout) for proc in procs]
+
+
+def split(items: list[str], n: int) -> list[list[str]]:
+    return [items[i::n] for i in range(n)]
+
+
+# --- servers under test --------------------------------------------------------------------
+
+
+class Service:
+    """A gunicorn instance (ours or the peer) on a free port, its workers' pids known."""
+
+    def __init__(self, kind: str, env: dict[str, str], log_path: Path) -> None:
+        self.kind = kind
+        self.port = find_free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        if kind == "ours":
+            argv, cwd = [GUNICORN, "-c", "gunicorn.conf.py", "wsgi:app"], ROOT
+        else:
+            argv = [
+                GUNICORN, "app:app", "--worker-class", "gevent", "--workers", "2",
+                "--worker-connections", "20000", "--bind", f"127.0.0.1:{self.port}",
+            ]  # fmt: skip
+            cwd = ROOT / "bench" / "peer_flask_sse"
+        env = {**os.environ, **env, "PORT": str(self.port), "HOST": "127.0.0.1"}
+        self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
+                                     start_new_session=True)  # fmt: skip
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"{kind} gunicorn exited; see {log_path}")
+            try:
+                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                    if resp.status == 200 and len(self.workers()) == 2:
+                        break
+            except OSError:
+                pass
+            time.sleep(0.2)
+        else:
+            raise RuntimeError(f"{kind} did not start in 60s; see {log_path}")
+
+    def workers(self) -> list[int]:
+        try:
+            text = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text()
+        except OSError:
+            return []
+        return sorted(int(p) for p in text.split())
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGINT)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(5)
+        self.log.close()
+
+
+# --- scenarios -------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, redis_url: str, mongo_url: str, workdir: Path) -> None:
+        self.args = args
+        self.p = PROFILES["quick" if args.quick else "full"]
+        self.redis_url = redis_url
+        self.mongo_url = mongo_url
+        self.workdir = workdir
+        self.loads = [LoadProc(f"load{i}") for i in range(self.p["load_procs"])]
+        self.poster = LoadProc("poster")
+        self.run_no = 0
+
+    def close(self) -> None:
+        for proc in [*self.loads, self.poster]:
+            proc.stop()
+
+    def env(self, tag: str) -> dict[str, str]:
+        return {
+            "APP_ENV": "production",
+            "SECRET_KEY": SECRET,
+            "API_KEYS": API_KEY,
+            "REDIS_URL": self.redis_url,
+            "MONGO_URI": f"{self.mongo_url.rstrip('/')}/bench_{tag}",
+            "KEY_PREFIX": f"b{tag}:",
+            "WEB_CONCURRENCY": "2",
+            "HEARTBEAT_SECONDS": str(self.p["heartbeat"]),
+            "LOG_LEVEL": "warning",
+        }
+
+    def start(self, kind: str, tag: str) -> Service:
+        env = self.env(tag)
+        if kind == "ours":
+            code = "from app import create_app; from app.models import ensure_indexes\n"
+            code += "app = create_app()\nwith app.app_context(): ensure_indexes()"
+            subprocess.run([PY, "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60)
+        return Service(kind, env, self.workdir / f"{kind}-{tag}.log")
+
+    # -- helpers --------------------------------------------------------------------------
+    def open(self, svc: Service, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
+        groups = split(users, len(self.loads))
+        cmds = [
+            {"cmd": "open", "mode": mode, "url": svc.url, "users": g, "per_user": per_user,
+             "secret": SECRET, "timeout": 300}
+            for g in groups
+        ]  # fmt: skip
+        replies = all_call(self.loads, cmds, timeout=400)
+        return {k: sum(r[k] for r in replies) for k in ("opened", "failed")} | {
+            "errors": sorted({e for r in replies for e in r["errors"]}),
+            "seconds": max(r["seconds"] for r in replies),
+        }
+
+    def count(self, phase: str) -> dict[str, int]:
+        replies = all_call(self.loads, [{"cmd": "count", "phase": phase}] * len(self.loads), 60)
+        return {k: sum(r[k] for r in replies) for k in ("clients", "live", "got")}
+
+    def broadcast(self, svc: Service, users: list[str], phase: str, k: int, peer: bool) -> dict[str, Any]:
+        return self.poster.call(
+            {"cmd": "post_batch", "url": svc.url, "key": API_KEY, "user_ids": users, "phase": phase,
+             "k": k, "peer": peer},
+            timeout=120,
+        )  # fmt: skip
+
+    def barrier(self, svc: Service, users: list[str], peer: bool, timeout: float = 60) -> bool:
+        """Broadcast until every client has received one: all are subscribed."""
+        deadline, k = time.monotonic() + timeout, 0
+        while time.monotonic() < deadline:
+            self.broadcast(svc, users, "w", k, peer)
+            k += 1
+            wait_until = time.monotonic() + 3
+            while time.monotonic() < wait_until:
+                c = self.count("w")
+                if c["got"] >= c["clients"]:
+                    return True
+                time.sleep(0.2)
+        say(f"barrier: only {self.count('w')} clients got a warm-up event")
+        return False
+
+    def reports(self, cmd: dict[str, Any]) -> list[dict[str, Any]]:
+        return all_call(self.loads, [cmd] * len(self.loads), 120)
+
+    def close_all(self) -> None:
+        all_call(self.loads, [{"cmd": "close"}] * len(self.loads), 120)
+
+    # -- (a) latency ------------------------------------------------------------------------
+    def latency(self, svc: Service, mode: str) -> dict[str, Any]:
+        p, peer = self.p, mode == "peer-sse"
+        users = [f"lat{i}" for i in range(p["lat_users"])]
+        opened = self.open(svc, mode, users, p["lat_per_user"])
+        self.barrier(svc, users, peer)
+        self.reports({"cmd": "reset"})
+        expected = p["lat_posts"] * p["lat_per_user"]
+        posted = self.poster.call(
+            {"cmd": "post_rate", "url": svc.url, "key": API_KEY, "users": users, "rate": p["lat_rate"],
+             "count": p["lat_posts"], "phase": "l", "peer": peer},
+            timeout=p["lat_posts"] / p["lat_rate"] + 120,
+        )  # fmt: skip
+        deadline = time.monotonic() + 15
+        while time.monotonic() < deadline:
+            got = sum(
+                sum(m[0] for m in r["markers"].values())
+                for r in self.reports({"cmd": "report", "phase": "l"})
+            )
+            if got >= expected:
+                break
+            time.sleep(0.5)
+        time.sleep(0.5)  # late duplicates would show up now
+        reps = self.reports({"cmd": "report", "phase": "l", "n_posts": p["lat_posts"], "users": users})
+        samples = sorted(s for r in reps for s in r["latency_us"])
+        live = self.count("l")
+        self.close_all()
+        return {
+            "clients": live["clients"],
+            "failed": opened["failed"] + live["clients"] - live["live"],
+            "posts": p["lat_posts"],
+            "rate": p["lat_rate"],
+            "post_errors": posted["errors"],
+            "expected": expected,
+            "received": len(samples),
+            "lost": sum(r["lost"] for r in reps),
+            "duplicates": sum(r["duplicates"] for r in reps),
+            "stray": sum(r["stray"] for r in reps),
+            **pcts_ms(samples),
+            "hist_ms": [round(s / 1000, 3) for s in samples[:: max(1, len(samples) // 5000)]],
+        }
+
+    # -- (b, c, f) idle connections, memory, Redis connections ------------------------------
+    def idle(self, svc: Service, mode: str, users_n: int, per_user: int) -> dict[str, Any]:
+        peer = mode == "peer-sse"
+        users = [f"idle{i}" for i in range(users_n)]
+        workers = svc.workers()
+        time.sleep(1.0)
+        base = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+        curve: list[list[float]] = [[0, sum(s.rss_kb for s in base.values()) / 1024]]
+        steps = split(users, self.p["idle_steps"])
+        opened = failed = 0
+        errors: set[str] = set()
+        for step_users in steps:
+            res = self.open(svc, mode, step_users, per_user)
+            opened, failed = opened + res["opened"], failed + res["failed"]
+            errors.update(res["errors"])
+            if peer:  # the peer sends headers only with the first event
+                self.barrier(svc, [u for s in steps[: steps.index(step_users) + 1] for u in s], True)
+            time.sleep(1.0)
+            now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+            conns = sum(now[pid].sockets - base[pid].sockets for pid in workers)
+            curve.append([conns, sum(s.rss_kb for s in now.values()) / 1024])
+            say(f"  {mode}: {conns} connections, RSS {curve[-1][1]:.0f} MB (step took {res['seconds']}s)")
+        all_subscribed = self.barrier(svc, users, peer, timeout=120)
+        now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+        per_worker = {
+            str(pid): {
+                "connections": now[pid].sockets - base[pid].sockets,
+                "rss_growth_kb": now[pid].rss_kb - base[pid].rss_kb,
+            }
+            for pid in workers
+        }
+        conns = sum(w["connections"] for w in per_worker.values())
+        growth = sum(w["rss_growth_kb"] for w in per_worker.values())
+        redis_by_pid = redis_connections_by_pid(self.redis_url, workers)
+        hold = self.p["idle_hold"]
+        say(f"  {mode}: holding {conns} idle connections for {hold:.0f}s (heartbeats)")
+        time.sleep(hold)
+        before_final = self.count("w")
+        self.reports({"cmd": "reset"})
+        final = self.broadcast(svc, users, "f", 0, peer)
+        deadline = time.monotonic() + 60
+        c = self.count("f")
+        while c["got"] < c["clients"] and time.monotonic() < deadline:
+            time.sleep(0.5)
+            c = self.count("f")
+        reps = self.reports({"cmd": "report", "phase": "f", "markers": [0]})
+        self.close_all()
+        return {
+            "clients": c["clients"],
+            "opened": opened if not peer else c["live"],
+            "failed": failed + c["clients"] - c["live"],
+            "errors": sorted(errors),
+            "all_subscribed": all_subscribed,
+            "connections": conns,
+            "per_worker": per_worker,
+            "kb_per_connection": round(growth / conns, 2) if conns else None,
+            "curve_mb": curve,
+            "redis_connections_per_worker": redis_by_pid,
+            "live_after_hold": before_final["live"],
+            "final_statuses": final["statuses"],
+            "final_received": c["got"],
+            "final_lost": sum(r["lost"] for r in reps),
+            "final_duplicates": sum(r["duplicates"] for r in reps),
+        }
+
+    # -- (d) broadcast ------------------------------------------------------------------------
+    def broadcast_rate(self, svc: Service, mode: str) -> dict[str, Any]:
+        p = self.p
+        users = [f"bc{i}" for i in range(p["bc_users"])]
+        opened = self.open(svc, mode, users, p["bc_per_user"])
+        self.barrier(svc, users, False)
+        rates, complete = [], []
+        for k in range(p["bc_repeats"]):
+            self.reports({"cmd": "reset"})
+            post = self.broadcast(svc, users, "b", k, False)
+            target = opened["opened"]
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                reps = self.reports({"cmd": "report", "phase": "b"})
+                marks = [r["markers"].get(str(k)) for r in reps]
+                if sum(m[0] for m in marks if m) >= target:
+                    break
+                time.sleep(0.2)
+            marks = [m for m in marks if m]
+            count = sum(m[0] for m in marks)
+            span_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
+            rates.append(count / (span_ns / 1e9) if span_ns else 0.0)
+            complete.append(count == target)
+            took = f"{span_ns / 1e6:.0f} ms (POST {post['seconds']:.3f}s)"
+            say(f"  broadcast {mode} #{k}: {count}/{target} in {took}")
+        self.close_all()
+        return {
+            "clients": opened["opened"],
+            "users": len(users),
+            "deliveries_per_second": statistics.median(rates) if rates else 0.0,
+            "all": rates,
+            "all_delivered": all(complete),
+        }
+
+    # -- (e) POST throughput --------------------------------------------------------------------
+    def throughput(self, svc: Service) -> dict[str, Any]:
+        users = [f"tp{i}" for i in range(200)]
+        return self.poster.call(
+            {"cmd": "throughput", "url": svc.url, "key": API_KEY, "users": users,
+             "clients": self.p["tp_clients"], "seconds": self.p["tp_seconds"]},
+            timeout=self.p["tp_seconds"] + 60,
+        )  # fmt: skip
+
+    # -- one run ----------------------------------------------------------------------------
+    def run_once(self) -> dict[str, Any]:
+        self.run_no += 1
+        tag = f"{int(time.time())}{self.run_no}"
+        p, skip, out = self.p, set(self.args.skip), {"ours": {}, "peer": {}}
+        n_idle = p["idle_users"] * p["idle_per_user"]
+        n_peer = p["peer_idle_users"] * p["peer_idle_per_user"]
+        step: list[tuple[str, str, Callable[[Service], dict[str, Any]]]] = []
+        if self.args.only in (None, "ours"):
+            step += [
+                ("ours", "latency_sse", lambda s: self.latency(s, "ours-sse")),
+                ("ours", "latency_ws", lambda s: self.latency(s, "ours-ws")),
+                ("ours", "broadcast_sse", lambda s: self.broadcast_rate(s, "ours-sse")),
+                ("ours", "broadcast_ws", lambda s: self.broadcast_rate(s, "ours-ws")),
+                ("ours", "throughput", self.throughput),
+                ("ours", "idle_sse", lambda s: self.idle(s, "ours-sse", p["idle_users"], p["idle_per_user"])),
+                ("ours", "idle_ws", lambda s: self.idle(s, "ours-ws", p["idle_users"], p["idle_per_user"])),
+            ]
+        if self.args.only in (None, "peer"):
+            peer_idle = (p["peer_idle_users"], p["peer_idle_per_user"])
+            step += [
+                ("peer", "latency_sse", lambda s: self.latency(s, "peer-sse")),
+                ("peer", "idle_sse", lambda s: self.idle(s, "peer-sse", *peer_idle)),
+            ]
+        svc: Service | None = None
+        for kind, name, fn in step:
+            if name in skip:
+                continue
+            # a fresh server for each memory measure (freed memory would be reused otherwise)
+            if svc is None or svc.kind != kind or name.startswith("idle"):
+                if svc is not None:
+                    svc.stop()
+                svc = self.start(kind, f"{tag}{len(out[kind])}")
+            say(f"run {self.run_no}: {kind} {name} ...")
+            started = time.monotonic()
+            try:
+                out[kind][name] = fn(svc)
+            except RuntimeError as exc:
+                say(f"  {kind} {name} failed: {exc}")
+                out[kind][name] = {"error": str(exc)}
+                with_retry_close(self)
+            out[kind][name]["seconds"] = round(time.monotonic() - started, 1)
+            brief = {
+                k: v for k, v in out[kind][name].items() if k not in ("hist_ms", "curve_mb", "per_worker")
+            }
+            say(f"  {kind} {name}: {json.dumps(brief)[:600]}")
+        if svc is not None:
+            svc.stop()
+        out["sizes"] = {"idle_connections": n_idle, "peer_idle_connections": n_peer}
+        return out
+
+
+def with_retry_close(bench: Bench) -> None:
+    with contextlib.suppress(RuntimeError):
+        bench.close_all()
+
+
+def pcts_ms(samples_us: list[int]) -> dict[str, float | None]:
+    if not samples_us:
+        return {"p50_ms": None, "p99_ms": None, "max_ms": None}
+    n = len(samples_us)
+    return {
+        "p50_ms": round(samples_us[n // 2] / 1000, 3),
+        "p99_ms": round(samples_us[min(int(n * 0.99), n - 1)] / 1000, 3),
+        "max_ms": round(samples_us[-1] / 1000, 3),
+    }
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="dev.py bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--quick", action="store_true", help="small sizes, a minute: for developing")
+    parser.add_argument(
+        "--runs", type=int, default=None, help="repeat the whole run N times (default 3, quick 1)"
+    )
+    parser.add_argument("--only", choices=("ours", "peer"), default=None)
+    parser.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
+                        help="comma-separated measures to skip, e.g. idle_ws,throughput")  # fmt: skip
+    parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
+    parser.add_argument("--note", default="", help="a line for the results (e.g. 'machine shared')")
+    args = parser.parse_args(argv)
+    runs = args.runs or (1 if args.quick else 3)
+    workdir = ROOT / ".devdata" / "bench"
+    workdir.mkdir(parents=True, exist_ok=True)
+    redis = redis_server()
+    redis.argv += ["--maxclients", "19000"]  # Flask-SSE holds one Redis connection per client
+    mongo = mongo_server()
+    say(f"starting redis-server and SecantusDB ({workdir})")
+    redis.start()
+    mongo.start()
+    bench = Bench(args, redis.url, mongo.url, workdir)
+    results: list[dict[str, Any]] = []
+    started = time.time()
+    try:
+        for _ in range(runs):
+            results.append(bench.run_once())
+    finally:
+        bench.close()
+        mongo.stop()
+        redis.stop()
+    meta = {
+        "command": "python3 dev.py bench " + " ".join(argv),
+        "profile": "quick" if args.quick else "full",
+        "runs": runs,
+        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+        "seconds": round(time.time() - started),
+        "cpus": os.cpu_count(),
+        "load_avg_at_end": os.getloadavg(),
+        "note": args.note,
+        "sizes": PROFILES["quick" if args.quick else "full"],
+    }
+    paths = write_results(Path(args.out), meta, results)
+    say("wrote " + ", ".join(str(p) for p in paths))
+    print(paths[0].read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
