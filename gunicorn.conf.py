@@ -1,6 +1,32 @@
 """gunicorn settings for production: gevent workers holding many long-lived streams."""
 
 import os
+import shutil
+import tempfile
+
+
+def _metrics_dir() -> None:
+    """A fresh PROMETHEUS_MULTIPROC_DIR before anything imports prometheus_client.
+
+    Every worker writes its metrics there and /metrics sums them. Runs when this file is
+    loaded (before --preload imports the app), once per master: a SIGHUP reload keeps it.
+    """
+    if os.environ.get("NOTIFY_METRICS_MASTER") == str(os.getpid()):
+        return
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if path:
+        os.makedirs(path, exist_ok=True)
+        for name in os.listdir(path):  # values of a previous run must not be added in
+            if name.endswith(".db"):
+                os.remove(os.path.join(path, name))
+    else:
+        path = tempfile.mkdtemp(prefix="notify-metrics-")
+        os.environ["NOTIFY_METRICS_TMP"] = path
+    os.environ["PROMETHEUS_MULTIPROC_DIR"] = path
+    os.environ["NOTIFY_METRICS_MASTER"] = str(os.getpid())
+
+
+_metrics_dir()
 
 bind = f"{os.environ.get('HOST', '0.0.0.0')}:{os.environ.get('PORT', '8000')}"
 workers = int(os.environ.get("WEB_CONCURRENCY", "2"))
@@ -24,3 +50,16 @@ def post_worker_init(worker):
     start_background(worker.wsgi)
     watch_worker_exit(worker.wsgi, lambda: worker.alive)
 control_socket_disable = True  # one control socket per host would be shared by every instance
+
+
+def child_exit(server, worker):
+    """A dead worker's live gauges (open connections) must stop counting."""
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(worker.pid)
+
+
+def on_exit(server):
+    path = os.environ.get("NOTIFY_METRICS_TMP")
+    if path:
+        shutil.rmtree(path, ignore_errors=True)

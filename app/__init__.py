@@ -7,7 +7,6 @@ hub's Redis listener, the batcher, the outbox relay) start after fork, in the wo
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -39,7 +38,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config.flask_settings())
     app.extensions["config"] = config
-    _configure_logging(config)
+    from . import apikeys, cli_ops, logging_setup, metrics
+
+    logging_setup.configure_logging(config)
+    metrics.register_mongo_listener()  # before the MongoDB client is created
 
     mongo.init_app(app, config)
     redis_store.init_app(app, config)
@@ -57,6 +59,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.register_blueprint(stream.bp)
     app.register_blueprint(health.bp)
     register_error_handlers(app)
+    logging_setup.init_app(app)
+    metrics.init_app(app)
+    apikeys.init_app(app)
+    cli_ops.register_ops_cli(app)
     return app
 
 
@@ -85,8 +91,3 @@ def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) 
 
     gevent.spawn(watch)
 
-
-def _configure_logging(config: Config) -> None:
-    root = logging.getLogger()
-    if not root.handlers:
-        logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

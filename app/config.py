@@ -55,6 +55,11 @@ class Config:
     ADMIN_USERNAME: str = ""
     ADMIN_PASSWORD: str = ""
     TEST_CRASH_AFTER_INSERT: int = 0
+    METRICS_TOKEN: str = ""
+    LOG_FORMAT: str = ""
+    LOG_LEVEL: str = "INFO"
+    RETENTION_DAYS: int = 30
+    API_KEY_CACHE_SECONDS: float = 30.0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

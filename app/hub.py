@@ -26,6 +26,7 @@ import gevent
 import redis
 from gevent.event import Event as Wakeup
 
+from . import metrics
 from .events import NOTIFICATION, PROBE, RESET, Event
 from .replay import ReplayUnavailable, events_after
 
@@ -155,6 +156,7 @@ class Hub:
                 self._connect()
                 if not first:
                     self.stats["reconnects"] += 1
+                    metrics.HUB_RECONNECTS.inc()
                     self._resync()
                     for callback in self.on_reconnect:
                         callback()
@@ -164,6 +166,7 @@ class Hub:
                 self._read_loop()
             except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
                 if not self._stopping:
+                    metrics.redis_error("hub")
                     log.warning("hub %s: subscriber connection lost: %s", self.hub_id, exc)
             finally:
                 self.connected.clear()
@@ -243,6 +246,7 @@ class Hub:
                 sub.offer(event)
                 if sub.closed and sub.reason == "slow consumer":
                     self.stats["dropped_slow"] += 1
+                    metrics.DROPPED_SLOW.inc()
         for sub in tuple(self.watchers):
             sub.offer(event)
 

@@ -74,7 +74,15 @@ def notifications_collection() -> Collection:
     return Notification._get_collection()
 
 
-def ensure_indexes() -> None:
-    """Create every index; safe to call repeatedly (start-up, CLI, tests)."""
+def ensure_indexes(retention_seconds: int | None = None) -> None:
+    """Create every index; safe to call repeatedly (start-up, CLI, tests).
+
+    ``retention_seconds`` sets the TTL index on ``created_at`` (0 removes it; None leaves
+    it as it is): see ``app/retention.py``.
+    """
     for document in (Notification, IdempotencyRecord):
         document.ensure_indexes()
+    if retention_seconds is not None:
+        from .retention import ensure_ttl_index
+
+        ensure_ttl_index(notifications_collection(), retention_seconds)

@@ -29,7 +29,7 @@ from gevent.queue import Queue
 from pymongo import UpdateOne
 from pymongo.errors import BulkWriteError, PyMongoError
 
-from . import lua
+from . import lua, metrics
 from .config import Config
 from .models import notifications_collection
 from .serialization import public_json
@@ -144,6 +144,7 @@ class Publisher:
             else:
                 stored.append(job)
         self.stats["stored"] += sum(len(job.docs) for job in stored)
+        metrics.CREATED.inc(sum(len(job.docs) for job in stored))
         return stored
 
     @staticmethod
@@ -174,6 +175,7 @@ class Publisher:
         try:
             seqs = self._script(args=args)
         except redis.RedisError as exc:
+            metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)
             return False
         for doc, seq in zip(docs, seqs):
@@ -181,6 +183,7 @@ class Publisher:
             doc["published"] = True
         self._writebacks.put([(doc["_id"], doc["seq"]) for doc in docs])
         self.stats["published"] += len(docs)
+        metrics.PUBLISHED.inc(len(docs))
         return True
 
     def _release_leases(self, docs: list[dict[str, Any]]) -> None:

@@ -14,6 +14,7 @@ import orjson
 import redis
 from pymongo.errors import PyMongoError
 
+from . import metrics
 from .events import NOTIFICATION, Event
 from .models import notifications_collection
 from .serialization import public_json
@@ -68,6 +69,7 @@ def _recent(service: Any, user_id: str) -> tuple[list[tuple[int, bytes]], int | 
         pipe.get(service.key("seq", user_id))
         items, counter = pipe.execute()
     except redis.RedisError as exc:
+        metrics.redis_error("replay")
         log.warning("replay buffer unavailable, using MongoDB only: %s", exc)
         return [], None
     parsed = []

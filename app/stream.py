@@ -16,6 +16,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed
 
+from . import metrics
 from .auth import Subscriber, bearer_token, verify_token
 from .errors import ApiError
 from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
@@ -35,8 +36,10 @@ WS_GOING_AWAY = 1001
 class StreamSession:
     """One client's view of its user's events: resume, then live, in cursor order."""
 
-    def __init__(self, hub: Hub, subscriber: Subscriber, cursor: str | None) -> None:
+    def __init__(self, hub: Hub, subscriber: Subscriber, cursor: str | None, transport: str = "sse") -> None:
         self.hub = hub
+        self.transport = transport
+        self.tracker: metrics.StreamTracker | None = None
         self.subscriber = subscriber
         self.raw_cursor = cursor
         self.last_seq: int | None = None
@@ -47,6 +50,7 @@ class StreamSession:
         user_id = self.subscriber.user_id
         config = self.hub.config
         self.sub = self.hub.subscribe(user_id)
+        self.tracker = metrics.StreamTracker(self.transport, user_id)
         # Live means "published after this stream opened": make sure this worker's
         # subscriber is listening before saying so (it may still be connecting).
         self.hub.connected.wait(config.REDIS_SOCKET_TIMEOUT)
@@ -65,8 +69,10 @@ class StreamSession:
         if events is None:
             current = current_cursor(self.hub.service, user_id)
             self.last_seq = current
+            metrics.RESETS.inc()
             return [Event.reset(user_id, current, "unknown or expired cursor: reload history")]
         self.last_seq = events[-1].seq if events else cursor
+        self.tracker.replayed(len(events))
         return events
 
     def next(self, timeout: float) -> Event | None:
@@ -81,6 +87,7 @@ class StreamSession:
                 if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
                     continue  # already sent (replay/live hand-over, hub resync)
                 self.last_seq = event.seq
+                self.tracker.delivered.inc()  # type: ignore[union-attr]
             elif event.kind == RESET:
                 self.last_seq = None
             return event
@@ -98,6 +105,8 @@ class StreamSession:
     def close(self) -> None:
         if self.sub is not None:
             self.hub.unsubscribe(self.sub)
+            if self.tracker is not None:
+                self.tracker.closed(self.sub.reason)
 
 
 def _parse_cursor(raw: str) -> int | None:
@@ -177,7 +186,7 @@ def websocket(ws) -> None:
     subscriber: Subscriber = g.subscriber
     hub = _hub()
     config = current_app.extensions["config"]
-    session = StreamSession(hub, subscriber, request.args.get("last_event_id"))
+    session = StreamSession(hub, subscriber, request.args.get("last_event_id"), transport="ws")
     service = hub.service
     try:
         initial = session.open()

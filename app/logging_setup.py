@@ -1,0 +1,194 @@
+"""Structured logs: one line per request and per stream open/close, secrets never written.
+
+JSON lines in production and testing, readable text in development (``LOG_FORMAT``
+overrides). Every record passes through ``redact`` when it is created, whichever logger
+made it (ours, werkzeug, gunicorn, libraries), so a token in a URL, a Bearer header, an
+API key or a password in a connection string never reaches a handler, not even pytest's.
+
+Requests carry an id: a sane ``X-Request-ID`` from the client (or nginx) is kept,
+otherwise one is generated; it is echoed in the response and on every log line.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+import time
+import uuid
+from datetime import datetime, timezone
+from typing import Any
+
+import orjson
+from flask import Flask, Response, g, has_request_context, request
+
+from .config import Config, ConfigError
+
+log = logging.getLogger("app.requests")
+
+REDACTED = "[REDACTED]"
+_PATTERNS = (
+    # token=..., api_key=..., password=... in query strings and key=value text
+    (re.compile(r"(?i)\b((?:access_|id_|refresh_)?token|api[_-]?key|key|password|passwd|secret)=([^&\s\"',;]+)"),
+     r"\1=" + REDACTED),
+    # Authorization: Bearer/Basic credentials
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    # user:password@ in MongoDB / Redis URLs
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+    # API keys minted by the CLI
+    (re.compile(r"\bnk_[A-Za-z0-9_-]{16,}"), REDACTED),
+    # itsdangerous subscriber tokens: base64 of '{"u":...' then a signature
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), REDACTED),
+)
+_secrets: set[str] = set()
+_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
+
+
+def redact(text: str) -> str:
+    for secret in _secrets:
+        if secret in text:
+            text = text.replace(secret, REDACTED)
+    for pattern, replacement in _PATTERNS:
+        text = pattern.sub(replacement, text)
+    return text
+
+
+def add_secrets(*values: str) -> None:
+    """Literal values (configured API keys, tokens, passwords) to blank out anywhere."""
+    _secrets.update(v for v in values if v and len(v) >= 4)
+
+
+def current_request_id() -> str | None:
+    return g.get("request_id") if has_request_context() else None
+
+
+# -- record creation: redact every message ---------------------------------------------
+_base_factory = logging.getLogRecordFactory()
+
+
+def _record_factory(*args: Any, **kwargs: Any) -> logging.LogRecord:
+    record = _base_factory(*args, **kwargs)
+    try:
+        message = record.getMessage()
+    except Exception:  # noqa: BLE001 - a bad format string must not lose the record
+        message = str(record.msg)
+    record.msg, record.args = redact(message), None
+    return record
+
+
+def _install_factory() -> None:
+    if getattr(logging.getLogRecordFactory(), "_notify_redacting", False):
+        return
+    _record_factory._notify_redacting = True  # type: ignore[attr-defined]
+    logging.setLogRecordFactory(_record_factory)
+
+
+# -- formatters --------------------------------------------------------------------------
+_STANDARD = set(logging.LogRecord("", 0, "", 0, "", None, None).__dict__) | {"message", "asctime"}
+
+
+def _fields(record: logging.LogRecord) -> dict[str, Any]:
+    """The record's extra fields; the request id of the current request if it has none."""
+    fields = {k: v for k, v in record.__dict__.items() if k not in _STANDARD and v is not None}
+    if "request_id" not in fields:
+        request_id = current_request_id()
+        if request_id is not None:
+            fields["request_id"] = request_id
+    return fields
+
+
+class JsonFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        line: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, timezone.utc).isoformat(timespec="milliseconds"),
+            "level": record.levelname.lower(),
+            "logger": record.name,
+            "msg": record.getMessage(),
+        }
+        line.update(_fields(record))
+        if record.exc_info:
+            line["exc"] = self.formatException(record.exc_info)
+        return redact(orjson.dumps(line, default=str).decode())
+
+
+class TextFormatter(logging.Formatter):
+    def format(self, record: logging.LogRecord) -> str:
+        stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
+        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        text += f"  {extra}" if extra else ""
+        if record.exc_info:
+            text += "\n" + self.formatException(record.exc_info)
+        return redact(text)
+
+
+def log_format(config: Config) -> str:
+    fmt = (config.LOG_FORMAT or ("text" if config.APP_ENV == "development" else "json")).lower()
+    if fmt not in ("json", "text"):
+        raise ConfigError("LOG_FORMAT must be 'json' or 'text'")
+    return fmt
+
+
+def configure_logging(config: Config) -> None:
+    """Install the redacting record factory and one stderr handler on the root logger."""
+    _install_factory()
+    add_secrets(*config.api_keys(), config.SECRET_KEY, config.METRICS_TOKEN, config.ADMIN_PASSWORD)
+    formatter = JsonFormatter() if log_format(config) == "json" else TextFormatter()
+    root = logging.getLogger()
+    ours = [h for h in root.handlers if getattr(h, "_notify", False)]
+    if ours:
+        ours[0].setFormatter(formatter)
+    elif not any(type(h) is logging.StreamHandler for h in root.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler._notify = True  # type: ignore[attr-defined]
+        handler.setFormatter(formatter)
+        root.addHandler(handler)
+    level = logging.getLevelName(config.LOG_LEVEL.upper())
+    root.setLevel(level if isinstance(level, int) else logging.INFO)
+
+
+def log_event(message: str, **fields: Any) -> None:
+    log.info(message, extra={k: v for k, v in fields.items() if v is not None})
+
+
+# -- per request -----------------------------------------------------------------------
+def init_app(app: Flask) -> None:
+    app.before_request(_begin)
+    app.after_request(_end)
+
+
+def _begin() -> None:
+    given = request.headers.get("X-Request-ID", "")
+    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.log_started = time.perf_counter()
+
+
+def _user_id() -> str | None:
+    subscriber = g.get("subscriber")
+    if subscriber is not None:
+        return subscriber.user_id
+    user = g.get("stream_user")
+    if user:
+        return user
+    view_args = request.view_args or {}
+    value = view_args.get("user_id")
+    return value if isinstance(value, str) else None
+
+
+def _end(response: Response) -> Response:
+    request_id = g.get("request_id")
+    if request_id is None:
+        return response
+    response.headers["X-Request-ID"] = request_id
+    started = g.get("log_started", time.perf_counter())
+    log_event(
+        "request",
+        method=request.method,
+        path=request.path,
+        endpoint=request.endpoint,
+        status=response.status_code,
+        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+        user_id=_user_id(),
+        api_key=g.get("api_key_id"),
+    )
+    return response

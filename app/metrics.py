@@ -1,0 +1,182 @@
+"""Prometheus metrics: what the service did, summed over every gunicorn worker.
+
+Under gunicorn, ``gunicorn.conf.py`` points ``PROMETHEUS_MULTIPROC_DIR`` at a fresh
+directory before any worker starts, so prometheus-client keeps each worker's values in
+memory-mapped files there and ``/metrics`` adds them up, whichever worker answers.
+Without that variable (the Flask test client, ``flask`` CLI) values live in this process.
+
+The environment variable is read when ``prometheus_client`` is first imported, which is
+why nothing imports this module before the worker has forked.
+
+``/metrics`` answers a ``Bearer METRICS_TOKEN`` when that is set; without a token it is
+open outside production and refused (403) in production.
+"""
+
+from __future__ import annotations
+
+import hmac
+import os
+import time
+from typing import Any
+
+from flask import Blueprint, Flask, Response, current_app, g, request
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    REGISTRY,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    generate_latest,
+    multiprocess,
+)
+from pymongo import monitoring
+
+from .auth import bearer_token
+from .errors import ApiError
+
+TRANSPORTS = ("sse", "ws")
+
+CREATED = Counter("notify_notifications_created", "Notifications stored in MongoDB.")
+PUBLISHED = Counter("notify_notifications_published", "Notifications published on Redis (live and relay).")
+DELIVERED = Counter(
+    "notify_notifications_delivered", "Notification frames handed to a client connection.", ["transport"]
+)
+REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
+RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")
+DROPPED_SLOW = Counter("notify_slow_consumers_dropped", "Client connections closed for falling behind.")
+OPEN_CONNECTIONS = Gauge(
+    "notify_open_connections", "Open stream connections.", ["transport"], multiprocess_mode="livesum"
+)
+REQUEST_LATENCY = Histogram(
+    "notify_http_request_duration_seconds",
+    "Time to the response headers, by Flask endpoint (streams: until the stream starts).",
+    ["endpoint", "method"],
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0),
+)
+REQUESTS = Counter("notify_http_requests", "HTTP requests answered.", ["endpoint", "method", "status"])
+REDIS_ERRORS = Counter("notify_redis_errors", "Redis commands or connections that failed.", ["where"])
+MONGO_ERRORS = Counter("notify_mongodb_errors", "MongoDB commands or heartbeats that failed.", ["kind"])
+HUB_RECONNECTS = Counter("notify_hub_reconnects", "Times a worker's Redis subscriber reconnected.")
+
+# Children bound once: the hot paths only call .inc().
+DELIVERED_BY = {t: DELIVERED.labels(t) for t in TRANSPORTS}
+OPEN_BY = {t: OPEN_CONNECTIONS.labels(t) for t in TRANSPORTS}
+
+bp = Blueprint("metrics", __name__)
+
+
+def redis_error(where: str) -> None:
+    REDIS_ERRORS.labels(where).inc()
+
+
+class _MongoErrors(monitoring.CommandListener, monitoring.ServerHeartbeatListener):
+    """Counts failed MongoDB commands and failed heartbeats (server down) for every client."""
+
+    def started(self, event: Any) -> None:
+        pass
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        kind = "heartbeat" if isinstance(event, monitoring.ServerHeartbeatFailedEvent) else "command"
+        MONGO_ERRORS.labels(kind).inc()
+
+
+_listener_registered = False
+
+
+def register_mongo_listener() -> None:
+    """Register once per process, before the MongoDB client is created (``create_app``)."""
+    global _listener_registered
+    if not _listener_registered:
+        monitoring.register(_MongoErrors())
+        _listener_registered = True
+
+
+def init_app(app: Flask) -> None:
+    register_mongo_listener()
+    app.before_request(_start_timer)
+    app.after_request(_observe)
+    app.register_blueprint(bp)
+
+
+def _start_timer() -> None:
+    g.metrics_started = time.perf_counter()
+
+
+def _observe(response: Response) -> Response:
+    started = g.get("metrics_started")
+    if started is not None:
+        endpoint = request.endpoint or "unmatched"  # never the raw path: unbounded labels
+        REQUEST_LATENCY.labels(endpoint, request.method).observe(time.perf_counter() - started)
+        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+    return response
+
+
+def registry() -> Any:
+    """The registry to expose: all workers' files in multiprocess mode, else this process."""
+    path = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not path:
+        return REGISTRY
+    collected = CollectorRegistry()
+    multiprocess.MultiProcessCollector(collected, path=path)
+    return collected
+
+
+@bp.get("/metrics")
+def metrics() -> Response:
+    config = current_app.extensions["config"]
+    token = config.METRICS_TOKEN
+    if token:
+        given = bearer_token() or ""
+        if not hmac.compare_digest(given.encode(), token.encode()):
+            raise ApiError(
+                401,
+                "unauthorized",
+                "send Authorization: Bearer <METRICS_TOKEN>",
+                headers={"WWW-Authenticate": 'Bearer realm="metrics"'},
+            )
+    elif config.is_production:
+        raise ApiError(403, "forbidden", "metrics are disabled: set METRICS_TOKEN to enable /metrics")
+    return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)
+
+
+class StreamTracker:
+    """One open stream's metrics and its open/close log lines."""
+
+    __slots__ = ("transport", "user_id", "request_id", "started", "delivered", "_open")
+
+    def __init__(self, transport: str, user_id: str) -> None:
+        from .logging_setup import current_request_id, log_event
+
+        self.transport = transport if transport in OPEN_BY else "sse"
+        self.user_id = user_id
+        self.request_id = current_request_id()
+        self.started = time.monotonic()
+        self.delivered = DELIVERED_BY[self.transport]
+        self._open = True
+        OPEN_BY[self.transport].inc()
+        log_event("stream open", transport=self.transport, user_id=user_id, request_id=self.request_id)
+
+    def replayed(self, count: int) -> None:
+        if count:
+            REPLAYED.inc(count)
+            self.delivered.inc(count)
+
+    def closed(self, reason: str) -> None:
+        if not self._open:
+            return
+        self._open = False
+        OPEN_BY[self.transport].dec()
+        from .logging_setup import log_event
+
+        log_event(
+            "stream close",
+            transport=self.transport,
+            user_id=self.user_id,
+            request_id=self.request_id,
+            reason=reason or "closed",
+            duration_ms=round((time.monotonic() - self.started) * 1000, 1),
+        )
