@@ -63,6 +63,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     metrics.init_app(app)
     apikeys.init_app(app)
     cli_ops.register_ops_cli(app)
+    from . import cli, dashboard
+
+    dashboard.init_app(app)
+    cli.register_cli(app)
     return app
 
 
@@ -70,9 +74,11 @@ def start_background(app: Flask) -> None:
     """Start this worker's greenlets (hub listener, batcher, relay); once per process, after fork."""
     app.extensions["notifications"].publisher.start()
     app.extensions["hub"].start()
+    app.extensions["presence"].start()
 
 
 def stop_background(app: Flask) -> None:
+    app.extensions["presence"].stop()
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
 

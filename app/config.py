@@ -54,6 +54,12 @@ class Config:
     KEY_PREFIX: str = "notify:"
     ADMIN_USERNAME: str = ""
     ADMIN_PASSWORD: str = ""
+    LOGIN_MAX_FAILURES: int = 5
+    LOGIN_IP_MAX_FAILURES: int = 20
+    LOGIN_LOCK_SECONDS: int = 300
+    STAFF_SESSION_SECONDS: int = 12 * 3600
+    PRESENCE_INTERVAL_SECONDS: float = 5.0
+    DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
     METRICS_TOKEN: str = ""
     LOG_FORMAT: str = ""

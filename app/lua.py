@@ -38,6 +38,9 @@ for i = 5, #ARGV, 2 do
   seqs[#seqs + 1] = s
 end
 redis.call('LTRIM', recent, 0, recent_limit - 1)
+local skey = prefix .. 'stats:' .. t[1]
+redis.call('INCRBY', skey, #seqs)
+redis.call('EXPIRE', skey, 3700)
 return seqs
 """
 

@@ -1,0 +1,211 @@
+"""Staff sessions, CSRF tokens and login throttling for the dashboard.
+
+The Flask session cookie (signed, HttpOnly, SameSite=Lax, Secure in production) holds a
+random session id and the CSRF token. The session id names a Redis key that says which
+staff member it belongs to and at which ``auth_epoch``: logging out deletes the key, and a
+password reset or disable bumps the epoch, so a copied cookie stops working either way.
+
+Failed logins are counted in Redis per username and per client IP; reaching the limit
+locks that username (or IP) for ``LOGIN_LOCK_SECONDS`` from the last counted failure.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import hmac
+import secrets
+from collections.abc import Callable
+from dataclasses import dataclass
+from functools import wraps
+from typing import Any
+from urllib.parse import urlsplit
+
+import orjson
+import redis
+from flask import current_app, g, redirect, request, session, url_for
+
+from .. import staff
+from ..config import Config
+from ..errors import ApiError, error_response
+
+SID = "staff_sid"
+CSRF = "csrf"
+CSRF_HEADER = "X-CSRF-Token"
+CSRF_FIELD = "csrf_token"
+UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+# KEYS: failure counters; ARGV[i]: limit for KEYS[i], last ARGV: lock seconds.
+# The first failure opens a window of lock seconds; reaching the limit restarts it, so
+# the lock always lasts the full period after the failure that triggered it.
+RECORD_FAILURE = r"""
+local lock = tonumber(ARGV[#ARGV])
+local out = {}
+for i, key in ipairs(KEYS) do
+  local n = redis.call('INCR', key)
+  if n == 1 or n >= tonumber(ARGV[i]) then redis.call('EXPIRE', key, lock) end
+  out[i] = n
+end
+return out
+"""
+
+
+@dataclass(frozen=True)
+class StaffSession:
+    sid: str
+    username: str
+    epoch: int
+
+
+def _redis() -> redis.Redis:
+    return current_app.extensions["redis"]
+
+
+def _config() -> Config:
+    return current_app.extensions["config"]
+
+
+def _digest(value: str) -> str:
+    return hashlib.sha256(value.encode()).hexdigest()[:32]
+
+
+# -- CSRF ------------------------------------------------------------------------------
+def csrf_token() -> str:
+    """This browser session's CSRF token, created on first use."""
+    token = session.get(CSRF)
+    if not token:
+        token = session[CSRF] = secrets.token_urlsafe(32)
+    return token
+
+
+def csrf_ok() -> bool:
+    sent = request.headers.get(CSRF_HEADER) or request.form.get(CSRF_FIELD) or ""
+    expected = session.get(CSRF) or ""
+    return bool(sent and expected) and hmac.compare_digest(sent.encode(), expected.encode())
+
+
+# -- sessions --------------------------------------------------------------------------
+def _session_key(sid: str) -> str:
+    return f"{_config().KEY_PREFIX}staffsess:{_digest(sid)}"
+
+
+def open_session(user: staff.StaffUser) -> None:
+    """Start a fresh session for ``user`` (new id and CSRF token: no fixation)."""
+    sid = secrets.token_urlsafe(32)
+    value = orjson.dumps({"u": user.username, "e": user.auth_epoch})
+    _redis().set(_session_key(sid), value, ex=_config().STAFF_SESSION_SECONDS)
+    session.clear()
+    session[SID] = sid
+    session[CSRF] = secrets.token_urlsafe(32)
+
+
+def close_session() -> None:
+    sid = session.get(SID)
+    if sid:
+        with contextlib.suppress(redis.RedisError):  # the cookie is cleared below either way
+            _redis().delete(_session_key(sid))
+    session.clear()
+
+
+def current_staff() -> StaffSession | None:
+    """The signed-in staff member of this request, checked against Redis and MongoDB."""
+    if "staff_session" in g:
+        return g.staff_session
+    g.staff_session = None
+    sid = session.get(SID)
+    if sid:
+        found = check_session(sid)
+        if found is not None:
+            g.staff_session = found
+            g.staff = found.username
+    return g.staff_session
+
+
+def check_session(
+    sid: str, redis_client: redis.Redis | None = None, prefix: str | None = None
+) -> StaffSession | None:
+    """Whether ``sid`` is still a live session of an enabled account (also used by streams)."""
+    client = redis_client or _redis()
+    key = f"{prefix}staffsess:{_digest(sid)}" if prefix is not None else _session_key(sid)
+    try:
+        raw = client.get(key)
+    except redis.RedisError as exc:
+        raise ApiError(503, "unavailable", "session store (Redis) is unavailable, retry later") from exc
+    if raw is None:
+        return None
+    data = orjson.loads(raw)
+    user = staff.get(data.get("u", ""))
+    if user is None or user.disabled or user.auth_epoch != data.get("e"):
+        return None
+    return StaffSession(sid, user.username, user.auth_epoch)
+
+
+def safe_next(target: str | None) -> str:
+    """Only redirect back inside the dashboard (no open redirect)."""
+    default = url_for("dashboard.overview")
+    if not target:
+        return default
+    parts = urlsplit(target)
+    if parts.scheme or parts.netloc or not target.startswith("/dashboard") or "\\" in target:
+        return default
+    return target
+
+
+def staff_page(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Pages: without a session, go to the login page and come back afterwards."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current_staff() is None:
+            return redirect(url_for("dashboard.login", next=request.full_path.rstrip("?")))
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+def staff_api(view: Callable[..., Any]) -> Callable[..., Any]:
+    """JSON endpoints and streams: without a session, 401 JSON."""
+
+    @wraps(view)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        if current_staff() is None:
+            return error_response(401, "unauthorized", "sign in to the dashboard first")
+        return view(*args, **kwargs)
+
+    return wrapper
+
+
+# -- login throttling ------------------------------------------------------------------
+def _throttle_keys(username: str, ip: str) -> list[str]:
+    prefix = _config().KEY_PREFIX + "loginfail:"
+    return [prefix + "u:" + _digest(staff.normalize_username(username)), prefix + "ip:" + _digest(ip)]
+
+
+def lock_remaining(username: str, ip: str) -> int:
+    """Seconds until this username or IP may try again; 0 when not locked."""
+    config = _config()
+    keys = _throttle_keys(username, ip)
+    pipe = _redis().pipeline(transaction=False)
+    for key in keys:
+        pipe.get(key)
+        pipe.ttl(key)
+    u_count, u_ttl, ip_count, ip_ttl = pipe.execute()
+    remaining = 0
+    if u_count is not None and int(u_count) >= config.LOGIN_MAX_FAILURES:
+        remaining = max(remaining, int(u_ttl))
+    if ip_count is not None and int(ip_count) >= config.LOGIN_IP_MAX_FAILURES:
+        remaining = max(remaining, int(ip_ttl))
+    return max(remaining, 0)
+
+
+def record_failure(username: str, ip: str) -> None:
+    config = _config()
+    script = _redis().register_script(RECORD_FAILURE)
+    script(
+        keys=_throttle_keys(username, ip),
+        args=[config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_LOCK_SECONDS],
+    )
+
+
+def clear_failures(username: str, ip: str) -> None:
+    _redis().delete(_throttle_keys(username, ip)[0])

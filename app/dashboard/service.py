@@ -1,0 +1,149 @@
+"""What the dashboard shows, computed in one place: the views only render it.
+
+Notification rates come from per-second counters the publish script increments
+(``stats:<unix second>``, Redis server time, kept an hour); connections and online users
+come from the per-worker presence snapshots (app/presence.py).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+import redis
+from pymongo.errors import PyMongoError
+
+from ..errors import ApiError
+from ..models import notifications_collection
+from ..notifications import NotificationService
+from ..presence import Presence
+
+log = logging.getLogger(__name__)
+
+CHART_SECONDS = 120
+HOUR = 3600
+
+
+@dataclass
+class UserView:
+    user_id: str
+    notifications: list[dict[str, Any]]
+    has_more: bool
+    from_cache: bool
+    cached: bool
+    ttl_seconds: int | None
+    unread: int | None
+    connections: int | None
+    error: str | None = None
+
+
+class DashboardService:
+    def __init__(self, notifications: NotificationService, presence: Presence) -> None:
+        self.notifications = notifications
+        self.presence = presence
+        self.redis: redis.Redis = notifications.redis
+        self.prefix = notifications.prefix
+        self._overview: tuple[float, dict[str, Any]] | None = None
+
+    # -- overview --------------------------------------------------------------------
+    def overview(self) -> dict[str, Any]:
+        """Connections, online users and notification rates; shared for a second per worker."""
+        now = time.monotonic()
+        if self._overview is not None and now - self._overview[0] < 1.0:
+            return self._overview[1]
+        data: dict[str, Any] = {"error": None}
+        try:
+            summary = self.presence.summary()
+            data.update(
+                workers=summary.workers, connections=summary.connections, online_users=summary.online_users
+            )
+            data.update(self.rates())
+        except redis.RedisError as exc:
+            log.warning("dashboard overview: Redis unavailable: %s", exc)
+            data.update(workers=None, connections=None, online_users=None, last_minute=None, last_hour=None)
+            data.update(series=[], now=None, error="Redis is unavailable: live figures cannot be shown.")
+        self._overview = (now, data)
+        return data
+
+    def rates(self) -> dict[str, Any]:
+        """Per-second counts of the last hour, read with one MGET (Redis clock)."""
+        sec, _ = self.redis.time()
+        keys = [f"{self.prefix}stats:{s}" for s in range(sec - HOUR + 1, sec + 1)]
+        counts = [int(v) if v is not None else 0 for v in self.redis.mget(keys)]
+        return {
+            "now": sec,
+            "last_minute": sum(counts[-60:]),
+            "last_hour": sum(counts),
+            "series": counts[-CHART_SECONDS:],
+        }
+
+    def recent(self) -> list[dict[str, Any]]:
+        return orjson.loads(self.notifications.recent())["notifications"]
+
+    # -- one user --------------------------------------------------------------------
+    def user_view(self, user_id: str, limit: int = 50) -> UserView:
+        """The user's first history page as the user is served it, and its cache state."""
+        body, hit = self.notifications.history(user_id, limit)
+        page = orjson.loads(body)
+        status = self.user_status(user_id, limit)
+        return UserView(
+            user_id=user_id,
+            notifications=page["notifications"],
+            has_more=page["next"] is not None,
+            from_cache=hit,
+            cached=status["cache"]["cached"],
+            ttl_seconds=status["cache"]["ttl"],
+            unread=status["unread"],
+            connections=status["connections"],
+            error=status["error"],
+        )
+
+    def user_status(self, user_id: str, limit: int = 50) -> dict[str, Any]:
+        """Cache state, unread count and open connections; a part that fails is None."""
+        cache = self.notifications.cache_status(user_id, limit)
+        errors = []
+        try:
+            unread: int | None = self.notifications.unread_count(user_id)
+        except ApiError as exc:
+            unread, _ = None, errors.append(exc.message)
+        try:
+            connections: int | None = self.presence.user_connections(user_id)
+        except redis.RedisError:
+            connections, _ = None, errors.append("Redis is unavailable: online status unknown.")
+        return {
+            "user_id": user_id,
+            "cache": {"cached": cache.cached, "ttl": cache.ttl_seconds},
+            "unread": unread,
+            "connections": connections,
+            "online": bool(connections),
+            "error": " ".join(errors) or None,
+        }
+
+    def send_test(self, user_id: str, message: str, title: str) -> dict[str, Any]:
+        stored = self.notifications.create([user_id], message=message, title=title, category="test")
+        return {"notification": stored.notifications[0], "published": stored.published}
+
+    def mark_read(self, user_id: str, ids: list[str] | None) -> dict[str, Any]:
+        updated = self.notifications.mark_read(user_id, ids)
+        return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
+
+    def search(self, prefix: str, limit: int = 20) -> list[str]:
+        """User ids that start with ``prefix`` (index-backed prefix match), sorted."""
+        pattern = "^" + re.escape(prefix)
+        try:
+            rows = notifications_collection().aggregate(
+                [
+                    {"$match": {"user_id": {"$regex": pattern}}},
+                    {"$limit": 20000},  # bounds the work for a short, common prefix
+                    {"$group": {"_id": "$user_id"}},
+                    {"$sort": {"_id": 1}},
+                    {"$limit": limit},
+                ]
+            )
+            return [row["_id"] for row in rows]
+        except PyMongoError as exc:
+            raise ApiError(503, "unavailable", "the notification store is unavailable, retry later") from exc

@@ -1,0 +1,309 @@
+"""Dashboard routes: thin views over DashboardService, NotificationService and staff.
+
+Pages answer HTML and redirect to the login page without a session; everything under
+``/dashboard/api/`` (JSON and the two streams) answers JSON errors, 401 without a session.
+Every POST needs the session's CSRF token (form field or ``X-CSRF-Token`` header).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+import orjson
+import redis
+from flask import (
+    Response,
+    current_app,
+    flash,
+    g,
+    redirect,
+    render_template,
+    request,
+    session,
+    url_for,
+)
+from pymongo.errors import PyMongoError
+
+from .. import staff
+from .. import validation as v
+from ..auth import Subscriber
+from ..errors import ApiError, error_response
+from ..stream import StreamSession
+from . import bp, security, streams
+from .service import DashboardService
+
+log = logging.getLogger(__name__)
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
+    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
+)
+
+
+def svc() -> DashboardService:
+    return current_app.extensions["dashboard"]
+
+
+def _is_api() -> bool:
+    return request.path.startswith("/dashboard/api/")
+
+
+def json_response(data: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(data), status=status, mimetype="application/json")
+
+
+# -- request plumbing ----------------------------------------------------------------
+@bp.before_request
+def _before() -> Response | None:
+    _bootstrap_admin()
+    if request.method in security.UNSAFE_METHODS and not security.csrf_ok():
+        message = "missing or invalid CSRF token: reload the page and try again"
+        if _is_api():
+            return error_response(403, "csrf_failed", message)
+        return _html_error(403, message)
+    return None
+
+
+def _bootstrap_admin() -> None:
+    """Create ADMIN_USERNAME once per worker, on its first dashboard request."""
+    if current_app.extensions.get("dashboard_bootstrapped"):
+        return
+    try:
+        staff.ensure_admin(current_app.extensions["config"])
+        current_app.extensions["dashboard_bootstrapped"] = True
+    except PyMongoError as exc:  # retried on the next request
+        log.warning("could not bootstrap the admin account yet: %s", exc)
+
+
+@bp.after_request
+def _headers(resp: Response) -> Response:
+    resp.headers.setdefault("Content-Security-Policy", CSP)
+    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
+    resp.headers.setdefault("Referrer-Policy", "same-origin")
+    resp.headers.setdefault("Cache-Control", "no-store")
+    return resp
+
+
+@bp.context_processor
+def _template_globals() -> dict[str, Any]:
+    return {"csrf_token": security.csrf_token, "staff_name": g.get("staff")}
+
+
+@bp.app_template_filter("json_text")
+def _json_text(value: Any) -> str:
+    """JSON as plain text: autoescaped like any other string."""
+    return orjson.dumps(value).decode()
+
+
+def _html_error(status: int, message: str) -> Response:
+    return Response(
+        render_template("error.html", status=status, message=message), status, mimetype="text/html"
+    )
+
+
+@bp.errorhandler(ApiError)
+def _api_error(err: ApiError) -> Response:
+    if _is_api():
+        return error_response(err.status, err.code, err.message, err.field, err.headers)
+    return _html_error(err.status, err.message)
+
+
+@bp.errorhandler(PyMongoError)
+@bp.errorhandler(redis.RedisError)
+def _store_error(err: Exception) -> Response:
+    log.error("dashboard: store unavailable: %s", err)
+    message = "a data store (MongoDB or Redis) is unavailable; retry in a moment"
+    return error_response(503, "unavailable", message) if _is_api() else _html_error(503, message)
+
+
+def _user_id(raw: str) -> str:
+    try:
+        return v.user_id(raw)
+    except ApiError:
+        raise ApiError(404, "not_found", f"{raw!r} is not a valid user id", field="user_id") from None
+
+
+# -- sign in / out -------------------------------------------------------------------
+@bp.get("/login")
+def login() -> Any:
+    if security.current_staff() is not None:
+        return redirect(security.safe_next(request.args.get("next")))
+    return render_template("dashboard/login.html", next=request.args.get("next", ""), error=None)
+
+
+@bp.post("/login")
+def login_submit() -> Any:
+    username = request.form.get("username", "")
+    password = request.form.get("password", "")
+    target = request.form.get("next", "")
+    ip = request.remote_addr or "unknown"
+
+    def refuse(status: int, error: str) -> tuple[str, int]:
+        return render_template("dashboard/login.html", next=target, error=error, username=username), status
+
+    locked = security.lock_remaining(username, ip)
+    if locked:
+        minutes = max(1, round(locked / 60))
+        return refuse(429, f"Too many failed sign-in attempts. Locked: try again in about {minutes} min.")
+    user = staff.authenticate(username, password)
+    if user is None:
+        security.record_failure(username, ip)
+        return refuse(401, "Wrong username or password, or the account is disabled.")
+    security.clear_failures(username, ip)
+    security.open_session(user)
+    return redirect(security.safe_next(target))
+
+
+@bp.post("/logout")
+def logout() -> Any:
+    security.close_session()
+    flash("You are signed out.", "info")
+    return redirect(url_for("dashboard.login"))
+
+
+# -- pages ---------------------------------------------------------------------------
+@bp.get("")
+@security.staff_page
+def overview() -> str:
+    return render_template("dashboard/overview.html", stats=svc().overview(), recent=svc().recent())
+
+
+@bp.get("/search")
+@security.staff_page
+def search() -> Any:
+    query = request.args.get("q", "").strip()
+    if not query:
+        return redirect(url_for("dashboard.overview"))
+    matches = svc().search(query) if v.USER_ID_RE.match(query) else []
+    if query in matches and len(matches) == 1:
+        return redirect(url_for("dashboard.user", user_id=query))
+    valid = bool(v.USER_ID_RE.match(query))
+    return render_template("dashboard/search.html", query=query, matches=matches, valid=valid)
+
+
+@bp.get("/users/<user_id>")
+@security.staff_page
+def user(user_id: str) -> str:
+    view = svc().user_view(_user_id(user_id))
+    return render_template("dashboard/user.html", view=view)
+
+
+@bp.post("/users/<user_id>/test-notification")
+@security.staff_page
+def send_test_form(user_id: str) -> Any:
+    user_id = _user_id(user_id)
+    try:
+        body = request.form.to_dict()
+        svc().send_test(
+            user_id, v.text(body, "message", 4000, required=True), v.text(body, "title", 200, required=False)
+        )
+        flash("Test notification sent.", "info")
+    except ApiError as exc:
+        flash(exc.message, "error")
+    return redirect(url_for("dashboard.user", user_id=user_id))
+
+
+# -- JSON ----------------------------------------------------------------------------
+@bp.get("/api/overview")
+@security.staff_api
+def api_overview() -> Response:
+    return json_response(svc().overview())
+
+
+@bp.get("/api/users/<user_id>/history")
+@security.staff_api
+def api_history(user_id: str) -> Response:
+    view = svc().user_view(_user_id(user_id))
+    return json_response(
+        {
+            "notifications": view.notifications,
+            "from_cache": view.from_cache,
+            "has_more": view.has_more,
+            "cache": {"cached": view.cached, "ttl": view.ttl_seconds},
+            "unread": view.unread,
+        }
+    )
+
+
+@bp.get("/api/users/<user_id>/status")
+@security.staff_api
+def api_status(user_id: str) -> Response:
+    return json_response(svc().user_status(_user_id(user_id)))
+
+
+@bp.post("/api/users/<user_id>/notifications")
+@security.staff_api
+def api_send_test(user_id: str) -> Response:
+    body = v.json_body()
+    result = svc().send_test(
+        _user_id(user_id),
+        v.text(body, "message", 4000, required=True),
+        v.text(body, "title", 200, required=False),
+    )
+    return json_response(result, 201)
+
+
+@bp.post("/api/users/<user_id>/read")
+@security.staff_api
+def api_mark_read(user_id: str) -> Response:
+    body = v.json_body()
+    if body.get("all") is True and "ids" not in body:
+        ids = None
+    else:
+        ids = body.get("ids")
+        if not isinstance(ids, list) or not 1 <= len(ids) <= 1000 or not all(isinstance(i, str) for i in ids):
+            raise v.invalid("ids", 'send {"ids": [...]} (1-1000 ids) or {"all": true}')
+    return json_response(svc().mark_read(_user_id(user_id), ids))
+
+
+# -- streams -------------------------------------------------------------------------
+def _sse(frames: Any) -> Response:
+    return Response(
+        frames,
+        mimetype="text/event-stream",
+        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"},
+    )
+
+
+def _session_check() -> streams.StaffCheck:
+    """A check the stream can run after the request ended (no request context)."""
+    sid = session.get(security.SID, "")
+    client = current_app.extensions["redis"]
+    prefix = current_app.extensions["config"].KEY_PREFIX
+    return lambda: security.check_session(sid, client, prefix) is not None
+
+
+@bp.get("/api/overview/stream")
+@security.staff_api
+def overview_stream() -> Response:
+    config = current_app.extensions["config"]
+    hub = current_app.extensions["hub"]
+    return _sse(
+        streams.overview_frames(
+            hub, svc(), _session_check(), config.DASHBOARD_TICK_SECONDS, config.SSE_RETRY_MS
+        )
+    )
+
+
+@bp.get("/api/users/<user_id>/stream")
+@security.staff_api
+def user_stream(user_id: str) -> Response:
+    user_id = _user_id(user_id)
+    config = current_app.extensions["config"]
+    viewer = Subscriber(user_id, time.time() + config.STAFF_SESSION_SECONDS)
+    cursor = request.headers.get("Last-Event-ID") or None
+    session_ = StreamSession(current_app.extensions["hub"], viewer, cursor)
+    initial = session_.open()
+    return _sse(
+        streams.user_frames(
+            session_,
+            initial,
+            svc(),
+            current_app.extensions["presence"],
+            _session_check(),
+            config.DASHBOARD_TICK_SECONDS,
+            config.SSE_RETRY_MS,
+        )
+    )

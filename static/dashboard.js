@@ -1,0 +1,322 @@
+/* Support dashboard: live updates over SSE, actions over fetch with the CSRF token.
+ * User data is only ever written with textContent (never innerHTML), so a message like
+ * <script>alert(1)</script> shows as text. No build step, no dependencies. */
+"use strict";
+
+(function () {
+  var csrfMeta = document.querySelector('meta[name="csrf-token"]');
+  var CSRF = csrfMeta ? csrfMeta.getAttribute("content") : "";
+
+  function el(tag, className, text) {
+    var node = document.createElement(tag);
+    if (className) node.className = className;
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    return node;
+  }
+
+  function byId(id) { return document.getElementById(id); }
+
+  function show(node, visible) { if (node) node.hidden = !visible; }
+
+  function setLive(state, label) {
+    var node = byId("live-state");
+    if (!node) return;
+    node.dataset.state = state;
+    node.textContent = label;
+  }
+
+  /* Same markup as templates/dashboard/_macros.html */
+  function notificationItem(n, opts) {
+    opts = opts || {};
+    var li = el("li", "notif " + (n.read ? "is-read" : "is-unread"));
+    li.dataset.id = n.id;
+    var head = el("div", "notif-head");
+    if (opts.userUrl) {
+      var a = el("a", "notif-user", n.user_id);
+      a.href = opts.userUrl.replace("__USER__", encodeURIComponent(n.user_id));
+      head.appendChild(a);
+    }
+    head.appendChild(el("strong", "notif-title", n.title || "(no title)"));
+    if (n.category) head.appendChild(el("span", "tag", n.category));
+    li.appendChild(head);
+    li.appendChild(el("p", "notif-message", n.message));
+    if (n.data && Object.keys(n.data).length) li.appendChild(el("code", "notif-data", JSON.stringify(n.data)));
+    var meta = el("div", "notif-meta");
+    var time = el("time", null, n.created_at);
+    time.setAttribute("datetime", n.created_at || "");
+    meta.appendChild(time);
+    meta.appendChild(el("span", "notif-state", n.read ? "read" : "unread"));
+    if (opts.actions && !n.read) {
+      var button = el("button", "mark-read link", "Mark read");
+      button.type = "button";
+      meta.appendChild(button);
+    }
+    li.appendChild(meta);
+    return li;
+  }
+
+  function prepend(list, item, max) {
+    list.insertBefore(item, list.firstChild);
+    while (max && list.children.length > max) list.removeChild(list.lastChild);
+  }
+
+  function postJSON(url, body) {
+    return fetch(url, {
+      method: "POST",
+      credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRF-Token": CSRF, "Accept": "application/json" },
+      body: JSON.stringify(body)
+    }).then(function (resp) {
+      return resp.json().catch(function () { return {}; }).then(function (data) {
+        if (resp.status === 401) { window.location.reload(); }
+        if (!resp.ok) {
+          var message = (data.error && data.error.message) || ("request failed (" + resp.status + ")");
+          throw new Error(message);
+        }
+        return data;
+      });
+    });
+  }
+
+  /* An EventSource that reports its state; on a lost session the page reloads to the login. */
+  function openStream(url, handlers) {
+    var source = new EventSource(url);
+    source.onopen = function () { setLive("connected", "live"); };
+    source.onerror = function () {
+      setLive("reconnecting", "reconnecting…");
+      if (source.readyState === EventSource.CLOSED) {
+        // Refused (e.g. 401 after signing out): check the page itself once.
+        fetch(window.location.href, { credentials: "same-origin", redirect: "manual" }).then(function (resp) {
+          if (resp.type === "opaqueredirect" || resp.status === 401) window.location.reload();
+        });
+      }
+    };
+    Object.keys(handlers).forEach(function (name) {
+      source.addEventListener(name, function (e) {
+        var data;
+        try { data = JSON.parse(e.data); } catch (err) { return; }
+        handlers[name](data, e);
+      });
+    });
+    source.addEventListener("signed_out", function () { source.close(); window.location.reload(); });
+    window.addEventListener("pagehide", function () { source.close(); });
+    return source;
+  }
+
+  /* ---------------- overview ---------------- */
+  function drawChart(canvas, series) {
+    var ratio = window.devicePixelRatio || 1;
+    var width = canvas.clientWidth || 300;
+    var height = canvas.clientHeight || 160;
+    canvas.width = Math.round(width * ratio);
+    canvas.height = Math.round(height * ratio);
+    var ctx = canvas.getContext("2d");
+    ctx.setTransform(ratio, 0, 0, ratio, 0, 0);
+    ctx.clearRect(0, 0, width, height);
+    var peak = Math.max.apply(null, [1].concat(series));
+    var pad = 18;
+    ctx.strokeStyle = "#d8dde6";
+    ctx.lineWidth = 1;
+    ctx.beginPath();
+    ctx.moveTo(0, height - pad + 0.5);
+    ctx.lineTo(width, height - pad + 0.5);
+    ctx.stroke();
+    ctx.fillStyle = "#6b7385";
+    ctx.font = "11px system-ui, sans-serif";
+    ctx.fillText(peak + "/s", 4, 12);
+    ctx.fillText("-" + series.length + " s", 4, height - 4);
+    ctx.fillText("now", width - 26, height - 4);
+    if (!series.length) return;
+    var step = width / Math.max(series.length - 1, 1);
+    ctx.beginPath();
+    series.forEach(function (v, i) {
+      var x = i * step;
+      var y = height - pad - (v / peak) * (height - pad - 16);
+      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+    });
+    ctx.strokeStyle = "#2f6fde";
+    ctx.lineWidth = 2;
+    ctx.stroke();
+    ctx.lineTo(width, height - pad);
+    ctx.lineTo(0, height - pad);
+    ctx.closePath();
+    ctx.fillStyle = "rgba(47, 111, 222, 0.12)";
+    ctx.fill();
+  }
+
+  function initOverview() {
+    var stats = byId("stats");
+    var list = byId("recent-list");
+    var canvas = byId("rate-chart");
+    var series = [];
+    var fields = { connections: "stat-connections", online_users: "stat-users", last_minute: "stat-minute",
+                   last_hour: "stat-hour", workers: "stat-workers" };
+    window.addEventListener("resize", function () { drawChart(canvas, series); });
+    drawChart(canvas, series);
+    openStream(stats.dataset.stream, {
+      stats: function (data) {
+        Object.keys(fields).forEach(function (key) {
+          byId(fields[key]).textContent = data[key] === null || data[key] === undefined ? "–" : data[key];
+        });
+        var error = byId("stats-error");
+        error.textContent = data.error || "";
+        show(error, !!data.error);
+        series = data.series || [];
+        byId("chart-peak").textContent = "peak " + Math.max.apply(null, [0].concat(series)) + "/s";
+        drawChart(canvas, series);
+      },
+      notification: function (n) {
+        prepend(list, notificationItem(n, { userUrl: list.dataset.userUrl }), 50);
+        show(byId("recent-empty"), false);
+      },
+      closed: function () { setLive("reconnecting", "reconnecting…"); }
+    });
+  }
+
+  /* ---------------- user page ---------------- */
+  function initUser() {
+    var page = byId("user-page");
+    var feed = byId("live-feed");
+    var history = byId("history");
+    var cache = byId("cache-status");
+    var ttlLeft = cache.dataset.ttl === "" ? null : Number(cache.dataset.ttl);
+
+    function renderCache(cached, ttl) {
+      ttlLeft = cached && ttl !== null && ttl !== undefined ? ttl : null;
+      cache.dataset.state = cached ? "cached" : "fresh";
+      cache.dataset.ttl = ttlLeft === null ? "" : String(ttlLeft);
+      cache.textContent = cached ? "cached · " + (ttlLeft === null ? "?" : ttlLeft) + " s left" : "fresh";
+      byId("cache-explain").textContent = cached ? "history is served from the Redis cache"
+        : "not cached: the next read comes fresh from MongoDB";
+    }
+
+    function renderUnread(unread) {
+      byId("unread-count").textContent = unread === null || unread === undefined ? "–" : unread;
+      byId("mark-all-read").disabled = !unread;
+    }
+
+    function renderPresence(connections) {
+      var badge = byId("presence");
+      if (connections === null || connections === undefined) {
+        badge.className = "badge offline";
+        badge.textContent = "online status unknown";
+        return;
+      }
+      badge.dataset.connections = String(connections);
+      badge.className = "badge " + (connections ? "online" : "offline");
+      badge.textContent = connections ? "online · " + connections + " connection" + (connections === 1 ? "" : "s")
+        : "offline";
+    }
+
+    function markItemsRead(ids) {
+      var all = ids === null;
+      [feed, history].forEach(function (list) {
+        Array.prototype.forEach.call(list.children, function (li) {
+          if (all || ids.indexOf(li.dataset.id) !== -1) {
+            li.classList.remove("is-unread");
+            li.classList.add("is-read");
+            var state = li.querySelector(".notif-state");
+            if (state) state.textContent = "read";
+            var button = li.querySelector(".mark-read");
+            if (button) button.remove();
+          }
+        });
+      });
+    }
+
+    window.setInterval(function () {
+      if (ttlLeft !== null && cache.dataset.state === "cached") {
+        ttlLeft = Math.max(ttlLeft - 1, 0);
+        if (ttlLeft === 0) renderCache(false, null); else renderCache(true, ttlLeft);
+      }
+    }, 1000);
+
+    openStream(page.dataset.stream, {
+      notification: function (n) {
+        prepend(feed, notificationItem(n, { actions: true }), 100);
+        show(byId("live-empty"), false);
+      },
+      read: function (data) {
+        markItemsRead(data.all ? null : data.ids || []);
+        renderUnread(data.unread);
+      },
+      reset: function () { feed.insertBefore(el("li", "notice", "Some events were missed: reload the history."), feed.firstChild); },
+      status: function (data) {
+        var error = byId("status-error");
+        error.textContent = data.error || "";
+        show(error, !!data.error);
+        if (data.cache) renderCache(data.cache.cached, data.cache.ttl);
+        if ("unread" in data) renderUnread(data.unread);
+        if ("connections" in data) renderPresence(data.connections);
+      },
+      closed: function () { setLive("reconnecting", "reconnecting…"); }
+    });
+
+    document.addEventListener("click", function (e) {
+      var target = e.target;
+      if (!(target instanceof HTMLElement)) return;
+      if (target.classList.contains("mark-read")) {
+        var li = target.closest("li");
+        target.disabled = true;
+        postJSON(page.dataset.read, { ids: [li.dataset.id] }).then(function (data) {
+          markItemsRead([li.dataset.id]);
+          renderUnread(data.unread);
+        }).catch(function (err) { target.disabled = false; window.alert(err.message); });
+      }
+    });
+
+    byId("mark-all-read").addEventListener("click", function () {
+      postJSON(page.dataset.read, { all: true }).then(function (data) {
+        markItemsRead(null);
+        renderUnread(data.unread);
+      }).catch(function (err) { window.alert(err.message); });
+    });
+
+    byId("reload-history").addEventListener("click", function () {
+      fetch(page.dataset.history, { credentials: "same-origin", headers: { "Accept": "application/json" } })
+        .then(function (resp) {
+          if (resp.status === 401) { window.location.reload(); }
+          return resp.json();
+        })
+        .then(function (data) {
+          if (!data.notifications) throw new Error((data.error && data.error.message) || "history unavailable");
+          while (history.firstChild) history.removeChild(history.firstChild);
+          data.notifications.forEach(function (n) { history.appendChild(notificationItem(n, { actions: true })); });
+          show(byId("history-empty"), data.notifications.length === 0);
+          byId("history-source").textContent = data.from_cache ? "loaded from the Redis cache" : "loaded from MongoDB";
+          renderCache(data.cache.cached, data.cache.ttl);
+          renderUnread(data.unread);
+        })
+        .catch(function (err) {
+          var error = byId("status-error");
+          error.textContent = err.message;
+          show(error, true);
+        });
+    });
+
+    var form = byId("test-form");
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      var result = byId("test-result");
+      var button = form.querySelector("button[type=submit]");
+      button.disabled = true;
+      postJSON(page.dataset.send, { title: form.elements.title.value, message: form.elements.message.value })
+        .then(function (data) {
+          result.className = "form-result ok";
+          result.textContent = data.published ? "Sent." : "Stored; it will be delivered once Redis is back.";
+          form.elements.message.value = "";
+        })
+        .catch(function (err) {
+          result.className = "form-result error";
+          result.textContent = err.message;
+        })
+        .then(function () { show(result, true); button.disabled = false; });
+    });
+  }
+
+  document.addEventListener("DOMContentLoaded", function () {
+    var page = document.body.dataset.page;
+    if (page === "overview") initOverview();
+    if (page === "user") initUser();
+  });
+})();

@@ -1,0 +1,347 @@
+"""Support dashboard: staff sessions, CSRF, login throttling, pages, JSON, streams, presence."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import gevent
+import orjson
+import pytest
+from flask import Flask
+from flask.testing import FlaskClient
+
+from app import staff
+from app.presence import Presence
+
+ADMIN = "admin"
+PASSWORD = "correct horse battery"
+XSS = "<script>alert(1)</script>"
+
+
+@pytest.fixture
+def dash(make_app: Callable[..., Flask]) -> Flask:
+    return make_app(ADMIN_USERNAME=ADMIN, ADMIN_PASSWORD=PASSWORD, DASHBOARD_TICK_SECONDS=0.2)
+
+
+def csrf(client: FlaskClient) -> str:
+    client.get("/dashboard/login")
+    with client.session_transaction() as sess:
+        return sess["csrf"]
+
+
+def login(client: FlaskClient, username: str = ADMIN, password: str = PASSWORD, **kw: Any):
+    token = csrf(client)
+    return client.post(
+        "/dashboard/login", data={"username": username, "password": password, "csrf_token": token}, **kw
+    )
+
+
+def signed_in(app: Flask) -> FlaskClient:
+    client = app.test_client()
+    resp = login(client)
+    assert resp.status_code == 302 and resp.headers["Location"] == "/dashboard", resp.text
+    return client
+
+
+def token_of(client: FlaskClient) -> str:
+    with client.session_transaction() as sess:
+        return sess["csrf"]
+
+
+def notify(app: Flask, user: str, message: str, title: str = "") -> dict[str, Any]:
+    with app.app_context():
+        return app.extensions["notifications"].create([user], message, title=title).notifications[0]
+
+
+# -- access ------------------------------------------------------------------------------
+@pytest.mark.parametrize("path", ["/dashboard", "/dashboard/users/alice", "/dashboard/search?q=al"])
+def test_pages_redirect_to_login_without_session(dash: Flask, path: str) -> None:
+    resp = dash.test_client().get(path)
+    assert resp.status_code == 302
+    assert resp.headers["Location"].startswith("/dashboard/login?next=/dashboard")
+
+
+@pytest.mark.parametrize(
+    "path",
+    [
+        "/dashboard/api/overview",
+        "/dashboard/api/overview/stream",
+        "/dashboard/api/users/alice/stream",
+        "/dashboard/api/users/alice/history",
+        "/dashboard/api/users/alice/status",
+    ],
+)
+def test_json_and_streams_answer_401_without_session(dash: Flask, path: str) -> None:
+    resp = dash.test_client().get(path)
+    assert resp.status_code == 401
+    assert resp.json["error"]["code"] == "unauthorized"
+
+
+def test_login_logout_and_a_copied_cookie_stops_working(dash: Flask) -> None:
+    client = signed_in(dash)
+    page = client.get("/dashboard")
+    assert page.status_code == 200 and b"Overview" in page.data
+    assert "script-src 'self'" in page.headers["Content-Security-Policy"]
+    stolen = client.get_cookie("session").value
+    resp = client.post("/dashboard/logout", data={"csrf_token": token_of(client)})
+    assert resp.status_code == 302 and resp.headers["Location"] == "/dashboard/login"
+    assert client.get("/dashboard").status_code == 302
+    replay = dash.test_client()
+    replay.set_cookie("session", stolen)
+    assert replay.get("/dashboard").status_code == 302
+    assert replay.get("/dashboard/api/overview").status_code == 401
+
+
+def test_login_next_stays_inside_the_dashboard(dash: Flask) -> None:
+    client = dash.test_client()
+    token = csrf(client)
+    form = {"username": ADMIN, "password": PASSWORD, "csrf_token": token, "next": "//evil.example/x"}
+    assert client.post("/dashboard/login", data=form).headers["Location"] == "/dashboard"
+    client = dash.test_client()
+    form.update(csrf_token=csrf(client), next="/dashboard/users/bob")
+    assert client.post("/dashboard/login", data=form).headers["Location"] == "/dashboard/users/bob"
+
+
+def test_wrong_password_and_disabled_account_are_refused(dash: Flask) -> None:
+    client = dash.test_client()
+    resp = login(client, password="wrong password")
+    assert resp.status_code == 401 and b"Wrong username or password" in resp.data
+    assert login(client, username="nobody").status_code == 401
+    live = signed_in(dash)
+    with dash.app_context():
+        staff.set_disabled(ADMIN, True)
+    assert live.get("/dashboard").status_code == 302  # the open session ended
+    assert login(dash.test_client()).status_code == 401
+
+
+# -- CSRF --------------------------------------------------------------------------------
+def test_login_form_without_or_with_a_wrong_csrf_token_is_403(dash: Flask) -> None:
+    client = dash.test_client()
+    csrf(client)
+    form = {"username": ADMIN, "password": PASSWORD}
+    assert client.post("/dashboard/login", data=form).status_code == 403
+    resp = client.post("/dashboard/login", data={**form, "csrf_token": "forged"})
+    assert resp.status_code == 403 and b"CSRF" in resp.data
+
+
+def test_state_changing_requests_need_the_csrf_token(dash: Flask) -> None:
+    client = signed_in(dash)
+    note = notify(dash, "carol", "first")
+    token = token_of(client)
+    read = "/dashboard/api/users/carol/read"
+    resp = client.post(read, json={"ids": [note["id"]]})
+    assert resp.status_code == 403 and resp.json["error"]["code"] == "csrf_failed"
+    resp = client.post(read, json={"ids": [note["id"]]}, headers={"X-CSRF-Token": "x" + token})
+    assert resp.status_code == 403
+    resp = client.post(read, json={"ids": [note["id"]]}, headers={"X-CSRF-Token": token})
+    assert resp.status_code == 200 and resp.json == {"updated": 1, "unread": 0}
+
+    form = "/dashboard/users/carol/test-notification"
+    assert client.post(form, data={"message": "hi"}).status_code == 403
+    assert client.post("/dashboard/logout").status_code == 403  # still signed in afterwards
+    resp = client.post(form, data={"message": "hi", "csrf_token": token})
+    assert resp.status_code == 302
+    sent = client.post(
+        "/dashboard/api/users/carol/notifications",
+        json={"message": "via fetch"},
+        headers={"X-CSRF-Token": token},
+    )
+    assert sent.status_code == 201 and sent.json["notification"]["category"] == "test"
+    history = client.get("/dashboard/api/users/carol/history").json
+    assert [n["message"] for n in history["notifications"]] == ["via fetch", "hi", "first"]
+
+
+# -- throttling ------------------------------------------------------------------------
+def test_login_is_locked_per_username_after_repeated_failures(make_app: Callable[..., Flask]) -> None:
+    app = make_app(ADMIN_USERNAME=ADMIN, ADMIN_PASSWORD=PASSWORD, LOGIN_MAX_FAILURES=3)
+    client = app.test_client()
+    for _ in range(3):
+        assert login(client, password="wrong password").status_code == 401
+    resp = login(client)  # the right password, but locked now
+    assert resp.status_code == 429 and b"Too many failed sign-in attempts" in resp.data
+    with app.app_context():
+        staff.create("second", "another password")
+    assert login(app.test_client(), "second", "another password").status_code == 302  # other names unaffected
+
+
+def test_login_is_locked_per_ip_and_unlocks_after_the_lock_period(make_app: Callable[..., Flask]) -> None:
+    app = make_app(
+        ADMIN_USERNAME=ADMIN, ADMIN_PASSWORD=PASSWORD, LOGIN_IP_MAX_FAILURES=3, LOGIN_LOCK_SECONDS=1
+    )
+    client = app.test_client()
+    for name in ("u1", "u2", "u3"):
+        assert login(client, username=name, password="wrong password").status_code == 401
+    assert login(client).status_code == 429
+    other = app.test_client()
+    assert login(other, environ_base={"REMOTE_ADDR": "10.9.8.7"}).status_code == 302
+    deadline = time.monotonic() + 5
+    while (status := login(client).status_code) == 429 and time.monotonic() < deadline:
+        gevent.sleep(0.2)
+    assert status == 302
+
+
+# -- pages and JSON ----------------------------------------------------------------------
+def test_user_page_escapes_content_and_shows_cache_state(dash: Flask) -> None:
+    client = signed_in(dash)
+    notify(dash, "dave", XSS, title="<b>bold</b>")
+    page = client.get("/dashboard/users/dave")
+    assert page.status_code == 200
+    assert XSS.encode() not in page.data and b"&lt;script&gt;alert(1)&lt;/script&gt;" in page.data
+    assert b"<b>bold</b>" not in page.data
+    assert b'data-state="cached"' in page.data  # the page read filled the cache
+    status = client.get("/dashboard/api/users/dave/status").json
+    assert status["cache"]["cached"] is True and 0 < status["cache"]["ttl"] <= 120
+    assert status["unread"] == 1 and status["connections"] == 0 and status["online"] is False
+    notify(dash, "dave", "second")
+    status = client.get("/dashboard/api/users/dave/status").json
+    assert status["cache"] == {"cached": False, "ttl": None} and status["unread"] == 2
+
+
+def test_unknown_and_invalid_users_get_clear_messages(dash: Flask) -> None:
+    client = signed_in(dash)
+    page = client.get("/dashboard/users/never-seen")
+    assert page.status_code == 200 and b"has never received a notification" in page.data
+    bad = client.get("/dashboard/users/not%20valid!")
+    assert bad.status_code == 404 and b"is not a valid user id" in bad.data
+    assert client.get("/dashboard/api/users/not%20valid!/status").json["error"]["code"] == "not_found"
+    assert client.get("/dashboard/search?q=nobody-like-this").status_code == 200
+
+
+def test_search_finds_users_by_prefix(dash: Flask) -> None:
+    client = signed_in(dash)
+    for user in ("erin", "erik", "frank"):
+        notify(dash, user, "hello")
+    page = client.get("/dashboard/search?q=eri")
+    assert b"/dashboard/users/erin" in page.data and b"/dashboard/users/erik" in page.data
+    assert b"frank" not in page.data
+    assert client.get("/dashboard/search?q=frank").headers["Location"] == "/dashboard/users/frank"
+
+
+def test_overview_counts_notifications_and_lists_recent(dash: Flask) -> None:
+    client = signed_in(dash)
+    with dash.app_context():
+        dash.extensions["notifications"].create(["gina", "hank", "ivan"], "batch")
+    notify(dash, "gina", XSS)
+    stats = client.get("/dashboard/api/overview").json
+    assert stats["last_minute"] == 4 and stats["last_hour"] == 4 and sum(stats["series"]) == 4
+    assert len(stats["series"]) == 120
+    page = client.get("/dashboard")
+    assert b"&lt;script&gt;" in page.data and XSS.encode() not in page.data
+
+
+# -- streams -----------------------------------------------------------------------------
+class Frames:
+    """Reads an SSE response of the Flask test client in a greenlet."""
+
+    def __init__(self, resp: Any) -> None:
+        self.resp = resp
+        self.frames: list[tuple[str, Any]] = []
+        self.done = False
+        self.greenlet = gevent.spawn(self._read)
+
+    def _read(self) -> None:
+        buf = b""
+        try:
+            for chunk in self.resp.response:
+                buf += chunk
+                while b"\n\n" in buf:
+                    raw, buf = buf.split(b"\n\n", 1)
+                    fields = dict(
+                        line.split(": ", 1)
+                        for line in raw.decode().split("\n")
+                        if ": " in line and line[0] != ":"
+                    )
+                    if "event" in fields:
+                        self.frames.append((fields["event"], orjson.loads(fields.get("data", "null"))))
+        finally:
+            self.done = True
+
+    def wait(self, predicate: Callable[[list[tuple[str, Any]]], bool], timeout: float = 5.0) -> None:
+        deadline = time.monotonic() + timeout
+        while not predicate(self.frames):
+            assert time.monotonic() < deadline, f"not seen in {timeout}s: {self.frames[-5:]}"
+            gevent.sleep(0.02)
+
+    def close(self) -> None:
+        self.greenlet.kill()
+        self.resp.close()
+
+
+def test_user_stream_pushes_notifications_status_and_ends_on_logout(dash: Flask) -> None:
+    client = signed_in(dash)
+    notify(dash, "jane", "old one")
+    client.get("/dashboard/users/jane")  # fills the cache
+    frames = Frames(client.get("/dashboard/api/users/jane/stream", buffered=False))
+    try:
+        frames.wait(lambda fs: any(k == "status" and d["cache"]["cached"] for k, d in fs))
+        notify(dash, "jane", XSS)
+        frames.wait(lambda fs: any(k == "notification" and d["message"] == XSS for k, d in fs))
+        frames.wait(lambda fs: fs[-1][0] == "status" and fs[-1][1]["cache"]["cached"] is False)
+        assert frames.frames[-1][1]["unread"] == 2
+        client.post("/dashboard/logout", data={"csrf_token": token_of(client)})
+        frames.wait(lambda fs: fs[-1][0] == "signed_out")
+        frames.wait(lambda fs: frames.done)
+    finally:
+        frames.close()
+
+
+def test_overview_stream_pushes_new_notifications_and_stats(dash: Flask) -> None:
+    client = signed_in(dash)
+    frames = Frames(client.get("/dashboard/api/overview/stream", buffered=False))
+    try:
+        frames.wait(lambda fs: any(k == "stats" for k, _ in fs))
+        dash.extensions["hub"].connected.wait(5)
+        notify(dash, "kate", "live one")
+        frames.wait(lambda fs: any(k == "notification" and d["user_id"] == "kate" for k, d in fs))
+        frames.wait(lambda fs: any(k == "stats" and d["last_minute"] == 1 for k, d in fs))
+    finally:
+        frames.close()
+
+
+# -- presence ----------------------------------------------------------------------------
+class FakeHub:
+    """Stands in for a worker's hub: only its registry of subscriptions is read."""
+
+    def __init__(self, hub_id: str, users: dict[str, int]) -> None:
+        self.hub_id = hub_id
+        self.users = {u: {object() for _ in range(n)} for u, n in users.items()}
+
+
+def test_presence_sums_workers_excludes_staff_and_forgets_dead_workers(dash: Flask) -> None:
+    config = dash.extensions["config"].with_overrides(PRESENCE_INTERVAL_SECONDS=0.2)
+    client = dash.extensions["redis"]
+    one = Presence(config, client, FakeHub("w1", {"amy": 2, "bo": 1}))
+    two = Presence(config, client, FakeHub("w2", {"amy": 1, "cy": 3}))
+    staff_sub = type("Sub", (), {"user_id": "cy"})()
+    two.hub.users["cy"].add(staff_sub)
+    two.add_staff(staff_sub)
+    one.publish_once()
+    two.publish_once()
+    summary = one.summary()
+    assert (summary.workers, summary.connections, summary.online_users) == (2, 7, 3)
+    assert one.user_connections("amy") == 3 and one.user_connections("cy") == 3
+    assert one.user_connections("nobody") == 0
+    two.start()  # keeps refreshing; `one` stops, like a killed worker
+    try:
+        deadline = time.monotonic() + 5
+        while one.summary().workers != 1:
+            assert time.monotonic() < deadline, "a dead worker's presence did not expire"
+            gevent.sleep(0.05)
+        summary = one.summary()
+        assert (summary.connections, summary.online_users) == (4, 2)
+    finally:
+        two.stop()
+    assert one.summary().workers == 0  # a clean stop removes its snapshot at once
+
+
+def test_bootstrap_admin_is_idempotent_and_keeps_a_reset_password(dash: Flask) -> None:
+    config = dash.extensions["config"]
+    with dash.app_context():
+        assert staff.ensure_admin(config) is True
+        assert staff.ensure_admin(config) is False
+        staff.reset_password(ADMIN, "a new password")
+        staff.ensure_admin(config)
+        assert staff.authenticate(ADMIN, "a new password") is not None
+        assert [u.username for u in staff.all_users()] == [ADMIN]
