@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import click
 from flask import Flask, current_app
-from flask.cli import AppGroup
+from flask.cli import AppGroup, with_appcontext
 
 from . import apikeys, retention
 from .auth import mint_token
@@ -64,6 +64,7 @@ def keys_revoke(name_or_id: str) -> None:
 
 
 @click.command("send")
+@with_appcontext
 @click.argument("user")
 @click.argument("message")
 @click.option("--title", default="", help="Short title.")
@@ -89,6 +90,7 @@ def send(user: str, message: str, title: str, category: str) -> None:
 
 
 @click.command("token")
+@with_appcontext
 @click.argument("user")
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds (default TOKEN_TTL_SECONDS).")
 def token(user: str, ttl: int | None) -> None:
@@ -129,6 +131,7 @@ def db_prune(days: float) -> None:
 
 
 @click.command("seed")
+@with_appcontext
 @click.option("--users", type=click.IntRange(1, 10_000), default=5, show_default=True)
 @click.option("--per-user", type=click.IntRange(1, 1_000), default=10, show_default=True)
 @click.option("--prefix", default="demo-user-", show_default=True, help="User id prefix.")

@@ -30,7 +30,8 @@ def test_request_id_is_generated_kept_and_echoed(client: Any) -> None:
     generated = client.get("/healthz").headers["X-Request-ID"]
     assert len(generated) == 32
     assert client.get("/healthz").headers["X-Request-ID"] != generated
-    assert client.get("/healthz", headers={"X-Request-ID": "edge-42.a"}).headers["X-Request-ID"] == "edge-42.a"
+    kept = client.get("/healthz", headers={"X-Request-ID": "edge-42.a"})
+    assert kept.headers["X-Request-ID"] == "edge-42.a"
     for hostile in ("bad id <script>", "y" * 200):
         replaced = client.get("/healthz", headers={"X-Request-ID": hostile}).headers["X-Request-ID"]
         assert replaced != hostile and len(replaced) == 32
@@ -42,10 +43,12 @@ def test_secrets_never_reach_log_records(client: Any, auth: dict[str, str], capl
     assert client.get(f"/stream?token={secret_token}").status_code == 401
     resp = client.post("/api/tokens", json={"user_id": "log-user"}, headers=auth)
     minted = resp.get_json()["token"]
-    assert client.get("/api/me/unread-count", headers={"Authorization": f"Bearer {minted}"}).status_code == 200
+    me = client.get("/api/me/unread-count", headers={"Authorization": f"Bearer {minted}"})
+    assert me.status_code == 200
     assert client.get("/api/users/log-user/unread-count", headers=auth).status_code == 200
     # Whatever a library or a careless line writes, the record is redacted when created.
-    logging.getLogger("somewhere").warning("GET /stream?token=%s with %s", secret_token, auth["Authorization"])
+    careless = logging.getLogger("somewhere")
+    careless.warning("GET /stream?token=%s with %s", secret_token, auth["Authorization"])
     logging.getLogger("somewhere").warning("token was %s", minted)
     for secret in (secret_token, minted, auth["Authorization"].split()[1]):
         assert secret not in caplog.text
@@ -80,7 +83,8 @@ def test_live_json_logs_have_no_secrets(live: Callable[..., Any]) -> None:
         ws.wait_count(1)
         bad = requests.get(server.url + "/stream", params={"token": "FORGEDsecret987654"}, timeout=5)
         assert bad.status_code == 401
-        echoed = server.post("/api/notifications", {"user_id": "x", "message": "m"}, **{"X-Request-ID": "trace-7"})
+        body = {"user_id": "x", "message": "m"}
+        echoed = server.post("/api/notifications", body, **{"X-Request-ID": "trace-7"})
         assert echoed.headers["X-Request-ID"] == "trace-7"
     finally:
         sse.close()
