@@ -52,12 +52,13 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     hub.on_reconnect.append(service.publisher.wake_relay)
     app.extensions["hub"] = hub
 
-    from . import api, health, stream
+    from . import api, health, openapi, stream
     from .errors import register_error_handlers
 
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
     app.register_blueprint(health.bp)
+    app.register_blueprint(openapi.bp)
     register_error_handlers(app)
     logging_setup.init_app(app)
     metrics.init_app(app)

@@ -88,6 +88,8 @@ def create_token() -> Response:
     config = current_app.extensions["config"]
     user_id = v.user_id(body.get("user_id"))
     ttl = body.get("ttl_seconds", config.TOKEN_TTL_SECONDS)
+    if isinstance(ttl, float) and ttl.is_integer():
+        ttl = int(ttl)  # JSON has one number type: 60.0 is the integer 60
     if not isinstance(ttl, int) or isinstance(ttl, bool) or not 1 <= ttl <= config.TOKEN_MAX_TTL_SECONDS:
         raise v.invalid("ttl_seconds", f"must be an integer from 1 to {config.TOKEN_MAX_TTL_SECONDS}")
     token, expires_at = mint_token(user_id, ttl)
@@ -116,7 +118,7 @@ def my_mark_read() -> Response:
 
 def _history(user_id: str) -> Response:
     limit = v.int_arg("limit", 50, 1, 100)
-    before = request.args.get("before") or None
+    before = v.single_arg("before") or None
     body, hit = service().history(user_id, limit, before, v.bool_arg("unread"))
     return json_response(body, **{"X-Cache": "HIT" if hit else "MISS"})
 

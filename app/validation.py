@@ -40,7 +40,7 @@ def invalid(field: str, message: str) -> ApiError:
 
 
 def user_id(value: Any, field: str = "user_id") -> str:
-    if not isinstance(value, str) or not USER_ID_RE.match(value):
+    if not isinstance(value, str) or not USER_ID_RE.fullmatch(value):
         raise invalid(field, "must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
     return value
 
@@ -69,8 +69,8 @@ def data_object(value: Any) -> dict[str, Any]:
         raise invalid("data", f"must be nested at most {MAX_DATA_DEPTH} levels")
     if len(orjson.dumps(value)) > MAX_DATA_BYTES:
         raise invalid("data", f"must be at most {MAX_DATA_BYTES} bytes encoded")
-    if any(key.startswith("$") or "." in key for key in _keys(value)):
-        raise invalid("data", "keys must not start with '$' or contain '.'")
+    if any(key.startswith("$") or "." in key or "\x00" in key for key in _keys(value)):
+        raise invalid("data", "keys must not start with '$' or contain '.' or NUL")
     return value
 
 
@@ -85,24 +85,28 @@ def user_ids(value: Any) -> list[str]:
     return ids
 
 
+def single_arg(name: str) -> str | None:
+    """A query parameter given at most once (``?limit=1&limit=2`` is ambiguous: refused)."""
+    values = request.args.getlist(name)
+    if len(values) > 1:
+        raise invalid(name, "must be given at most once")
+    return values[0] if values else None
+
+
 def int_arg(name: str, default: int, low: int, high: int) -> int:
-    raw = request.args.get(name)
-    if raw is None or raw == "":
+    raw = single_arg(name)
+    if raw is None:
         return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(name, f"must be an integer from {low} to {high}") from None
-    if not low <= value <= high:
+    if not re.fullmatch(r"-?[0-9]{1,19}", raw) or not low <= int(raw) <= high:
         raise invalid(name, f"must be an integer from {low} to {high}")
-    return value
+    return int(raw)
 
 
 def bool_arg(name: str) -> bool:
-    raw = (request.args.get(name) or "").lower()
-    if raw in ("", "0", "false", "no"):
+    raw = single_arg(name)
+    if raw is None or raw == "false":
         return False
-    if raw in ("1", "true", "yes"):
+    if raw == "true":
         return True
     raise invalid(name, "must be true or false")
 

@@ -1,0 +1,314 @@
+"""The OpenAPI 3.1 description of the whole HTTP API, and the docs page that renders it.
+
+Kept as Python data next to the code so limits come from the same constants the
+validators use; ``tests/test_openapi.py`` checks it against the app's URL map and
+schemathesis checks it against the live app.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import Any
+
+import orjson
+from flask import Blueprint, Response, current_app, send_from_directory
+
+from . import validation as v
+from .config import Config
+
+bp = Blueprint("docs", __name__, url_prefix="/api")
+
+JSON = "application/json"
+USER_ID = {"type": "string", "pattern": v.USER_ID_RE.pattern, "example": "alice"}
+OBJECT_ID = {"type": "string", "pattern": "^[0-9a-fA-F]{24}$", "example": "6650f0c2a1b2c3d4e5f60718"}
+
+
+def _ref(name: str) -> dict[str, str]:
+    return {"$ref": f"#/components/schemas/{name}"}
+
+
+DATA_KEY = {"type": "string", "pattern": "^([^$.\\x00][^.\\x00]*)?$"}
+EXAMPLE_NOTE = {
+    "id": "6650f0c2a1b2c3d4e5f60718", "seq": 1764172800000001, "user_id": "alice",
+    "title": "Build finished", "message": "main is green", "category": "ci",
+    "data": {"run": 42}, "created_at": "2026-11-26T16:00:00.000Z", "read": False,
+}  # fmt: skip
+
+SCHEMAS: dict[str, Any] = {
+    "Error": {
+        "type": "object",
+        "required": ["error"],
+        "properties": {
+            "error": {
+                "type": "object",
+                "required": ["code", "message"],
+                "properties": {
+                    "code": {"type": "string", "example": "invalid_field"},
+                    "message": {"type": "string"},
+                    "field": {"type": "string", "description": "The offending field, for validation errors"},
+                },
+            }
+        },
+    },
+    "Notification": {
+        "type": "object",
+        "required": ["id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"],
+        "properties": {
+            "id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
+            "seq": {"type": ["integer", "null"], "description": "Stream cursor; null if unpublished"},
+            "user_id": {"type": "string"},
+            "title": {"type": "string"},
+            "message": {"type": "string"},
+            "category": {"type": "string"},
+            "data": {"type": "object"},
+            "created_at": {"type": "string", "format": "date-time"},
+            "read": {"type": "boolean"},
+        },
+        "example": EXAMPLE_NOTE,
+    },
+    "Data": {
+        "type": "object",
+        "description": f"Free-form JSON: at most {v.MAX_DATA_BYTES} bytes encoded, {v.MAX_DATA_DEPTH} levels "
+        "deep; keys must not start with '$' or contain '.'",
+        "propertyNames": DATA_KEY,
+        "additionalProperties": {"$ref": "#/components/schemas/DataValue"},
+    },
+    "DataValue": {"anyOf": [
+        {"type": ["string", "number", "boolean", "null"]},
+        {"type": "array", "items": {"$ref": "#/components/schemas/DataValue"}},
+        {"$ref": "#/components/schemas/Data"},
+    ]},
+    "NotificationList": {
+        "type": "object",
+        "required": ["notifications"],
+        "properties": {"notifications": {"type": "array", "items": _ref("Notification")}},
+    },
+    "HistoryPage": {
+        "type": "object",
+        "required": ["notifications", "next"],
+        "properties": {
+            "notifications": {"type": "array", "items": _ref("Notification")},
+            "next": {"type": ["string", "null"], "description": "Pass as `before` for the next page"},
+        },
+    },
+    "NewNotification": {
+        "type": "object",
+        "description": "Send exactly one of `user_id` or `user_ids`.",
+        "required": ["message"],
+        "properties": {
+            "user_id": USER_ID,
+            "user_ids": {"type": "array", "items": USER_ID, "minItems": 1, "maxItems": v.MAX_USER_IDS,
+                         "uniqueItems": True},
+            "message": {"type": "string", "minLength": 1, "maxLength": 4000},
+            "title": {"type": ["string", "null"], "maxLength": 200},
+            "category": {"type": ["string", "null"], "maxLength": 64},
+            "data": {"anyOf": [_ref("Data"), {"type": "null"}]},
+        },
+        "oneOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}],
+        "example": {"user_id": "alice", "title": "Build finished", "message": "main is green",
+                    "category": "ci", "data": {"run": 42}},
+    },
+    "ReadRequest": {
+        "type": "object",
+        "description": 'Either `{"ids": [...]}` or `{"all": true}`.',
+        "oneOf": [
+            {"type": "object", "required": ["ids"], "properties": {
+                "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": 1000}, "all": False}},
+            {"type": "object", "required": ["all"], "properties": {"all": {"const": True}, "ids": False}},
+        ],
+        "example": {"ids": ["6650f0c2a1b2c3d4e5f60718"]},
+    },
+    "ReadResult": {"type": "object", "required": ["updated"], "properties": {"updated": {"type": "integer"}}},
+    "UnreadCount": {
+        "type": "object",
+        "required": ["user_id", "unread"],
+        "properties": {"user_id": {"type": "string"}, "unread": {"type": "integer", "minimum": 0}},
+    },
+    "TokenRequest": {
+        "type": "object",
+        "required": ["user_id"],
+        "properties": {"user_id": USER_ID, "ttl_seconds": {"type": "integer", "minimum": 1}},
+        "example": {"user_id": "alice", "ttl_seconds": 3600},
+    },
+    "Token": {
+        "type": "object",
+        "required": ["token", "user_id", "expires_at"],
+        "properties": {"token": {"type": "string"}, "user_id": {"type": "string"},
+                       "expires_at": {"type": "string", "format": "date-time"}},
+    },
+    "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
+    "Ready": {
+        "type": "object",
+        "required": ["status", "checks"],
+        "properties": {
+            "status": {"enum": ["ok", "unavailable"]},
+            "checks": {"type": "object", "additionalProperties": {"enum": ["ok", "down"]}},
+            "error": {"type": "object"},
+        },
+    },
+}
+
+_ERROR_TEXT = {
+    400: "Malformed JSON", 401: "Missing or invalid credentials", 403: "Origin not allowed", 404: "Not found",
+    405: "Method not allowed", 409: "Idempotency-Key conflict or in progress", 413: "Body too large",
+    415: "Content-Type is not application/json", 422: "A field is invalid (named in `error.field`)",
+    429: "Rate limited; see Retry-After", 503: "A backing store is unavailable; retry later",
+}  # fmt: skip
+
+
+def _json(schema: str | dict[str, Any], description: str, **extra: Any) -> dict[str, Any]:
+    ref = {"$ref": f"#/components/schemas/{schema}"} if isinstance(schema, str) else schema
+    return {"description": description, "content": {JSON: {"schema": ref}}, **extra}
+
+
+def _errors(*codes: int) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for code in codes:
+        out[str(code)] = {"$ref": f"#/components/responses/E{code}"}
+    return out
+
+
+# gunicorn itself refuses an over-long request line before the app sees it (no JSON body).
+TOO_LONG = {"414": {"description": "URI too long (refused by gunicorn)"}}
+
+
+def _op(summary: str, ok: dict[str, Any], errors: tuple[int, ...], **extra: Any) -> dict[str, Any]:
+    return {"summary": summary, "responses": {**ok, **_errors(*errors), **TOO_LONG}, **extra}
+
+
+def _text(mime: str, description: str, kind: str = "string") -> dict[str, Any]:
+    return {"200": {"description": description, "content": {mime: {"schema": {"type": kind}}}}}
+
+
+def _body(schema: str) -> dict[str, Any]:
+    return {"required": True, "content": {JSON: {"schema": {"$ref": f"#/components/schemas/{schema}"}}}}
+
+
+API_KEY = [{"apiKey": []}]
+SUBSCRIBER = [{"subscriberToken": []}]
+STREAM_AUTH = [{"subscriberToken": []}, {"tokenQuery": []}]
+USER_PARAM = {"name": "user_id", "in": "path", "required": True, "schema": USER_ID}
+HISTORY_PARAMS = [
+    {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
+    {"name": "before", "in": "query", "schema": {**OBJECT_ID, "pattern": "^([0-9a-fA-F]{24})?$"},
+     "description": "`next` from the previous page"},
+    {"name": "unread", "in": "query", "schema": {"type": "boolean", "default": False},
+     "description": "`true` for unread only"},
+]
+CURSOR_PARAMS = [
+    {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
+     "description": "Resume after this cursor (the last `id` seen)"},
+]
+POST_ERRORS = (400, 401, 413, 415, 422, 503)
+HISTORY_OK = {"200": _json("HistoryPage", "Newest first", headers={
+    "X-Cache": {"schema": {"enum": ["HIT", "MISS"]}, "description": "Whether Redis served the page"}})}
+
+
+def _history_op(summary: str, security: list, errors: tuple[int, ...]) -> dict[str, Any]:
+    return _op(summary, HISTORY_OK, errors, security=security, parameters=HISTORY_PARAMS)
+
+
+PATHS: dict[str, Any] = {
+    "/api/notifications": {"post": _op(
+        "Create a notification for one user (201 Notification) or many (201 NotificationList)",
+        {"201": {"description": "Stored (and published)", "headers": {
+            "Idempotent-Replayed": {"schema": {"const": "true"}, "description": "A replayed response"}},
+            "content": {JSON: {"schema": {"oneOf": [{"$ref": "#/components/schemas/Notification"},
+                                                     {"$ref": "#/components/schemas/NotificationList"}]},
+                               "example": EXAMPLE_NOTE}}}},
+        (*POST_ERRORS, 409, 429), security=API_KEY, requestBody=_body("NewNotification"),
+        parameters=[{"name": "Idempotency-Key", "in": "header", "schema": {
+            "type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
+            "description": "A retry with the same key and body gets the first response"}])},
+    "/api/users/{user_id}/notifications": {"parameters": [USER_PARAM], "get": _history_op(
+        "A user's notification history, newest first", API_KEY, (401, 404, 422, 503))},
+    "/api/users/{user_id}/unread-count": {"parameters": [USER_PARAM], "get": _op(
+        "A user's unread count", {"200": _json("UnreadCount", "Count")}, (401, 404, 422, 503),
+        security=API_KEY)},
+    "/api/users/{user_id}/read": {"parameters": [USER_PARAM], "post": _op(
+        "Mark some or all of a user's notifications read", {"200": _json("ReadResult", "How many changed")},
+        (*POST_ERRORS, 404), security=API_KEY, requestBody=_body("ReadRequest"))},
+    "/api/recent": {"get": _op(
+        "The newest notifications across all users", {"200": _json("NotificationList", "Newest first")},
+        (401, 503), security=API_KEY)},
+    "/api/tokens": {"post": _op(
+        "Mint a subscriber token for one user's stream and /api/me", {"201": _json("Token", "Minted")},
+        POST_ERRORS, security=API_KEY, requestBody=_body("TokenRequest"))},
+    "/api/me/notifications": {"get": _history_op("The subscriber's history", SUBSCRIBER, (401, 422, 503))},
+    "/api/me/unread-count": {"get": _op(
+        "The subscriber's unread count", {"200": _json("UnreadCount", "Count")}, (401, 503),
+        security=SUBSCRIBER)},
+    "/api/me/read": {"post": _op(
+        "Mark the subscriber's notifications read", {"200": _json("ReadResult", "How many changed")},
+        POST_ERRORS, security=SUBSCRIBER, requestBody=_body("ReadRequest"))},
+    "/stream": {"get": _op(
+        "Server-Sent Events: `notification` (id = cursor), `read`, `reset`, `expired` events",
+        {"200": {"description": "An endless event stream", "content": {"text/event-stream": {
+            "schema": {"type": "string"},
+            "example": 'retry: 2000\n\nid: 1764172800000001\nevent: notification\ndata: {"id":"..."}\n\n'}}}},
+        (401, 429, 503), security=STREAM_AUTH, parameters=[*CURSOR_PARAMS, {
+            "name": "Last-Event-ID", "in": "header", "schema": {"type": "string"},
+            "description": "Sent by EventSource on reconnect; same as last_event_id"}])},
+    "/ws": {"get": _op(
+        "WebSocket (GET with Upgrade: websocket). Server frames: "
+        '`{"type":"notification","id":cursor,"notification":{...}}`, `read`, `reset`, `error`. '
+        'Client frames: `{"type":"read","ids":[...]}` or `{"type":"read","all":true}`. Close codes: '
+        "1008 slow consumer, 1009 frame too large, 4401 token expired.",
+        {"101": {"description": "Switching Protocols"}}, (401, 403, 429), security=STREAM_AUTH,
+        parameters=CURSOR_PARAMS)},
+    "/healthz": {"get": _op("Liveness", {"200": _json("Health", "The process runs")}, (), security=[])},
+    "/readyz": {"get": _op("Readiness: MongoDB and Redis reachable", {
+        "200": _json("Ready", "Ready"), "503": _json("Ready", "A dependency is down")}, (), security=[])},
+    "/metrics": {"get": _op(
+        "Prometheus metrics of all workers. Needs the METRICS_TOKEN bearer when one is set; "
+        "refused in production without one", _text("text/plain", "Prometheus text format"),
+        (401, 403), security=[{"metricsToken": []}, {}])},
+    "/api/openapi.json": {"get": _op("This document", _text(JSON, "OpenAPI 3.1", "object"), (), security=[])},
+    "/api/docs": {"get": _op("Human-readable API docs", _text("text/html", "HTML page"), (), security=[])},
+}
+
+
+def build_spec(config: Config) -> dict[str, Any]:
+    """The document for this app's settings (limits that are configurable are filled in)."""
+    schemas = copy.deepcopy(SCHEMAS)
+    schemas["TokenRequest"]["properties"]["ttl_seconds"]["maximum"] = config.TOKEN_MAX_TTL_SECONDS
+    responses = {f"E{code}": _json("Error", text) for code, text in _ERROR_TEXT.items()}
+    responses["E413"]["description"] = f"Body larger than {config.MAX_BODY_BYTES} bytes"
+    responses["E429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
+    responses["E401"]["headers"] = {"WWW-Authenticate": {"schema": {"type": "string"}}}
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": "Notification service API",
+            "version": "1.0.0",
+            "description": "Services send notifications with an API key; browsers read them live over "
+            "`/stream` (SSE) or `/ws` (WebSocket) with a per-user subscriber token minted by "
+            "`POST /api/tokens`. Errors are always `{\"error\": {\"code\", \"message\", \"field\"?}}`.",
+        },
+        "servers": [{"url": "/"}],
+        "paths": PATHS,
+        "components": {
+            "schemas": schemas,
+            "responses": responses,
+            "securitySchemes": {
+                "apiKey": {"type": "http", "scheme": "bearer", "description": "A publisher API key"},
+                "subscriberToken": {"type": "http", "scheme": "bearer",
+                                    "description": "A subscriber token from POST /api/tokens"},
+                "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"},
+                "tokenQuery": {"type": "apiKey", "in": "query", "name": "token",
+                               "description": "The subscriber token, for EventSource/WebSocket clients"},
+            },
+        },
+    }
+
+
+@bp.get("/openapi.json")
+def openapi_json() -> Response:
+    body = orjson.dumps(build_spec(current_app.extensions["config"]))
+    return Response(body, mimetype=JSON, headers={"Cache-Control": "no-cache"})
+
+
+@bp.get("/docs")
+def docs_page() -> Response:
+    static = current_app.static_folder or "static"
+    return send_from_directory(f"{static}/docs", "index.html", max_age=0)
