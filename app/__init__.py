@@ -57,6 +57,9 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
     app.register_blueprint(api.bp)
     app.register_blueprint(stream.bp)
+    from . import demo
+
+    app.register_blueprint(demo.bp)
     app.register_blueprint(health.bp)
     app.register_blueprint(openapi.bp)
     register_error_handlers(app)

@@ -109,7 +109,10 @@ def _shared_browser(config: pytest.Config) -> Any:
 
 
 def _open_page(browser: Any, artifacts: Path, **context_options: Any) -> tuple[Any, BrowserPage]:
-    context = browser.new_context(**{"viewport": {"width": 1100, "height": 800}, **context_options})
+    # bypass_csp: page.wait_for_function("...") evaluates its string with eval(), which a strict
+    # Content-Security-Policy (script-src 'self') would otherwise refuse.
+    defaults = {"viewport": {"width": 1100, "height": 800}, "bypass_csp": True}
+    context = browser.new_context(**{**defaults, **context_options})
     return context, BrowserPage(context.new_page(), artifacts)
 
 
