@@ -65,6 +65,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     logging_setup.init_app(app)
     metrics.init_app(app)
+    if config.PROXY_HOPS:  # behind nginx: client address and scheme from X-Forwarded-*
+        from werkzeug.middleware.proxy_fix import ProxyFix
+
+        app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.PROXY_HOPS, x_proto=config.PROXY_HOPS)  # type: ignore[method-assign]
     apikeys.init_app(app)
     cli_ops.register_ops_cli(app)
     from . import cli, dashboard

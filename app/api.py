@@ -12,6 +12,7 @@ from . import validation as v
 from .auth import mint_token, require_api_key, require_subscriber
 from .idempotency import run_once
 from .notifications import NotificationService
+from .ratelimit import limit_posts
 from .serialization import iso
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -30,6 +31,7 @@ def json_response(body: bytes | dict[str, Any], status: int = 200, **headers: st
 
 @bp.post("/notifications")
 @require_api_key
+@limit_posts
 def create_notification() -> Response:
     body = v.json_body()
     key = request.headers.get("Idempotency-Key")

@@ -190,5 +190,6 @@ def _end(response: Response) -> Response:
         duration_ms=round((time.perf_counter() - started) * 1000, 2),
         user_id=_user_id(),
         api_key=g.get("api_key_id"),
+        client=request.remote_addr,
     )
     return response

@@ -22,6 +22,7 @@ from .errors import ApiError
 from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
 from .extensions import sock
 from .hub import Hub, Subscription
+from .ratelimit import StreamSlot, stream_slot
 from .replay import ReplayUnavailable, current_cursor, events_after
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,7 @@ class StreamSession:
         self.raw_cursor = cursor
         self.last_seq: int | None = None
         self.sub: Subscription | None = None
+        self.slot: StreamSlot | None = None  # this stream's place under MAX_STREAMS_PER_USER
 
     def open(self) -> list[Event]:
         """Subscribe, then read the replay: events in flight meanwhile are deduplicated."""
@@ -103,6 +105,8 @@ class StreamSession:
         return max(min(heartbeat, self.subscriber.expires_at - time.time()), 0.0)
 
     def close(self) -> None:
+        if self.slot is not None:
+            self.slot.release()
         if self.sub is not None:
             self.hub.unsubscribe(self.sub)
             if self.tracker is not None:
@@ -134,7 +138,9 @@ def _cursor_arg() -> str | None:
 @bp.get("/stream")
 def sse() -> Response:
     subscriber = _authenticate()
+    slot = stream_slot(subscriber.user_id)  # 429 before the stream starts
     session = StreamSession(_hub(), subscriber, _cursor_arg())
+    session.slot = slot
     initial = session.open()
     config = current_app.extensions["config"]
     g.stream_user = subscriber.user_id
@@ -179,6 +185,15 @@ def _check_websocket_handshake() -> None:
     if origin is not None and origin not in allowed and origin != request.host_url.rstrip("/"):
         raise ApiError(403, "forbidden", "WebSocket Origin not allowed")
     g.subscriber = _authenticate()
+    g.stream_slot = stream_slot(g.subscriber.user_id)  # 429 before the upgrade
+
+
+@bp.teardown_request
+def _release_unused_slot(_exc: BaseException | None) -> None:
+    """A WebSocket slot taken at the handshake but never handed to a session."""
+    slot = g.pop("stream_slot", None)
+    if slot is not None:
+        slot.release()
 
 
 @sock.route("/ws", bp=bp, endpoint="websocket")
@@ -187,6 +202,7 @@ def websocket(ws) -> None:
     hub = _hub()
     config = current_app.extensions["config"]
     session = StreamSession(hub, subscriber, request.args.get("last_event_id"), transport="ws")
+    session.slot = g.pop("stream_slot", None)
     service = hub.service
     try:
         initial = session.open()

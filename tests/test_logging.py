@@ -58,6 +58,18 @@ def test_secrets_never_reach_log_records(client: Any, auth: dict[str, str], capl
     assert any(getattr(r, "user_id", None) == "log-user" for r in requests_logged)
 
 
+def test_client_address_behind_proxy(make_app: Callable[..., Any], caplog: Any) -> None:
+    caplog.set_level(logging.INFO)
+    client = make_app(PROXY_HOPS=1).test_client()
+    client.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9", "X-Forwarded-Proto": "https"})
+    lines = [r for r in caplog.records if r.getMessage() == "request"]
+    assert lines[-1].client == "203.0.113.9"
+    direct = make_app().test_client()
+    direct.get("/healthz", headers={"X-Forwarded-For": "203.0.113.9"})  # not trusted without PROXY_HOPS
+    lines = [r for r in caplog.records if r.getMessage() == "request"]
+    assert lines[-1].client == "127.0.0.1"
+
+
 def test_formats_json_and_text() -> None:
     record = logging.LogRecord("app.requests", logging.INFO, __file__, 1, "request", None, None)
     record.status, record.user_id = 201, "u1"
