@@ -68,6 +68,7 @@ class Config:
     LOG_LEVEL: str = "INFO"
     RETENTION_DAYS: int = 30
     API_KEY_CACHE_SECONDS: float = 30.0
+    PROXY_HOPS: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
