@@ -37,6 +37,12 @@
 
   class AuthError extends Error {}
 
+  /** The cursor as the server wrote it: JSON.parse would round integers above 2^53. */
+  function wsCursor(text, parsed) {
+    const match = /^\{"type":"notification","id":(\d+)[,}]/.exec(text);
+    return match ? match[1] : String(parsed);
+  }
+
   class Client {
     constructor(options) {
       const opts = Object.assign({}, DEFAULTS, options || {});
@@ -165,7 +171,7 @@
         if (this._source !== ws) return;
         let frame;
         try { frame = JSON.parse(event.data); } catch (err) { this._call('onError', err); return; }
-        if (frame.type === 'notification') this._notification(frame.notification, String(frame.id));
+        if (frame.type === 'notification') this._notification(frame.notification, wsCursor(event.data, frame.id));
         else if (frame.type === 'read') this._read(frame);
         else if (frame.type === 'reset') this._reset(frame);
         else if (frame.type === 'error') this._call('onError', new Error(frame.code + ': ' + frame.message));

@@ -45,19 +45,12 @@ def wait_received(page, ids: list[str]) -> None:  # noqa: F811
     wait(page, "ids => ids.every(id => window.demoState.received.includes(id))", ids)
 
 
-def test_demo_page_headers(live):
-    server = live()
-    resp = requests.get(server.url + "/demo", timeout=10)
-    assert resp.status_code == 200
-    assert resp.headers["Content-Type"].startswith("text/html")
-    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
-    assert resp.headers["Referrer-Policy"] == "no-referrer"
-    assert "notify.js" in resp.text
-    assert requests.get(server.url + "/static/notify.js", timeout=10).status_code == 200
-
-
 def test_demo_history_live_xss_and_mark_read(page, live, artifacts):  # noqa: F811
     server = live()
+    resp = requests.get(server.url + "/demo", timeout=10)
+    assert resp.status_code == 200 and resp.headers["Content-Type"].startswith("text/html")
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
+    assert resp.headers["Referrer-Policy"] == "no-referrer"
     old = server.notify("alice", "from before the page opened")
     dialogs: list[str] = []
     page.on("dialog", lambda d: (dialogs.append(d.message), d.dismiss()))
@@ -85,6 +78,13 @@ def test_demo_history_live_xss_and_mark_read(page, live, artifacts):  # noqa: F8
     resp = requests.get(server.url + "/api/me/unread-count", headers=bearer, timeout=10)
     assert resp.json()["unread"] == 2
     page.save_screenshot("demo-page")
+
+    page.locator("input[name=transport][value=ws]").check()  # switch transport, keep the cursor
+    wait(page, "window.demoState.statuses.slice(-1)[0] === 'open' && window.demoClient.transport === 'ws'")
+    over_ws = server.notify("alice", "over WebSocket now")
+    wait_received(page, [over_ws["id"]])
+    assert state(page)["received"] == [first["id"], xss["id"], over_ws["id"]]
+    assert state(page)["duplicates"] == 0
     assert (artifacts / "demo-page.png").stat().st_size > 1000
     assert dialogs == []
 
@@ -134,9 +134,13 @@ def test_reset_reloads_history(page, live):  # noqa: F811
     fresh = server.notify("dave", "after the reset")
     wait_received(page, [fresh["id"]])
     assert state(page)["received"] == [fresh["id"]]
+    page.locator("#mark-all").click()  # over the WebSocket: {"type": "read", "all": true}
+    wait(page, "window.demoState.unread === 0")
+    assert page.locator("#notifications .item.unread").count() == 0
 
 
 def test_expired_token_is_refreshed(page, live):  # noqa: F811
+    page.allow_console_errors(*NETWORK_ERRORS, r"status of 401")  # the 1 s token may expire early
     server = live()
     page.goto(server.url + "/demo")
     page.evaluate(
@@ -152,6 +156,9 @@ def test_expired_token_is_refreshed(page, live):  # noqa: F811
     server.notify("erin", "after refresh")
     wait(page, "window.got.includes('after refresh')")
     page.evaluate("window.c.close()")
+    # Without getToken a rejected token is final: no reconnect loop.
+    page.evaluate("window.bad = Notify.connect({token: 'forged', onStatus: s => window.badStatus = s})")
+    wait(page, "window.badStatus === 'unauthorized'")
 
 
 def test_harness_reports_console_errors(make_page):  # noqa: F811
