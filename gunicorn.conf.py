@@ -36,7 +36,8 @@ worker_connections = int(os.environ.get("WORKER_CONNECTIONS", "20000"))
 # Streams are closed by the app on shutdown; requests get this long to finish.
 graceful_timeout = int(os.environ.get("GRACEFUL_TIMEOUT", "10"))
 timeout = int(os.environ.get("WORKER_TIMEOUT", "30"))
-keepalive = 5
+# Idle keep-alive connections hold a worker open on shutdown for up to this long.
+keepalive = 2
 accesslog = os.environ.get("ACCESS_LOG") or None
 errorlog = "-"
 loglevel = os.environ.get("LOG_LEVEL", "info")

@@ -6,6 +6,7 @@ MongoDB and Redis clients connect lazily on first use.
 
 from __future__ import annotations
 
+import os
 import queue
 from collections import deque
 from typing import Any
@@ -13,9 +14,11 @@ from typing import Any
 import gevent
 import mongoengine
 import redis
-from gevent.event import AsyncResult
 from flask import Flask, current_app
 from flask_sock import Sock
+from gevent.event import AsyncResult
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from .config import Config
 
@@ -95,11 +98,15 @@ class RedisStore:
         pool = redis.BlockingConnectionPool.from_url(
             config.REDIS_URL,
             max_connections=self.POOL_SIZE,
+            client_name=f"notify-cmd:{os.getpid()}",
             timeout=config.REDIS_SOCKET_TIMEOUT,
             socket_timeout=config.REDIS_SOCKET_TIMEOUT,
             socket_connect_timeout=min(config.REDIS_SOCKET_TIMEOUT, 2.0),
             health_check_interval=30,
             queue_class=FairQueue,
+            # One immediate retry replaces a pooled socket that died with a Redis
+            # restart; no long backoff, so a POST during an outage answers at once.
+            retry=Retry(NoBackoff(), 1),
         )
         app.extensions["redis"] = redis.Redis(connection_pool=pool)
 

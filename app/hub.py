@@ -15,6 +15,7 @@ Redis pub/sub is at-most-once, so the hub makes up for it:
 from __future__ import annotations
 
 import logging
+import os
 import random
 import time
 import uuid
@@ -25,6 +26,8 @@ from typing import Any
 import gevent
 import redis
 from gevent.event import Event as Wakeup
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from . import metrics
 from .events import NOTIFICATION, PROBE, RESET, Event
@@ -96,6 +99,7 @@ class Hub:
         self._probe_sent_at: float | None = None
         self._probe = service.redis.register_script(PROBE_SCRIPT)
         self._pubsub: Any = None
+        self._client: redis.Redis | None = None
 
     # -- registry --------------------------------------------------------------------
     def subscribe(self, user_id: str) -> Subscription:
@@ -177,13 +181,19 @@ class Hub:
             backoff = min(backoff * 2, MAX_BACKOFF)
 
     def _connect(self) -> None:
-        client = redis.Redis.from_url(
+        # No hidden retries: redis-py would otherwise reconnect and resubscribe on its
+        # own, silently losing what was published meanwhile. The hub must see every
+        # reconnect to replay the gap. The client is kept referenced: when it is
+        # garbage-collected redis-py closes its pool, dropping the subscription.
+        self._client = redis.Redis.from_url(
             self.redis_url,
+            client_name=f"notify-sub:{os.getpid()}:{self.hub_id}",
             socket_connect_timeout=2.0,
             socket_timeout=self.config.REDIS_SOCKET_TIMEOUT,
             socket_keepalive=True,
+            retry=Retry(NoBackoff(), 0),
         )
-        pubsub = client.pubsub()
+        pubsub = self._client.pubsub()
         self._pubsub = pubsub
         pubsub.subscribe(self.channel)
         reply = pubsub.get_message(timeout=self.config.REDIS_SOCKET_TIMEOUT)
@@ -194,11 +204,13 @@ class Hub:
 
     def _close_pubsub(self) -> None:
         pubsub, self._pubsub = self._pubsub, None
-        if pubsub is not None:
-            try:
-                pubsub.reset()
-            except Exception:  # noqa: BLE001 - closing a broken connection
-                pass
+        client, self._client = self._client, None
+        for closable in (pubsub, client):
+            if closable is not None:
+                try:
+                    closable.close()
+                except Exception:  # noqa: BLE001 - closing a broken connection
+                    pass
 
     def _read_loop(self) -> None:
         interval = self.config.PROBE_INTERVAL_SECONDS

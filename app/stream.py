@@ -12,11 +12,12 @@ import time
 from collections.abc import Iterator
 
 import gevent
+import gevent.lock
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed
 
-from . import metrics
+from . import lean, metrics
 from .auth import Subscriber, bearer_token, verify_token
 from .errors import ApiError
 from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
@@ -144,6 +145,8 @@ def sse() -> Response:
     initial = session.open()
     config = current_app.extensions["config"]
     g.stream_user = subscriber.user_id
+    if lean.available(request.environ, config):  # just the socket and one greenlet (app/lean.py)
+        return lean.sse_response(session, initial, config.HEARTBEAT_SECONDS, config.SSE_RETRY_MS)
     return Response(
         _sse_frames(session, initial, config.HEARTBEAT_SECONDS, config.SSE_RETRY_MS),
         mimetype="text/event-stream",
@@ -175,6 +178,28 @@ def _sse_frames(session: StreamSession, initial: list[Event], heartbeat: float, 
         session.close()
 
 
+class WholeFrameSocket:
+    """Makes every write of simple-websocket a whole, exclusive ``sendall``.
+
+    simple-websocket writes frames with ``socket.send`` and ignores short writes, and its
+    ping thread writes concurrently: with a slow reader both corrupt the stream.
+    """
+
+    __slots__ = ("_sock", "_lock")
+
+    def __init__(self, sock) -> None:
+        self._sock = sock
+        self._lock = gevent.lock.Semaphore()
+
+    def send(self, data: bytes) -> int:
+        with self._lock:
+            self._sock.sendall(data)
+        return len(data)
+
+    def __getattr__(self, name: str):
+        return getattr(self._sock, name)
+
+
 @bp.before_request
 def _check_websocket_handshake() -> None:
     """Refuse a bad WebSocket handshake with JSON before flask-sock upgrades it."""
@@ -188,6 +213,17 @@ def _check_websocket_handshake() -> None:
     g.stream_slot = stream_slot(g.subscriber.user_id)  # 429 before the upgrade
 
 
+@bp.before_request
+def _lean_websocket() -> Response | None:
+    """Under gunicorn, serve /ws without flask-sock: the socket and one greenlet (app/lean.py)."""
+    config = current_app.extensions["config"]
+    if request.endpoint != "stream.websocket" or not lean.available(request.environ, config):
+        return None
+    session = StreamSession(_hub(), g.subscriber, request.args.get("last_event_id"), transport="ws")
+    session.slot = g.pop("stream_slot", None)
+    return lean.websocket_response(session, _handle_client_frame, config)
+
+
 @bp.teardown_request
 def _release_unused_slot(_exc: BaseException | None) -> None:
     """A WebSocket slot taken at the handshake but never handed to a session."""
@@ -198,6 +234,7 @@ def _release_unused_slot(_exc: BaseException | None) -> None:
 
 @sock.route("/ws", bp=bp, endpoint="websocket")
 def websocket(ws) -> None:
+    ws.sock = WholeFrameSocket(ws.sock)
     subscriber: Subscriber = g.subscriber
     hub = _hub()
     config = current_app.extensions["config"]

@@ -11,6 +11,7 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import uuid  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
@@ -102,14 +103,41 @@ def live(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start gunicorn instances of the real app (``wsgi:app``) against this test's stack."""
     servers: list[LiveServer] = []
 
-    def factory(workers: int = 1, **env: Any) -> LiveServer:
-        server = LiveServer(stack, tmp_path / f"gunicorn-{len(servers)}.log", workers, env)
+    def factory(workers: int = 1, on: Stack | None = None, **env: Any) -> LiveServer:
+        server = LiveServer(on or stack, tmp_path / f"gunicorn-{len(servers)}.log", workers, env)
         servers.append(server)
         return server.start()
 
     yield factory
     for server in servers:
         server.stop()
+
+
+@pytest.fixture
+def own_redis() -> Iterator[ManagedServer]:
+    """A Redis of this test's own, which it may kill and restart."""
+    server = redis_server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def own_mongo() -> Iterator[ManagedServer]:
+    """A MongoDB-wire server of this test's own, which it may kill and restart."""
+    server = mongo_server().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def stack_on(stack: Stack) -> Callable[..., Stack]:
+    """This test's stack pointed at other servers (own_redis, own_mongo, a proxy)."""
+
+    def build(redis_url: str | None = None, mongo_url: str | None = None) -> Stack:
+        mongo_uri = mongo_url.rstrip("/") + "/" + stack.mongo_uri.rsplit("/", 1)[1] if mongo_url else stack.mongo_uri
+        return replace(stack, redis_url=redis_url or stack.redis_url, mongo_uri=mongo_uri)
+
+    return build
 
 
 @pytest.fixture(scope="session")

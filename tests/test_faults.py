@@ -1,0 +1,258 @@
+"""Delivery under faults, with real processes: Redis, MongoDB and instances killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import gevent.pool
+import pytest
+import redis
+import requests
+
+from tests.support import SSEClient, WSClient
+from tests.tcp_proxy import TcpProxy
+
+pytestmark = pytest.mark.slow
+
+
+def exactly_once(client, expected: list[str]) -> None:
+    client.wait_for(lambda: set(expected) <= set(client.messages()), timeout=30)
+    messages = client.messages()
+    assert sorted(messages) == sorted(expected), f"duplicates or extras: {messages}"
+
+
+def flood(server, user_id: str, count: int) -> list[str]:
+    """POST ``count`` ~11 KB notifications: more than the kernel's socket buffers hold (4 MB)."""
+    pad = {"pad": "y" * 7000}
+
+    def one(i: int) -> str:
+        resp = server.post("/api/notifications", {"user_id": user_id, "message": f"m{i:04d}" + "x" * 3900, "data": pad})
+        assert resp.status_code == 201
+        return resp.json()["message"]
+
+    pool = gevent.pool.Pool(8)
+    return list(pool.imap(one, range(count)))
+
+
+def test_two_instances_share_one_stream_of_events(live):
+    a, b = live(workers=2), live(workers=2)
+    token_x, token_y = a.token("x"), a.token("y")
+    clients = [SSEClient(b.url, token_x), WSClient(b.url, token_x), SSEClient(a.url, token_y)]
+    try:
+        sent = [a.notify("x", f"a{i}") for i in range(3)] + [b.notify("x", f"b{i}") for i in range(3)]
+        b.notify("y", "for-y")
+        for client in clients[:2]:
+            exactly_once(client, [n["message"] for n in sent])
+            seqs = [int(e["id"]) for e in client.notifications()]
+            assert seqs == sorted(seqs)
+        exactly_once(clients[2], ["for-y"])
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_redis_connections_stay_constant_as_clients_connect(live, redis_srv):
+    server = live(workers=2, MAX_STREAMS_PER_USER="1000")
+    r = redis.Redis.from_url(redis_srv.url)
+
+    def ours() -> tuple[int, int]:
+        pids = {str(p) for p in server.worker_pids()}
+        names = [c["name"] for c in r.client_list() if c["name"].startswith("notify-")]
+        subs = [n for n in names if n.startswith("notify-sub:") and n.split(":")[1] in pids]
+        cmds = [n for n in names if n.startswith("notify-cmd:") and n.split(":")[1] in pids]
+        return len(subs), len(cmds)
+
+    token = server.token("many")
+    warm = [SSEClient(server.url, token) for _ in range(4)]
+    deadline = time.monotonic() + 10
+    while ours()[0] < 2 and time.monotonic() < deadline:  # the second worker is still connecting
+        time.sleep(0.05)
+    subs_before, cmds_before = ours()
+    assert subs_before == 2
+    clients = [SSEClient(server.url, token) if i % 2 else WSClient(server.url, token) for i in range(200)]
+    try:
+        server.notify("many", "to-all")
+        for client in clients:
+            client.wait_count(1, timeout=30)
+        subs_after, cmds_after = ours()
+        assert subs_after == 2
+        assert cmds_after <= 2 * 3
+    finally:
+        for client in clients + warm:
+            client.close()
+
+
+def test_slow_consumer_is_dropped_and_fast_one_keeps_receiving(live):
+    import socket
+
+    server = live(CLIENT_QUEUE_SIZE="8")
+    token = server.token("slow")
+    slow = socket.socket()
+    slow.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    slow.connect(("127.0.0.1", server.port))
+    slow.sendall(f"GET /stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+    fast = SSEClient(server.url, token)
+    try:
+        exactly_once(fast, flood(server, "slow", 700))
+        slow.settimeout(10)
+        received = b""
+        while chunk := slow.recv(1 << 20):
+            received += chunk
+        assert 0 < received.count(b"event: notification") < 700  # cut off, not fed forever
+    finally:
+        slow.close()
+        fast.close()
+
+
+def test_slow_websocket_consumer_gets_1008(live):
+    import socket
+
+    import websocket
+
+    server = live(CLIENT_QUEUE_SIZE="8")
+    token = server.token("slowws")
+    ws = websocket.create_connection(
+        server.url.replace("http", "ws") + f"/ws?token={token}",
+        suppress_origin=True,
+        sockopt=((socket.SOL_SOCKET, socket.SO_RCVBUF, 4096),),
+        timeout=20,
+    )
+    try:
+        flood(server, "slowws", 700)
+        code = None
+        for _ in range(800):
+            opcode, data = ws.recv_data(control_frame=True)
+            if opcode == websocket.ABNF.OPCODE_CLOSE:
+                code = int.from_bytes(data[:2], "big")
+                assert data[2:] == b"slow consumer"
+                break
+        assert code == 1008
+    finally:
+        ws.close()
+
+
+def test_sigterm_closes_streams_and_worker_exits_quickly(live):
+    server = live(workers=1)
+    token = server.token("term")
+    sse, ws = SSEClient(server.url, token), WSClient(server.url, token)
+    server.notify("term", "hello")
+    sse.wait_count(1)
+    ws.wait_count(1)
+    (pid,) = server.worker_pids()
+    started = time.monotonic()
+    os.kill(pid, signal.SIGTERM)
+    assert sse.closed.wait(5) and ws.closed.wait(5)
+    while time.monotonic() - started < 5:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.05)
+    else:
+        pytest.fail("worker still running 5 s after SIGTERM")
+    assert ws.close_code == 1001
+
+
+@pytest.mark.parametrize("transport", [SSEClient, WSClient], ids=["sse", "ws"])
+def test_redis_killed_and_restarted(live, own_redis, stack_on, transport):
+    stack = stack_on(redis_url=own_redis.url)
+    server = live(workers=2, on=stack)
+    token = server.token("rk")
+    clients = [transport(server.url, token) for _ in range(3)]
+    expected = [server.notify("rk", "before")["message"]]
+    for client in clients:
+        client.wait_count(1)
+    own_redis.kill()
+    for i in range(5):
+        expected.append(server.notify("rk", f"during{i}")["message"])  # stored: 201 meanwhile
+    ready = requests.get(server.url + "/readyz", timeout=10)
+    assert ready.status_code == 503 and ready.json()["checks"]["redis"] == "down"
+    own_redis.restart()
+    for i in range(3):
+        expected.append(server.notify("rk", f"after{i}")["message"])
+    try:
+        for client in clients:
+            exactly_once(client, expected)
+    finally:
+        for client in clients:
+            client.close()
+
+
+def test_crash_between_insert_and_publish_is_relayed(live, stack):
+    healthy = live(workers=1, PUBLISH_LEASE_SECONDS="1", RELAY_INTERVAL_SECONDS="0.2")
+    crashing = live(workers=1, TEST_CRASH_AFTER_INSERT="1")
+    client = SSEClient(healthy.url, healthy.token("crash"))
+    try:
+        with pytest.raises(requests.RequestException):
+            crashing.post("/api/notifications", {"user_id": "crash", "message": "orphan"})
+        exactly_once(client, ["orphan"])
+    finally:
+        client.close()
+
+
+def test_mongodb_killed_and_restarted(live, own_mongo, stack_on):
+    server = live(workers=1, on=stack_on(mongo_url=own_mongo.url))
+    client = SSEClient(server.url, server.token("mk"))
+    try:
+        server.notify("mk", "before")
+        own_mongo.kill()
+        resp = server.post("/api/notifications", {"user_id": "mk", "message": "lost"})
+        assert resp.status_code == 503 and resp.json()["error"]["code"] == "unavailable"
+        ready = requests.get(server.url + "/readyz", timeout=10)
+        assert ready.status_code == 503 and ready.json()["checks"]["mongodb"] == "down"
+        own_mongo.restart()
+        server.notify("mk", "after")
+        exactly_once(client, ["before", "after"])
+        history = requests.get(
+            server.url + "/api/users/mk/notifications",
+            headers={"Authorization": f"Bearer {server.stack.api_key}"},
+            timeout=10,
+        ).json()
+        assert [n["message"] for n in history["notifications"]][0] == "after"
+        assert "lost" not in [n["message"] for n in history["notifications"]]
+    finally:
+        client.close()
+
+
+def test_instance_killed_clients_resume_on_the_other(live):
+    a, b = live(workers=1), live(workers=1)
+    token = a.token("failover")
+    clients = [SSEClient(a.url, token), WSClient(a.url, token)]
+    expected = [a.notify("failover", f"m{i}")["message"] for i in range(3)]
+    for client in clients:
+        client.wait_count(3)
+    a.kill()
+    for client in clients:
+        assert client.closed.wait(10)
+    expected += [b.notify("failover", f"gap{i}")["message"] for i in range(3)]
+    resumed = [SSEClient(b.url, token, last_event_id=clients[0].last_id()),
+               WSClient(b.url, token, last_event_id=clients[1].last_id())]
+    try:
+        expected.append(b.notify("failover", "live")["message"])
+        for old, new in zip(clients, resumed, strict=True):
+            new.wait_count(4)
+            assert old.messages() + new.messages() == expected
+    finally:
+        for client in clients + resumed:
+            client.close()
+
+
+def test_silent_subscription_is_detected_by_probe(live, redis_srv, stack_on):
+    port = int(redis_srv.url.rsplit(":", 1)[1].split("/")[0])
+    proxy = TcpProxy(port).start()
+    try:
+        server = live(workers=1, on=stack_on(redis_url=f"redis://127.0.0.1:{proxy.port}/0"),
+                      PROBE_INTERVAL_SECONDS="0.5")
+        client = SSEClient(server.url, server.token("silent"))
+        server.notify("silent", "before")
+        client.wait_count(1)
+        assert proxy.freeze_subscribers() == 1
+        server.notify("silent", "while-silent")
+        # two probe intervals to notice, then reconnect and replay: well under 5 s
+        exactly_once(client, ["before", "while-silent"])
+        assert "subscription is silent" in server.log()
+        client.close()
+    finally:
+        proxy.stop()
