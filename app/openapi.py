@@ -34,6 +34,8 @@ EXAMPLE_NOTE = {
     "data": {"run": 42}, "created_at": "2026-11-26T16:00:00.000Z", "read": False,
 }  # fmt: skip
 
+# Dense on purpose: the document reads best close to its JSON shape.
+# fmt: off
 SCHEMAS: dict[str, Any] = {
     "Error": {
         "type": "object",
@@ -267,6 +269,8 @@ PATHS: dict[str, Any] = {
     "/api/docs": {"get": _op("Human-readable API docs", _text("text/html", "HTML page"), (), security=[])},
 }
 
+# fmt: on
+
 
 def build_spec(config: Config) -> dict[str, Any]:
     """The document for this app's settings (limits that are configurable are filled in)."""
@@ -283,7 +287,7 @@ def build_spec(config: Config) -> dict[str, Any]:
             "version": "1.0.0",
             "description": "Services send notifications with an API key; browsers read them live over "
             "`/stream` (SSE) or `/ws` (WebSocket) with a per-user subscriber token minted by "
-            "`POST /api/tokens`. Errors are always `{\"error\": {\"code\", \"message\", \"field\"?}}`.",
+            '`POST /api/tokens`. Errors are always `{"error": {"code", "message", "field"?}}`.',
         },
         "servers": [{"url": "/"}],
         "paths": PATHS,
@@ -292,11 +296,18 @@ def build_spec(config: Config) -> dict[str, Any]:
             "responses": responses,
             "securitySchemes": {
                 "apiKey": {"type": "http", "scheme": "bearer", "description": "A publisher API key"},
-                "subscriberToken": {"type": "http", "scheme": "bearer",
-                                    "description": "A subscriber token from POST /api/tokens"},
+                "subscriberToken": {
+                    "type": "http",
+                    "scheme": "bearer",
+                    "description": "A subscriber token from POST /api/tokens",
+                },
                 "metricsToken": {"type": "http", "scheme": "bearer", "description": "METRICS_TOKEN"},
-                "tokenQuery": {"type": "apiKey", "in": "query", "name": "token",
-                               "description": "The subscriber token, for EventSource/WebSocket clients"},
+                "tokenQuery": {
+                    "type": "apiKey",
+                    "in": "query",
+                    "name": "token",
+                    "description": "The subscriber token, for EventSource/WebSocket clients",
+                },
             },
         },
     }

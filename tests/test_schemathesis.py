@@ -55,10 +55,20 @@ def test_schemathesis_default_checks_pass(live, artifacts):
     config = artifacts / "schemathesis.toml"
     config.write_text(CONFIG)
     runs = {
-        "api-key": _start(server, config, artifacts / "schemathesis-api-key.txt", server.stack.api_key,
-                          ["--exclude-path-regex", f"{STREAMS}|{API_ME}"]),
-        "subscriber": _start(server, config, artifacts / "schemathesis-subscriber.txt",
-                             server.token("st-subscriber", ttl=600), ["--include-path-regex", API_ME]),
+        "api-key": _start(
+            server,
+            config,
+            artifacts / "schemathesis-api-key.txt",
+            server.stack.api_key,
+            ["--exclude-path-regex", f"{STREAMS}|{API_ME}"],
+        ),
+        "subscriber": _start(
+            server,
+            config,
+            artifacts / "schemathesis-subscriber.txt",
+            server.token("st-subscriber", ttl=600),
+            ["--include-path-regex", API_ME],
+        ),
     }
     failed = {}
     for name, proc in runs.items():
