@@ -27,18 +27,19 @@ from .config import Config, ConfigError
 log = logging.getLogger("app.requests")
 
 REDACTED = "[REDACTED]"
+# (pattern, replacement, cheap lowercase triggers: the regex runs only if one occurs)
 _PATTERNS = (
     # token=..., api_key=..., password=... in query strings and key=value text
     (re.compile(r"(?i)\b((?:access_|id_|refresh_)?token|api[_-]?key|key|password|passwd|secret)=([^&\s\"',;]+)"),
-     r"\1=" + REDACTED),
+     r"\1=" + REDACTED, ("=",)),
     # Authorization: Bearer/Basic credentials
-    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED),
+    (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED, ("bearer", "basic")),
     # user:password@ in MongoDB / Redis URLs
-    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@"),
+    (re.compile(r"(?i)\b([a-z][a-z0-9+.-]*://[^:/@\s]*):[^@\s/]+@"), r"\1:" + REDACTED + "@", ("://",)),
     # API keys minted by the CLI
-    (re.compile(r"\bnk_[A-Za-z0-9_-]{16,}"), REDACTED),
+    (re.compile(r"\bnk_[A-Za-z0-9_-]{16,}"), REDACTED, ("nk_",)),
     # itsdangerous subscriber tokens: base64 of '{"u":...' then a signature
-    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), REDACTED),
+    (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), REDACTED, ("eyj",)),
 )
 _secrets: set[str] = set()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
@@ -48,8 +49,10 @@ def redact(text: str) -> str:
     for secret in _secrets:
         if secret in text:
             text = text.replace(secret, REDACTED)
-    for pattern, replacement in _PATTERNS:
-        text = pattern.sub(replacement, text)
+    lower = text.lower()
+    for pattern, replacement, triggers in _PATTERNS:
+        if any(t in lower for t in triggers):
+            text = pattern.sub(replacement, text)
     return text
 
 

@@ -106,12 +106,19 @@ def _start_timer() -> None:
     g.metrics_started = time.perf_counter()
 
 
+_children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
+
+
 def _observe(response: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
-        endpoint = request.endpoint or "unmatched"  # never the raw path: unbounded labels
-        REQUEST_LATENCY.labels(endpoint, request.method).observe(time.perf_counter() - started)
-        REQUESTS.labels(endpoint, request.method, str(response.status_code)).inc()
+        key = (request.endpoint or "unmatched", request.method, response.status_code)  # never the raw path
+        children = _children.get(key)
+        if children is None:
+            children = (REQUEST_LATENCY.labels(key[0], key[1]), REQUESTS.labels(key[0], key[1], str(key[2])))
+            _children[key] = children
+        children[0].observe(time.perf_counter() - started)
+        children[1].inc()
     return response
 
 
