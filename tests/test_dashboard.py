@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import re
+import signal
 import time
 from collections.abc import Callable
 from typing import Any
@@ -9,11 +12,14 @@ from typing import Any
 import gevent
 import orjson
 import pytest
+import redis
+import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
 from app import staff
 from app.presence import Presence
+from tests.support import SSEClient
 
 ADMIN = "admin"
 PASSWORD = "correct horse battery"
@@ -345,3 +351,65 @@ def test_bootstrap_admin_is_idempotent_and_keeps_a_reset_password(dash: Flask) -
         staff.ensure_admin(config)
         assert staff.authenticate(ADMIN, "a new password") is not None
         assert [u.username for u in staff.all_users()] == [ADMIN]
+
+
+# -- presence against real gunicorn workers ----------------------------------------------
+def requests_login(url: str) -> requests.Session:
+    http = requests.Session()
+    page = http.get(url + "/dashboard/login", timeout=10).text
+    token = re.search(r'name="csrf_token" value="([^"]+)"', page).group(1)
+    resp = http.post(
+        url + "/dashboard/login",
+        data={"username": ADMIN, "password": PASSWORD, "csrf_token": token},
+        allow_redirects=False,
+        timeout=10,
+    )
+    assert resp.status_code == 302, resp.text
+    return http
+
+
+@pytest.mark.slow
+def test_overview_counts_every_worker_and_drops_a_killed_one(live: Callable[..., Any]) -> None:
+    server = live(workers=2, ADMIN_USERNAME=ADMIN, ADMIN_PASSWORD=PASSWORD, PRESENCE_INTERVAL_SECONDS="0.3")
+    http = requests_login(server.url)
+    clients = [SSEClient(server.url, server.token(f"u{i % 4}")) for i in range(8)]
+
+    def overview() -> dict[str, Any]:
+        # a fresh connection each time: a kept-alive one may belong to the worker we kill
+        resp = http.get(server.url + "/dashboard/api/overview", headers={"Connection": "close"}, timeout=10)
+        return resp.json()
+
+    def wait_until(predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+        deadline = time.monotonic() + 10
+        while not predicate(stats := overview()):
+            assert time.monotonic() < deadline, f"{what}: {stats}"
+            gevent.sleep(0.1)
+        return stats
+
+    def alive() -> int:
+        return sum(not c.closed.is_set() for c in clients)
+
+    try:
+        t0 = time.monotonic()
+        stats = wait_until(lambda s: s["connections"] == 8 and s["workers"] == 2, "all clients counted")
+        assert stats["online_users"] == 4
+        t1 = time.monotonic()
+        redis_client = redis.Redis.from_url(server.stack.redis_url)
+        prefix = server.stack.prefix + "presence:"
+        busy = [
+            int(w.split(b":")[1])
+            for w in redis_client.zrange(prefix + "workers", 0, -1)
+            if orjson.loads(redis_client.get(prefix.encode() + b"m:" + w) or b"{}").get("connections")
+        ]
+        os.kill(busy[0], signal.SIGKILL)  # no clean exit: only the TTL removes its snapshot
+        # Figures computed after the kill (each worker shares one for a second): they must drop
+        # to the clients still connected once the dead worker's keys expire.
+        killed_at = redis_client.time()[0]
+        wait_until(
+            lambda s: s["now"] > killed_at and alive() < 8 and s["connections"] == alive(),
+            "the dead worker's connections expired",
+        )
+        print(f"counted in {t1 - t0:.2f}s, dead worker gone after {time.monotonic() - t1:.2f}s")
+    finally:
+        for client in clients:
+            client.close()
