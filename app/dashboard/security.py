@@ -209,3 +209,24 @@ def record_failure(username: str, ip: str) -> None:
 
 def clear_failures(username: str, ip: str) -> None:
     _redis().delete(_throttle_keys(username, ip)[0])
+
+
+@dataclass(frozen=True)
+class LoginResult:
+    user: staff.StaffUser | None
+    status: int = 200
+    error: str = ""
+
+
+def attempt_login(username: str, password: str, ip: str) -> LoginResult:
+    """Check credentials unless this username or IP is locked; count a failure."""
+    locked = lock_remaining(username, ip)
+    if locked:
+        wait = f"about {max(1, round(locked / 60))} min"
+        return LoginResult(None, 429, f"Too many failed sign-in attempts. Locked: try again in {wait}.")
+    user = staff.authenticate(username, password)
+    if user is None:
+        record_failure(username, ip)
+        return LoginResult(None, 401, "Wrong username or password, or the account is disabled.")
+    clear_failures(username, ip)
+    return LoginResult(user)

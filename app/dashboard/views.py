@@ -138,21 +138,11 @@ def login_submit() -> Any:
     username = request.form.get("username", "")
     password = request.form.get("password", "")
     target = request.form.get("next", "")
-    ip = request.remote_addr or "unknown"
-
-    def refuse(status: int, error: str) -> tuple[str, int]:
-        return render_template("dashboard/login.html", next=target, error=error, username=username), status
-
-    locked = security.lock_remaining(username, ip)
-    if locked:
-        minutes = max(1, round(locked / 60))
-        return refuse(429, f"Too many failed sign-in attempts. Locked: try again in about {minutes} min.")
-    user = staff.authenticate(username, password)
-    if user is None:
-        security.record_failure(username, ip)
-        return refuse(401, "Wrong username or password, or the account is disabled.")
-    security.clear_failures(username, ip)
-    security.open_session(user)
+    result = security.attempt_login(username, password, request.remote_addr or "unknown")
+    if result.user is None:
+        html = render_template("dashboard/login.html", next=target, error=result.error, username=username)
+        return html, result.status
+    security.open_session(result.user)
     return redirect(security.safe_next(target))
 
 
