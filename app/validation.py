@@ -11,6 +11,7 @@ from typing import Any
 
 import orjson
 from flask import request
+from werkzeug.exceptions import RequestEntityTooLarge
 
 from .errors import ApiError
 
@@ -26,6 +27,9 @@ def json_body() -> dict[str, Any]:
     if mimetype != "application/json" and not mimetype.endswith("+json"):
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     raw = request.get_data(cache=True)  # MAX_CONTENT_LENGTH makes this raise 413
+    limit = request.max_content_length
+    if request.content_length is None and limit is not None and len(raw) >= limit:
+        raise RequestEntityTooLarge()  # a chunked body is cut at the limit, not refused: refuse it
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
