@@ -89,8 +89,8 @@ def test_demo_history_live_xss_and_mark_read(page, live, artifacts):  # noqa: F8
     assert dialogs == []
 
 
-@pytest.mark.parametrize("transport", ["sse", "ws"])
-def test_reconnect_resumes_without_gaps_or_duplicates(make_page, live, client, auth, transport):  # noqa: F811
+@pytest.mark.parametrize(("transport", "drop"), [("sse", "kill"), ("ws", "stop")])
+def test_reconnect_resumes_without_gaps_or_duplicates(make_page, live, client, auth, transport, drop):  # noqa: F811
     page = make_page()  # noqa: F811
     page.allow_console_errors(*NETWORK_ERRORS)
     server = live()
@@ -98,7 +98,12 @@ def test_reconnect_resumes_without_gaps_or_duplicates(make_page, live, client, a
     before = [server.notify("carol", f"before {i}")["id"] for i in range(2)]
     wait_received(page, before)
 
-    server.kill()  # the page's instance crashes: its streams drop without a goodbye
+    # The page's instance goes away: a crash (SIGKILL, streams cut without a goodbye) or a
+    # deploy (SIGTERM: the worker closes its streams, then exits).
+    if drop == "kill":
+        server.kill()
+    else:
+        server.stop()
     wait(page, "window.demoState.disconnects >= 1 && window.demoState.status !== 'open'")
     # Meanwhile the service keeps accepting notifications (here: the API in this process).
     gap = []
