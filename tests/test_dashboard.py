@@ -188,6 +188,14 @@ def test_login_is_locked_per_ip_and_unlocks_after_the_lock_period(make_app: Call
     assert status == 302
 
 
+def test_a_store_outage_gives_a_clear_503(make_app: Callable[..., Flask]) -> None:
+    app = make_app(ADMIN_USERNAME=ADMIN, ADMIN_PASSWORD=PASSWORD, REDIS_URL="redis://127.0.0.1:1/0")
+    client = app.test_client()
+    assert client.get("/dashboard/login").status_code == 200  # the form still shows
+    resp = login(client)
+    assert resp.status_code == 503 and b"is unavailable" in resp.data
+
+
 # -- pages and JSON ----------------------------------------------------------------------
 def test_user_page_escapes_content_and_shows_cache_state(dash: Flask) -> None:
     client = signed_in(dash)
@@ -413,3 +421,4 @@ def test_overview_counts_every_worker_and_drops_a_killed_one(live: Callable[...,
     finally:
         for client in clients:
             client.close()
+        http.close()  # no idle keep-alive connection for gunicorn to wait on when it stops

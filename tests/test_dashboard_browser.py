@@ -26,7 +26,8 @@ def sign_in(page: BrowserPage, url: str) -> None:
 
 
 @pytest.mark.browser
-def test_dashboard_in_a_browser(make_page: Callable[..., BrowserPage], live: Callable[..., Any]) -> None:  # noqa: F811
+def test_dashboard_in_a_browser(live: Callable[..., Any], make_page: Callable[..., BrowserPage]) -> None:  # noqa: F811
+    # `live` first: pages close (and drop their keep-alive connections) before gunicorn stops.
     server = live(
         workers=2,
         ADMIN_USERNAME="admin",
