@@ -61,6 +61,7 @@ class Config:
     PRESENCE_INTERVAL_SECONDS: float = 5.0
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
+    LEAN_STREAMS: int = 1  # streams drop their WSGI request state after the handshake (app/lean.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
     MAX_STREAMS_PER_USER: int = 20  # concurrent /stream + /ws per user, all instances; 0 disables
     METRICS_TOKEN: str = ""

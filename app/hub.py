@@ -51,7 +51,8 @@ class Subscription:
 
     def __init__(self, user_id: str | None, maxsize: int) -> None:
         self.user_id = user_id
-        self.queue: deque[Event] = deque()
+        # None while empty: an idle client should not hold a deque block (~760 B) for nothing
+        self.queue: deque[Event] | None = None
         self.wakeup = Wakeup()
         self.closed = False
         self.reason = ""
@@ -60,7 +61,9 @@ class Subscription:
     def offer(self, event: Event) -> None:
         if self.closed:
             return
-        if len(self.queue) >= self.maxsize:
+        if self.queue is None:
+            self.queue = deque()
+        elif len(self.queue) >= self.maxsize:
             self.close("slow consumer")
             return
         self.queue.append(event)
@@ -77,7 +80,13 @@ class Subscription:
         if not self.queue and not self.closed:
             self.wakeup.clear()
             self.wakeup.wait(timeout)
-        return self.queue.popleft() if self.queue else None
+        queue = self.queue
+        if not queue:
+            return None
+        event = queue.popleft()
+        if not queue:
+            self.queue = None
+        return event
 
 
 class Hub:

@@ -420,6 +420,17 @@ class Bench:
             timeout=self.p["tp_seconds"] + 60,
         )  # fmt: skip
 
+    def profile(self, svc: Service, label: str) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every worker for the length of one measure (collapsed stacks)."""
+        spy = str(Path(PY).parent / "py-spy")
+        procs = []
+        for pid in svc.workers():
+            out = RESULTS / f"profile-{label}-{pid}.txt"
+            argv = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out)]
+            procs.append(subprocess.Popen([*argv, "--nonblocking"], stdout=subprocess.DEVNULL))
+        say(f"  profiling {label} -> {RESULTS}/profile-{label}-<pid>.txt")
+        return procs
+
     # -- one run ----------------------------------------------------------------------------
     def run_once(self) -> dict[str, Any]:
         self.run_no += 1
@@ -455,12 +466,16 @@ class Bench:
                 svc = self.start(kind, f"{tag}{len(out[kind])}")
             say(f"run {self.run_no}: {kind} {name} ...")
             started = time.monotonic()
+            spies = self.profile(svc, f"{kind}-{name}") if name in self.args.profile else []
             try:
                 out[kind][name] = fn(svc)
             except RuntimeError as exc:
                 say(f"  {kind} {name} failed: {exc}")
                 out[kind][name] = {"error": str(exc)}
                 with_retry_close(self)
+            for spy in spies:
+                spy.send_signal(signal.SIGINT)  # py-spy writes its output on SIGINT
+                spy.wait(30)
             out[kind][name]["seconds"] = round(time.monotonic() - started, 1)
             brief = {
                 k: v for k, v in out[kind][name].items() if k not in ("hist_ms", "curve_mb", "per_worker")
@@ -497,6 +512,12 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--only", choices=("ours", "peer"), default=None)
     parser.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
                         help="comma-separated measures to skip, e.g. idle_ws,throughput")  # fmt: skip
+    parser.add_argument(
+        "--profile",
+        type=lambda s: [x for x in s.split(",") if x],
+        default=[],
+        help="comma-separated measures to run py-spy on (writes bench/results/profile-*.txt)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
     parser.add_argument("--note", default="", help="a line for the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
