@@ -127,21 +127,14 @@
     ctx.fillText("-" + series.length + " s", 4, height - 4);
     ctx.fillText("now", width - 26, height - 4);
     if (!series.length) return;
-    var step = width / Math.max(series.length - 1, 1);
-    ctx.beginPath();
+    var slot = width / series.length;
+    var bar = Math.max(slot - 1, 1);
+    ctx.fillStyle = "#2f6fde";
     series.forEach(function (v, i) {
-      var x = i * step;
-      var y = height - pad - (v / peak) * (height - pad - 16);
-      if (i === 0) ctx.moveTo(x, y); else ctx.lineTo(x, y);
+      if (!v) return;
+      var h = Math.max((v / peak) * (height - pad - 16), 1);
+      ctx.fillRect(i * slot, height - pad - h, bar, h);
     });
-    ctx.strokeStyle = "#2f6fde";
-    ctx.lineWidth = 2;
-    ctx.stroke();
-    ctx.lineTo(width, height - pad);
-    ctx.lineTo(0, height - pad);
-    ctx.closePath();
-    ctx.fillStyle = "rgba(47, 111, 222, 0.12)";
-    ctx.fill();
   }
 
   function initOverview() {

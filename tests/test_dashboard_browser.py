@@ -48,6 +48,9 @@ def test_dashboard_in_a_browser(live: Callable[..., Any], make_page: Callable[..
     expect(page.locator("#recent-list .notif-message").first).to_have_text("overview live", timeout=1000)
     expect(page.locator("#stat-minute")).to_have_text("2")
     page.save_screenshot("dashboard-overview")
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.save_screenshot("dashboard-overview-phone")
+    page.set_viewport_size({"width": 1100, "height": 800})
 
     # User page: history from the cache, then a notification POSTed through the API arrives live.
     page.fill("#q", "alice")
