@@ -43,9 +43,13 @@ def still_signed_in(check: StaffCheck) -> bool:
 
 
 def _drain(sub: Subscription) -> list[Event]:
+    """Whatever is already queued, without waiting."""
     events = []
     while sub.queue:
-        events.append(sub.queue.popleft())
+        event = sub.get(0)
+        if event is None:
+            break
+        events.append(event)
     return events
 
 
