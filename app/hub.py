@@ -105,6 +105,7 @@ class Hub:
         self.on_reconnect: list[Callable[[], None]] = []
         self._greenlet: gevent.Greenlet | None = None
         self._stopping = False
+        self._shut_down = False
         self._probe_sent_at: float | None = None
         self._probe = service.redis.register_script(PROBE_SCRIPT)
         self._pubsub: Any = None
@@ -114,6 +115,8 @@ class Hub:
     def subscribe(self, user_id: str) -> Subscription:
         self.start()
         sub = Subscription(user_id, self.config.CLIENT_QUEUE_SIZE)
+        if self._shut_down:  # a dying worker still accepts for a moment: send clients on
+            sub.close("server shutting down")
         self.users.setdefault(user_id, set()).add(sub)
         return sub
 
@@ -121,6 +124,8 @@ class Hub:
         """A subscription to every event on this worker (the support dashboard)."""
         self.start()
         sub = Subscription(None, self.config.CLIENT_QUEUE_SIZE * 4)
+        if self._shut_down:
+            sub.close("server shutting down")
         self.watchers.add(sub)
         return sub
 
@@ -141,13 +146,16 @@ class Hub:
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
+        if self._shut_down:
+            return
         if self._greenlet is None or self._greenlet.dead:
             self._stopping = False
             self._greenlet = gevent.spawn(self._run)
 
     def shutdown(self, reason: str = "server shutting down") -> None:
-        """Close every stream (clients reconnect elsewhere) and stop listening."""
+        """Close every stream (clients reconnect elsewhere) and stop listening for good."""
         self._stopping = True
+        self._shut_down = True
         for subs in list(self.users.values()):
             for sub in list(subs):
                 sub.close(reason)
