@@ -146,6 +146,10 @@ def configure_logging(config: Config) -> None:
         handler._notify = True  # type: ignore[attr-defined]
         handler.setFormatter(formatter)
         root.addHandler(handler)
+    # gunicorn's own worker-side lines (worker exit, request errors) in the same format;
+    # the master's few start-up lines keep gunicorn's text format.
+    for handler in logging.getLogger("gunicorn.error").handlers:
+        handler.setFormatter(formatter)
     level = logging.getLevelName(config.LOG_LEVEL.upper())
     root.setLevel(level if isinstance(level, int) else logging.INFO)
 

@@ -14,7 +14,7 @@ from prometheus_client import REGISTRY
 from prometheus_client.mmap_dict import MmapedDict
 from prometheus_client.parser import text_string_to_metric_families
 
-from tests.support import SSEClient
+from tests.support import SSEClient, WSClient
 
 
 def sample(text: str, name: str, **labels: str) -> float:
@@ -55,6 +55,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(live: Any, tmp_path: Path) -> 
     assert not (prom / "counter_99999.db").exists()  # cleaned at start
     token = server.token("metrics-user")
     client = SSEClient(server.url, token)
+    ws = WSClient(server.url, token)
     try:
         assert client.status == 200
         # Post until both workers have stored some (connections are spread by the kernel).
@@ -64,6 +65,7 @@ def test_metrics_add_up_over_two_gunicorn_workers(live: Any, tmp_path: Path) -> 
             n += 1
         assert len([v for v in created_per_worker(prom).values() if v]) == 2
         client.wait_count(n)
+        ws.wait_count(n)
         history = requests.get(
             server.url + "/api/users/metrics-user/notifications",
             headers={"Authorization": f"Bearer {server.stack.api_key}"},
@@ -74,19 +76,23 @@ def test_metrics_add_up_over_two_gunicorn_workers(live: Any, tmp_path: Path) -> 
         texts = [requests.get(server.url + "/metrics", timeout=5).text for _ in range(6)]
     finally:
         client.close()
+        ws.close()
     for text in texts:
         assert sample(text, "notify_notifications_created_total") == n
         assert sample(text, "notify_notifications_published_total") == n
         assert sample(text, "notify_notifications_delivered_total", transport="sse") == n
+        assert sample(text, "notify_notifications_delivered_total", transport="ws") == n
         assert sample(text, "notify_open_connections", transport="sse") == 1
+        assert sample(text, "notify_open_connections", transport="ws") == 1
         latency = "notify_http_request_duration_seconds_count"
         posts = sample(text, latency, endpoint="api.create_notification", method="POST")
         assert posts == n
         assert sample(text, "notify_http_requests_total", endpoint="api.user_history", status="200") == 1
         assert "metrics-user" not in text  # labels are endpoints, never raw paths
     # The closed stream is noticed at the next heartbeat and the gauge drops to 0.
-    text = wait_metric(server.url, lambda t: sample(t, "notify_open_connections", transport="sse") == 0)
+    text = wait_metric(server.url, lambda t: sample(t, "notify_open_connections") == 0)
     assert sample(text, "notify_open_connections", transport="sse") == 0
+    assert sample(text, "notify_open_connections", transport="ws") == 0
 
 
 def test_metrics_token_and_production_default(make_app: Callable[..., Any]) -> None:
