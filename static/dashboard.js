@@ -78,29 +78,41 @@
     });
   }
 
-  /* An EventSource that reports its state; on a lost session the page reloads to the login. */
+  /* An EventSource that reports its state and survives refusals: when the browser gives up
+   * (a non-200 answer), check the session; signed out -> reload (to the login page),
+   * otherwise open a new stream after a pause. */
   function openStream(url, handlers) {
-    var source = new EventSource(url);
-    source.onopen = function () { setLive("connected", "live"); };
-    source.onerror = function () {
-      setLive("reconnecting", "reconnecting…");
-      if (source.readyState === EventSource.CLOSED) {
-        // Refused (e.g. 401 after signing out): check the page itself once.
+    var source = null;
+    var stopped = false;
+
+    function connect() {
+      source = new EventSource(url);
+      source.onopen = function () { setLive("connected", "live"); };
+      source.onerror = function () {
+        setLive("reconnecting", "reconnecting…");
+        if (source.readyState !== EventSource.CLOSED || stopped) return;
         fetch(window.location.href, { credentials: "same-origin", redirect: "manual" }).then(function (resp) {
           if (resp.type === "opaqueredirect" || resp.status === 401) window.location.reload();
+          else window.setTimeout(connect, 3000);
+        }, function () { window.setTimeout(connect, 3000); });
+      };
+      Object.keys(handlers).forEach(function (name) {
+        source.addEventListener(name, function (e) {
+          var data;
+          try { data = JSON.parse(e.data); } catch (err) { return; }
+          handlers[name](data, e);
         });
-      }
-    };
-    Object.keys(handlers).forEach(function (name) {
-      source.addEventListener(name, function (e) {
-        var data;
-        try { data = JSON.parse(e.data); } catch (err) { return; }
-        handlers[name](data, e);
       });
-    });
-    source.addEventListener("signed_out", function () { source.close(); window.location.reload(); });
-    window.addEventListener("pagehide", function () { source.close(); });
-    return source;
+      source.addEventListener("signed_out", function () { stop(); window.location.reload(); });
+    }
+
+    function stop() {
+      stopped = true;
+      if (source) source.close();
+    }
+
+    window.addEventListener("pagehide", stop);
+    connect();
   }
 
   /* ---------------- overview ---------------- */

@@ -301,6 +301,23 @@ def test_user_stream_pushes_notifications_status_and_ends_on_logout(dash: Flask)
         frames.close()
 
 
+def test_user_stream_resumes_after_last_event_id(dash: Flask) -> None:
+    client = signed_in(dash)
+    first = notify(dash, "lena", "first")
+    notify(dash, "lena", "missed while reconnecting")
+    resp = client.get(
+        "/dashboard/api/users/lena/stream", headers={"Last-Event-ID": str(first["seq"])}, buffered=False
+    )
+    frames = Frames(resp)
+    try:
+        frames.wait(lambda fs: any(k == "status" for k, _ in fs))
+        assert [d["message"] for k, d in frames.frames if k == "notification"] == [
+            "missed while reconnecting"
+        ]
+    finally:
+        frames.close()
+
+
 def test_overview_stream_pushes_new_notifications_and_stats(dash: Flask) -> None:
     client = signed_in(dash)
     frames = Frames(client.get("/dashboard/api/overview/stream", buffered=False))
