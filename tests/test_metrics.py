@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
+import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -139,3 +141,24 @@ def test_redis_and_mongodb_errors_counted(make_app: Callable[..., Any], auth: di
     with app.app_context(), contextlib.suppress(Exception):  # the failure is the point
         notifications_collection().database.command("noSuchCommandHere")
     assert REGISTRY.get_sample_value("notify_mongodb_errors_total", {"kind": "command"}) == before + 1
+
+
+def test_killed_worker_counters_kept_and_gauges_dropped(live: Any) -> None:
+    """child_exit marks a dead worker: its counters still count, its open streams do not."""
+    server = live(workers=1)
+    token = server.token("crash-user")
+    client = SSEClient(server.url, token)
+    try:
+        server.notify("crash-user", "before")
+        client.wait_count(1)
+        (old_pid,) = server.worker_pids()
+        os.kill(old_pid, signal.SIGKILL)
+        client.closed.wait(10)
+        deadline = time.monotonic() + 15
+        while server.worker_pids() in ([], [old_pid]) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        text = wait_metric(server.url, lambda t: "notify_open_connections" in t)
+    finally:
+        client.close()
+    assert sample(text, "notify_notifications_created_total") == 1
+    assert sample(text, "notify_open_connections", transport="sse") == 0
