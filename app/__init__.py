@@ -82,7 +82,9 @@ def start_background(app: Flask) -> None:
     """Start this worker's greenlets (hub listener, batcher, relay); once per process, after fork."""
     app.extensions["notifications"].publisher.start()
     app.extensions["hub"].start()
-    app.extensions["presence"].start()
+    from . import dashboard
+
+    dashboard.start_background(app)
 
 
 def stop_background(app: Flask) -> None:

@@ -439,3 +439,15 @@ def test_overview_counts_every_worker_and_drops_a_killed_one(live: Callable[...,
         for client in clients:
             client.close()
         http.close()  # no idle keep-alive connection for gunicorn to wait on when it stops
+
+
+def test_start_background_bootstraps_the_admin_account(dash: Flask) -> None:
+    from app import start_background
+
+    start_background(dash)
+    deadline = time.monotonic() + 10
+    while not dash.extensions.get("dashboard_bootstrapped"):
+        assert time.monotonic() < deadline, "admin not created at start-up"
+        gevent.sleep(0.05)
+    with dash.app_context():
+        assert [u.username for u in staff.all_users()] == [ADMIN]

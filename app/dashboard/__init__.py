@@ -2,18 +2,25 @@
 
 ``init_app`` wires it into an app: the per-worker presence reporter (started later with
 the other background greenlets), the dashboard service and the ``dashboard`` blueprint.
-Nothing here connects to a server; the bootstrap admin account is created on the first
-dashboard request.
+Nothing here connects to a server at import or in ``init_app``: the bootstrap admin
+account is created by ``start_background`` (after fork, in a greenlet, retried while
+MongoDB is not up yet) and, failing that, on the first dashboard request.
 """
 
 from __future__ import annotations
 
-from flask import Blueprint, Flask
+import logging
 
+import gevent
+from flask import Blueprint, Flask
+from pymongo.errors import PyMongoError
+
+from .. import staff
 from ..presence import Presence
 from .service import DashboardService
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
+log = logging.getLogger(__name__)
 
 
 def init_app(app: Flask) -> None:
@@ -24,3 +31,24 @@ def init_app(app: Flask) -> None:
     from . import views  # noqa: F401  (registers the routes on bp)
 
     app.register_blueprint(bp)
+
+
+def start_background(app: Flask) -> None:
+    """This worker's presence reporter, and the admin account bootstrap."""
+    app.extensions["presence"].start()
+    gevent.spawn(bootstrap_admin, app, 5)
+
+
+def bootstrap_admin(app: Flask, attempts: int = 1) -> None:
+    """Create ADMIN_USERNAME if missing (idempotent, any number of workers at once)."""
+    for attempt in range(attempts):
+        if app.extensions.get("dashboard_bootstrapped"):
+            return
+        try:
+            staff.ensure_admin(app.extensions["config"])
+            app.extensions["dashboard_bootstrapped"] = True
+            return
+        except PyMongoError as exc:
+            log.warning("could not bootstrap the admin account yet: %s", exc)
+            if attempt + 1 < attempts:
+                gevent.sleep(2.0 * (attempt + 1))

@@ -26,12 +26,11 @@ from flask import (
 )
 from pymongo.errors import PyMongoError
 
-from .. import staff
 from .. import validation as v
 from ..auth import Subscriber
 from ..errors import ApiError, error_response
 from ..stream import StreamSession
-from . import bp, security, streams
+from . import bootstrap_admin, bp, security, streams
 from .service import DashboardService
 
 log = logging.getLogger(__name__)
@@ -67,14 +66,9 @@ def _before() -> Response | None:
 
 
 def _bootstrap_admin() -> None:
-    """Create ADMIN_USERNAME once per worker, on its first dashboard request."""
-    if current_app.extensions.get("dashboard_bootstrapped"):
-        return
-    try:
-        staff.ensure_admin(current_app.extensions["config"])
-        current_app.extensions["dashboard_bootstrapped"] = True
-    except PyMongoError as exc:  # retried on the next request
-        log.warning("could not bootstrap the admin account yet: %s", exc)
+    """Fallback for the start-up bootstrap (e.g. MongoDB was down then)."""
+    if not current_app.extensions.get("dashboard_bootstrapped"):
+        bootstrap_admin(current_app._get_current_object())  # type: ignore[attr-defined]
 
 
 @bp.after_request
