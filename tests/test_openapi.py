@@ -8,7 +8,7 @@ import pytest
 import requests
 
 from app.serialization import public_json
-from tests.browser import page  # noqa: F401
+from tests.browser import make_page  # noqa: F401
 
 # Browser pages and the admin dashboard are not part of the HTTP API.
 NOT_API = {"static", "dashboard", "demo"}
@@ -84,6 +84,7 @@ def test_configured_limits_are_in_the_spec(make_app):
 def test_docs_page_is_served_with_its_assets(client):
     resp = client.get("/api/docs")
     assert resp.status_code == 200 and resp.mimetype == "text/html"
+    assert "script-src 'self'" in resp.headers["Content-Security-Policy"]
     html = resp.get_data(as_text=True)
     assets = re.findall(r'(?:src|href)="(/static/[^"]+)"', html)
     assert len(assets) == 2 and "//" not in "".join(a[1:] for a in assets)  # nothing from a CDN
@@ -92,8 +93,9 @@ def test_docs_page_is_served_with_its_assets(client):
 
 
 @pytest.mark.browser
-def test_docs_page_renders_every_endpoint_with_an_example(live, page):  # noqa: F811
+def test_docs_page_renders_every_endpoint_with_an_example(live, make_page):  # noqa: F811
     server = live()
+    page = make_page(bypass_csp=False)  # the page's own CSP applies: a violation is a console error
     spec = requests.get(server.url + "/api/openapi.json", timeout=10).json()
     operations = _documented(spec)
     page.goto(server.url + "/api/docs")
