@@ -211,6 +211,9 @@ def cmd_run(args: list[str]) -> int:
             (DEVDATA / f"{server.name}.pid").write_text(f"{server.process.pid}\n")
             suffix = "notifications" if server.name == "mongo" else ""
             env[DEV_SERVERS[server.name][0]] = server.url + suffix
+        # Indexes and the retention TTL, as the systemd unit's ExecStartPre does.
+        index_cmd = [str(VENV / "bin" / "flask"), "--app", "wsgi", "db", "create-indexes"]
+        subprocess.run(index_cmd, cwd=ROOT, env=env, check=False, timeout=60)
         gunicorn = subprocess.Popen(
             [str(VENV / "bin" / "gunicorn"), "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT,
