@@ -6,6 +6,8 @@ server), so it talks to the same MongoDB and Redis and publishes live like the A
 
 from __future__ import annotations
 
+from typing import NoReturn
+
 import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
@@ -20,7 +22,7 @@ keys = AppGroup("keys", help="Publisher API keys stored in MongoDB (hashed at re
 db = AppGroup("db", help="MongoDB maintenance.")
 
 
-def _fail(message: str) -> None:
+def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
@@ -113,7 +115,10 @@ def token(user: str, ttl: int | None) -> None:
 def db_create_indexes() -> None:
     """Create all indexes, including the retention TTL index from RETENTION_DAYS."""
     config = current_app.extensions["config"]
-    seconds = retention.retention_seconds(config)
+    try:
+        seconds = retention.retention_seconds(config)
+    except ValueError as exc:
+        _fail(str(exc))
     ensure_indexes(retention_seconds=seconds)
     apikeys.ensure_indexes()
     ttl = f"{config.RETENTION_DAYS} days" if seconds else "none (kept forever)"

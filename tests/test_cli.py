@@ -85,6 +85,11 @@ def test_db_create_indexes_and_prune(make_app: Any) -> None:
         assert sorted(d["message"] for d in notifications_collection().find()) == ["d1", "d5"]
 
 
+def test_db_create_indexes_refuses_negative_retention(make_app: Any) -> None:
+    result = run(make_app(RETENTION_DAYS=-1), "db", "create-indexes")
+    assert result.exit_code != 0 and "RETENTION_DAYS" in result.output
+
+
 def test_seed(app: Any) -> None:
     result = run(app, "seed", "--users", "3", "--per-user", "4")
     assert result.exit_code == 0, result.output
