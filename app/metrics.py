@@ -34,6 +34,7 @@ from pymongo import monitoring
 
 from .auth import bearer_token
 from .errors import ApiError
+from .logging_setup import current_request_id, log_event
 
 TRANSPORTS = ("sse", "ws")
 
@@ -156,8 +157,6 @@ class StreamTracker:
     __slots__ = ("transport", "user_id", "request_id", "started", "delivered", "_open")
 
     def __init__(self, transport: str, user_id: str) -> None:
-        from .logging_setup import current_request_id, log_event
-
         self.transport = transport if transport in OPEN_BY else "sse"
         self.user_id = user_id
         self.request_id = current_request_id()
@@ -177,8 +176,6 @@ class StreamTracker:
             return
         self._open = False
         OPEN_BY[self.transport].dec()
-        from .logging_setup import log_event
-
         log_event(
             "stream close",
             transport=self.transport,
