@@ -141,7 +141,9 @@ def db_prune(days: float) -> None:
 @click.option("--per-user", type=click.IntRange(1, 1_000), default=10, show_default=True)
 @click.option("--prefix", default="demo-user-", show_default=True, help="User id prefix.")
 def seed(users: int, per_user: int, prefix: str) -> None:
-    """Create demo notifications: --per-user for each of --users users."""
+    """Create demo notifications: --per-user for each of --users users (not in production)."""
+    if current_app.extensions["config"].is_production:
+        _fail("seed writes demo data and is refused when APP_ENV=production")
     service = current_app.extensions["notifications"]
     ids = [f"{prefix}{i}" for i in range(1, users + 1)]
     categories = ("billing", "security", "social", "system")

@@ -99,6 +99,11 @@ def test_seed(app: Any) -> None:
         assert sorted(coll.distinct("user_id")) == ["demo-user-1", "demo-user-2", "demo-user-3"]
 
 
+def test_seed_refused_in_production(make_app: Any) -> None:
+    result = run(make_app(APP_ENV="production"), "seed")
+    assert result.exit_code != 0 and "production" in result.output
+
+
 def test_flask_cli_entry_point(stack: Any) -> None:
     """The real ``flask --app wsgi`` command (gevent-patched entry point) works."""
     env = {**os.environ, **stack.env()}

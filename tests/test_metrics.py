@@ -162,3 +162,29 @@ def test_killed_worker_counters_kept_and_gauges_dropped(live: Any) -> None:
         client.close()
     assert sample(text, "notify_notifications_created_total") == 1
     assert sample(text, "notify_open_connections", transport="sse") == 0
+
+
+def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any]) -> None:
+    from app.events import NOTIFICATION, Event
+
+    def value(name: str, labels: dict[str, str] | None = None) -> float:
+        return REGISTRY.get_sample_value(name, labels or {}) or 0.0
+
+    hub = make_app(CLIENT_QUEUE_SIZE=1).extensions["hub"]
+    sub = hub.subscribe("slow-user")
+    assert hub.connected.wait(5)
+    dropped = value("notify_slow_consumers_dropped_total")
+    for seq in (1, 2):  # the second overflows a queue of one: the client is dropped
+        hub._deliver(Event(NOTIFICATION, "slow-user", seq, b"{}"))
+    assert sub.closed and sub.reason == "slow consumer"
+    assert value("notify_slow_consumers_dropped_total") == dropped + 1
+
+    reconnects = value("notify_hub_reconnects_total")
+    errors = value("notify_redis_errors_total", {"where": "hub"})
+    hub.connected.clear()
+    hub.force_reconnect()
+    deadline = time.monotonic() + 10
+    while value("notify_hub_reconnects_total") == reconnects and time.monotonic() < deadline:
+        hub.connected.wait(0.1)
+    assert value("notify_hub_reconnects_total") == reconnects + 1
+    assert value("notify_redis_errors_total", {"where": "hub"}) == errors + 1
