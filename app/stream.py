@@ -142,7 +142,13 @@ def sse() -> Response:
     slot = stream_slot(subscriber.user_id)  # 429 before the stream starts
     session = StreamSession(_hub(), subscriber, _cursor_arg())
     session.slot = slot
-    initial = session.open()
+    try:
+        initial = session.open()
+    except BaseException:
+        session.slot = None
+        if slot is not None:
+            slot.release()
+        raise
     config = current_app.extensions["config"]
     g.stream_user = subscriber.user_id
     if lean.available(request.environ, config):  # just the socket and one greenlet (app/lean.py)
@@ -239,7 +245,7 @@ def websocket(ws) -> None:
     hub = _hub()
     config = current_app.extensions["config"]
     session = StreamSession(hub, subscriber, request.args.get("last_event_id"), transport="ws")
-    session.slot = g.pop("stream_slot", None)
+    session.slot = g.get("stream_slot")  # teardown releases it too, whatever happens here
     service = hub.service
     try:
         initial = session.open()
