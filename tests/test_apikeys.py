@@ -86,3 +86,29 @@ def test_find_by_id_and_unknown(app: Any) -> None:
             apikeys.find_key("nope")
         with pytest.raises(ApiKeyProblem):
             apikeys.create_key("   ")
+
+
+def test_cli_key_works_on_a_live_server_and_revocation_spreads(live: Any, app: Any) -> None:
+    """Created and revoked by another process (the CLI), honoured by gunicorn workers."""
+    import time
+
+    import requests
+
+    server = live(workers=2, API_KEY_CACHE_SECONDS="0.5")
+    with app.app_context():
+        key = apikeys.create_key("live-svc").key
+
+    def post() -> int:
+        headers = {"Authorization": f"Bearer {key}"}
+        body = {"user_id": "live-key-user", "message": "hi"}
+        resp = requests.post(server.url + "/api/notifications", json=body, headers=headers, timeout=5)
+        return resp.status_code
+
+    assert [post() for _ in range(4)] == [201] * 4
+    with app.app_context():
+        apikeys.revoke_key("live-svc")
+    deadline = time.monotonic() + 5
+    statuses: list[int] = []
+    while time.monotonic() < deadline and statuses[-4:] != [401] * 4:
+        statuses.append(post())
+    assert statuses[-4:] == [401] * 4  # every worker stopped accepting it
