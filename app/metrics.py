@@ -43,6 +43,7 @@ PUBLISHED = Counter("notify_notifications_published", "Notifications published o
 DELIVERED = Counter(
     "notify_notifications_delivered", "Notification frames handed to a client connection.", ["transport"]
 )
+RELAYED = Counter("notify_notifications_relayed", "Published late by the outbox relay (insert-publish gap).")
 REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
 RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")
 DROPPED_SLOW = Counter("notify_slow_consumers_dropped", "Client connections closed for falling behind.")

@@ -241,6 +241,7 @@ class Publisher:
         docs = list(coll.find({"claim": claim, "published": False}).sort("_id", 1))
         if docs and self.publish(docs):
             self.stats["relayed"] += len(docs)
+            metrics.RELAYED.inc(len(docs))
             log.info("relay published %d notifications left unpublished", len(docs))
         elif docs:
             coll.update_many({"claim": claim, "published": False}, {"$set": {"lease_until": now}})

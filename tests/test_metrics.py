@@ -188,3 +188,17 @@ def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any])
         hub.connected.wait(0.1)
     assert value("notify_hub_reconnects_total") == reconnects + 1
     assert value("notify_redis_errors_total", {"where": "hub"}) == errors + 1
+
+
+def test_relayed_counted(app: Any) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from app.models import notifications_collection
+    from app.serialization import new_document
+
+    past = datetime.now(timezone.utc) - timedelta(minutes=1)
+    before = REGISTRY.get_sample_value("notify_notifications_relayed_total") or 0.0
+    with app.app_context():
+        notifications_collection().insert_one(new_document("late", "never published", "", "", {}, past, past))
+        assert app.extensions["notifications"].publisher.relay_once() == 1
+    assert REGISTRY.get_sample_value("notify_notifications_relayed_total") == before + 1
