@@ -106,6 +106,7 @@ def test_docs_page_renders_every_endpoint_with_an_example(live, make_page):  # n
     assert len(examples) == len(operations) and all(text.strip() for text in examples)
     post = page.locator("#post-api-notifications pre.example").inner_text()
     assert "curl" in post and "Idempotency-Key" in post and '"message"' in post
+    assert "notify.send(" in page.locator("#post-api-notifications pre.example-python").inner_text()
     assert "EventSource" in page.locator("#get-stream pre.example").inner_text()
     assert "WebSocket" in page.locator("#get-ws pre.example").inner_text()
     page.save_screenshot("api-docs")

@@ -66,6 +66,7 @@
     const lines = [`curl -sS -X ${method.toUpperCase()} '${url}'`];
     if (security.includes("apiKey")) lines.push(`  -H "Authorization: Bearer $API_KEY"`);
     if (security.includes("subscriberToken")) lines.push(`  -H "Authorization: Bearer $TOKEN"`);
+    if (security.includes("metricsToken")) lines.push(`  -H "Authorization: Bearer $METRICS_TOKEN"`);
     if (op.requestBody) {
       const media = op.requestBody.content["application/json"];
       const body = example(media.schema);
@@ -98,6 +99,20 @@
       `ws.send(JSON.stringify({type: "read", ids: ["6650f0c2a1b2c3d4e5f60718"]}));`,
     ].join("\n");
   }
+
+  // The same calls through app/client.py (retries, backoff and idempotency keys included).
+  const PYTHON = {
+    "post /api/notifications": [
+      `from app.client import NotifyClient`,
+      `notify = NotifyClient("${origin}", api_key)`,
+      `note = notify.send("alice", "main is green", title="Build finished", data={"run": 42})`,
+      `notes = notify.send_many(["alice", "bob"], "Deploy at 17:00")`,
+    ].join("\n"),
+    "get /api/users/{user_id}/notifications": `page = notify.history("alice", limit=20, unread=True)\nolder = notify.history("alice", before=page.next)`,
+    "get /api/users/{user_id}/unread-count": `notify.unread_count("alice")`,
+    "post /api/users/{user_id}/read": `notify.mark_read("alice", [note["id"]])  # or notify.mark_read("alice") for all`,
+    "post /api/tokens": `token = notify.mint_token("alice", ttl_seconds=3600)  # token.token, token.expires_at`,
+  };
 
   function paramsTable(params) {
     if (!params.length) return null;
@@ -137,6 +152,10 @@
     section.append(el("h3", {}, "Responses"), responsesTable(op.responses || {}));
     section.append(el("h3", {}, "Example"), el("pre", { class: "example" },
       path === "/stream" || path === "/ws" ? streamExample(path) : curl(method, path, op)));
+    if (PYTHON[`${method} ${path}`]) {
+      section.append(el("h3", {}, "With the Python client (app/client.py)"),
+        el("pre", { class: "example-python" }, PYTHON[`${method} ${path}`]));
+    }
     return [id, section];
   }
 
