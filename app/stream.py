@@ -78,12 +78,16 @@ class StreamSession:
         self.tracker.replayed(len(events))
         return events
 
-    def next(self, timeout: float) -> Event | None:
-        """The next event to send, or None when ``timeout`` passed with nothing to send."""
+    def next(self, timeout: float | None) -> Event | None:
+        """The next event to send, or None when ``timeout`` passed with nothing to send.
+
+        ``timeout=None`` waits for the next wake-up of the subscription (app/lean.py wakes
+        it for heartbeats, without a timer per wait).
+        """
         assert self.sub is not None
-        deadline = time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            event = self.sub.get(max(deadline - time.monotonic(), 0))
+            event = self.sub.get(None if deadline is None else max(deadline - time.monotonic(), 0))
             if event is None:
                 return None
             if event.kind == NOTIFICATION:

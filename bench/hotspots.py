@@ -1,6 +1,6 @@
 """Summarize py-spy collapsed stacks (``--format raw``): top self and inclusive frames.
 
-    .venv/bin/python bench/hotspots.py bench/results/profile-ours-throughput-*.txt [--top 25]
+.venv/bin/python bench/hotspots.py bench/results/profile-ours-throughput-*.txt [--top 25]
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ def frame_name(frame: str) -> str:
     if not m:
         return frame
     path = m.group(2)
-    short = "/".join(path.split("/")[-2:]) if "site-packages" in path or "/app/" in path else path.split("/")[-1]
+    deep = "site-packages" in path or "/app/" in path
+    short = "/".join(path.split("/")[-2:]) if deep else path.split("/")[-1]
     return f"{m.group(1)} ({short})"
 
 

@@ -246,9 +246,11 @@ class Load:
         headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
         results = []
         async with aiohttp.ClientSession() as session:
-            for chunk_start in range(0, len(cmd["user_ids"]), 1000):
+            starts = range(0, len(cmd["user_ids"]), 1000)
+            batches = [(k, i) for k in cmd.get("ks", [cmd.get("k")]) for i in starts]
+            for k, chunk_start in batches:
                 chunk = cmd["user_ids"][chunk_start : chunk_start + 1000]
-                data = {"p": cmd["phase"], "k": cmd["k"], "t": time.monotonic_ns()}
+                data = {"p": cmd["phase"], "k": k, "t": time.monotonic_ns()}
                 body = {"user_ids": chunk, "message": "bench", "data": data}
                 t0 = time.monotonic()
                 async with session.post(cmd["url"] + path, data=orjson.dumps(body), headers=headers) as r:

@@ -77,11 +77,12 @@ def main() -> None:
             if args.trace:
                 a, b = tracemalloc.Snapshot.load(str(first)), tracemalloc.Snapshot.load(str(second))
                 stats = b.compare_to(a, args.group)
-                total = sum(s.size_diff for s in stats)
-                print(f"traced Python allocations: +{total / 1024:.0f} KB = {total / max(conns, 1):.0f} B/conn")
+                total, per = sum(s.size_diff for s in stats), max(conns, 1)
+                print(f"traced Python allocations: +{total / 1024:.0f} KB = {total / per:.0f} B/conn")
                 for s in stats[: args.top]:
-                    where = s.traceback.format()[-1] if args.group != "traceback" else "\n".join(s.traceback.format())
-                    print(f"{s.size_diff / max(conns, 1):8.0f} B/conn {s.count_diff / max(conns, 1):6.2f} blk  {where}")
+                    lines = s.traceback.format()
+                    where = lines[-1] if args.group != "traceback" else "\n".join(lines)
+                    print(f"{s.size_diff / per:8.0f} B/conn {s.count_diff / per:6.2f} blk  {where}")
         finally:
             load.stop()
             svc.stop()

@@ -191,7 +191,7 @@ class Service:
 class Bench:
     def __init__(self, args: argparse.Namespace, redis_url: str, mongo_url: str, workdir: Path) -> None:
         self.args = args
-        self.p = PROFILES["quick" if args.quick else "full"]
+        self.p = {**PROFILES["quick" if args.quick else "full"], **dict(args.set)}
         self.redis_url = redis_url
         self.mongo_url = mongo_url
         self.workdir = workdir
@@ -379,35 +379,60 @@ class Bench:
 
     # -- (d) broadcast ------------------------------------------------------------------------
     def broadcast_rate(self, svc: Service, mode: str) -> dict[str, Any]:
+        """One POST naming ``bc_users`` users, each with ``bc_per_user`` clients.
+
+        First one POST at a time (end to end: POST sent to last delivery; fan-out: first to
+        last delivery), then ``bc_repeats`` POSTs back to back (sustained: all deliveries
+        over first POST sent to last delivery).
+        """
         p = self.p
         users = [f"bc{i}" for i in range(p["bc_users"])]
         opened = self.open(svc, mode, users, p["bc_per_user"])
         self.barrier(svc, users, False)
-        rates, complete = [], []
+        target = opened["opened"]
+        single, fanout, complete = [], [], []
+
+        def wait_for(ks: list[int]) -> list[list[int]]:
+            deadline = time.monotonic() + 120
+            while True:
+                reps = self.reports({"cmd": "report", "phase": "b"})
+                marks = [m for r in reps for k in ks if (m := r["markers"].get(str(k)))]
+                if sum(m[0] for m in marks) >= target * len(ks) or time.monotonic() > deadline:
+                    return marks
+                time.sleep(0.2)
+
         for k in range(p["bc_repeats"]):
             self.reports({"cmd": "reset"})
             post = self.broadcast(svc, users, "b", k, False)
-            target = opened["opened"]
-            deadline = time.monotonic() + 60
-            while time.monotonic() < deadline:
-                reps = self.reports({"cmd": "report", "phase": "b"})
-                marks = [r["markers"].get(str(k)) for r in reps]
-                if sum(m[0] for m in marks if m) >= target:
-                    break
-                time.sleep(0.2)
-            marks = [m for m in marks if m]
+            marks = wait_for([k])
             count = sum(m[0] for m in marks)
-            span_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
-            rates.append(count / (span_ns / 1e9) if span_ns else 0.0)
+            e2e_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
+            fan_ns = max(m[3] for m in marks) - min(m[2] for m in marks) if marks else 0
+            single.append(count / (e2e_ns / 1e9) if e2e_ns else 0.0)
+            fanout.append(count / (fan_ns / 1e9) if fan_ns else 0.0)
             complete.append(count == target)
-            took = f"{span_ns / 1e6:.0f} ms (POST {post['seconds']:.3f}s)"
+            took = f"{e2e_ns / 1e6:.0f} ms, fan-out {fan_ns / 1e6:.0f} ms (POST {post['seconds']:.3f}s)"
             say(f"  broadcast {mode} #{k}: {count}/{target} in {took}")
+        self.reports({"cmd": "reset"})
+        ks = list(range(100, 100 + p["bc_repeats"]))
+        self.poster.call(
+            {"cmd": "post_batch", "url": svc.url, "key": API_KEY, "user_ids": users, "phase": "b", "ks": ks},
+            timeout=300,
+        )
+        marks = wait_for(ks)
+        count = sum(m[0] for m in marks)
+        span_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
+        sustained = count / (span_ns / 1e9) if span_ns else 0.0
+        complete.append(count == target * len(ks))
+        say(f"  broadcast {mode} back to back: {count}/{target * len(ks)} in {span_ns / 1e6:.0f} ms")
         self.close_all()
         return {
-            "clients": opened["opened"],
+            "clients": target,
             "users": len(users),
-            "deliveries_per_second": statistics.median(rates) if rates else 0.0,
-            "all": rates,
+            "deliveries_per_second": sustained,
+            "single_post_per_second": statistics.median(single) if single else 0.0,
+            "fanout_per_second": statistics.median(fanout) if fanout else 0.0,
+            "single_all": single,
             "all_delivered": all(complete),
         }
 
@@ -518,6 +543,16 @@ def main(argv: list[str]) -> int:
         default=[],
         help="comma-separated measures to run py-spy on (writes bench/results/profile-*.txt)",
     )
+    parser.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        type=lambda kv: (
+            kv.split("=", 1)[0],
+            float(kv.split("=", 1)[1]) if "." in kv else int(kv.split("=", 1)[1]),
+        ),
+        help="override a size of the profile, e.g. --set bc_users=1000 (repeatable)",
+    )
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
     parser.add_argument("--note", default="", help="a line for the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
@@ -549,7 +584,7 @@ def main(argv: list[str]) -> int:
         "cpus": os.cpu_count(),
         "load_avg_at_end": os.getloadavg(),
         "note": args.note,
-        "sizes": PROFILES["quick" if args.quick else "full"],
+        "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
     }
     paths = write_results(Path(args.out), meta, results)
     say("wrote " + ", ".join(str(p) for p in paths))
