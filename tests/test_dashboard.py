@@ -89,6 +89,7 @@ def test_login_logout_and_a_copied_cookie_stops_working(dash: Flask) -> None:
     client = signed_in(dash)
     page = client.get("/dashboard")
     assert page.status_code == 200 and b"Overview" in page.data
+    assert client.get("/dashboard/").headers["Location"] == "/dashboard"
     assert "script-src 'self'" in page.headers["Content-Security-Policy"]
     stolen = client.get_cookie("session").value
     resp = client.post("/dashboard/logout", data={"csrf_token": token_of(client)})

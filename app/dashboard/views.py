@@ -154,6 +154,11 @@ def overview() -> str:
     return render_template("dashboard/overview.html", stats=svc().overview(), recent=svc().recent())
 
 
+@bp.get("/")
+def overview_slash() -> Any:
+    return redirect(url_for("dashboard.overview"))
+
+
 @bp.get("/search")
 @security.staff_page
 def search() -> Any:
