@@ -41,6 +41,15 @@ def test_posts_per_api_key_get_429_with_retry_after(make_app):
     assert len(history.get_json()["notifications"]) == 4  # the refused POST stored nothing
 
 
+def test_post_limit_is_shared_by_all_workers(live):
+    server = live(workers=2, RATE_LIMIT_POSTS_PER_MINUTE="6")
+    _not_near_window_end()
+    # requests.post opens a fresh connection each time: the kernel spreads them over both workers.
+    bodies = [{"user_id": "rlw", "message": f"m{i}"} for i in range(8)]
+    statuses = [server.post("/api/notifications", body).status_code for body in bodies]
+    assert statuses == [201] * 6 + [429] * 2
+
+
 def test_zero_disables_the_post_limit(make_app):
     client = make_app(RATE_LIMIT_POSTS_PER_MINUTE=0).test_client()
     assert all(_post(client, "test-api-key").status_code == 201 for _ in range(5))
