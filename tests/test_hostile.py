@@ -80,6 +80,39 @@ def test_wrong_content_type_is_415(live):
             assert resp.json()["error"]["code"] == "unsupported_media_type"
 
 
+MALFORMED_HTTP = {
+    "100 KB header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 100_000 + b"\r\n\r\n", b"431"),
+    "500 headers": (
+        b"GET /healthz HTTP/1.1\r\n" + b"".join(b"X-H%d: 1\r\n" % i for i in range(500)) + b"\r\n",
+        b"431",
+    ),
+    "10 KB URL": (b"GET /healthz?" + b"a" * 10_000 + b" HTTP/1.1\r\nHost: x\r\n\r\n", b"414"),
+    "Content-Length and chunked (smuggling)": (
+        b"POST /api/notifications HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"400",
+    ),
+    "two Content-Lengths": (
+        b"POST /api/notifications HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Length: 5\r\nContent-Length: 6\r\n\r\nhello!",
+        b"400",
+    ),
+    "NUL in a header": (b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-A: a\x00b\r\n\r\n", b"400"),
+    "binary garbage": (b"\x00\x01\x02garbage\r\n\r\n", b"400"),
+}
+
+
+def test_malformed_http_is_refused_before_the_app(live):
+    server = live()
+    workers = server.worker_pids()
+    for name, (data, status) in MALFORMED_HTTP.items():
+        with socket.create_connection(("127.0.0.1", server.port), timeout=5) as sock:
+            sock.sendall(data)
+            assert sock.recv(200).startswith(b"HTTP/1.1 " + status), name
+    assert server.worker_pids() == workers
+    assert requests.get(server.url + "/healthz", timeout=5).status_code == 200
+
+
 def test_cross_origin_websocket_refused_by_default(live):
     server = live()  # no ALLOWED_ORIGINS: only the app's own origin
     token = server.token("origin-default")
