@@ -32,6 +32,11 @@ VENV_PY = VENV / "bin" / "python"
 STAMP = VENV / ".requirements.sha256"
 DEVDATA = ROOT / ".devdata"
 CHROMIUM = Path("/usr/bin/chromium")
+# Debian packages the tests drive: the browser tests and the nginx deploy-recipe test.
+TEST_PACKAGES = {
+    "chromium": CHROMIUM.exists,
+    "nginx-light": lambda: bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists()),
+}
 
 
 def say(msg: str) -> None:
@@ -274,15 +279,16 @@ def print_banner(env: dict[str, str], port: int) -> None:
 
 
 def cmd_test(args: list[str]) -> int:
-    """Run pytest in the venv (installs Chromium for browser tests when possible)."""
-    if not CHROMIUM.exists() and os.geteuid() == 0 and shutil.which("apt-get"):
-        say("installing chromium for the browser tests (apt-get, about a minute) ...")
+    """Run pytest in the venv (installs Chromium and nginx for their tests when possible)."""
+    missing = [pkg for pkg, present in TEST_PACKAGES.items() if not present()]
+    if missing and os.geteuid() == 0 and shutil.which("apt-get"):
+        say(f"installing {' '.join(missing)} for the browser and proxy tests (apt-get, about a minute) ...")
         apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", "chromium"]):
+        for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
             done = subprocess.run(cmd, env=apt_env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 print((done.stdout + done.stderr)[-3000:], file=sys.stderr)
-                say(f"warning: `{' '.join(cmd)}` failed; browser tests need {CHROMIUM}")
+                say(f"warning: `{' '.join(cmd)}` failed; those tests fail under CI without them")
                 break
     os.chdir(ROOT)
     os.execv(VENV_PY, [str(VENV_PY), "-m", "pytest", *args])

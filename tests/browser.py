@@ -23,6 +23,8 @@ from typing import Any
 
 import pytest
 
+from tests.support import require_tool
+
 ROOT = Path(__file__).resolve().parent.parent
 ARTIFACTS = ROOT / "test-artifacts"
 CHROMIUM = Path(os.environ.get("CHROMIUM_PATH", "/usr/bin/chromium"))
@@ -80,8 +82,7 @@ class _Chromium:
 
     def get(self) -> Any:
         if self.browser is None:
-            if not CHROMIUM.exists():
-                pytest.skip(f"browser tests need Chromium at {CHROMIUM}")
+            require_tool(CHROMIUM.exists(), f"Chromium at {CHROMIUM}")
             from playwright.sync_api import sync_playwright
 
             self.playwright = sync_playwright().start()

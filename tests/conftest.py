@@ -11,8 +11,8 @@ monkey.patch_all()
 
 import os  # noqa: E402
 import uuid  # noqa: E402
-from dataclasses import replace  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 from typing import Any  # noqa: E402
 
@@ -134,7 +134,9 @@ def stack_on(stack: Stack) -> Callable[..., Stack]:
     """This test's stack pointed at other servers (own_redis, own_mongo, a proxy)."""
 
     def build(redis_url: str | None = None, mongo_url: str | None = None) -> Stack:
-        mongo_uri = mongo_url.rstrip("/") + "/" + stack.mongo_uri.rsplit("/", 1)[1] if mongo_url else stack.mongo_uri
+        mongo_uri = (
+            mongo_url.rstrip("/") + "/" + stack.mongo_uri.rsplit("/", 1)[1] if mongo_url else stack.mongo_uri
+        )
         return replace(stack, redis_url=redis_url or stack.redis_url, mongo_uri=mongo_uri)
 
     return build

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -13,6 +14,7 @@ from typing import Any
 
 import gevent
 import orjson
+import pytest
 import requests
 import websocket
 from gevent.event import Event as Wakeup
@@ -20,6 +22,19 @@ from gevent.event import Event as Wakeup
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+
+
+def require_tool(present: bool, what: str) -> None:
+    """Skip a test whose outside tool is missing on a developer's machine; fail under CI.
+
+    ``python3 dev.py test`` installs these tools (as root), so in CI a missing one is a
+    broken setup, never a reason to pass quietly.
+    """
+    if present:
+        return
+    if os.environ.get("CI"):
+        pytest.fail(f"{what} is missing (python3 dev.py test installs it as root)")
+    pytest.skip(f"{what} is missing: run `python3 dev.py test` as root to install it")
 
 
 @dataclass
@@ -123,7 +138,11 @@ class LiveServer:
         return requests.post(
             self.url + path,
             data=orjson.dumps(body),
-            headers={"Authorization": f"Bearer {self.stack.api_key}", "Content-Type": "application/json", **headers},
+            headers={
+                "Authorization": f"Bearer {self.stack.api_key}",
+                "Content-Type": "application/json",
+                **headers,
+            },
             timeout=10,
         )
 
@@ -179,7 +198,9 @@ class StreamClient:
 
 
 class SSEClient(StreamClient):
-    def __init__(self, url: str, token: str, last_event_id: str | None = None, via_query: bool = True) -> None:
+    def __init__(
+        self, url: str, token: str, last_event_id: str | None = None, via_query: bool = True
+    ) -> None:
         super().__init__()
         params = {"token": token} if via_query else {}
         headers = {} if via_query else {"Authorization": f"Bearer {token}"}
@@ -235,7 +256,9 @@ class SSEClient(StreamClient):
 
 
 class WSClient(StreamClient):
-    def __init__(self, url: str, token: str, last_event_id: str | None = None, origin: str | None = None) -> None:
+    def __init__(
+        self, url: str, token: str, last_event_id: str | None = None, origin: str | None = None
+    ) -> None:
         super().__init__()
         ws_url = url.replace("http://", "ws://") + f"/ws?token={token}"
         if last_event_id is not None:
@@ -271,9 +294,7 @@ class WSClient(StreamClient):
         self.ws.send(frame if isinstance(frame, str) else orjson.dumps(frame).decode())
 
     def close(self) -> None:
-        try:
+        with contextlib.suppress(websocket.WebSocketException, OSError):
             self.ws.close()
-        except (websocket.WebSocketException, OSError):
-            pass
         if self.greenlet is not None:
             self.greenlet.kill(block=False)

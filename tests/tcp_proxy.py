@@ -7,6 +7,8 @@ failure (seen after Sentinel failovers), which only a loop-back probe can detect
 
 from __future__ import annotations
 
+import contextlib
+
 import gevent
 from gevent import socket
 from gevent.server import StreamServer
@@ -69,9 +71,9 @@ class TcpProxy:
                 pass
             finally:
                 for s in (src, dst):
-                    try:
+                    with contextlib.suppress(OSError):
                         s.close()
-                    except OSError:
-                        pass
 
-        gevent.joinall([gevent.spawn(pump, client, upstream, False), gevent.spawn(pump, upstream, client, True)])
+        gevent.joinall(
+            [gevent.spawn(pump, client, upstream, False), gevent.spawn(pump, upstream, client, True)]
+        )

@@ -18,7 +18,9 @@ def post(client, body: Any, auth: dict[str, str], **headers: str):
 
 
 def test_create_returns_the_stored_notification(client, auth):
-    resp = post(client, {"user_id": "alice", "message": "hi", "title": "T", "category": "c", "data": {"k": 1}}, auth)
+    resp = post(
+        client, {"user_id": "alice", "message": "hi", "title": "T", "category": "c", "data": {"k": 1}}, auth
+    )
     assert resp.status_code == 201
     body = resp.get_json()
     assert set(body) == {"id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"}
@@ -35,7 +37,10 @@ def test_create_for_many_users(client, auth):
     created = resp.get_json()["notifications"]
     assert [n["user_id"] for n in created] == users
     assert len({n["id"] for n in created}) == 300
-    assert client.get("/api/users/u299/unread-count", headers=auth).get_json() == {"user_id": "u299", "unread": 1}
+    assert client.get("/api/users/u299/unread-count", headers=auth).get_json() == {
+        "user_id": "u299",
+        "unread": 1,
+    }
 
 
 @pytest.mark.parametrize(
@@ -78,7 +83,12 @@ def test_nothing_is_stored_for_invalid_input(client, auth):
         (b"{not json", "application/json", 400, "malformed_json"),
         (b"[1, 2]", "application/json", 400, "malformed_json"),
         (b"[" * 10000 + b"]" * 10000, "application/json", 400, "malformed_json"),
-        (b'{"user_id": "a", "message": "x", "data": {"n": 1' + b"0" * 5000 + b"e400}}", "application/json", 400, "malformed_json"),
+        (
+            b'{"user_id": "a", "message": "x", "data": {"n": 1' + b"0" * 5000 + b"e400}}",
+            "application/json",
+            400,
+            "malformed_json",
+        ),
         (b"user_id=a", "application/x-www-form-urlencoded", 415, "unsupported_media_type"),
         (b'{"user_id":"a","message":"' + b"x" * 70000 + b'"}', "application/json", 413, "payload_too_large"),
     ],
@@ -98,7 +108,11 @@ def test_huge_integer_inside_data_is_accepted_as_a_number(client, auth):
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic dGVzdA==", "Bearer"])
 def test_api_key_required(client, header):
     headers = {"Authorization": header} if header else {}
-    for method, path in [("post", "/api/notifications"), ("get", "/api/users/a/notifications"), ("get", "/api/recent")]:
+    for method, path in [
+        ("post", "/api/notifications"),
+        ("get", "/api/users/a/notifications"),
+        ("get", "/api/recent"),
+    ]:
         resp = getattr(client, method)(path, headers=headers, json={"user_id": "a", "message": "x"})
         assert resp.status_code == 401
         assert resp.get_json()["error"]["code"] == "unauthorized"
@@ -117,14 +131,26 @@ def test_history_paging_newest_first(client, auth):
         assert post(client, {"user_id": "pager", "message": f"m{i}"}, auth).status_code == 201
     page1 = client.get("/api/users/pager/notifications?limit=3", headers=auth).get_json()
     assert [n["message"] for n in page1["notifications"]] == ["m6", "m5", "m4"]
-    page2 = client.get(f"/api/users/pager/notifications?limit=3&before={page1['next']}", headers=auth).get_json()
+    page2 = client.get(
+        f"/api/users/pager/notifications?limit=3&before={page1['next']}", headers=auth
+    ).get_json()
     assert [n["message"] for n in page2["notifications"]] == ["m3", "m2", "m1"]
-    page3 = client.get(f"/api/users/pager/notifications?limit=3&before={page2['next']}", headers=auth).get_json()
+    page3 = client.get(
+        f"/api/users/pager/notifications?limit=3&before={page2['next']}", headers=auth
+    ).get_json()
     assert [n["message"] for n in page3["notifications"]] == ["m0"] and page3["next"] is None
 
 
-@pytest.mark.parametrize("query, field", [("limit=0", "limit"), ("limit=101", "limit"), ("limit=x", "limit"),
-                                          ("before=zzz", "before"), ("unread=maybe", "unread")])
+@pytest.mark.parametrize(
+    "query, field",
+    [
+        ("limit=0", "limit"),
+        ("limit=101", "limit"),
+        ("limit=x", "limit"),
+        ("before=zzz", "before"),
+        ("unread=maybe", "unread"),
+    ],
+)
 def test_history_bad_query(client, auth, query, field):
     resp = client.get(f"/api/users/a/notifications?{query}", headers=auth)
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
@@ -176,12 +202,22 @@ def test_unread_count_and_mark_read(client, auth):
 
 def test_mark_read_of_another_users_ids_changes_nothing(client, auth):
     nid = post(client, {"user_id": "owner", "message": "x"}, auth).get_json()["id"]
-    assert client.post("/api/users/intruder/read", json={"ids": [nid]}, headers=auth).get_json() == {"updated": 0}
+    assert client.post("/api/users/intruder/read", json={"ids": [nid]}, headers=auth).get_json() == {
+        "updated": 0
+    }
     assert client.get("/api/users/owner/unread-count", headers=auth).get_json()["unread"] == 1
 
 
-@pytest.mark.parametrize("body, field", [({}, "ids"), ({"ids": []}, "ids"), ({"ids": "x"}, "ids"),
-                                         ({"ids": ["nope"]}, "ids"), ({"all": False}, "ids")])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "ids"),
+        ({"ids": []}, "ids"),
+        ({"ids": "x"}, "ids"),
+        ({"ids": ["nope"]}, "ids"),
+        ({"all": False}, "ids"),
+    ],
+)
 def test_mark_read_bad_input(client, auth, body, field):
     resp = client.post("/api/users/r/read", json=body, headers=auth)
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
@@ -219,7 +255,9 @@ def test_idempotent_retry_returns_first_response(client, auth):
 
 def test_concurrent_idempotent_requests_create_one(client, auth):
     body = {"user_id": "idem2", "message": "once"}
-    results = gevent.joinall([gevent.spawn(post, client, body, auth, **{"Idempotency-Key": "same"}) for _ in range(5)])
+    results = gevent.joinall(
+        [gevent.spawn(post, client, body, auth, **{"Idempotency-Key": "same"}) for _ in range(5)]
+    )
     statuses = sorted(g.value.status_code for g in results)
     assert statuses.count(201) >= 1 and set(statuses) <= {201, 409}
     assert client.get("/api/users/idem2/unread-count", headers=auth).get_json()["unread"] == 1
@@ -260,15 +298,27 @@ def test_tokens(client, auth):
     nid = me["notifications"][0]["id"]
     read = client.post("/api/me/read", json={"ids": [nid]}, headers={"Authorization": f"Bearer {token}"})
     assert read.get_json() == {"updated": 1}
-    assert client.get("/api/me/unread-count", headers={"Authorization": f"Bearer {token}"}).get_json()["unread"] == 0
+    assert (
+        client.get("/api/me/unread-count", headers={"Authorization": f"Bearer {token}"}).get_json()["unread"]
+        == 0
+    )
     # a subscriber token is not an API key, and an API key is not a subscriber token
-    assert client.get("/api/users/tok/notifications", headers={"Authorization": f"Bearer {token}"}).status_code == 401
+    assert (
+        client.get("/api/users/tok/notifications", headers={"Authorization": f"Bearer {token}"}).status_code
+        == 401
+    )
     assert client.get("/api/me/notifications", headers=auth).status_code == 401
 
 
-@pytest.mark.parametrize("body, field", [({}, "user_id"), ({"user_id": "a", "ttl_seconds": 0}, "ttl_seconds"),
-                                         ({"user_id": "a", "ttl_seconds": "60"}, "ttl_seconds"),
-                                         ({"user_id": "a", "ttl_seconds": 10**9}, "ttl_seconds")])
+@pytest.mark.parametrize(
+    "body, field",
+    [
+        ({}, "user_id"),
+        ({"user_id": "a", "ttl_seconds": 0}, "ttl_seconds"),
+        ({"user_id": "a", "ttl_seconds": "60"}, "ttl_seconds"),
+        ({"user_id": "a", "ttl_seconds": 10**9}, "ttl_seconds"),
+    ],
+)
 def test_token_bad_input(client, auth, body, field):
     resp = client.post("/api/tokens", json=body, headers=auth)
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field

@@ -16,13 +16,16 @@ from typing import Any
 import pytest
 import requests
 
-from tests.support import SSEClient, WSClient
+from tests.support import SSEClient, WSClient, require_tool
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
 NGINX = shutil.which("nginx") or ("/usr/sbin/nginx" if Path("/usr/sbin/nginx").exists() else None)
 
-pytestmark = pytest.mark.skipif(NGINX is None, reason="nginx is not installed")
+
+@pytest.fixture(autouse=True)
+def _needs_nginx() -> None:
+    require_tool(NGINX is not None, "nginx")
 
 
 def render(conf: str, port: int, upstreams: list[int], logs: Path) -> str:
@@ -43,7 +46,9 @@ def nginx(live: Any, tmp_path: Path) -> Any:
     site = render((ROOT / "deploy" / "nginx.conf").read_text(), port, [a.port, b.port], tmp_path)
     assert "notify_app" in site and f"127.0.0.1:{a.port}" in site
     (tmp_path / "site.conf").write_text(site)
-    temp = " ".join(f"{k}_temp_path {tmp_path}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi"))
+    temp = " ".join(
+        f"{k}_temp_path {tmp_path}/{k};" for k in ("client_body", "proxy", "fastcgi", "uwsgi", "scgi")
+    )
     (tmp_path / "nginx.conf").write_text(
         f"pid {tmp_path}/nginx.pid;\nerror_log {tmp_path}/error.log;\nevents {{}}\n"
         f"http {{\n  {temp}\n  include {tmp_path}/site.conf;\n}}\n"
@@ -80,8 +85,12 @@ def test_streams_and_api_through_nginx(nginx: Any) -> None:
         assert sse.status == 200
         headers = {"Authorization": f"Bearer {instance.stack.api_key}"}
         for i in range(3):
-            resp = requests.post(url + "/api/notifications", json={"user_id": "edge-user", "message": f"e{i}"},
-                                 headers=headers, timeout=5)
+            resp = requests.post(
+                url + "/api/notifications",
+                json={"user_id": "edge-user", "message": f"e{i}"},
+                headers=headers,
+                timeout=5,
+            )
             assert resp.status_code == 201
             assert re.fullmatch(r"[0-9a-f]{32}", resp.headers["X-Request-ID"])  # nginx's $request_id
         sse.wait_count(3)

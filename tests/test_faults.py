@@ -28,7 +28,9 @@ def flood(server, user_id: str, count: int) -> list[str]:
     pad = {"pad": "y" * 7000}
 
     def one(i: int) -> str:
-        resp = server.post("/api/notifications", {"user_id": user_id, "message": f"m{i:04d}" + "x" * 3900, "data": pad})
+        resp = server.post(
+            "/api/notifications", {"user_id": user_id, "message": f"m{i:04d}" + "x" * 3900, "data": pad}
+        )
         assert resp.status_code == 201
         return resp.json()["message"]
 
@@ -227,8 +229,10 @@ def test_instance_killed_clients_resume_on_the_other(live):
     for client in clients:
         assert client.closed.wait(10)
     expected += [b.notify("failover", f"gap{i}")["message"] for i in range(3)]
-    resumed = [SSEClient(b.url, token, last_event_id=clients[0].last_id()),
-               WSClient(b.url, token, last_event_id=clients[1].last_id())]
+    resumed = [
+        SSEClient(b.url, token, last_event_id=clients[0].last_id()),
+        WSClient(b.url, token, last_event_id=clients[1].last_id()),
+    ]
     try:
         expected.append(b.notify("failover", "live")["message"])
         for old, new in zip(clients, resumed, strict=True):
@@ -243,8 +247,11 @@ def test_silent_subscription_is_detected_by_probe(live, redis_srv, stack_on):
     port = int(redis_srv.url.rsplit(":", 1)[1].split("/")[0])
     proxy = TcpProxy(port).start()
     try:
-        server = live(workers=1, on=stack_on(redis_url=f"redis://127.0.0.1:{proxy.port}/0"),
-                      PROBE_INTERVAL_SECONDS="0.5")
+        server = live(
+            workers=1,
+            on=stack_on(redis_url=f"redis://127.0.0.1:{proxy.port}/0"),
+            PROBE_INTERVAL_SECONDS="0.5",
+        )
         client = SSEClient(server.url, server.token("silent"))
         server.notify("silent", "before")
         client.wait_count(1)

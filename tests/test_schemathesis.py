@@ -15,8 +15,6 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 SCHEMATHESIS = shutil.which("schemathesis", path=str(Path(sys.executable).parent))
 STREAMS = "^/(stream|ws)$"
 API_ME = "^/api/me/"
@@ -29,7 +27,6 @@ expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 expected-statuses = [200, 201, 401, 403, 404, 409, 413, 429]
 """
 
-pytestmark = pytest.mark.skipif(SCHEMATHESIS is None, reason="schemathesis is not installed")
 
 
 def _start(server, config: Path, report: Path, bearer: str, select: list[str]) -> subprocess.Popen:

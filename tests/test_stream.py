@@ -35,7 +35,9 @@ def test_live_delivery_and_isolation(live, transport):
 def test_sse_headers_and_framing(live):
     server = live()
     token = server.token("hdr")
-    resp = requests.get(server.url + "/stream", headers={"Authorization": f"Bearer {token}"}, stream=True, timeout=10)
+    resp = requests.get(
+        server.url + "/stream", headers={"Authorization": f"Bearer {token}"}, stream=True, timeout=10
+    )
     try:
         assert resp.status_code == 200
         assert resp.headers["Content-Type"].startswith("text/event-stream")
@@ -201,6 +203,8 @@ def test_payload_json_is_one_line(live):
         server.notify("json", "line1\nline2")
         client.wait_count(1)
         assert client.messages() == ["line1\nline2"]
-        assert orjson.loads(orjson.dumps(client.notifications()[0]["notification"]))["message"] == "line1\nline2"
+        assert (
+            orjson.loads(orjson.dumps(client.notifications()[0]["notification"]))["message"] == "line1\nline2"
+        )
     finally:
         client.close()
