@@ -26,6 +26,7 @@ import os
 import socket
 import time
 from collections.abc import Callable
+from functools import partial
 from typing import Any
 
 import gevent
@@ -214,6 +215,7 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
     alarm = _Alarm(session.sub)
     try:
         conn.send(head)
+        del head  # nothing of the handshake stays referenced while the stream lasts
         last_write = time.monotonic()
         while True:
             if out:
@@ -367,10 +369,13 @@ class _Reader:
             raise _Closing(WS_PROTOCOL, "unknown opcode")
 
 
+def _answer(on_frame: FrameHandler, session: Any, message: str | bytes) -> str | None:
+    return on_frame(message, session.subscriber.user_id, session.hub.service)
+
+
 def _run_ws(
     conn: Conn, head: bytes, session: Any, out: list[bytes], on_frame: FrameHandler, config: Any
 ) -> None:
-    user_id, service = session.subscriber.user_id, session.hub.service
     reader = _Reader(config.WS_MAX_MESSAGE_BYTES)
     ping_every = config.WS_PING_SECONDS or 0.0
     next_ping = time.monotonic() + ping_every if ping_every else float("inf")
@@ -379,10 +384,8 @@ def _run_ws(
     closing: tuple[int, str] | None = None
     peer_closed = False
 
-    def handle(message: str | bytes) -> str | None:
-        return on_frame(message, user_id, service)
-
     out.insert(0, head)
+    del head
     try:
         while True:
             if out:
@@ -393,7 +396,7 @@ def _run_ws(
                 peer_closed = True
                 return
             if data:
-                reader.feed(data, handle, out)
+                reader.feed(data, partial(_answer, on_frame, session), out)
                 continue
             now = time.monotonic()
             if now >= next_ping:

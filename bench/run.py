@@ -214,6 +214,8 @@ class Bench:
             "WEB_CONCURRENCY": "2",
             "HEARTBEAT_SECONDS": str(self.p["heartbeat"]),
             "LOG_LEVEL": "warning",
+            # capacity is measured, not the per-key quota (6,000 POSTs/min by default)
+            "RATE_LIMIT_POSTS_PER_MINUTE": "0",
         }
 
     def start(self, kind: str, tag: str) -> Service:
@@ -303,6 +305,7 @@ class Bench:
             "posts": p["lat_posts"],
             "rate": p["lat_rate"],
             "post_errors": posted["errors"],
+            "post_ms": posted["post_ms"],
             "expected": expected,
             "received": len(samples),
             "lost": sum(r["lost"] for r in reps),
