@@ -1,0 +1,158 @@
+"""The lean stream path (app/lean.py): its RFC 6455 reader, its alarm wheel, and WebSocket
+liveness against a live gunicorn (the stream behaviour itself is covered by test_stream.py,
+which runs over this path under gunicorn)."""
+
+from __future__ import annotations
+
+import socket
+import time
+
+import pytest
+
+from app import lean
+from app.hub import Subscription
+
+
+def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
+    n = len(payload)
+    head = bytes([(0x80 if fin else 0) | opcode])
+    if n < 126:
+        head += bytes([0x80 | n])
+    elif n < 65536:
+        head += bytes([0x80 | 126]) + n.to_bytes(2, "big")
+    else:
+        head += bytes([0x80 | 127]) + n.to_bytes(8, "big")
+    return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+
+
+def feed(reader: lean._Reader, data: bytes) -> tuple[list[str | bytes], list[bytes]]:
+    got: list[str | bytes] = []
+    out: list[bytes] = []
+    reader.feed(data, lambda m: got.append(m) or None, out)
+    return got, out
+
+
+def test_reader_reassembles_fragments_split_anywhere():
+    reader = lean._Reader(1000)
+    data = client_frame(lean.OP_TEXT, b'{"type":', fin=False) + client_frame(lean.OP_CONT, b'"read"}')
+    got: list[str | bytes] = []
+    for i in range(len(data)):  # one byte at a time: every partial-header path
+        got += feed(reader, data[i : i + 1])[0]
+    assert got == ['{"type":"read"}']
+
+
+def test_reader_answers_ping_and_records_pong():
+    reader = lean._Reader(1000)
+    reader.pong = False
+    _, out = feed(reader, client_frame(lean.OP_PING, b"hi") + client_frame(lean.OP_PONG, b""))
+    assert out == [lean._frame(lean.OP_PONG, b"hi")]
+    assert reader.pong
+
+
+@pytest.mark.parametrize(
+    ("data", "code"),
+    [
+        (client_frame(lean.OP_TEXT, b"x" * 2000), lean.WS_TOO_BIG),
+        (
+            client_frame(lean.OP_TEXT, b"x" * 600, fin=False) + client_frame(lean.OP_CONT, b"x" * 600),
+            lean.WS_TOO_BIG,
+        ),
+        (bytes([0x81, 0x02]) + b"hi", lean.WS_PROTOCOL),  # not masked
+        (client_frame(lean.OP_TEXT, b"\xff\xfe"), lean.WS_BAD_DATA),
+        (client_frame(lean.OP_CONT, b"x"), lean.WS_PROTOCOL),
+        (client_frame(lean.OP_PING, b"x" * 126), lean.WS_PROTOCOL),
+        (client_frame(0x3, b""), lean.WS_PROTOCOL),
+    ],
+    ids=["too-big", "too-big-fragments", "unmasked", "bad-utf8", "orphan-continuation", "big-ping", "opcode"],
+)
+def test_reader_closes_with_rfc_codes(data, code):
+    with pytest.raises(lean._Closing) as info:
+        feed(lean._Reader(1000), data)
+    assert info.value.code == code
+
+
+def test_reader_echoes_client_close_code():
+    with pytest.raises(lean._Closing) as info:
+        feed(lean._Reader(1000), client_frame(lean.OP_CLOSE, (1000).to_bytes(2, "big")))
+    assert info.value.code == 1000
+
+
+def test_alarm_wheel_wakes_once_not_before_due():
+    sub = Subscription("u", 10)
+    alarm = lean._Alarm(sub)
+    due = time.monotonic() + 0.3
+    lean.WHEEL.arm(alarm, due)
+    lean.WHEEL.arm(alarm, due + 5)  # a later due does not add a second entry
+    assert sub.wakeup.wait(3)
+    assert time.monotonic() >= due
+    assert alarm.slot == 0
+
+
+def raw_ws(server, token: str) -> socket.socket:
+    sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+    sock.sendall(
+        f"GET /ws?token={token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n".encode()
+    )
+    head = b""
+    while b"\r\n\r\n" not in head:
+        chunk = sock.recv(4096)
+        assert chunk, head
+        head += chunk
+    assert head.startswith(b"HTTP/1.1 101"), head
+    assert b"s3pPLMBiTxaQ9kYGzzhZRbK+xOo=" in head  # RFC 6455's own example key and accept
+    assert b"sec-websocket-extensions" not in head.lower()  # no permessage-deflate
+    return sock
+
+
+def read_frames(sock: socket.socket, until_close: bool = True, limit: float = 10) -> list[tuple[int, bytes]]:
+    frames, buf, deadline = [], b"", time.monotonic() + limit
+    while time.monotonic() < deadline:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        buf += chunk
+        while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+            n = buf[1] & 0x7F
+            frames.append((buf[0] & 0x0F, buf[2 : 2 + n]))
+            buf = buf[2 + n :]
+        if until_close and frames and frames[-1][0] == lean.OP_CLOSE:
+            break
+    return frames
+
+
+def test_ws_pings_and_closes_1008_without_pong(live):
+    server = live(WS_PING_SECONDS="0.3")
+    sock = raw_ws(server, server.token("noping"))
+    try:
+        frames = read_frames(sock)
+        assert frames[0][0] == lean.OP_PING
+        assert frames[-1] == (lean.OP_CLOSE, (1008).to_bytes(2, "big") + b"Ping/Pong timeout")
+    finally:
+        sock.close()
+
+
+def test_ws_answering_pings_stays_open_and_gets_pong(live):
+    server = live(WS_PING_SECONDS="0.3")
+    sock = raw_ws(server, server.token("pong"))
+    try:
+        sock.sendall(client_frame(lean.OP_PING, b"are you there"))
+        sock.settimeout(0.2)
+        seen, buf, deadline = [], b"", time.monotonic() + 1.5  # five ping intervals
+        while time.monotonic() < deadline:
+            try:
+                chunk = sock.recv(65536)
+            except TimeoutError:
+                continue
+            assert chunk, f"closed after {seen}"
+            buf += chunk
+            while len(buf) >= 2 and len(buf) >= 2 + (buf[1] & 0x7F):
+                n = buf[1] & 0x7F
+                opcode, payload, buf = buf[0] & 0x0F, buf[2 : 2 + n], buf[2 + n :]
+                seen.append(opcode)
+                if opcode == lean.OP_PING:
+                    sock.sendall(client_frame(lean.OP_PONG, payload))
+        assert seen[0] == lean.OP_PONG
+        assert seen.count(lean.OP_PING) >= 2 and lean.OP_CLOSE not in seen
+    finally:
+        sock.close()
