@@ -30,7 +30,8 @@ ROOT = Path(__file__).resolve().parent
 VENV = ROOT / ".venv"
 VENV_PY = VENV / "bin" / "python"
 STAMP = VENV / ".requirements.sha256"
-DEVDATA = ROOT / ".devdata"
+# Dev server data and credentials; DEV_DATA_DIR moves them (the tests use a temp dir).
+DEVDATA = Path(os.environ.get("DEV_DATA_DIR") or ROOT / ".devdata")
 CHROMIUM = Path("/usr/bin/chromium")
 # Debian packages the tests drive: the browser tests and the nginx deploy-recipe test.
 TEST_PACKAGES = {

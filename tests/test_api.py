@@ -223,20 +223,41 @@ def test_mark_read_bad_input(client, auth, body, field):
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == field
 
 
-def test_recent_is_capped_and_newest_first(client, auth):
-    post(client, {"user_ids": [f"r{i}" for i in range(40)], "message": "batch"}, auth)
+def test_recent_is_capped_and_equals_the_newest_50(client, auth):
+    created = post(client, {"user_ids": [f"r{i}" for i in range(40)], "message": "batch"}, auth).get_json()[
+        "notifications"
+    ]
 
-    def one(i: int) -> None:
-        assert post(client, {"user_id": f"c{i}", "message": f"n{i}"}, auth).status_code == 201
+    def one(i: int) -> dict:
+        resp = post(client, {"user_id": f"c{i}", "message": f"n{i}"}, auth)
+        assert resp.status_code == 201
+        return resp.get_json()
 
-    gevent.joinall([gevent.spawn(one, i) for i in range(30)], raise_error=True)
+    created += [g.value for g in gevent.joinall([gevent.spawn(one, i) for i in range(30)], raise_error=True)]
     recent = client.get("/api/recent", headers=auth).get_json()["notifications"]
-    assert len(recent) == 50
-    ids = [n["id"] for n in recent]
+    assert len(recent) == 50 and len({n["id"] for n in recent}) == 50
+    by_id = {n["id"]: n for n in created}
+    assert all(by_id[n["id"]] == n for n in recent)  # the very objects the POSTs returned
     seqs = [n["seq"] for n in recent]
-    assert len(set(ids)) == 50
-    assert all(m.startswith("n") for m in [n["message"] for n in recent[:30]])
-    assert seqs[:30] == sorted(seqs[:30], reverse=True) or len(set(n["user_id"] for n in recent[:30])) == 30
+    assert seqs == sorted(seqs, reverse=True)  # newest first
+    left_out = [n["seq"] for n in created if n["id"] not in {r["id"] for r in recent}]
+    assert len(left_out) == 20 and max(left_out) <= min(seqs)  # nothing newer was dropped
+
+
+def test_redis_down_posts_still_store_and_reads_use_mongodb(make_app, own_redis, auth):
+    client = make_app(REDIS_URL=own_redis.url).test_client()
+    assert post(client, {"user_id": "rd", "message": "before"}, auth).status_code == 201
+    assert client.get("/api/users/rd/notifications", headers=auth).status_code == 200
+    own_redis.kill()
+    created = post(client, {"user_id": "rd", "message": "during"}, auth)
+    assert created.status_code == 201 and created.get_json()["seq"] is None  # stored, not yet pushed
+    page = client.get("/api/users/rd/notifications", headers=auth)
+    assert page.status_code == 200 and page.headers["X-Cache"] == "MISS"
+    assert [n["message"] for n in page.get_json()["notifications"]] == ["during", "before"]
+    assert client.get("/api/users/rd/unread-count", headers=auth).get_json()["unread"] == 2
+    assert len(client.get("/api/recent", headers=auth).get_json()["notifications"]) == 2
+    ready = client.get("/readyz")
+    assert ready.status_code == 503 and ready.get_json()["checks"]["redis"] == "down"
 
 
 def test_idempotent_retry_returns_first_response(client, auth):
