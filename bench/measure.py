@@ -32,6 +32,19 @@ class ProcStats:
         return cls(rss, len(socket_inodes(pid) & accepted))
 
 
+def cpu_seconds(pids: list[int]) -> float:
+    """User + system CPU time the processes have used so far (/proc/<pid>/stat)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += int(fields[11]) + int(fields[12])  # utime, stime (fields 14 and 15)
+    return total / tick
+
+
 def socket_inodes(pid: int) -> set[int]:
     inodes = set()
     fd_dir = f"/proc/{pid}/fd"

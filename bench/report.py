@@ -204,6 +204,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dic
         f"started {meta['started_utc']} UTC · {meta['seconds']} s · {meta['cpus']} CPUs · "
         f"load average at end {', '.join(f'{x:.1f}' for x in meta['load_avg_at_end'])}",
     ]
+    if meta.get("env"):
+        lines.append("Service settings: " + ", ".join(f"`{k}={v}`" for k, v in meta["env"].items()))
     if meta.get("note"):
         lines.append(f"Note: {meta['note']}")
     sizes = results[0].get("sizes", {}) if results else {}

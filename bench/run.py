@@ -29,7 +29,7 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import ProcStats, redis_connections_by_pid  # noqa: E402
+from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
 
@@ -216,6 +216,7 @@ class Bench:
             "LOG_LEVEL": "warning",
             # capacity is measured, not the per-key quota (6,000 POSTs/min by default)
             "RATE_LIMIT_POSTS_PER_MINUTE": "0",
+            **dict(self.args.env),
         }
 
     def start(self, kind: str, tag: str) -> Service:
@@ -418,11 +419,13 @@ class Bench:
             say(f"  broadcast {mode} #{k}: {count}/{target} in {took}")
         self.reports({"cmd": "reset"})
         ks = list(range(100, 100 + p["bc_repeats"]))
+        cpu = cpu_seconds(svc.workers())
         self.poster.call(
             {"cmd": "post_batch", "url": svc.url, "key": API_KEY, "user_ids": users, "phase": "b", "ks": ks},
             timeout=300,
         )
         marks = wait_for(ks)
+        cpu = cpu_seconds(svc.workers()) - cpu
         count = sum(m[0] for m in marks)
         span_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
         sustained = count / (span_ns / 1e9) if span_ns else 0.0
@@ -436,27 +439,33 @@ class Bench:
             "single_post_per_second": statistics.median(single) if single else 0.0,
             "fanout_per_second": statistics.median(fanout) if fanout else 0.0,
             "single_all": single,
+            "worker_cpu_us_per_delivery": round(cpu / max(count, 1) * 1e6, 1),
             "all_delivered": all(complete),
         }
 
     # -- (e) POST throughput --------------------------------------------------------------------
     def throughput(self, svc: Service) -> dict[str, Any]:
         users = [f"tp{i}" for i in range(200)]
-        return self.poster.call(
+        cpu = cpu_seconds(svc.workers())
+        res = self.poster.call(
             {"cmd": "throughput", "url": svc.url, "key": API_KEY, "users": users,
              "clients": self.p["tp_clients"], "seconds": self.p["tp_seconds"]},
             timeout=self.p["tp_seconds"] + 60,
         )  # fmt: skip
+        cpu = cpu_seconds(svc.workers()) - cpu
+        res["worker_cpu_us_per_post"] = round(cpu / max(res["ok"], 1) * 1e6)
+        return res
 
     def profile(self, svc: Service, label: str) -> list[subprocess.Popen[bytes]]:
         """py-spy on every worker for the length of one measure (collapsed stacks)."""
         spy = str(Path(PY).parent / "py-spy")
+        (RESULTS / "tmp").mkdir(parents=True, exist_ok=True)
         procs = []
         for pid in svc.workers():
-            out = RESULTS / f"profile-{label}-{pid}.txt"
+            out = RESULTS / "tmp" / f"profile-{label}-{pid}.txt"
             argv = [spy, "record", "--pid", str(pid), "--rate", "200", "--format", "raw", "-o", str(out)]
             procs.append(subprocess.Popen([*argv, "--nonblocking"], stdout=subprocess.DEVNULL))
-        say(f"  profiling {label} -> {RESULTS}/profile-{label}-<pid>.txt")
+        say(f"  profiling {label} -> {RESULTS}/tmp/profile-{label}-<pid>.txt")
         return procs
 
     # -- one run ----------------------------------------------------------------------------
@@ -544,7 +553,7 @@ def main(argv: list[str]) -> int:
         "--profile",
         type=lambda s: [x for x in s.split(",") if x],
         default=[],
-        help="comma-separated measures to run py-spy on (writes bench/results/profile-*.txt)",
+        help="comma-separated measures to run py-spy on (writes bench/results/tmp/profile-*.txt)",
     )
     parser.add_argument(
         "--set",
@@ -556,6 +565,14 @@ def main(argv: list[str]) -> int:
         ),
         help="override a size of the profile, e.g. --set bc_users=1000 (repeatable)",
     )
+    parser.add_argument(
+        "--env",
+        action="append",
+        default=[],
+        type=lambda kv: tuple(kv.split("=", 1)),
+        help="an extra setting for our service, e.g. --env LEAN_STREAMS=0 (repeatable; A/B runs)",
+    )
+    parser.add_argument("--max-minutes", type=float, default=0, help="start no run that would end past this")
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
     parser.add_argument("--note", default="", help="a line for the results (e.g. 'machine shared')")
     args = parser.parse_args(argv)
@@ -571,26 +588,38 @@ def main(argv: list[str]) -> int:
     bench = Bench(args, redis.url, mongo.url, workdir)
     results: list[dict[str, Any]] = []
     started = time.time()
+
+    def save() -> list[Path]:
+        meta = {
+            "command": "python3 dev.py bench " + " ".join(argv),
+            "profile": "quick" if args.quick else "full",
+            "runs": len(results),
+            "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
+            "seconds": round(time.time() - started),
+            "cpus": os.cpu_count(),
+            "load_avg_at_end": os.getloadavg(),
+            "note": args.note,
+            "env": dict(args.env),
+            "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
+        }
+        return write_results(Path(args.out), meta, results)
+
     try:
-        for _ in range(runs):
+        for n in range(runs):
+            run_started = time.time()
             results.append(bench.run_once())
+            paths = save()  # after every run: an interrupted benchmark still leaves its results
+            took = time.time() - run_started
+            say(f"run {n + 1} of {runs} took {took:.0f}s; wrote " + ", ".join(str(p) for p in paths))
+            if args.max_minutes and time.time() - started + took > args.max_minutes * 60 and n + 1 < runs:
+                say(f"stopping after {n + 1} runs: another would pass --max-minutes {args.max_minutes}")
+                break
     finally:
         bench.close()
         mongo.stop()
         redis.stop()
-    meta = {
-        "command": "python3 dev.py bench " + " ".join(argv),
-        "profile": "quick" if args.quick else "full",
-        "runs": runs,
-        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-        "seconds": round(time.time() - started),
-        "cpus": os.cpu_count(),
-        "load_avg_at_end": os.getloadavg(),
-        "note": args.note,
-        "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
-    }
-    paths = write_results(Path(args.out), meta, results)
-    say("wrote " + ", ".join(str(p) for p in paths))
+    if not results:
+        return 1
     print(paths[0].read_text())
     return 0
 
