@@ -262,10 +262,10 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
         for i, r in enumerate(results):
             curve = (r.get(side, {}).get(name) or {}).get("curve_mb")
             if curve:
-                xs, ys = zip(*curve, strict=False)
+                xs, ys = zip(*[(x, y - curve[0][1]) for x, y in curve], strict=True)
                 mem.plot(xs, ys, marker="o", label=label if i == 0 else None, alpha=0.8)
     mem.set_xlabel("open idle connections (both workers)")
-    mem.set_ylabel("workers' RSS (MB)")
+    mem.set_ylabel("workers' RSS growth (MB)")
     mem.set_title("memory against connections")
     mem.grid(True, alpha=0.3)
     mem.legend()
