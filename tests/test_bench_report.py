@@ -1,0 +1,63 @@
+"""bench/report.py: medians over runs, target and peer comparison, and the written files."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from bench.report import summarize, write_results
+
+
+def run(p50: float, kb: float, peer_kb: float, redis: int) -> dict:
+    return {
+        "ours": {
+            "latency_sse": {
+                "p50_ms": p50,
+                "lost": 0,
+                "duplicates": 0,
+                "stray": 0,
+                "expected": 10,
+                "received": 10,
+            },
+            "idle_sse": {
+                "kb_per_connection": kb,
+                "redis_connections_per_worker": {"1": redis, "total_clients": 9},
+            },
+        },
+        "peer": {"idle_sse": {"kb_per_connection": peer_kb, "redis_connections_per_worker": {"2": 3000}}},
+    }
+
+
+def row(rows: list[dict], name: str) -> dict:
+    return next(r for r in rows if r["measure"].startswith(name))
+
+
+def test_summary_takes_medians_and_compares_with_target_and_peer():
+    rows = summarize([run(2.0, 11.0, 58.0, 4), run(4.0, 10.0, 60.0, 4), run(2.5, 13.0, 59.0, 4)])
+    latency = row(rows, "SSE latency p50")
+    assert (
+        latency["ours"]["median"] == 2.5 and latency["ours"]["min"] == 2.0 and latency["ours"]["max"] == 4.0
+    )
+    assert latency["target_met"] and latency["better_than_peer"] is None  # peer not measured there
+    memory = row(rows, "memory per idle SSE")
+    assert memory["ours"]["median"] == 11.0 and memory["target_met"] and memory["better_than_peer"]
+    assert row(rows, "Redis connections per worker")["target_met"]
+    assert row(rows, "SSE lost + duplicate")["ours"]["median"] == 0
+    assert (
+        row(rows, "POST throughput")["ours"]["median"] is None
+        and not row(rows, "POST throughput")["target_met"]
+    )
+
+
+def test_write_results_writes_table_json_and_plot(tmp_path):
+    pytest.importorskip("matplotlib")  # bench/requirements.txt, installed by `dev.py bench`
+    meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x", "seconds": 1,
+            "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "machine shared"}  # fmt: skip
+    md, js, png = write_results(tmp_path / "latest", meta, [run(3.5, 14.0, 50.0, 5)])
+    table = md.read_text()
+    assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
+    assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
+    assert "machine shared" in table
+    assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
+    assert png.read_bytes().startswith(b"\x89PNG")
