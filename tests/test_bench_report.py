@@ -52,12 +52,12 @@ def test_summary_takes_medians_and_compares_with_target_and_peer():
 
 def test_write_results_writes_table_json_and_plot(tmp_path):
     pytest.importorskip("matplotlib")  # bench/requirements.txt, installed by `dev.py bench`
-    meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x", "seconds": 1,
-            "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "machine shared"}  # fmt: skip
+    meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x",
+            "seconds": 1, "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "shared"}  # fmt: skip
     md, js, png = write_results(tmp_path / "latest", meta, [run(3.5, 14.0, 50.0, 5)])
     table = md.read_text()
     assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
     assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
-    assert "machine shared" in table
+    assert "Note: shared" in table
     assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
     assert png.read_bytes().startswith(b"\x89PNG")
