@@ -213,6 +213,7 @@ def _chunk(parts: list[bytes]) -> bytes:
 
 def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat: float) -> None:
     alarm = _Alarm(session.sub)
+    watcher = gevent.get_hub().loop.io(conn.fd, 1)
     try:
         conn.send(head)
         del head  # nothing of the handshake stays referenced while the stream lasts
@@ -223,13 +224,21 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
                 out = []
                 last_write = time.monotonic()
             WHEEL.arm(alarm, min(last_write + heartbeat, _expiry_due(session)))
-            event = session.next(None)
+            # A client that hangs up makes the socket readable: notice now, not at the next
+            # heartbeat (thousands of streams would otherwise all be released in one burst).
+            watcher.start(session.sub.wakeup.set)
+            try:
+                event = session.next(None)
+            finally:
+                watcher.stop()
             if event is not None:
                 _pending(session, event, Event.sse, out)
             elif session.closed_reason is not None:
                 return
             elif session.expired():
                 conn.send(_chunk([b'event: expired\ndata: {"reason":"token expired"}\n\n']))
+                return
+            elif conn.recv() == b"":
                 return
             elif time.monotonic() >= last_write + heartbeat:
                 out.append(SSE_HEARTBEAT)
@@ -239,6 +248,7 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
         log.exception("lean SSE stream failed")
     finally:
         session.close()
+        watcher.close()
         with contextlib.suppress(OSError):
             conn.send(b"0\r\n\r\n")
         conn.close()

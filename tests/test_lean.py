@@ -156,3 +156,26 @@ def test_ws_answering_pings_stays_open_and_gets_pong(live):
         assert seen.count(lean.OP_PING) >= 2 and lean.OP_CLOSE not in seen
     finally:
         sock.close()
+
+
+def test_sse_hang_up_is_noticed_before_the_next_heartbeat(live, stack):
+    """The stream is released when the client hangs up, not 15 s later at its next heartbeat."""
+    import redis
+
+    server = live()  # default 15 s heartbeat
+    token = server.token("hangup")
+    socks = []
+    for _ in range(3):
+        sock = socket.create_connection(("127.0.0.1", server.port), timeout=10)
+        sock.sendall(f"GET /stream?token={token} HTTP/1.1\r\nHost: x\r\n\r\n".encode())
+        assert sock.recv(4096).startswith(b"HTTP/1.1 200")
+        socks.append(sock)
+    client = redis.Redis.from_url(stack.redis_url)
+    key = f"{stack.prefix}rl:streams:hangup"  # app/ratelimit.py: one lease per open stream
+    assert client.zcard(key) == 3
+    for sock in socks:
+        sock.close()
+    deadline = time.monotonic() + 3
+    while client.zcard(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert client.zcard(key) == 0
