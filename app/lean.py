@@ -61,6 +61,10 @@ class Conn:
         fd = os.dup(environ["gunicorn.socket"].fileno())
         self.sock = _RealSocket(fileno=fd)
         self.sock.setblocking(False)
+        if self.sock.family in (socket.AF_INET, socket.AF_INET6):
+            # Each write is a whole burst already: Nagle would only hold an event back
+            # waiting for the client's (possibly delayed) ACK of the previous one.
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.fd = fd
 
     def send(self, data: bytes) -> None:

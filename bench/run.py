@@ -71,15 +71,19 @@ def say(msg: str) -> None:
 class LoadProc:
     """A bench/load.py child: one JSON command in, one JSON reply out."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, log_dir: Path | None = None) -> None:
         self.name = name
+        log = open(log_dir / f"{name}.log", "ab") if log_dir else None  # noqa: SIM115 - the child owns it
         self.proc = subprocess.Popen(
             [PY, str(ROOT / "bench" / "load.py")],
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
+            stderr=log,  # aiohttp's warnings about cancelled streams are noise here
             cwd=ROOT,
             start_new_session=True,
         )
+        if log is not None:
+            log.close()
         self._buf = b""
 
     def send(self, cmd: dict[str, Any]) -> None:
@@ -195,8 +199,8 @@ class Bench:
         self.redis_url = redis_url
         self.mongo_url = mongo_url
         self.workdir = workdir
-        self.loads = [LoadProc(f"load{i}") for i in range(self.p["load_procs"])]
-        self.poster = LoadProc("poster")
+        self.loads = [LoadProc(f"load{i}", workdir) for i in range(self.p["load_procs"])]
+        self.poster = LoadProc("poster", workdir)
         self.run_no = 0
 
     def close(self) -> None:
