@@ -274,11 +274,24 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def write_results(prefix: Path, meta: dict[str, Any], results: list[dict[str, Any]]) -> list[Path]:
+def update_readme(readme: Path, table: str) -> None:
+    """Put ``table`` between the results markers of bench/README.md."""
+    text = readme.read_text()
+    start, end = "<!-- results:start -->\n", "<!-- results:end -->"
+    if start in text and end in text:
+        head, rest = text.split(start, 1)
+        readme.write_text(head + start + table + rest[rest.index(end) :])
+
+
+def write_results(
+    prefix: Path, meta: dict[str, Any], results: list[dict[str, Any]], readme: Path | None = None
+) -> list[Path]:
     prefix.parent.mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
     md, js, png = prefix.with_suffix(".md"), prefix.with_suffix(".json"), prefix.with_suffix(".png")
     md.write_text(markdown(meta, rows, results))
+    if readme is not None:
+        update_readme(readme, md.read_text() + "\n![latency and memory](results/latest.png)\n")
     js.write_text(json.dumps({"meta": meta, "summary": rows, "runs": results}, indent=1, default=str))
     plot(png, results)
     return [md, js, png]

@@ -43,7 +43,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # what the issue asks for
     "full": {
         "lat_users": 200, "lat_per_user": 10, "lat_posts": 2000, "lat_rate": 200,
-        "idle_users": 2000, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
+        "idle_users": 2100, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
         "peer_idle_users": 600, "peer_idle_per_user": 10,
         "bc_users": 1000, "bc_per_user": 10, "bc_repeats": 5,
         "tp_clients": 32, "tp_seconds": 10.0,
@@ -606,7 +606,9 @@ def main(argv: list[str]) -> int:
             "env": dict(args.env),
             "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
         }
-        return write_results(Path(args.out), meta, results)
+        full_default = not args.quick and Path(args.out) == RESULTS / "latest"
+        readme = ROOT / "bench" / "README.md" if full_default else None
+        return write_results(Path(args.out), meta, results, readme)
 
     try:
         for n in range(runs):
