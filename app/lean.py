@@ -120,7 +120,12 @@ class _Handoff(Response):
         run, status_line, args = self._stream
         self._stream = None  # type: ignore[assignment]
         head = _head(status_line, self)
-        gevent.spawn_raw(run, Conn(environ), head, *args)
+        try:
+            conn = Conn(environ)
+        except OSError:  # e.g. out of file descriptors: give the session back, answer 500
+            args[0].close()
+            raise
+        gevent.spawn_raw(run, conn, head, *args)
         raise StopIteration  # gunicorn: handled, close your copy of the socket
 
 
@@ -247,14 +252,15 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
             elif time.monotonic() >= last_write + heartbeat:
                 out.append(SSE_HEARTBEAT)
     except OSError:  # the client went away (or stopped reading for WRITE_TIMEOUT)
-        pass
+        conn.sock.close()  # nothing more to tell it
     except Exception:
         log.exception("lean SSE stream failed")
     finally:
         session.close()
         watcher.close()
-        with contextlib.suppress(OSError):
-            conn.send(b"0\r\n\r\n")
+        if conn.sock.fileno() != -1:
+            with contextlib.suppress(OSError):
+                conn.send(b"0\r\n\r\n")  # the chunked body's end: a clean end of stream
         conn.close()
 
 
