@@ -17,7 +17,7 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed
 
-from . import lean, metrics
+from . import lean, lean_ws, metrics
 from .auth import Subscriber, bearer_token, verify_token
 from .errors import ApiError
 from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
@@ -225,13 +225,13 @@ def _check_websocket_handshake() -> None:
 
 @bp.before_request
 def _lean_websocket() -> Response | None:
-    """Under gunicorn, serve /ws without flask-sock: the socket and one greenlet (app/lean.py)."""
+    """Under gunicorn, serve /ws without flask-sock: the socket and one greenlet (app/lean_ws.py)."""
     config = current_app.extensions["config"]
     if request.endpoint != "stream.websocket" or not lean.available(request.environ, config):
         return None
     session = StreamSession(_hub(), g.subscriber, request.args.get("last_event_id"), transport="ws")
     session.slot = g.pop("stream_slot", None)
-    return lean.websocket_response(session, _handle_client_frame, config)
+    return lean_ws.websocket_response(session, _handle_client_frame, config)
 
 
 @bp.teardown_request

@@ -1,4 +1,4 @@
-"""The lean stream path (app/lean.py): its RFC 6455 reader, its alarm wheel, and WebSocket
+"""The lean stream path (app/lean.py, app/lean_ws.py): its RFC 6455 reader, its alarm wheel, and WebSocket
 liveness against a live gunicorn (the stream behaviour itself is covered by test_stream.py,
 which runs over this path under gunicorn)."""
 
@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from app import lean
+from app import lean, lean_ws
 from app.hub import Subscription
 
 
@@ -25,7 +25,7 @@ def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"
     return head + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
 
 
-def feed(reader: lean._Reader, data: bytes) -> tuple[list[str | bytes], list[bytes]]:
+def feed(reader: lean_ws._Reader, data: bytes) -> tuple[list[str | bytes], list[bytes]]:
     got: list[str | bytes] = []
     out: list[bytes] = []
     reader.feed(data, lambda m: got.append(m) or None, out)
@@ -33,8 +33,8 @@ def feed(reader: lean._Reader, data: bytes) -> tuple[list[str | bytes], list[byt
 
 
 def test_reader_reassembles_fragments_split_anywhere():
-    reader = lean._Reader(1000)
-    data = client_frame(lean.OP_TEXT, b'{"type":', fin=False) + client_frame(lean.OP_CONT, b'"read"}')
+    reader = lean_ws._Reader(1000)
+    data = client_frame(lean_ws.OP_TEXT, b'{"type":', fin=False) + client_frame(lean_ws.OP_CONT, b'"read"}')
     got: list[str | bytes] = []
     for i in range(len(data)):  # one byte at a time: every partial-header path
         got += feed(reader, data[i : i + 1])[0]
@@ -42,38 +42,38 @@ def test_reader_reassembles_fragments_split_anywhere():
 
 
 def test_reader_answers_ping_and_records_pong():
-    reader = lean._Reader(1000)
+    reader = lean_ws._Reader(1000)
     reader.pong = False
-    _, out = feed(reader, client_frame(lean.OP_PING, b"hi") + client_frame(lean.OP_PONG, b""))
-    assert out == [lean._frame(lean.OP_PONG, b"hi")]
+    _, out = feed(reader, client_frame(lean_ws.OP_PING, b"hi") + client_frame(lean_ws.OP_PONG, b""))
+    assert out == [lean_ws._frame(lean_ws.OP_PONG, b"hi")]
     assert reader.pong
 
 
 @pytest.mark.parametrize(
     ("data", "code"),
     [
-        (client_frame(lean.OP_TEXT, b"x" * 2000), lean.WS_TOO_BIG),
+        (client_frame(lean_ws.OP_TEXT, b"x" * 2000), lean_ws.WS_TOO_BIG),
         (
-            client_frame(lean.OP_TEXT, b"x" * 600, fin=False) + client_frame(lean.OP_CONT, b"x" * 600),
-            lean.WS_TOO_BIG,
+            client_frame(lean_ws.OP_TEXT, b"x" * 600, fin=False) + client_frame(lean_ws.OP_CONT, b"x" * 600),
+            lean_ws.WS_TOO_BIG,
         ),
-        (bytes([0x81, 0x02]) + b"hi", lean.WS_PROTOCOL),  # not masked
-        (client_frame(lean.OP_TEXT, b"\xff\xfe"), lean.WS_BAD_DATA),
-        (client_frame(lean.OP_CONT, b"x"), lean.WS_PROTOCOL),
-        (client_frame(lean.OP_PING, b"x" * 126), lean.WS_PROTOCOL),
-        (client_frame(0x3, b""), lean.WS_PROTOCOL),
+        (bytes([0x81, 0x02]) + b"hi", lean_ws.WS_PROTOCOL),  # not masked
+        (client_frame(lean_ws.OP_TEXT, b"\xff\xfe"), lean_ws.WS_BAD_DATA),
+        (client_frame(lean_ws.OP_CONT, b"x"), lean_ws.WS_PROTOCOL),
+        (client_frame(lean_ws.OP_PING, b"x" * 126), lean_ws.WS_PROTOCOL),
+        (client_frame(0x3, b""), lean_ws.WS_PROTOCOL),
     ],
     ids=["too-big", "too-big-fragments", "unmasked", "bad-utf8", "orphan-continuation", "big-ping", "opcode"],
 )
 def test_reader_closes_with_rfc_codes(data, code):
-    with pytest.raises(lean._Closing) as info:
-        feed(lean._Reader(1000), data)
+    with pytest.raises(lean_ws._Closing) as info:
+        feed(lean_ws._Reader(1000), data)
     assert info.value.code == code
 
 
 def test_reader_echoes_client_close_code():
-    with pytest.raises(lean._Closing) as info:
-        feed(lean._Reader(1000), client_frame(lean.OP_CLOSE, (1000).to_bytes(2, "big")))
+    with pytest.raises(lean_ws._Closing) as info:
+        feed(lean_ws._Reader(1000), client_frame(lean_ws.OP_CLOSE, (1000).to_bytes(2, "big")))
     assert info.value.code == 1000
 
 
@@ -116,7 +116,7 @@ def read_frames(sock: socket.socket, until_close: bool = True, limit: float = 10
             n = buf[1] & 0x7F
             frames.append((buf[0] & 0x0F, buf[2 : 2 + n]))
             buf = buf[2 + n :]
-        if until_close and frames and frames[-1][0] == lean.OP_CLOSE:
+        if until_close and frames and frames[-1][0] == lean_ws.OP_CLOSE:
             break
     return frames
 
@@ -126,8 +126,8 @@ def test_ws_pings_and_closes_1008_without_pong(live):
     sock = raw_ws(server, server.token("noping"))
     try:
         frames = read_frames(sock)
-        assert frames[0][0] == lean.OP_PING
-        assert frames[-1] == (lean.OP_CLOSE, (1008).to_bytes(2, "big") + b"Ping/Pong timeout")
+        assert frames[0][0] == lean_ws.OP_PING
+        assert frames[-1] == (lean_ws.OP_CLOSE, (1008).to_bytes(2, "big") + b"Ping/Pong timeout")
     finally:
         sock.close()
 
@@ -136,7 +136,7 @@ def test_ws_answering_pings_stays_open_and_gets_pong(live):
     server = live(WS_PING_SECONDS="0.3")
     sock = raw_ws(server, server.token("pong"))
     try:
-        sock.sendall(client_frame(lean.OP_PING, b"are you there"))
+        sock.sendall(client_frame(lean_ws.OP_PING, b"are you there"))
         sock.settimeout(0.2)
         seen, buf, deadline = [], b"", time.monotonic() + 1.5  # five ping intervals
         while time.monotonic() < deadline:
@@ -150,10 +150,10 @@ def test_ws_answering_pings_stays_open_and_gets_pong(live):
                 n = buf[1] & 0x7F
                 opcode, payload, buf = buf[0] & 0x0F, buf[2 : 2 + n], buf[2 + n :]
                 seen.append(opcode)
-                if opcode == lean.OP_PING:
-                    sock.sendall(client_frame(lean.OP_PONG, payload))
-        assert seen[0] == lean.OP_PONG
-        assert seen.count(lean.OP_PING) >= 2 and lean.OP_CLOSE not in seen
+                if opcode == lean_ws.OP_PING:
+                    sock.sendall(client_frame(lean_ws.OP_PONG, payload))
+        assert seen[0] == lean_ws.OP_PONG
+        assert seen.count(lean_ws.OP_PING) >= 2 and lean_ws.OP_CLOSE not in seen
     finally:
         sock.close()
 
