@@ -182,8 +182,9 @@ def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         ours, peer = row["ours"]["median"], row["peer"]["median"]
         row["target_met"] = ours is not None and check(ours)
+        sized = label.startswith("idle")  # counts at the sizes each side was run at: no ratio
         row["better_than_peer"] = (
-            None if ours is None or peer is None else (ours <= peer if lower else ours >= peer)
+            None if ours is None or peer is None or sized else (ours <= peer if lower else ours >= peer)
         )
         rows.append(row)
     return rows
