@@ -203,7 +203,8 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dic
     lines = [
         f"Command: `{meta['command'].strip()}` · profile {meta['profile']} · {meta['runs']} run(s) · "
         f"started {meta['started_utc']} UTC · {meta['seconds']} s · {meta['cpus']} CPUs · "
-        f"load average at end {', '.join(f'{x:.1f}' for x in meta['load_avg_at_end'])}",
+        f"load average at start {', '.join(f'{x:.1f}' for x in meta.get('load_avg_at_start', ()))}, "
+        f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_at_end'])}",
     ]
     if meta.get("env"):
         lines.append("Service settings: " + ", ".join(f"`{k}={v}`" for k, v in meta["env"].items()))

@@ -592,6 +592,7 @@ def main(argv: list[str]) -> int:
     bench = Bench(args, redis.url, mongo.url, workdir)
     results: list[dict[str, Any]] = []
     started = time.time()
+    load_at_start = os.getloadavg()
 
     def save() -> list[Path]:
         meta = {
@@ -601,6 +602,7 @@ def main(argv: list[str]) -> int:
             "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
             "seconds": round(time.time() - started),
             "cpus": os.cpu_count(),
+            "load_avg_at_start": load_at_start,
             "load_avg_at_end": os.getloadavg(),
             "note": args.note,
             "env": dict(args.env),
