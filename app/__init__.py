@@ -106,4 +106,3 @@ def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) 
         app.extensions["hub"].shutdown()
 
     gevent.spawn(watch)
-

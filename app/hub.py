@@ -14,6 +14,7 @@ Redis pub/sub is at-most-once, so the hub makes up for it:
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import random
@@ -224,10 +225,8 @@ class Hub:
         client, self._client = self._client, None
         for closable in (pubsub, client):
             if closable is not None:
-                try:
+                with contextlib.suppress(Exception):  # closing a broken connection
                     closable.close()
-                except Exception:  # noqa: BLE001 - closing a broken connection
-                    pass
 
     def _read_loop(self) -> None:
         interval = self.config.PROBE_INTERVAL_SECONDS

@@ -186,7 +186,8 @@ class NotificationService:
 
     def _recent_from_mongo(self) -> bytes:
         try:
-            docs = notifications_collection().find({}, _PROJECTION).sort("_id", -1).limit(self.config.RECENT_LIMIT)
+            newest = notifications_collection().find({}, _PROJECTION).sort("_id", -1)
+            docs = newest.limit(self.config.RECENT_LIMIT)
             return orjson.dumps({"notifications": [public_json(d) for d in docs]})
         except PyMongoError as exc:
             raise _unavailable(exc) from None

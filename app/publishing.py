@@ -178,7 +178,7 @@ class Publisher:
             metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)
             return False
-        for doc, seq in zip(docs, seqs):
+        for doc, seq in zip(docs, seqs, strict=True):
             doc["seq"] = int(seq)
             doc["published"] = True
         self._writebacks.put([(doc["_id"], doc["seq"]) for doc in docs])

@@ -168,7 +168,9 @@ def sse() -> Response:
     )
 
 
-def _sse_frames(session: StreamSession, initial: list[Event], heartbeat: float, retry_ms: int) -> Iterator[bytes]:
+def _sse_frames(
+    session: StreamSession, initial: list[Event], heartbeat: float, retry_ms: int
+) -> Iterator[bytes]:
     try:
         yield b"retry: %d\n: connected\n\n" % retry_ms
         for event in initial:
@@ -304,7 +306,8 @@ def _handle_client_frame(data: str | bytes, user_id: str, service) -> str | None
     except orjson.JSONDecodeError:
         return error("malformed_json", "frame is not valid JSON")
     if not isinstance(frame, dict) or frame.get("type") != "read":
-        return error("unknown_type", 'expected {"type": "read", "ids": [...]} or {"type": "read", "all": true}')
+        expected = 'expected {"type": "read", "ids": [...]} or {"type": "read", "all": true}'
+        return error("unknown_type", expected)
     ids = frame.get("ids")
     if frame.get("all") is True and ids is None:
         ids = None
