@@ -277,7 +277,7 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
 
 
 def update_readme(readme: Path, table: str) -> None:
-    """Put ``table`` between the results markers of bench/README.md."""
+    """Put ``table`` between the results markers of ``readme`` (bench/README.md, README.md)."""
     text = readme.read_text()
     start, end = "<!-- results:start -->\n", "<!-- results:end -->"
     if start in text and end in text:
@@ -286,14 +286,24 @@ def update_readme(readme: Path, table: str) -> None:
 
 
 def write_results(
-    prefix: Path, meta: dict[str, Any], results: list[dict[str, Any]], readme: Path | None = None
+    prefix: Path,
+    meta: dict[str, Any],
+    results: list[dict[str, Any]],
+    readme: Path | None = None,
+    with_plot: bool = True,
 ) -> list[Path]:
+    """Write the table, the JSON and (with matplotlib, bench/requirements.txt) the plot."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
     md, js, png = prefix.with_suffix(".md"), prefix.with_suffix(".json"), prefix.with_suffix(".png")
     md.write_text(markdown(meta, rows, results))
     if readme is not None:
         update_readme(readme, md.read_text() + "\n![latency and memory](results/latest.png)\n")
+        top = readme.parent.parent / "README.md"  # the project README shows the same table
+        if top.is_file():
+            update_readme(top, md.read_text() + "\n![latency and memory](bench/results/latest.png)\n")
     js.write_text(json.dumps({"meta": meta, "summary": rows, "runs": results}, indent=1, default=str))
+    if not with_plot:
+        return [md, js]
     plot(png, results)
     return [md, js, png]

@@ -4,8 +4,6 @@ from __future__ import annotations
 
 import json
 
-import pytest
-
 from bench.report import summarize, write_results
 
 
@@ -50,14 +48,23 @@ def test_summary_takes_medians_and_compares_with_target_and_peer():
     )
 
 
-def test_write_results_writes_table_json_and_plot(tmp_path):
-    pytest.importorskip("matplotlib")  # bench/requirements.txt, installed by `dev.py bench`
+def test_write_results_writes_table_and_json_and_updates_both_readmes(tmp_path):
     meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x",
             "seconds": 1, "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "shared"}  # fmt: skip
-    md, js, png = write_results(tmp_path / "latest", meta, [run(3.5, 14.0, 50.0, 5)])
+    markers = "intro\n<!-- results:start -->\nold table\n<!-- results:end -->\noutro\n"
+    (tmp_path / "bench").mkdir()
+    bench_readme, top_readme = tmp_path / "bench" / "README.md", tmp_path / "README.md"
+    bench_readme.write_text(markers)
+    top_readme.write_text(markers)
+    md, js = write_results(
+        tmp_path / "latest", meta, [run(3.5, 14.0, 50.0, 5)], readme=bench_readme, with_plot=False
+    )
     table = md.read_text()
     assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
     assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
     assert "Note: shared" in table
     assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
-    assert png.read_bytes().startswith(b"\x89PNG")
+    for readme, image in ((bench_readme, "(results/latest.png)"), (top_readme, "(bench/results/latest.png)")):
+        text = readme.read_text()
+        assert "old table" not in text and table in text and image in text
+        assert text.startswith("intro\n") and text.endswith("<!-- results:end -->\noutro\n")
