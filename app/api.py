@@ -136,5 +136,3 @@ def _mark_read(user_id: str) -> Response:
     else:
         raise v.invalid("ids", 'send {"ids": [...]} or {"all": true}')
     return json_response({"updated": service().mark_read(user_id, ids)})
-
-

@@ -30,8 +30,13 @@ REDACTED = "[REDACTED]"
 # (pattern, replacement, cheap lowercase triggers: the regex runs only if one occurs)
 _PATTERNS = (
     # token=..., api_key=..., password=... in query strings and key=value text
-    (re.compile(r"(?i)\b((?:access_|id_|refresh_)?token|api[_-]?key|key|password|passwd|secret)=([^&\s\"',;]+)"),
-     r"\1=" + REDACTED, ("=",)),
+    (
+        re.compile(
+            r"(?i)\b((?:access_|id_|refresh_)?token|api[_-]?key|key|password|passwd|secret)=([^&\s\"',;]+)"
+        ),
+        r"\1=" + REDACTED,
+        ("=",),
+    ),
     # Authorization: Bearer/Basic credentials
     (re.compile(r"(?i)\b(bearer|basic)\s+[A-Za-z0-9._~+/=-]+"), r"\1 " + REDACTED, ("bearer", "basic")),
     # user:password@ in MongoDB / Redis URLs

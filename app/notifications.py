@@ -96,9 +96,7 @@ class NotificationService:
         if before is not None:
             query["_id"] = {"$lt": before}
         try:
-            docs = list(
-                notifications_collection().find(query, _PROJECTION).sort("_id", -1).limit(limit + 1)
-            )
+            docs = list(notifications_collection().find(query, _PROJECTION).sort("_id", -1).limit(limit + 1))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         page = docs[:limit]

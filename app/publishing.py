@@ -5,17 +5,24 @@ queued while the previous write was in flight, stores it with one ``insert_many`
 publishes it with one Lua call (cursor, PUBLISH, recent list, cache invalidation). A
 request waits only for its own batch, so nothing waits at low load.
 
-Documents are inserted ``published: False`` with a short lease held by the inserting
-worker. The lease is released if Redis fails, and a relay greenlet in every worker
-publishes whatever is left unpublished once its lease has expired (a crash between insert
-and publish, Redis down), claiming documents first so two instances never race.
+Documents are inserted ``published: False`` with a short lease (taken at insert time)
+held by the inserting worker. The lease is released if Redis fails, and a relay greenlet
+in every worker publishes whatever is left unpublished once its lease has expired (a crash
+between insert and publish, Redis down), claiming documents first so two instances never race.
+
+After a publish the assigned cursors are written back to MongoDB in bulk. That write-back
+must keep up, or leases run out on documents that were in fact published and a relay
+publishes them again: so it is bounded, the batcher holds new batches while it lags (for
+at most one lease), and the relay never touches documents whose write-back is pending here.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import time
 import uuid
+from collections import deque
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -23,7 +30,7 @@ from typing import Any
 import gevent
 import orjson
 import redis
-from gevent.event import AsyncResult
+from gevent.event import AsyncResult, Event
 from gevent.event import Event as Wakeup
 from gevent.queue import Queue
 from pymongo import UpdateOne
@@ -38,6 +45,8 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_DOCS = 5000
 RELAY_BATCH = 500
+WRITEBACK_BATCH = 1000  # cursors recorded per bulk write
+WRITEBACK_BACKLOG_DOCS = 2000  # unrecorded cursors beyond which new batches wait
 
 
 class StoreUnavailable(RuntimeError):
@@ -65,7 +74,12 @@ class Publisher:
         self.prefix = config.KEY_PREFIX
         self._script = redis_client.register_script(lua.PUBLISH)
         self._jobs: Queue = Queue()
-        self._writebacks: Queue = Queue()
+        self._backlog: deque[tuple[float, list[tuple[Any, int]]]] = deque()
+        self._unrecorded: set[Any] = set()
+        self._inflight_since: float | None = None
+        self._writeback_wakeup = Wakeup()
+        self._writeback_progress = Wakeup()
+        self.waiting_for_writeback = Event()  # set while the batcher holds a batch back
         self._relay_wakeup = Wakeup()
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0}
@@ -96,6 +110,7 @@ class Publisher:
     def _batch_loop(self) -> None:
         while True:
             jobs = [self._jobs.get()]
+            self._wait_for_writeback_room()
             count = len(jobs[0].docs)
             while count < MAX_BATCH_DOCS and not self._jobs.empty():
                 job = self._jobs.get_nowait()
@@ -126,6 +141,9 @@ class Publisher:
 
     def _insert(self, jobs: list[_Job]) -> list[_Job]:
         docs = [doc for job in jobs for doc in job.docs]
+        lease = datetime.now(timezone.utc) + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
+        for doc in docs:  # from now, not from when the request queued
+            doc["lease_until"] = lease
         failed: set[Any] = set()
         try:
             notifications_collection().insert_many(docs, ordered=False)
@@ -181,7 +199,9 @@ class Publisher:
         for doc, seq in zip(docs, seqs, strict=True):
             doc["seq"] = int(seq)
             doc["published"] = True
-        self._writebacks.put([(doc["_id"], doc["seq"]) for doc in docs])
+        self._backlog.append((time.monotonic(), [(doc["_id"], doc["seq"]) for doc in docs]))
+        self._unrecorded.update(doc["_id"] for doc in docs)
+        self._writeback_wakeup.set()
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True
@@ -196,29 +216,70 @@ class Publisher:
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
+    # -- cursor write-back ------------------------------------------------------------
+    def _writeback_lagging(self) -> bool:
+        oldest = self._inflight_since
+        if oldest is None and self._backlog:
+            oldest = self._backlog[0][0]
+        too_old = oldest is not None and time.monotonic() - oldest > self.config.PUBLISH_LEASE_SECONDS / 3
+        return too_old or len(self._unrecorded) > WRITEBACK_BACKLOG_DOCS
+
+    def _wait_for_writeback_room(self) -> None:
+        """Hold the next batch while the write-back lags, but never for more than one lease."""
+        deadline = time.monotonic() + self.config.PUBLISH_LEASE_SECONDS
+        while self._writeback_lagging() and time.monotonic() < deadline:
+            self.waiting_for_writeback.set()
+            self._writeback_progress.clear()
+            self._writeback_progress.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+        self.waiting_for_writeback.clear()
+
+    def _take_writebacks(self) -> list[tuple[Any, int]]:
+        pairs: list[tuple[Any, int]] = []
+        while self._backlog and len(pairs) < WRITEBACK_BATCH:
+            queued_at, chunk = self._backlog.popleft()
+            room = WRITEBACK_BATCH - len(pairs)
+            if len(chunk) > room:
+                self._backlog.appendleft((queued_at, chunk[room:]))
+                chunk = chunk[:room]
+            if not pairs:
+                self._inflight_since = queued_at
+            pairs.extend(chunk)
+        return pairs
+
     def _writeback_loop(self) -> None:
-        """Record cursors in MongoDB, coalescing concurrent batches into one bulk write."""
+        """Record cursors in MongoDB, coalescing concurrent batches into bounded bulk writes."""
         while True:
-            pairs = list(self._writebacks.get())
-            while not self._writebacks.empty() and len(pairs) < MAX_BATCH_DOCS:
-                pairs.extend(self._writebacks.get_nowait())
-            ops = [
-                UpdateOne(
-                    {"_id": oid},
-                    {"$set": {"seq": seq, "published": True}, "$unset": {"lease_until": "", "claim": ""}},
-                )
-                for oid, seq in pairs
-            ]
-            try:
-                notifications_collection().bulk_write(ops, ordered=False)
-            except PyMongoError as exc:
-                log.error("could not record %d cursors (relay may publish again): %s", len(ops), exc)
+            self._writeback_wakeup.wait()
+            self._writeback_wakeup.clear()
+            while self._backlog:
+                pairs = self._take_writebacks()
+                try:
+                    self._record_cursors(pairs)
+                except PyMongoError as exc:
+                    log.error("could not record %d cursors (relay may publish again): %s", len(pairs), exc)
+                finally:
+                    self._unrecorded.difference_update(oid for oid, _ in pairs)
+                    self._inflight_since = None
+                    self._writeback_progress.set()
+
+    @staticmethod
+    def _record_cursors(pairs: list[tuple[Any, int]]) -> None:
+        ops = [
+            UpdateOne(
+                {"_id": oid},
+                {"$set": {"seq": seq, "published": True}, "$unset": {"lease_until": "", "claim": ""}},
+            )
+            for oid, seq in pairs
+        ]
+        notifications_collection().bulk_write(ops, ordered=False)
 
     # -- relay -----------------------------------------------------------------------
     def _relay_loop(self) -> None:
         while True:
             self._relay_wakeup.wait(self.config.RELAY_INTERVAL_SECONDS)
             self._relay_wakeup.clear()
+            if self._writeback_lagging():
+                continue  # leases may have run out on documents published here: wait for them
             try:
                 while self.relay_once() == RELAY_BATCH:
                     pass
@@ -232,7 +293,8 @@ class Publisher:
         coll = notifications_collection()
         now = datetime.now(timezone.utc)
         due = {"published": False, "lease_until": {"$lt": now}}
-        ids = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        ids = [oid for oid in found if oid not in self._unrecorded]  # published here, cursor pending
         if not ids:
             return 0
         claim = uuid.uuid4().hex

@@ -28,7 +28,6 @@ expected-statuses = [200, 201, 401, 403, 404, 409, 413, 429]
 """
 
 
-
 def _start(server, config: Path, report: Path, bearer: str, select: list[str]) -> subprocess.Popen:
     cwd = config.parent / "schemathesis-cwd"  # it writes a .schemathesis cache in its cwd
     cwd.mkdir(exist_ok=True)
