@@ -46,7 +46,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_DOCS = 5000
 RELAY_BATCH = 500
 WRITEBACK_BATCH = 1000  # cursors recorded per bulk write
-WRITEBACK_BACKLOG_DOCS = 2000  # unrecorded cursors beyond which new batches wait
+WRITEBACK_BACKLOG_DOCS = 20000  # unrecorded cursors beyond which new batches wait (memory bound)
 
 
 class StoreUnavailable(RuntimeError):

@@ -150,6 +150,13 @@ ROWS: list[tuple[str, Getter, str, Callable[[float], bool], bool]] = [
         False,
     ),
     (
+        "broadcast over SSE, back to back until every cursor is written back to MongoDB (/s)",
+        _get("broadcast_sse", "with_writeback_per_second"),
+        "—",
+        lambda v: True,
+        False,
+    ),
+    (
         "POST throughput, 32 keep-alive clients (/s)",
         _get("throughput", "per_second"),
         "≥ 2,000",
