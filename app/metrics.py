@@ -43,6 +43,9 @@ PUBLISHED = Counter("notify_notifications_published", "Notifications published o
 DELIVERED = Counter(
     "notify_notifications_delivered", "Notification frames handed to a client connection.", ["transport"]
 )
+PUBLISH_HELD = Counter(
+    "notify_publish_held_seconds", "Seconds new notifications waited for the cursor write-back to catch up."
+)
 RELAYED = Counter("notify_notifications_relayed", "Published late by the outbox relay (insert-publish gap).")
 REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
 RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")

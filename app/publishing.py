@@ -80,6 +80,7 @@ class Publisher:
         self._writeback_wakeup = Wakeup()
         self._writeback_progress = Wakeup()
         self.waiting_for_writeback = Event()  # set while the batcher holds a batch back
+        self._held, self._held_logged_at = 0.0, 0.0
         self._relay_wakeup = Wakeup()
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0}
@@ -226,12 +227,24 @@ class Publisher:
 
     def _wait_for_writeback_room(self) -> None:
         """Hold the next batch while the write-back lags, but never for more than one lease."""
-        deadline = time.monotonic() + self.config.PUBLISH_LEASE_SECONDS
+        started = time.monotonic()
+        deadline = started + self.config.PUBLISH_LEASE_SECONDS
         while self._writeback_lagging() and time.monotonic() < deadline:
             self.waiting_for_writeback.set()
             self._writeback_progress.clear()
             self._writeback_progress.wait(min(0.1, max(0.0, deadline - time.monotonic())))
         self.waiting_for_writeback.clear()
+        held = time.monotonic() - started
+        if held > 0.001:
+            metrics.PUBLISH_HELD.inc(held)
+            self._held += held
+            if started - self._held_logged_at > 10:
+                log.warning(
+                    "MongoDB is behind: new notifications waited %.2f s in all for %d cursor write-backs",
+                    self._held,
+                    len(self._unrecorded),
+                )
+                self._held, self._held_logged_at = 0.0, started
 
     def _take_writebacks(self) -> list[tuple[Any, int]]:
         pairs: list[tuple[Any, int]] = []

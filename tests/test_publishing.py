@@ -82,7 +82,7 @@ def test_batcher_holds_new_batches_while_the_write_back_is_behind(app, stalled, 
         wait_until(lambda: coll.count_documents({"user_id": "quinn", "published": True}) == 4)
 
 
-def test_a_dead_write_back_does_not_stop_the_store_for_more_than_a_lease(make_app, monkeypatch):
+def test_a_dead_write_back_does_not_stop_the_store_for_more_than_a_lease(make_app, monkeypatch, caplog):
     app = make_app(PUBLISH_LEASE_SECONDS=1.0)
     publisher = app.extensions["notifications"].publisher
     monkeypatch.setattr(publishing, "WRITEBACK_BACKLOG_DOCS", 0)
@@ -93,3 +93,4 @@ def test_a_dead_write_back_does_not_stop_the_store_for_more_than_a_lease(make_ap
         with gevent.Timeout(10):
             assert publisher.store(docs_for("rae", 1, lease)).published  # after one lease, not never
         assert notifications_collection().count_documents({"user_id": "rae"}) == 2
+    assert "MongoDB is behind: new notifications waited" in caplog.text  # operators see the hold
