@@ -50,6 +50,8 @@ def post_worker_init(worker):
 
     start_background(worker.wsgi)
     watch_worker_exit(worker.wsgi, lambda: worker.alive)
+
+
 control_socket_disable = True  # one control socket per host would be shared by every instance
 
 
