@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
-from datetime import timedelta
 from typing import Any
 
 import orjson
@@ -72,8 +71,7 @@ class NotificationService:
     ) -> Stored:
         """Store one notification per user (MongoDB first), then publish them."""
         now = utc_now_ms()
-        lease = now + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        docs = [new_document(u, message, title, category, data or {}, now, lease) for u in user_ids]
+        docs = [new_document(u, message, title, category, data or {}, now) for u in user_ids]
         try:
             return self.publisher.store(docs)
         except StoreUnavailable as exc:

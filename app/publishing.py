@@ -13,7 +13,7 @@ between insert and publish, Redis down), claiming documents first so two instanc
 After a publish the assigned cursors are written back to MongoDB in bulk. That write-back
 must keep up, or leases run out on documents that were in fact published and a relay
 publishes them again: so it is bounded, the batcher holds new batches while it lags (for
-at most one lease), and the relay never touches documents whose write-back is pending here.
+at most one lease), and the relay skips documents whose write-back is pending in its worker.
 """
 
 from __future__ import annotations
@@ -229,10 +229,12 @@ class Publisher:
         """Hold the next batch while the write-back lags, but never for more than one lease."""
         started = time.monotonic()
         deadline = started + self.config.PUBLISH_LEASE_SECONDS
-        while self._writeback_lagging() and time.monotonic() < deadline:
+        while time.monotonic() < deadline:
+            self._writeback_progress.clear()  # no yield between this and the check: no lost wake-up
+            if not self._writeback_lagging():
+                break
             self.waiting_for_writeback.set()
-            self._writeback_progress.clear()
-            self._writeback_progress.wait(min(0.1, max(0.0, deadline - time.monotonic())))
+            self._writeback_progress.wait(deadline - time.monotonic())
         self.waiting_for_writeback.clear()
         held = time.monotonic() - started
         if held > 0.001:
@@ -291,8 +293,6 @@ class Publisher:
         while True:
             self._relay_wakeup.wait(self.config.RELAY_INTERVAL_SECONDS)
             self._relay_wakeup.clear()
-            if self._writeback_lagging():
-                continue  # leases may have run out on documents published here: wait for them
             try:
                 while self.relay_once() == RELAY_BATCH:
                     pass

@@ -32,8 +32,10 @@ def new_document(
     category: str,
     data: dict[str, Any],
     created_at: datetime,
-    lease_until: datetime,
+    lease_until: datetime | None = None,
 ) -> dict[str, Any]:
+    """A raw notification document. The publisher sets ``lease_until`` when it inserts;
+    pass one only to insert directly (tests, tools)."""
     return {
         "_id": ObjectId(),
         "user_id": user_id,

@@ -29,6 +29,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from pymongo import MongoClient  # noqa: E402
+
 from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
@@ -460,8 +462,6 @@ class Bench:
         """
         if svc.kind != "ours":
             return 0.0
-        from pymongo import MongoClient
-
         client: MongoClient = MongoClient(svc.mongo_uri, directConnection=True)
         try:
             coll = client.get_default_database()["notifications"]
