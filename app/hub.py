@@ -9,7 +9,8 @@ Redis pub/sub is at-most-once, so the hub makes up for it:
   not listening, before reading any newer message, so each client sees one ordered stream;
 - a loop-back probe every ``PROBE_INTERVAL_SECONDS`` proves the subscription still
   delivers (a silent one is torn down after two intervals) and marks how far the hub is
-  caught up: every event published after a received probe has a larger cursor than it.
+  caught up: every event published after a received probe has a cursor larger than the
+  probe's time less one publish lease (cursors older than that are replaced at publish).
 """
 
 from __future__ import annotations
@@ -280,7 +281,7 @@ class Hub:
 
     def _resync(self) -> None:
         """Replay, per local user, what was published while the hub was not listening."""
-        floor = max(self.caught_up_us - 1, 0)
+        floor = max(self.caught_up_us - int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000) - 1, 0)
         for user_id in list(self.users):
             cursor = max(self.user_last.get(user_id, 0), floor)
             try:

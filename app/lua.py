@@ -1,29 +1,43 @@
 """Redis Lua scripts: each is one atomic round trip.
 
-PUBLISH assigns every notification its user's cursor and publishes it in the same
-atomic step, so all subscribers on all instances see one user's events in cursor order.
-The cursor is ``max(previous + 1, Redis server time in microseconds)``: strictly
-increasing per user, and still increasing after a Redis restart wipes the counter.
+Every document is stored once, with its cursor: the worker proposes one before the
+insert (``max(last proposed + 1, clock in microseconds)``, see ``app/publishing.py``).
+PUBLISH then publishes a batch in one atomic step and keeps every user's published
+cursors strictly increasing on every instance: a proposed cursor that is not above the
+user's last published one (another worker published a later one first), that is older
+than the publish lease or too far in the future (a skewed clock), is replaced by
+``max(last + 1, Redis server time in microseconds)``, which the caller writes back to
+MongoDB (rare). Cursors keep increasing even after a Redis restart wipes the counters.
 """
 
+# ARGV: prefix, recent limit, replay buffer size, replay buffer TTL, oldest acceptable
+# age (µs), furthest acceptable future (µs), then (user id, proposed cursor, JSON without
+# seq) per notification. Returns the cursors published, in order.
 PUBLISH = r"""
 redis.replicate_commands()
 local prefix = ARGV[1]
 local recent_limit = tonumber(ARGV[2])
 local replay_size = tonumber(ARGV[3])
 local replay_ttl = tonumber(ARGV[4])
+local max_age = tonumber(ARGV[5])
+local max_ahead = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local channel = prefix .. 'events'
 local recent = prefix .. 'recent'
 local seqs = {}
-for i = 5, #ARGV, 2 do
+for i = 7, #ARGV, 3 do
   local user = ARGV[i]
-  local body = ARGV[i + 1]
+  local s = ARGV[i + 1]
+  local body = ARGV[i + 2]
   local ckey = prefix .. 'seq:' .. user
-  local seq = tonumber(redis.call('GET', ckey) or '0') + 1
-  if seq < now_us then seq = now_us end
-  local s = string.format('%.0f', seq)
+  local seq = tonumber(s)
+  local last = tonumber(redis.call('GET', ckey) or '0')
+  if seq == nil or seq <= last or seq < now_us - max_age or seq > now_us + max_ahead then
+    seq = last + 1
+    if seq < now_us then seq = now_us end
+    s = string.format('%.0f', seq)
+  end
   redis.call('SET', ckey, s, 'EX', 2592000)
   local json = '{"seq":' .. s .. ',' .. string.sub(body, 2)
   redis.call('PUBLISH', channel, 'n\t' .. user .. '\t' .. s .. '\t' .. json)

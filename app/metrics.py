@@ -46,6 +46,10 @@ DELIVERED = Counter(
 PUBLISH_HELD = Counter(
     "notify_publish_held_seconds", "Seconds new notifications waited for the cursor write-back to catch up."
 )
+RESEQUENCED = Counter(
+    "notify_cursors_replaced",
+    "Proposed cursors replaced at publish (another worker published a later one first), written back.",
+)
 RELAYED = Counter("notify_notifications_relayed", "Published late by the outbox relay (insert-publish gap).")
 REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
 RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")

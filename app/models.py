@@ -21,9 +21,11 @@ from pymongo.collection import Collection
 class Notification(Document):
     """One notification for one user.
 
-    ``seq`` is the user's stream cursor, assigned atomically with the Redis publish, so
-    cursors increase in the order every instance delivers them. ``published`` stays
-    False until that publish happened: the relay publishes what is left over (outbox).
+    ``seq`` is the user's stream cursor, proposed by the worker and stored with the
+    document; the publish keeps it or replaces it (then writes the new one back), so every
+    instance delivers a user's cursors in increasing order.
+    ``outbox`` is the first document of each stored batch's marker (lease, ids) until the
+    batch is published; the relay publishes batches whose marker outlived its lease.
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -34,9 +36,7 @@ class Notification(Document):
     created_at = DateTimeField(required=True)
     read = BooleanField(default=False)
     seq = IntField()
-    published = BooleanField(default=False)
-    lease_until = DateTimeField()
-    claim = StringField()
+    outbox = DictField(default=None)
 
     meta = {
         "collection": "notifications",
@@ -45,7 +45,7 @@ class Notification(Document):
             {"fields": ["user_id", "-id"], "name": "user_newest"},
             {"fields": ["user_id", "read"], "name": "user_unread"},
             {"fields": ["user_id", "seq"], "name": "user_seq"},
-            {"fields": ["published", "lease_until"], "name": "outbox"},
+            {"fields": ["outbox.lease_until"], "name": "outbox_lease", "sparse": True},
         ],
     }
 
@@ -80,6 +80,9 @@ def ensure_indexes(retention_seconds: int | None = None) -> None:
     ``retention_seconds`` sets the TTL index on ``created_at`` (0 removes it; None leaves
     it as it is): see ``app/retention.py``.
     """
+    coll = notifications_collection()
+    if "outbox" in coll.index_information():  # (published, lease_until) before cursors were stored at insert
+        coll.drop_index("outbox")
     for document in (Notification, IdempotencyRecord):
         document.ensure_indexes()
     if retention_seconds is not None:

@@ -30,7 +30,7 @@ from .serialization import new_document, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
 
-_PROJECTION = {"published": 0, "lease_until": 0, "claim": 0}
+_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
 @dataclass(frozen=True)

@@ -1,19 +1,25 @@
 """Storing and publishing notifications: the write path and its outbox relay.
 
 Concurrent POSTs in a worker are coalesced: a single batcher greenlet takes everything
-queued while the previous write was in flight, stores it with one ``insert_many`` and
-publishes it with one Lua call (cursor, PUBLISH, recent list, cache invalidation). A
-request waits only for its own batch, so nothing waits at low load.
+queued while the previous write was in flight, gives each notification a proposed cursor
+(no round trip), stores them with one ``insert_many`` and publishes them with one Lua call
+(PUBLISH, replay and recent lists, cache invalidation). A request waits only for its own
+batch, so nothing waits at low load.
 
-Documents are inserted ``published: False`` with a short lease (taken at insert time)
-held by the inserting worker. The lease is released if Redis fails, and a relay greenlet
-in every worker publishes whatever is left unpublished once its lease has expired (a crash
-between insert and publish, Redis down), claiming documents first so two instances never race.
+Every document is written once, with its cursor: the script keeps the proposed one unless
+another worker already published a later one for that user (then it publishes a fresh
+one, written back to MongoDB after the publish). The batch's first document carries the
+outbox marker (``outbox``: a lease and the batch's ids; sparse index): it is inserted
+first, so it exists whenever any document of the batch does. After the publish one update
+per batch (per several batches, coalesced) removes the marker. If Redis fails, or the
+process dies between insert and publish, the marker stays, and a relay greenlet in every
+worker publishes the batch once its lease has expired, claiming it first so two instances
+never race.
 
-After a publish the assigned cursors are written back to MongoDB in bulk. That write-back
-must keep up, or leases run out on documents that were in fact published and a relay
-publishes them again: so it is bounded, the batcher holds new batches while it lags (for
-at most one lease), and the relay skips documents whose write-back is pending in its worker.
+That marker clean-up must keep up, or leases run out on batches that were in fact
+published and a relay publishes them again: so it is bounded, the batcher holds new
+batches while it lags (for at most one lease), and the relay skips batches whose clean-up
+is pending in its worker.
 """
 
 from __future__ import annotations
@@ -34,19 +40,22 @@ from gevent.event import AsyncResult, Event
 from gevent.event import Event as Wakeup
 from gevent.queue import Queue
 from pymongo import UpdateOne
-from pymongo.errors import BulkWriteError, PyMongoError
+from pymongo.errors import PyMongoError
 
 from . import lua, metrics
 from .config import Config
 from .models import notifications_collection
-from .serialization import public_json
+from .serialization import mark_outbox, public_json
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_DOCS = 5000
-RELAY_BATCH = 500
-WRITEBACK_BATCH = 1000  # cursors recorded per bulk write
-WRITEBACK_BACKLOG_DOCS = 20000  # unrecorded cursors beyond which new batches wait (memory bound)
+RELAY_BATCH = 200  # markers (batches) claimed per relay pass
+WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
+WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
+
+
+MAX_CLOCK_AHEAD_US = 1_000_000  # a proposed cursor further ahead of Redis time is replaced
 
 
 class StoreUnavailable(RuntimeError):
@@ -67,15 +76,30 @@ class Stored:
     published: bool
 
 
+@dataclass
+class _Cleanup:
+    """After a publish: the batch markers to remove and the cursors that were replaced."""
+
+    queued_at: float
+    markers: list[Any]
+    fixes: list[tuple[Any, int]]
+
+    @property
+    def size(self) -> int:
+        return len(self.markers) + len(self.fixes)
+
+
 class Publisher:
     def __init__(self, config: Config, redis_client: redis.Redis) -> None:
         self.config = config
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
+        self._last_proposed = 0
         self._script = redis_client.register_script(lua.PUBLISH)
         self._jobs: Queue = Queue()
-        self._backlog: deque[tuple[float, list[tuple[Any, int]]]] = deque()
-        self._unrecorded: set[Any] = set()
+        self._backlog: deque[_Cleanup] = deque()
+        self._pending_markers: set[Any] = set()  # published here, marker not yet removed
+        self._pending_size = 0
         self._inflight_since: float | None = None
         self._writeback_wakeup = Wakeup()
         self._writeback_progress = Wakeup()
@@ -83,7 +107,7 @@ class Publisher:
         self._held, self._held_logged_at = 0.0, 0.0
         self._relay_wakeup = Wakeup()
         self._greenlets: list[gevent.Greenlet] = []
-        self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0}
+        self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, relay: bool = True) -> None:
@@ -126,58 +150,64 @@ class Publisher:
                         job.result.set_exception(StoreUnavailable(str(exc)))
 
     def _process(self, jobs: list[_Job]) -> None:
-        stored_jobs = self._insert(jobs)
-        self.stats["batches"] += 1
-        if not stored_jobs:
+        docs = [doc for job in jobs for doc in job.docs]
+        self.propose_cursors(docs)
+        lease = datetime.now(timezone.utc) + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
+        mark_outbox(docs, lease)  # the lease runs from now, not from when the request queued
+        if not self._insert(jobs, docs):
             return
+        self.stats["batches"] += 1
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
             log.warning("TEST_CRASH_AFTER_INSERT set: exiting between insert and publish")
             os._exit(70)
-        docs = [doc for job in stored_jobs for doc in job.docs]
-        published = self.publish(docs)
+        published = self.publish(docs, [docs[0]["_id"]])
         if not published:
-            self._release_leases(docs)
-        for job in stored_jobs:
-            job.result.set(Stored([public_json(d) for d in job.docs], published))
+            self._release_leases([docs[0]["_id"]])
+        for job in jobs:
+            body = [public_json(d) for d in job.docs]
+            if not published:  # the relay will publish it, possibly with another cursor
+                for notification in body:
+                    notification["seq"] = None
+            job.result.set(Stored(body, published))
 
-    def _insert(self, jobs: list[_Job]) -> list[_Job]:
-        docs = [doc for job in jobs for doc in job.docs]
-        lease = datetime.now(timezone.utc) + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        for doc in docs:  # from now, not from when the request queued
-            doc["lease_until"] = lease
-        failed: set[Any] = set()
+    def propose_cursors(self, docs: list[dict[str, Any]]) -> None:
+        """Cursors increasing within this worker and close to every other worker's clock."""
+        last = self._last_proposed
+        now_us = time.time_ns() // 1000
+        for doc in docs:
+            last = max(last + 1, now_us)
+            doc["seq"] = last
+        self._last_proposed = last
+
+    def _insert(self, jobs: list[_Job], docs: list[dict[str, Any]]) -> bool:
+        """Insert the batch, marker first (ordered). All or nothing: on failure every job fails."""
         try:
-            notifications_collection().insert_many(docs, ordered=False)
-        except BulkWriteError as exc:
-            failed = {docs[err["index"]]["_id"] for err in exc.details.get("writeErrors", [])}
-            if not failed:
-                failed = {d["_id"] for d in docs}
+            notifications_collection().insert_many(docs, ordered=True)
         except PyMongoError as exc:
             log.error("MongoDB insert failed: %s", exc)
-            failed = {d["_id"] for d in docs}
-        stored = []
-        for job in jobs:
-            if any(doc["_id"] in failed for doc in job.docs):
-                self._forget([d["_id"] for d in job.docs if d["_id"] not in failed])
+            self._forget([d["_id"] for d in docs])
+            for job in jobs:
                 job.result.set_exception(StoreUnavailable("MongoDB did not store the notification"))
-            else:
-                stored.append(job)
-        self.stats["stored"] += sum(len(job.docs) for job in stored)
-        metrics.CREATED.inc(sum(len(job.docs) for job in stored))
-        return stored
+            return False
+        self.stats["stored"] += len(docs)
+        metrics.CREATED.inc(len(docs))
+        return True
 
     @staticmethod
     def _forget(ids: list[Any]) -> None:
-        """Nothing half-written: remove the stored part of a request that failed."""
-        if ids:
-            try:
-                notifications_collection().delete_many({"_id": {"$in": ids}})
-            except PyMongoError:
-                log.error("could not remove %d partly stored notifications", len(ids))
+        """Nothing half-written: remove whatever part of a failed batch was stored."""
+        try:
+            notifications_collection().delete_many({"_id": {"$in": ids}})
+        except PyMongoError:
+            log.error("could not remove up to %d partly stored notifications", len(ids))
 
     # -- publish ---------------------------------------------------------------------
-    def publish(self, docs: list[dict[str, Any]]) -> bool:
-        """One Lua call for all ``docs``; sets ``doc["seq"]``. False if Redis failed."""
+    def publish(self, docs: list[dict[str, Any]], markers: list[Any]) -> bool:
+        """One Lua call for all ``docs``, in order; then ``markers`` are cleaned up.
+
+        Sets ``doc["seq"]`` to the cursor published (a replaced one is written back to
+        MongoDB). False if Redis failed: nothing is cleaned up and the relay retries.
+        """
         if not docs:
             return True
         args: list[Any] = [
@@ -185,11 +215,14 @@ class Publisher:
             self.config.RECENT_LIMIT,
             self.config.REPLAY_BUFFER_SIZE,
             self.config.REPLAY_BUFFER_TTL_SECONDS,
+            int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
+            MAX_CLOCK_AHEAD_US,
         ]
         for doc in docs:
             body = public_json(doc)
-            del body["seq"]  # the script puts the cursor it assigns in front
+            del body["seq"]  # the script puts the cursor it publishes in front
             args.append(doc["user_id"])
+            args.append("" if doc.get("seq") is None else doc["seq"])
             args.append(orjson.dumps(body))
         try:
             seqs = self._script(args=args)
@@ -197,36 +230,43 @@ class Publisher:
             metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)
             return False
-        for doc, seq in zip(docs, seqs, strict=True):
-            doc["seq"] = int(seq)
-            doc["published"] = True
-        self._backlog.append((time.monotonic(), [(doc["_id"], doc["seq"]) for doc in docs]))
-        self._unrecorded.update(doc["_id"] for doc in docs)
+        fixes = []
+        for doc, raw in zip(docs, seqs, strict=True):
+            seq = int(raw)
+            if seq != doc.get("seq"):
+                fixes.append((doc["_id"], seq))
+                doc["seq"] = seq
+        if fixes:
+            self.stats["resequenced"] += len(fixes)
+            metrics.RESEQUENCED.inc(len(fixes))
+        cleanup = _Cleanup(time.monotonic(), list(markers), fixes)
+        self._backlog.append(cleanup)
+        self._pending_markers.update(cleanup.markers)
+        self._pending_size += cleanup.size
         self._writeback_wakeup.set()
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True
 
-    def _release_leases(self, docs: list[dict[str, Any]]) -> None:
+    def _release_leases(self, markers: list[Any]) -> None:
         now = datetime.now(timezone.utc)
         try:
             notifications_collection().update_many(
-                {"_id": {"$in": [d["_id"] for d in docs]}, "published": False},
-                {"$set": {"lease_until": now}},
+                {"_id": {"$in": markers}, "outbox": {"$exists": True}}, {"$set": {"outbox.lease_until": now}}
             )
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
-    # -- cursor write-back ------------------------------------------------------------
+    # -- clean-up after a publish -------------------------------------------------------
     def _writeback_lagging(self) -> bool:
         oldest = self._inflight_since
         if oldest is None and self._backlog:
-            oldest = self._backlog[0][0]
+            oldest = self._backlog[0].queued_at
         too_old = oldest is not None and time.monotonic() - oldest > self.config.PUBLISH_LEASE_SECONDS / 3
-        return too_old or len(self._unrecorded) > WRITEBACK_BACKLOG_DOCS
+        return too_old or self._pending_size > WRITEBACK_BACKLOG_DOCS
 
     def _wait_for_writeback_room(self) -> None:
-        """Hold the next batch while the write-back lags, but never for more than one lease."""
+        """Hold the next batch while the clean-up lags, but never for more than one lease."""
         started = time.monotonic()
         deadline = started + self.config.PUBLISH_LEASE_SECONDS
         while time.monotonic() < deadline:
@@ -242,51 +282,49 @@ class Publisher:
             self._held += held
             if started - self._held_logged_at > 10:
                 log.warning(
-                    "MongoDB is behind: new notifications waited %.2f s in all for %d cursor write-backs",
+                    "MongoDB is behind: new notifications waited %.2f s in all for %d outbox clean-ups",
                     self._held,
-                    len(self._unrecorded),
+                    self._pending_size,
                 )
                 self._held, self._held_logged_at = 0.0, started
 
-    def _take_writebacks(self) -> list[tuple[Any, int]]:
-        pairs: list[tuple[Any, int]] = []
-        while self._backlog and len(pairs) < WRITEBACK_BATCH:
-            queued_at, chunk = self._backlog.popleft()
-            room = WRITEBACK_BATCH - len(pairs)
-            if len(chunk) > room:
-                self._backlog.appendleft((queued_at, chunk[room:]))
-                chunk = chunk[:room]
-            if not pairs:
-                self._inflight_since = queued_at
-            pairs.extend(chunk)
-        return pairs
+    def _take_cleanups(self) -> list[_Cleanup]:
+        taken: list[_Cleanup] = []
+        size = 0
+        while self._backlog and (not taken or size + self._backlog[0].size <= WRITEBACK_BATCH):
+            cleanup = self._backlog.popleft()
+            if not taken:
+                self._inflight_since = cleanup.queued_at
+            taken.append(cleanup)
+            size += cleanup.size
+        return taken
 
     def _writeback_loop(self) -> None:
-        """Record cursors in MongoDB, coalescing concurrent batches into bounded bulk writes."""
+        """Remove markers and record replaced cursors, coalescing batches into bounded writes."""
         while True:
             self._writeback_wakeup.wait()
             self._writeback_wakeup.clear()
             while self._backlog:
-                pairs = self._take_writebacks()
+                taken = self._take_cleanups()
+                markers = [m for c in taken for m in c.markers]
                 try:
-                    self._record_cursors(pairs)
+                    self._record_cleanups(markers, [f for c in taken for f in c.fixes])
                 except PyMongoError as exc:
-                    log.error("could not record %d cursors (relay may publish again): %s", len(pairs), exc)
+                    log.error("could not clean up %d batches (relay may repeat them): %s", len(markers), exc)
                 finally:
-                    self._unrecorded.difference_update(oid for oid, _ in pairs)
+                    self._pending_markers.difference_update(markers)
+                    self._pending_size -= sum(c.size for c in taken)
                     self._inflight_since = None
                     self._writeback_progress.set()
 
     @staticmethod
-    def _record_cursors(pairs: list[tuple[Any, int]]) -> None:
-        ops = [
-            UpdateOne(
-                {"_id": oid},
-                {"$set": {"seq": seq, "published": True}, "$unset": {"lease_until": "", "claim": ""}},
-            )
-            for oid, seq in pairs
-        ]
-        notifications_collection().bulk_write(ops, ordered=False)
+    def _record_cleanups(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
+        coll = notifications_collection()
+        if fixes:  # before the markers go: a marked document is left out of replays meanwhile
+            ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
+            coll.bulk_write(ops, ordered=False)
+        if markers:
+            coll.update_many({"_id": {"$in": markers}}, {"$unset": {"outbox": ""}})
 
     # -- relay -----------------------------------------------------------------------
     def _relay_loop(self) -> None:
@@ -302,22 +340,31 @@ class Publisher:
                 log.exception("relay pass failed unexpectedly")
 
     def relay_once(self) -> int:
-        """Claim and publish notifications whose publish lease expired. Returns how many."""
+        """Claim and publish batches whose publish lease expired. Returns how many batches."""
         coll = notifications_collection()
         now = datetime.now(timezone.utc)
-        due = {"published": False, "lease_until": {"$lt": now}}
+        due = {"outbox.lease_until": {"$lt": now}}
         found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
-        ids = [oid for oid in found if oid not in self._unrecorded]  # published here, cursor pending
-        if not ids:
+        markers = [oid for oid in found if oid not in self._pending_markers]  # published here
+        if not markers:
             return 0
         claim = uuid.uuid4().hex
         lease = now + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        coll.update_many({**due, "_id": {"$in": ids}}, {"$set": {"lease_until": lease, "claim": claim}})
-        docs = list(coll.find({"claim": claim, "published": False}).sort("_id", 1))
-        if docs and self.publish(docs):
+        coll.update_many(
+            {**due, "_id": {"$in": markers}}, {"$set": {"outbox.lease_until": lease, "outbox.claim": claim}}
+        )
+        claimed = list(coll.find({"outbox.claim": claim}, {"outbox": 1}))
+        if not claimed:
+            return len(markers)
+        claimed_ids = [m["_id"] for m in claimed]
+        ids = [oid for m in claimed for oid in m["outbox"].get("ids", [m["_id"]])]
+        docs = list(coll.find({"_id": {"$in": ids}}, {"outbox": 0}).sort("_id", 1))
+        if not docs:  # the batch was removed after a failed insert: nothing to publish
+            coll.update_many({"_id": {"$in": claimed_ids}}, {"$unset": {"outbox": ""}})
+        elif self.publish(docs, claimed_ids):
             self.stats["relayed"] += len(docs)
             metrics.RELAYED.inc(len(docs))
             log.info("relay published %d notifications left unpublished", len(docs))
-        elif docs:
-            coll.update_many({"claim": claim, "published": False}, {"$set": {"lease_until": now}})
-        return len(ids)
+        else:
+            self._release_leases(claimed_ids)
+        return len(markers)

@@ -1,8 +1,10 @@
 """What a stream missed: events after a cursor, from Redis first and MongoDB after.
 
 The publish script appends every event to a short per-user Redis list in the same atomic
-step as the PUBLISH, so that list is exact for recent history (including events whose
-cursor is not yet written back to MongoDB). Older history comes from MongoDB by ``seq``.
+step as the PUBLISH, so that list is exact for recent history. Older history comes from
+MongoDB by ``seq``, leaving out batches still marked in the outbox: those are stored with
+a proposed cursor but not yet published (or their cursor is being replaced), and will
+reach the client live or from the Redis list with the cursor they are published with.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from .serialization import public_json
 
 log = logging.getLogger(__name__)
 
-_PROJECTION = {"published": 0, "lease_until": 0, "claim": 0}
+_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
 class ReplayUnavailable(RuntimeError):
@@ -48,10 +50,25 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         if not docs or docs[0]["seq"] != cursor:
             return None  # older than what is kept, or never issued
         docs = docs[1:]
+    docs = _published_only(docs)
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
     newest = events[-1].seq if events else cursor
     events.extend(_event(user_id, seq, json) for seq, json in recent if seq > newest)
     return None if len(events) > limit else events
+
+
+def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if not docs:
+        return docs
+    try:
+        marked = notifications_collection().find(
+            {"outbox.lease_until": {"$exists": True}, "outbox.ids": {"$in": [d["_id"] for d in docs]}},
+            {"outbox.ids": 1},
+        )
+        pending = {oid for m in marked for oid in m["outbox"]["ids"]}
+    except PyMongoError as exc:
+        raise ReplayUnavailable(str(exc)) from exc
+    return [d for d in docs if d["_id"] not in pending] if pending else docs
 
 
 def current_cursor(service: Any, user_id: str) -> int | None:

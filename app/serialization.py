@@ -34,9 +34,9 @@ def new_document(
     created_at: datetime,
     lease_until: datetime | None = None,
 ) -> dict[str, Any]:
-    """A raw notification document. The publisher sets ``lease_until`` when it inserts;
-    pass one only to insert directly (tests, tools)."""
-    return {
+    """A raw notification document. The publisher gives it its cursor and outbox marker;
+    pass ``lease_until`` only to insert one directly, unpublished (tests, tools)."""
+    doc = {
         "_id": ObjectId(),
         "user_id": user_id,
         "title": title,
@@ -45,9 +45,20 @@ def new_document(
         "data": data,
         "created_at": created_at,
         "read": False,
-        "published": False,
-        "lease_until": lease_until,
+        "seq": None,
     }
+    if lease_until is not None:
+        mark_outbox([doc], lease_until)
+    return doc
+
+
+def mark_outbox(docs: list[dict[str, Any]], lease_until: datetime) -> None:
+    """Make ``docs`` one outbox batch: its first document carries the lease and every id.
+
+    Inserted first (ordered), the marker exists whenever any document of the batch does;
+    it is removed once the batch is published (``app/publishing.py``).
+    """
+    docs[0]["outbox"] = {"lease_until": lease_until, "ids": [d["_id"] for d in docs]}
 
 
 def public_json(doc: dict[str, Any]) -> dict[str, Any]:

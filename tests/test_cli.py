@@ -77,7 +77,7 @@ def test_db_create_indexes_and_prune(make_app: Any) -> None:
         coll = notifications_collection()
         assert ttl_seconds(coll) == 14 * DAY
         coll.insert_many(
-            [new_document("p", f"d{d}", "", "", {}, now - timedelta(days=d), now) for d in (1, 5, 9, 20)]
+            [new_document("p", f"d{d}", "", "", {}, now - timedelta(days=d)) for d in (1, 5, 9, 20)]
         )
     pruned = run(app, "db", "prune", "--days", "7")
     assert pruned.exit_code == 0 and "deleted 2" in pruned.output

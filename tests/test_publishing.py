@@ -1,4 +1,4 @@
-"""The write path's outbox: leases, the cursor write-back and the relay, on real servers."""
+"""The write path's outbox: proposed cursors, batch markers, clean-up and the relay, on real servers."""
 
 from __future__ import annotations
 
@@ -11,27 +11,32 @@ from gevent.event import Event
 
 from app import publishing
 from app.models import notifications_collection
+from app.replay import events_after
 from app.serialization import new_document
 
 
 @pytest.fixture
 def stalled(app: Any, monkeypatch: pytest.MonkeyPatch) -> tuple[Any, Event]:
-    """The app's publisher with its cursor write-back held until the returned event is set."""
+    """The app's publisher with its post-publish clean-up held until the returned event is set."""
     publisher = app.extensions["notifications"].publisher
     release = Event()
-    record = publisher._record_cursors
+    record = publisher._record_cleanups
 
-    def slow_record(pairs: list[tuple[Any, int]]) -> None:
+    def slow_record(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
         release.wait()
-        record(pairs)
+        record(markers, fixes)
 
-    monkeypatch.setattr(publisher, "_record_cursors", slow_record)
+    monkeypatch.setattr(publisher, "_record_cleanups", slow_record)
     return publisher, release
 
 
-def docs_for(user: str, n: int, lease: datetime) -> list[dict[str, Any]]:
+def docs_for(user: str, n: int) -> list[dict[str, Any]]:
     now = datetime.now(timezone.utc)
-    return [new_document(user, f"m{i}", "", "", {}, now, lease) for i in range(n)]
+    return [new_document(user, f"m{i}", "", "", {}, now) for i in range(n)]
+
+
+def marked(coll: Any, user: str) -> list[dict[str, Any]]:
+    return list(coll.find({"user_id": user, "outbox": {"$exists": True}}))
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -40,38 +45,41 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
             gevent.sleep(0.01)
 
 
-def test_lease_is_taken_at_insert_and_relay_leaves_pending_write_backs_alone(app, stalled):
+def test_each_document_is_written_once_with_its_cursor_and_the_batch_marker_goes(app, stalled):
     publisher, release = stalled
-    spent = datetime.now(timezone.utc) - timedelta(minutes=5)  # as if the job had queued for long
     with app.app_context():
-        stored = publisher.store(docs_for("pat", 3, spent))
+        stored = publisher.store(docs_for("pat", 3))
         assert stored.published
         coll = notifications_collection()
-        rows = list(coll.find({"user_id": "pat"}))
-        assert len(rows) == 3 and all(not r["published"] for r in rows)  # cursor not recorded yet
-        assert all(r["lease_until"].replace(tzinfo=timezone.utc) > datetime.now(timezone.utc) for r in rows)
+        rows = {str(r["_id"]): r["seq"] for r in coll.find({"user_id": "pat"})}
+        assert rows == {n["id"]: n["seq"] for n in stored.notifications}  # published as stored
+        seqs = [n["seq"] for n in stored.notifications]
+        assert seqs == sorted(seqs) and len(set(seqs)) == 3
+        (marker,) = marked(coll, "pat")  # one marker for the batch, on its first document
+        assert str(marker["_id"]) == stored.notifications[0]["id"]
+        assert len(marker["outbox"]["ids"]) == 3
+        assert marker["outbox"]["lease_until"].replace(tzinfo=timezone.utc) > datetime.now(timezone.utc)
 
-        # the lease runs out while the write-back is still behind: the relay must not publish again
-        coll.update_many({"user_id": "pat"}, {"$set": {"lease_until": spent}})
+        # the lease runs out while the clean-up is still behind: the relay must not publish again
+        spent = datetime.now(timezone.utc) - timedelta(minutes=5)
+        coll.update_one({"_id": marker["_id"]}, {"$set": {"outbox.lease_until": spent}})
         published = publisher.stats["published"]
         assert publisher.relay_once() == 0
         assert publisher.stats["published"] == published
 
         release.set()
-        wait_until(lambda: coll.count_documents({"user_id": "pat", "published": True}) == 3)
-        seqs = sorted(r["seq"] for r in coll.find({"user_id": "pat"}))
-        assert seqs == sorted(n["seq"] for n in stored.notifications) and len(set(seqs)) == 3
+        wait_until(lambda: not marked(coll, "pat"))
         assert publisher.relay_once() == 0
+        assert sorted(r["seq"] for r in coll.find({"user_id": "pat"})) == seqs
 
 
-def test_batcher_holds_new_batches_while_the_write_back_is_behind(app, stalled, monkeypatch):
+def test_batcher_holds_new_batches_while_the_clean_up_is_behind(app, stalled, monkeypatch):
     publisher, release = stalled
-    monkeypatch.setattr(publishing, "WRITEBACK_BACKLOG_DOCS", 2)
-    lease = datetime.now(timezone.utc)
+    monkeypatch.setattr(publishing, "WRITEBACK_BACKLOG_DOCS", 0)
     with app.app_context():
-        assert publisher.store(docs_for("quinn", 3, lease)).published  # 3 cursors behind > 2
+        assert publisher.store(docs_for("quinn", 3)).published  # one marker behind > 0
         coll = notifications_collection()
-        later = gevent.spawn(publisher.store, docs_for("quinn", 1, lease))
+        later = gevent.spawn(publisher.store, docs_for("quinn", 1))
         assert publisher.waiting_for_writeback.wait(10)
         assert coll.count_documents({"user_id": "quinn"}) == 3  # the next batch was not inserted
         assert not later.ready()
@@ -79,18 +87,86 @@ def test_batcher_holds_new_batches_while_the_write_back_is_behind(app, stalled, 
         release.set()
         stored = later.get(timeout=10)
         assert stored.published
-        wait_until(lambda: coll.count_documents({"user_id": "quinn", "published": True}) == 4)
+        wait_until(lambda: coll.count_documents({"user_id": "quinn"}) == 4 and not marked(coll, "quinn"))
 
 
-def test_a_dead_write_back_does_not_stop_the_store_for_more_than_a_lease(make_app, monkeypatch, caplog):
+def test_a_dead_clean_up_does_not_stop_the_store_for_more_than_a_lease(make_app, monkeypatch, caplog):
     app = make_app(PUBLISH_LEASE_SECONDS=1.0)
     publisher = app.extensions["notifications"].publisher
     monkeypatch.setattr(publishing, "WRITEBACK_BACKLOG_DOCS", 0)
-    monkeypatch.setattr(publisher, "_record_cursors", lambda pairs: Event().wait())  # never returns
-    lease = datetime.now(timezone.utc)
+    monkeypatch.setattr(publisher, "_record_cleanups", lambda markers, fixes: Event().wait())  # never returns
     with app.app_context():
-        assert publisher.store(docs_for("rae", 1, lease)).published
+        assert publisher.store(docs_for("rae", 1)).published
         with gevent.Timeout(10):
-            assert publisher.store(docs_for("rae", 1, lease)).published  # after one lease, not never
+            assert publisher.store(docs_for("rae", 1)).published  # after one lease, not never
         assert notifications_collection().count_documents({"user_id": "rae"}) == 2
     assert "MongoDB is behind: new notifications waited" in caplog.text  # operators see the hold
+
+
+def test_a_cursor_overtaken_by_another_worker_is_replaced_and_written_back(app):
+    """Worker A proposes first but publishes last: its cursor must not go out below B's."""
+    publisher = app.extensions["notifications"].publisher
+    with app.app_context():
+        coll = notifications_collection()
+        slow = docs_for("sam", 1)
+        publisher.propose_cursors(slow)  # A proposed ...
+        proposed = slow[0]["seq"]
+        fast = publisher.store(docs_for("sam", 1)).notifications[0]  # ... B stored and published
+        assert fast["seq"] > proposed
+        publishing.mark_outbox(slow, datetime.now(timezone.utc) + timedelta(seconds=10))
+        coll.insert_many(slow)
+        assert publisher.publish(slow, [slow[0]["_id"]])  # A publishes at last
+        assert slow[0]["seq"] > fast["seq"]  # a fresh cursor, above what B published
+        assert publisher.stats["resequenced"] == 1
+        wait_until(lambda: coll.find_one({"_id": slow[0]["_id"]})["seq"] == slow[0]["seq"])
+        assert not marked(coll, "sam")
+        replayed = events_after(publisher_service(app), "sam", 0, 100, strict=False)
+        assert [e.seq for e in replayed] == [fast["seq"], slow[0]["seq"]]
+
+
+def test_a_cursor_from_a_clock_far_ahead_is_replaced(app):
+    publisher = app.extensions["notifications"].publisher
+    with app.app_context():
+        now_us = int(datetime.now(timezone.utc).timestamp() * 1e6)
+        publisher._last_proposed = now_us + 3_600_000_000  # this worker's clock is an hour fast
+        stored = publisher.store(docs_for("ski", 1)).notifications[0]
+        assert now_us <= stored["seq"] < now_us + 60_000_000
+        coll = notifications_collection()
+        wait_until(lambda: coll.find_one({"user_id": "ski"})["seq"] == stored["seq"])
+
+
+def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
+    service = publisher_service(app)
+    with app.app_context():
+        coll = notifications_collection()
+        first = service.publisher.store(docs_for("tia", 1)).notifications[0]
+        pending = docs_for("tia", 1)
+        service.publisher.propose_cursors(pending)
+        publishing.mark_outbox(pending, datetime.now(timezone.utc) + timedelta(seconds=10))
+        coll.insert_many(pending)  # stored with its cursor, not published yet
+        later = service.publisher.store(docs_for("tia", 1)).notifications[0]
+        service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
+        replayed = events_after(service, "tia", 0, 100, strict=False)
+        assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
+
+
+def test_a_batch_stored_while_redis_was_down_is_relayed_with_cursors(make_app, own_redis):
+    app = make_app(REDIS_URL=own_redis.url, RELAY_INTERVAL_SECONDS=3600)  # only this test relays
+    publisher = app.extensions["notifications"].publisher
+    with app.app_context():
+        own_redis.kill()
+        stored = publisher.store(docs_for("uma", 2))
+        assert not stored.published and [n["seq"] for n in stored.notifications] == [None, None]
+        publisher.relay_once()  # Redis still down: the batch stays marked for later
+        assert len(marked(notifications_collection(), "uma")) == 1
+        own_redis.restart()
+        assert publisher.relay_once() == 1  # its lease was released: no waiting
+        coll = notifications_collection()
+        wait_until(lambda: not marked(coll, "uma"))
+        seqs = [d["seq"] for d in coll.find({"user_id": "uma"}).sort("_id", 1)]
+        assert all(isinstance(s, int) for s in seqs) and seqs == sorted(seqs) and len(set(seqs)) == 2
+        assert publisher.relay_once() == 0
+
+
+def publisher_service(app: Any) -> Any:
+    return app.extensions["notifications"]

@@ -30,9 +30,7 @@ def test_ttl_index_follows_config(app: Any) -> None:
 
 def _backdated(user: str, days_ago: float, message: str) -> dict[str, Any]:
     when = datetime.now(timezone.utc) - timedelta(days=days_ago)
-    doc = new_document(user, message, "", "", {}, when, when)
-    doc["published"] = True
-    return doc
+    return new_document(user, message, "", "", {}, when)
 
 
 def test_prune_deletes_only_older(app: Any) -> None:
