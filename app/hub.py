@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from . import metrics
 from .events import NOTIFICATION, PROBE, RESET, Event
+from .pushreader import RawPushReader
 from .replay import ReplayUnavailable, events_after
 
 log = logging.getLogger(__name__)
@@ -232,13 +233,18 @@ class Hub:
     def _read_loop(self) -> None:
         interval = self.config.PROBE_INTERVAL_SECONDS
         next_probe = time.monotonic() + interval
+        reader = RawPushReader.take_over(self._pubsub)
         while not self._stopping:
             pubsub = self._pubsub
             if pubsub is None:
                 raise redis.ConnectionError("subscriber connection closed")
-            message = pubsub.get_message(timeout=min(1.0, interval))
-            if message is not None and message.get("type") == "message":
-                self.dispatch(message["data"])
+            if reader is not None:
+                for payload in reader.read(min(1.0, interval)):
+                    self.dispatch(payload)
+            else:
+                message = pubsub.get_message(timeout=min(1.0, interval))
+                if message is not None and message.get("type") == "message":
+                    self.dispatch(message["data"])
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + interval

@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import orjson
+import rawhttp
 from itsdangerous import URLSafeSerializer
 
 TOKEN_SALT = "subscriber-token"  # app/auth.py
@@ -259,36 +260,43 @@ class Load:
         return {"statuses": sorted({s for s, _ in results}), "seconds": sum(t for _, t in results)}
 
     async def throughput(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """``clients`` keep-alive clients POSTing single-user notifications for ``seconds``."""
+        """``clients`` keep-alive clients POSTing single-user notifications for ``seconds``.
+
+        Lean client (``bench/rawhttp.py``): pre-encoded requests, so the measure spends the
+        machine's CPU on the server, not on building requests.
+        """
         headers = {"Authorization": f"Bearer {cmd['key']}", "Content-Type": "application/json"}
         users, times, errors = cmd["users"], [], [0]
+        path = "/api/notifications"
+        bodies = [orjson.dumps({"user_id": u, "message": "throughput"}) for u in users]
+        requests = [rawhttp.request_bytes(cmd["url"], path, body, headers) for body in bodies]
         stop = time.monotonic() + cmd["seconds"]
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=cmd["clients"])) as session:
+        conns = [rawhttp.Connection(cmd["url"]) for _ in range(cmd["clients"])]
 
-            async def worker(w: int) -> None:
-                i = 0
-                while time.monotonic() < stop:
-                    body = {"user_id": users[(w + i) % len(users)], "message": "throughput"}
-                    i += 1
-                    t0 = time.monotonic()
-                    try:
-                        async with session.post(
-                            cmd["url"] + "/api/notifications", data=orjson.dumps(body), headers=headers
-                        ) as r:
-                            await r.read()
-                            if r.status != 201:
-                                errors[0] += 1
-                                continue
-                    except (aiohttp.ClientError, OSError):
-                        errors[0] += 1
-                        continue
-                    times.append(time.monotonic() - t0)
+        async def worker(w: int) -> None:
+            i = 0
+            while time.monotonic() < stop:
+                request = requests[(w + i) % len(requests)]
+                i += 1
+                t0 = time.monotonic()
+                try:
+                    status, _ = await conns[w].send(request)
+                except OSError:
+                    errors[0] += 1
+                    continue
+                if status != 201:
+                    errors[0] += 1
+                    continue
+                times.append(time.monotonic() - t0)
 
-            start = time.monotonic()
-            await asyncio.wait_for(
-                asyncio.gather(*(worker(w) for w in range(cmd["clients"]))), cmd["seconds"] + 30
-            )
+        start = time.monotonic()
+        try:
+            workers = asyncio.gather(*(worker(w) for w in range(cmd["clients"])))
+            await asyncio.wait_for(workers, cmd["seconds"] + 30)
+        finally:
             elapsed = time.monotonic() - start
+            for conn in conns:
+                conn.close()
         return {
             "ok": len(times),
             "errors": errors[0],

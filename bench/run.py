@@ -475,14 +475,16 @@ class Bench:
     # -- (e) POST throughput --------------------------------------------------------------------
     def throughput(self, svc: Service) -> dict[str, Any]:
         users = [f"tp{i}" for i in range(200)]
-        cpu = cpu_seconds(svc.workers())
+        pids = svc.workers()
+        before = [cpu_seconds([pid]) for pid in pids]
         res = self.poster.call(
             {"cmd": "throughput", "url": svc.url, "key": API_KEY, "users": users,
              "clients": self.p["tp_clients"], "seconds": self.p["tp_seconds"]},
             timeout=self.p["tp_seconds"] + 60,
         )  # fmt: skip
-        cpu = cpu_seconds(svc.workers()) - cpu
-        res["worker_cpu_us_per_post"] = round(cpu / max(res["ok"], 1) * 1e6)
+        used = [cpu_seconds([pid]) - b for pid, b in zip(pids, before, strict=True)]
+        res["worker_cpu_us_per_post"] = round(sum(used) / max(res["ok"], 1) * 1e6)
+        res["worker_cpu_seconds"] = [round(u, 2) for u in used]  # how evenly the workers shared it
         return res
 
     def profile(self, svc: Service, label: str) -> list[subprocess.Popen[bytes]]:

@@ -12,7 +12,8 @@ from __future__ import annotations
 import logging
 
 import gevent
-from flask import Blueprint, Flask
+from flask import Blueprint, Flask, Request
+from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from pymongo.errors import PyMongoError
 
 from .. import staff
@@ -23,7 +24,21 @@ bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 log = logging.getLogger(__name__)
 
 
+class CookieOnlySessions(SecureCookieSessionInterface):
+    """Flask's signed-cookie sessions, without building a signer for requests with no cookie.
+
+    Only staff have a session; services' API calls and streams send none, and Flask would
+    otherwise build an itsdangerous serializer on every one of them (~4% of a POST).
+    """
+
+    def open_session(self, app: Flask, request: Request) -> SecureCookieSession | None:
+        if app.secret_key and not request.cookies.get(self.get_cookie_name(app)):
+            return self.session_class()
+        return super().open_session(app, request)
+
+
 def init_app(app: Flask) -> None:
+    app.session_interface = CookieOnlySessions()
     presence = Presence(app.extensions["config"], app.extensions["redis"], app.extensions["hub"])
     app.extensions["presence"] = presence
     app.extensions["dashboard"] = DashboardService(app.extensions["notifications"], presence)

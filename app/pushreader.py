@@ -1,0 +1,92 @@
+"""Reading a subscriber connection's messages straight off its socket.
+
+redis-py's ``PubSub.get_message`` costs tens of microseconds per message (readiness
+check, generic reply parser, a dict per message), and every worker reads every message
+published anywhere. Once redis-py has connected, authenticated and subscribed, the hub
+reads the socket itself: one ``recv`` for whatever has arrived, then a tight parser for
+the only frames a subscribed connection gets (``message`` pushes, and confirmations it
+skips), RESP2 arrays or RESP3 pushes of bulk strings and integers.
+"""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import redis
+
+READ_SIZE = 256 * 1024
+_AGGREGATE = (ord("*"), ord(">"))
+_BULK, _INT, _SIMPLE = ord("$"), ord(":"), ord("+")
+
+
+class RawPushReader:
+    def __init__(self, sock: socket.socket, pending: bytes) -> None:
+        self.sock = sock
+        self.buffer = bytearray(pending)
+
+    @classmethod
+    def take_over(cls, pubsub: Any) -> RawPushReader | None:
+        """The reader for ``pubsub``'s connection, or None where redis-py's internals differ
+        (another parser, such as hiredis): the hub then keeps using ``get_message``."""
+        conn = getattr(pubsub, "connection", None)
+        sock = getattr(conn, "_sock", None)
+        buffered = getattr(getattr(conn, "_parser", None), "_buffer", None)
+        stream = getattr(buffered, "_buffer", None)
+        if sock is None or stream is None or not hasattr(stream, "read"):
+            return None
+        return cls(sock, stream.read())  # what redis-py already read past the confirmation
+
+    def read(self, timeout: float) -> list[bytes]:
+        """The payloads of the messages that arrive within ``timeout`` (maybe none)."""
+        payloads, used = parse_messages(self.buffer)
+        if not used:  # nothing complete buffered: wait for more
+            self.sock.settimeout(timeout)
+            try:
+                data = self.sock.recv(READ_SIZE)
+            except TimeoutError:
+                return []
+            if not data:
+                raise redis.ConnectionError("Connection closed by server.")
+            self.buffer += data
+            payloads, used = parse_messages(self.buffer)
+        del self.buffer[:used]
+        return payloads
+
+
+def parse_messages(buf: bytearray) -> tuple[list[bytes], int]:
+    """Payloads of the complete ``message`` frames at the start of ``buf``, and the bytes
+    they took. Raises ``redis.ConnectionError`` on anything a subscriber cannot receive."""
+    payloads: list[bytes] = []
+    pos, end = 0, len(buf)
+    while pos < end:
+        start = pos
+        eol = buf.find(b"\r\n", pos)
+        if eol < 0:
+            break
+        if buf[pos] not in _AGGREGATE:
+            raise redis.ConnectionError(f"unexpected reply on the subscriber connection: {bytes(buf[:40])!r}")
+        count = int(buf[pos + 1 : eol])
+        pos = eol + 2
+        items: list[bytes] = []
+        while len(items) < count:
+            eol = buf.find(b"\r\n", pos)
+            if eol < 0:
+                break
+            kind = buf[pos]
+            if kind == _BULK:
+                stop = eol + 2 + int(buf[pos + 1 : eol])
+                if stop + 2 > end:
+                    break
+                items.append(bytes(buf[eol + 2 : stop]))
+                pos = stop + 2
+            elif kind in (_INT, _SIMPLE):
+                items.append(bytes(buf[pos + 1 : eol]))
+                pos = eol + 2
+            else:
+                raise redis.ConnectionError(f"unexpected frame on the subscriber connection: {kind!r}")
+        if len(items) < count:  # incomplete: wait for the rest
+            return payloads, start
+        if count == 3 and items[0] == b"message":
+            payloads.append(items[2])
+    return payloads, pos
