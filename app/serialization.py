@@ -7,6 +7,7 @@ keys in a fixed order; the Lua publish script splices the cursor in as ``seq``.
 from __future__ import annotations
 
 from datetime import datetime, timezone
+from functools import lru_cache
 from typing import Any
 
 from bson import ObjectId
@@ -18,7 +19,9 @@ def utc_now_ms() -> datetime:
     return now.replace(microsecond=now.microsecond // 1000 * 1000)
 
 
+@lru_cache(maxsize=256)
 def iso(dt: datetime) -> str:
+    """ISO 8601 in UTC with milliseconds. Cached: a batch's notifications share one time."""
     if dt.tzinfo is None:
         dt = dt.replace(tzinfo=timezone.utc)
     dt = dt.astimezone(timezone.utc)

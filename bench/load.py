@@ -1,4 +1,8 @@
-"""One load-generator process (asyncio + aiohttp), driven by JSON-line commands on stdin.
+"""One load-generator process (asyncio), driven by JSON-line commands on stdin.
+
+Streams use lean protocol clients (``leansse.py``, ``leanws.py``) and the throughput
+measure a lean HTTP client (``rawhttp.py``), so the generator's CPU stays small next to
+the server's on a shared machine; the paced and batch POSTs use aiohttp.
 
 ``bench/run.py`` starts several of these so no process holds more than ~10,000 sockets
 (the open-file limit is 20,000 per process) and so the load runs on its own CPU budget,
@@ -18,6 +22,8 @@ import time
 from typing import Any
 
 import aiohttp
+import leansse
+import leanws
 import orjson
 import rawhttp
 from itsdangerous import URLSafeSerializer
@@ -44,7 +50,6 @@ class Conn:
 class Load:
     def __init__(self) -> None:
         self.conns: list[Conn] = []
-        self.session: aiohttp.ClientSession | None = None
         self.latency_us: dict[str, list[int]] = {}
         # (phase, marker) -> [receipts, sent_ns, first_ns, last_ns]
         self.markers: dict[tuple[str, int], list[int]] = {}
@@ -76,53 +81,46 @@ class Load:
 
     # -- streams ----------------------------------------------------------------------
     async def sse(self, conn: Conn, url: str, sem: asyncio.Semaphore, hold: float) -> None:
-        assert self.session is not None
-        async with sem:
-            request = asyncio.ensure_future(self.session.get(url))
-            await asyncio.wait({request}, timeout=hold)
+        client = None
         try:
-            resp = await request
-            if resp.status != 200:
-                conn.error = f"HTTP {resp.status}"
-                resp.release()
+            async with sem:
+                client = await leansse.SSEClient.connect(url, lambda payload: self.received(conn, payload))
+                await asyncio.wait({asyncio.ensure_future(client.head_seen.wait())}, timeout=hold)
+            await client.head_seen.wait()
+            if client.status != 200:
+                conn.error = f"HTTP {client.status}" if client.status else "closed before a response"
                 return
             conn.open = True
-            content = resp.content
-            while True:
-                frame = await content.readuntil(b"\n\n")
-                if not frame:
-                    break
-                for line in frame.split(b"\n"):
-                    if line.startswith(b"data:"):
-                        self.received(conn, line[5:])
-        except (aiohttp.ClientError, OSError, asyncio.IncompleteReadError, ValueError) as exc:
+            await client.closed
+        except (OSError, ValueError) as exc:
             conn.error = conn.error or type(exc).__name__
         finally:
+            if client is not None:
+                client.close()
             conn.closed = True
 
     async def ws(self, conn: Conn, url: str, sem: asyncio.Semaphore) -> None:
-        assert self.session is not None
+        client = None
         try:
             async with sem:
-                ws = await self.session.ws_connect(url, autoping=True, compress=0, heartbeat=None)
+                client = await leanws.WSClient.connect(url, lambda payload: self.received(conn, payload))
+                await client.head_seen.wait()
+            if client.status != 101:
+                conn.error = f"HTTP {client.status}" if client.status else "closed before a response"
+                return
             conn.open = True
-            async for msg in ws:
-                if msg.type == aiohttp.WSMsgType.TEXT:
-                    self.received(conn, msg.data.encode())
-            conn.close_code = ws.close_code
-        except (aiohttp.ClientError, OSError, ValueError) as exc:
+            await client.closed
+            conn.close_code = client.close_code
+        except (OSError, ValueError) as exc:
             conn.error = type(exc).__name__
         finally:
+            if client is not None:
+                client.close()
             conn.closed = True
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Open ``per_user`` streams for each user; returns once all are open or failed."""
         self.mode = cmd["mode"]
-        if self.session is None:
-            self.session = aiohttp.ClientSession(
-                connector=aiohttp.TCPConnector(limit=0, force_close=False),
-                timeout=aiohttp.ClientTimeout(total=None, connect=60, sock_read=None),
-            )
         signer = URLSafeSerializer(cmd.get("secret", "x"), salt=TOKEN_SALT)
         exp = int(time.time()) + 7200
         sem = asyncio.Semaphore(cmd.get("concurrency", 100))
@@ -203,9 +201,6 @@ class Load:
                 conn.task.cancel()
         await asyncio.gather(*(c.task for c in self.conns if c.task), return_exceptions=True)
         self.conns.clear()
-        if self.session is not None:
-            await self.session.close()
-            self.session = None
         return {}
 
     # -- posting ----------------------------------------------------------------------

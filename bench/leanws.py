@@ -1,0 +1,118 @@
+"""A lean WebSocket client for the load generator: an asyncio Protocol, no framework.
+
+Like ``leansse.py``: aiohttp's per-message cost on 10,000 sockets took CPU from the
+server under test. RFC 6455 as far as a receiving client needs it: the handshake,
+unmasked server frames (fragments joined), pings answered, the close code kept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import os
+import struct
+from collections.abc import Callable
+from urllib.parse import urlsplit
+
+TEXT, CLOSE, PING, CONTINUATION = 0x1, 0x8, 0x9, 0x0
+
+
+def masked_frame(opcode: int, payload: bytes) -> bytes:
+    """A client frame (clients must mask), payloads under 126 bytes (control frames)."""
+    mask = os.urandom(4)
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
+    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+
+
+class WSClient(asyncio.Protocol):
+    def __init__(self, request: bytes, on_text: Callable[[bytes], None]) -> None:
+        self.request = request
+        self.on_text = on_text
+        self.transport: asyncio.Transport | None = None
+        self.status: int | None = None
+        self.close_code: int | None = None
+        self.head_seen = asyncio.Event()
+        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._buf = bytearray()
+        self._fragments = bytearray()
+
+    @classmethod
+    async def connect(cls, url: str, on_text: Callable[[bytes], None]) -> WSClient:
+        parts = urlsplit(url)
+        target = parts.path + ("?" + parts.query if parts.query else "")
+        key = base64.b64encode(os.urandom(16)).decode()
+        request = (
+            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ).encode("latin-1")
+        loop = asyncio.get_running_loop()
+        _, client = await loop.create_connection(
+            lambda: cls(request, on_text), parts.hostname or "127.0.0.1", parts.port or 80
+        )
+        return client
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        buf = self._buf
+        buf += data
+        if self.status is None:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                return
+            self.status = int(buf[9:12])
+            del buf[: end + 4]
+            self.head_seen.set()
+            if self.status != 101:
+                self.close()
+                return
+        pos = 0
+        while len(buf) - pos >= 2:
+            first, second = buf[pos], buf[pos + 1]
+            length, head = second & 0x7F, 2
+            if length == 126:
+                if len(buf) - pos < 4:
+                    break
+                (length,) = struct.unpack_from("!H", buf, pos + 2)
+                head = 4
+            elif length == 127:
+                if len(buf) - pos < 10:
+                    break
+                (length,) = struct.unpack_from("!Q", buf, pos + 2)
+                head = 10
+            if len(buf) - pos < head + length:
+                break
+            payload = bytes(buf[pos + head : pos + head + length])
+            pos += head + length
+            self._frame(first & 0x80, first & 0x0F, payload)
+        if pos:
+            del buf[:pos]
+
+    def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
+        if opcode in (TEXT, CONTINUATION):
+            if fin and not self._fragments:
+                self.on_text(payload)
+            else:
+                self._fragments += payload
+                if fin:
+                    self.on_text(bytes(self._fragments))
+                    self._fragments.clear()
+        elif opcode == PING and self.transport is not None:
+            self.transport.write(masked_frame(0xA, payload))
+        elif opcode == CLOSE:
+            self.close_code = struct.unpack("!H", payload[:2])[0] if len(payload) >= 2 else 1005
+            if self.transport is not None:
+                self.transport.write(masked_frame(CLOSE, payload[:2]))
+            self.close()
+
+    def close(self) -> None:
+        if self.transport is not None:
+            self.transport.close()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.head_seen.set()
+        if not self.closed.done():
+            self.closed.set_result(None)
