@@ -7,6 +7,8 @@ indexes and the rarer writes stay declared here.
 
 from __future__ import annotations
 
+from datetime import datetime, timezone
+
 from mongoengine import (
     BooleanField,
     DateTimeField,
@@ -74,6 +76,20 @@ def notifications_collection() -> Collection:
     return Notification._get_collection()
 
 
+def adopt_legacy_unpublished(coll: Collection) -> int:
+    """Give the relay what an older version left unpublished (``published: false`` and no
+    batch marker): each becomes a batch of its own, due now. Returns how many.
+
+    Their old ``lease_until`` field is left as it is: nothing reads it any more."""
+    now = datetime.now(timezone.utc)
+    legacy = {"published": False, "outbox": {"$exists": False}}
+    ids = [d["_id"] for d in coll.find(legacy, {"_id": 1})]
+    for oid in ids:
+        marker = {"lease_until": now, "ids": [oid]}
+        coll.update_one({"_id": oid, **legacy}, {"$set": {"outbox": marker}, "$unset": {"published": ""}})
+    return len(ids)
+
+
 def ensure_indexes(retention_seconds: int | None = None) -> None:
     """Create every index; safe to call repeatedly (start-up, CLI, tests).
 
@@ -81,10 +97,11 @@ def ensure_indexes(retention_seconds: int | None = None) -> None:
     it as it is): see ``app/retention.py``.
     """
     coll = notifications_collection()
-    if "outbox" in coll.index_information():  # (published, lease_until) before cursors were stored at insert
-        coll.drop_index("outbox")
     for document in (Notification, IdempotencyRecord):
         document.ensure_indexes()
+    adopt_legacy_unpublished(coll)
+    if "outbox" in coll.index_information():  # (published, lease_until), before batch markers
+        coll.drop_index("outbox")
     if retention_seconds is not None:
         from .retention import ensure_ttl_index
 

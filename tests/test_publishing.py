@@ -170,3 +170,22 @@ def test_a_batch_stored_while_redis_was_down_is_relayed_with_cursors(make_app, o
 
 def publisher_service(app: Any) -> Any:
     return app.extensions["notifications"]
+
+
+def test_what_an_older_version_left_unpublished_is_adopted_and_relayed(app):
+    from app.models import ensure_indexes
+
+    publisher = publisher_service(app).publisher
+    publisher.start(relay=False)  # only this test relays
+    with app.app_context():
+        coll = notifications_collection()
+        legacy = docs_for("vic", 2)
+        for doc in legacy:  # the old outbox: a flag and a lease per document, no cursor yet
+            doc.update(published=False, lease_until=datetime.now(timezone.utc))
+        coll.insert_many(legacy)
+        ensure_indexes()
+        assert len(marked(coll, "vic")) == 2 and "outbox" not in coll.index_information()
+        assert publisher.relay_once() == 2
+        wait_until(lambda: not marked(coll, "vic"))
+        seqs = [d["seq"] for d in coll.find({"user_id": "vic"})]
+        assert all(isinstance(s, int) for s in seqs) and len(set(seqs)) == 2
