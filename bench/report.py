@@ -150,7 +150,7 @@ ROWS: list[tuple[str, Getter, str, Callable[[float], bool], bool]] = [
         False,
     ),
     (
-        "broadcast over SSE, back to back until every cursor is written back to MongoDB (/s)",
+        "broadcast over SSE, back to back until MongoDB records every batch as published (/s)",
         _get("broadcast_sse", "with_writeback_per_second"),
         "—",
         lambda v: True,

@@ -455,10 +455,10 @@ class Bench:
         }
 
     def drain(self, svc: Service, limit: float = 120.0) -> float:
-        """Seconds until MongoDB has no unpublished document (cursors all written back).
+        """Seconds until MongoDB holds no outbox marker (every batch recorded as published).
 
-        Every stored notification is written twice (insert, then its cursor): a burst can
-        outrun the second write, and the next measure would pay for it. Polled, bounded.
+        After a publish, each batch's marker is removed by a second write; a burst can
+        outrun those writes, and the next measure would pay for them. Polled, bounded.
         """
         if svc.kind != "ours":
             return 0.0
@@ -466,7 +466,8 @@ class Bench:
         try:
             coll = client.get_default_database()["notifications"]
             started = time.monotonic()
-            while coll.count_documents({"published": False}, limit=1) and time.monotonic() - started < limit:
+            pending = {"outbox.lease_until": {"$exists": True}}  # the sparse outbox index
+            while coll.count_documents(pending, limit=1) and time.monotonic() - started < limit:
                 time.sleep(0.1)
             return time.monotonic() - started
         finally:
