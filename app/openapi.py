@@ -57,7 +57,7 @@ SCHEMAS: dict[str, Any] = {
         "required": ["id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"],
         "properties": {
             "id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
-            "seq": {"type": ["integer", "null"], "description": "Stream cursor; null if unpublished"},
+            "seq": {"type": ["integer", "null"], "description": "Cursor; null in a 201 if Redis was down"},
             "user_id": {"type": "string"},
             "title": {"type": "string"},
             "message": {"type": "string"},

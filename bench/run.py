@@ -439,7 +439,7 @@ class Bench:
         complete.append(count == target * len(ks))
         say(f"  broadcast {mode} back to back: {count}/{target * len(ks)} in {span_ns / 1e6:.0f} ms")
         drain = self.drain(svc)
-        say(f"  broadcast {mode}: cursor write-back finished {drain:.1f} s after the last delivery")
+        say(f"  broadcast {mode}: outbox markers cleared {drain:.1f} s after the last delivery")
         self.close_all()
         return {
             "clients": target,
