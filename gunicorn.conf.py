@@ -54,21 +54,22 @@ def post_worker_init(worker):
 
 
 def _tune_gc() -> None:
-    """Keep the cyclic garbage collector off the long-lived objects.
+    """Keep the cyclic garbage collector's full collections off the long-lived objects.
 
     A worker holds thousands of streams whose objects live for hours; with CPython's
-    default thresholds every full collection walks them all (measured: 100-400 ms of
-    every 3 s during broadcasts, pauses of 100 ms and more). The objects loaded at start
-    are frozen out of collection, and the older generations are collected less often
-    (bench/README.md). ``GC_GEN0_THRESHOLD=0`` keeps CPython's defaults.
+    default thresholds a full collection, which walks them all, ran every second or two
+    during broadcasts and took 100-400 ms each time (bench/README.md). The objects loaded at
+    start are frozen out of collection, and the oldest generation is collected far less
+    often; young collections stay small, so short. ``GC_THRESHOLDS`` (three numbers, or
+    ``default`` for CPython's own) changes it.
     """
     import gc
 
-    gen0 = int(os.environ.get("GC_GEN0_THRESHOLD", "20000"))
-    if gen0 > 0:
+    setting = os.environ.get("GC_THRESHOLDS", "700,10,1000")
+    if setting != "default":
         gc.collect()
         gc.freeze()
-        gc.set_threshold(gen0, 20, 20)
+        gc.set_threshold(*(int(n) for n in setting.split(",")))
 
 
 control_socket_disable = True  # one control socket per host would be shared by every instance

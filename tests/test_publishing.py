@@ -118,8 +118,8 @@ def test_a_cursor_overtaken_by_another_worker_is_replaced_and_written_back(app):
         assert publisher.publish(slow, [slow[0]["_id"]])  # A publishes at last
         assert slow[0]["seq"] > fast["seq"]  # a fresh cursor, above what B published
         assert publisher.stats["resequenced"] == 1
-        wait_until(lambda: coll.find_one({"_id": slow[0]["_id"]})["seq"] == slow[0]["seq"])
-        assert not marked(coll, "sam")
+        wait_until(lambda: not marked(coll, "sam"))  # the replaced cursor is written first
+        assert coll.find_one({"_id": slow[0]["_id"]})["seq"] == slow[0]["seq"]
         replayed = events_after(publisher_service(app), "sam", 0, 100, strict=False)
         assert [e.seq for e in replayed] == [fast["seq"], slow[0]["seq"]]
 
@@ -145,6 +145,7 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         publishing.mark_outbox(pending, datetime.now(timezone.utc) + timedelta(seconds=10))
         coll.insert_many(pending)  # stored with its cursor, not published yet
         later = service.publisher.store(docs_for("tia", 1)).notifications[0]
+        wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [pending[0]["_id"]])  # later's is gone
         service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
         replayed = events_after(service, "tia", 0, 100, strict=False)
         assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
