@@ -26,8 +26,9 @@ class Notification(Document):
     ``seq`` is the user's stream cursor, proposed by the worker and stored with the
     document; the publish keeps it or replaces it (then writes the new one back), so every
     instance delivers a user's cursors in increasing order.
-    ``outbox`` is the first document of each stored batch's marker (lease, ids) until the
-    batch is published; the relay publishes batches whose marker outlived its lease.
+    ``outbox``, on the first document of each stored batch, is the batch's marker (lease,
+    ids) until the batch is published; the relay publishes batches whose marker outlived
+    its lease.
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -99,8 +100,8 @@ def ensure_indexes(retention_seconds: int | None = None) -> None:
     coll = notifications_collection()
     for document in (Notification, IdempotencyRecord):
         document.ensure_indexes()
-    adopt_legacy_unpublished(coll)
-    if "outbox" in coll.index_information():  # (published, lease_until), before batch markers
+    if "outbox" in coll.index_information():  # (published, lease_until): an older version's
+        adopt_legacy_unpublished(coll)  # uses that index, once, at the upgrade
         coll.drop_index("outbox")
     if retention_seconds is not None:
         from .retention import ensure_ttl_index

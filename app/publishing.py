@@ -10,8 +10,8 @@ Every document is written once, with its cursor: the script keeps the proposed o
 another worker already published a later one for that user (then it publishes a fresh
 one, written back to MongoDB after the publish). The batch's first document carries the
 outbox marker (``outbox``: a lease and the batch's ids; sparse index): it is inserted
-first, so it exists whenever any document of the batch does. After the publish one update
-per batch (per several batches, coalesced) removes the marker. If Redis fails, or the
+first, so it exists whenever any document of the batch does. After the publish, one
+update for many batches removes their markers. If Redis fails, or the
 process dies between insert and publish, the marker stays, and a relay greenlet in every
 worker publishes the batch once its lease has expired, claiming it first so two instances
 never race.
@@ -53,8 +53,6 @@ MAX_BATCH_DOCS = 5000
 RELAY_BATCH = 200  # markers (batches) claimed per relay pass
 WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
 WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
-
-
 MAX_CLOCK_AHEAD_US = 1_000_000  # a proposed cursor further ahead of Redis time is replaced
 
 

@@ -184,6 +184,7 @@ def test_what_an_older_version_left_unpublished_is_adopted_and_relayed(app):
         for doc in legacy:  # the old outbox: a flag and a lease per document, no cursor yet
             doc.update(published=False, lease_until=datetime.now(timezone.utc))
         coll.insert_many(legacy)
+        coll.create_index([("published", 1), ("lease_until", 1)], name="outbox")  # its index
         ensure_indexes()
         assert len(marked(coll, "vic")) == 2 and "outbox" not in coll.index_information()
         assert publisher.relay_once() == 2
