@@ -8,41 +8,22 @@ and hands each ``data:`` line to a callback, all inside ``data_received``.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Callable
-from urllib.parse import urlsplit
+
+from streamclient import StreamClient
 
 
-class SSEClient(asyncio.Protocol):
-    def __init__(self, request: bytes, on_data: Callable[[bytes], None]) -> None:
-        self.request = request
-        self.on_data = on_data
-        self.transport: asyncio.Transport | None = None
-        self.status: int | None = None
-        self.head_seen = asyncio.Event()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+class SSEClient(StreamClient):
+    def __init__(self, request: bytes, on_payload: Callable[[bytes], None]) -> None:
+        super().__init__(request, on_payload)
         self._head = bytearray()
         self._chunked = False
         self._raw = bytearray()  # chunked body not yet de-framed
         self._body = bytearray()  # event text not yet split into events
 
     @classmethod
-    async def connect(cls, url: str, on_data: Callable[[bytes], None]) -> SSEClient:
-        parts = urlsplit(url)
-        target = parts.path + ("?" + parts.query if parts.query else "")
-        request = (
-            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nAccept: text/event-stream\r\n\r\n"
-        ).encode("latin-1")
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(
-            lambda: cls(request, on_data), parts.hostname or "127.0.0.1", parts.port or 80
-        )
-        return client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
+    def headers(cls) -> str:
+        return "Accept: text/event-stream\r\n"
 
     def data_received(self, data: bytes) -> None:
         if self.status is None:
@@ -70,7 +51,7 @@ class SSEClient(asyncio.Protocol):
                 break
             for line in bytes(body[start:end]).split(b"\n"):
                 if line.startswith(b"data:"):
-                    self.on_data(line[5:])
+                    self.on_payload(line[5:])
             start = end + 2
         if start:
             del body[:start]
@@ -92,12 +73,3 @@ class SSEClient(asyncio.Protocol):
             pos = eol + 2 + size + 2
         del raw[:pos]
         return bytes(out)
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.head_seen.set()
-        if not self.closed.done():
-            self.closed.set_result(None)

@@ -7,12 +7,12 @@ unmasked server frames (fragments joined), pings answered, the close code kept.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import os
 import struct
 from collections.abc import Callable
-from urllib.parse import urlsplit
+
+from streamclient import StreamClient
 
 TEXT, CLOSE, PING, CONTINUATION = 0x1, 0x8, 0x9, 0x0
 
@@ -24,37 +24,20 @@ def masked_frame(opcode: int, payload: bytes) -> bytes:
     return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
 
 
-class WSClient(asyncio.Protocol):
-    def __init__(self, request: bytes, on_text: Callable[[bytes], None]) -> None:
-        self.request = request
-        self.on_text = on_text
-        self.transport: asyncio.Transport | None = None
-        self.status: int | None = None
+class WSClient(StreamClient):
+    def __init__(self, request: bytes, on_payload: Callable[[bytes], None]) -> None:
+        super().__init__(request, on_payload)
         self.close_code: int | None = None
-        self.head_seen = asyncio.Event()
-        self.closed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._buf = bytearray()
         self._fragments = bytearray()
 
     @classmethod
-    async def connect(cls, url: str, on_text: Callable[[bytes], None]) -> WSClient:
-        parts = urlsplit(url)
-        target = parts.path + ("?" + parts.query if parts.query else "")
+    def headers(cls) -> str:
         key = base64.b64encode(os.urandom(16)).decode()
-        request = (
-            f"GET {target} HTTP/1.1\r\nHost: {parts.netloc}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n\r\n"
-        ).encode("latin-1")
-        loop = asyncio.get_running_loop()
-        _, client = await loop.create_connection(
-            lambda: cls(request, on_text), parts.hostname or "127.0.0.1", parts.port or 80
+        return (
+            "Upgrade: websocket\r\nConnection: Upgrade\r\n"
+            f"Sec-WebSocket-Key: {key}\r\nSec-WebSocket-Version: 13\r\n"
         )
-        return client
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-        transport.write(self.request)
 
     def data_received(self, data: bytes) -> None:
         buf = self._buf
@@ -94,11 +77,11 @@ class WSClient(asyncio.Protocol):
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode in (TEXT, CONTINUATION):
             if fin and not self._fragments:
-                self.on_text(payload)
+                self.on_payload(payload)
             else:
                 self._fragments += payload
                 if fin:
-                    self.on_text(bytes(self._fragments))
+                    self.on_payload(bytes(self._fragments))
                     self._fragments.clear()
         elif opcode == PING and self.transport is not None:
             self.transport.write(masked_frame(0xA, payload))
@@ -107,12 +90,3 @@ class WSClient(asyncio.Protocol):
             if self.transport is not None:
                 self.transport.write(masked_frame(CLOSE, payload[:2]))
             self.close()
-
-    def close(self) -> None:
-        if self.transport is not None:
-            self.transport.close()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.head_seen.set()
-        if not self.closed.done():
-            self.closed.set_result(None)
