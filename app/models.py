@@ -73,6 +73,11 @@ class IdempotencyRecord(Document):
     }
 
 
+# Reads that answer with notifications leave out the outbox marker (and an older
+# version's outbox fields): ``public_json`` picks the fields, this keeps the wire small.
+PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
+
+
 def notifications_collection() -> Collection:
     return Notification._get_collection()
 

@@ -24,13 +24,11 @@ from . import lua
 from .config import Config
 from .errors import ApiError
 from .events import READ, Event
-from .models import notifications_collection
+from .models import PUBLIC_PROJECTION, notifications_collection
 from .publishing import Publisher, Stored, StoreUnavailable
 from .serialization import new_document, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
-
-_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
 @dataclass(frozen=True)
@@ -94,7 +92,8 @@ class NotificationService:
         if before is not None:
             query["_id"] = {"$lt": before}
         try:
-            docs = list(notifications_collection().find(query, _PROJECTION).sort("_id", -1).limit(limit + 1))
+            newest = notifications_collection().find(query, PUBLIC_PROJECTION).sort("_id", -1)
+            docs = list(newest.limit(limit + 1))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         page = docs[:limit]
@@ -182,7 +181,7 @@ class NotificationService:
 
     def _recent_from_mongo(self) -> bytes:
         try:
-            newest = notifications_collection().find({}, _PROJECTION).sort("_id", -1)
+            newest = notifications_collection().find({}, PUBLIC_PROJECTION).sort("_id", -1)
             docs = newest.limit(self.config.RECENT_LIMIT)
             return orjson.dumps({"notifications": [public_json(d) for d in docs]})
         except PyMongoError as exc:

@@ -44,7 +44,7 @@ from pymongo.errors import PyMongoError
 
 from . import lua, metrics
 from .config import Config
-from .models import notifications_collection
+from .models import PUBLIC_PROJECTION, notifications_collection
 from .serialization import mark_outbox, public_json
 
 log = logging.getLogger(__name__)
@@ -355,11 +355,9 @@ class Publisher:
         if not claimed:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
-        ids = [oid for m in claimed for oid in m["outbox"].get("ids", [m["_id"]])]
-        docs = list(coll.find({"_id": {"$in": ids}}, {"outbox": 0}).sort("_id", 1))
-        if not docs:  # the batch was removed after a failed insert: nothing to publish
-            coll.update_many({"_id": {"$in": claimed_ids}}, {"$unset": {"outbox": ""}})
-        elif self.publish(docs, claimed_ids):
+        ids = [oid for m in claimed for oid in m["outbox"]["ids"]]  # each marker's own id too
+        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        if self.publish(docs, claimed_ids):
             self.stats["relayed"] += len(docs)
             metrics.RELAYED.inc(len(docs))
             log.info("relay published %d notifications left unpublished", len(docs))

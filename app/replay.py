@@ -18,12 +18,10 @@ from pymongo.errors import PyMongoError
 
 from . import metrics
 from .events import NOTIFICATION, Event
-from .models import notifications_collection
+from .models import PUBLIC_PROJECTION, notifications_collection
 from .serialization import public_json
 
 log = logging.getLogger(__name__)
-
-_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
 class ReplayUnavailable(RuntimeError):
@@ -43,7 +41,7 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         return [_event(user_id, seq, json) for seq, json in recent if seq > cursor]
     query: dict[str, Any] = {"user_id": user_id, "seq": {"$gte" if strict and cursor else "$gt": cursor}}
     try:
-        docs = list(notifications_collection().find(query, _PROJECTION).sort("seq", 1).limit(limit + 2))
+        docs = list(notifications_collection().find(query, PUBLIC_PROJECTION).sort("seq", 1).limit(limit + 2))
     except PyMongoError as exc:
         raise ReplayUnavailable(str(exc)) from exc
     if strict and cursor:
