@@ -79,8 +79,10 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 
 def start_background(app: Flask) -> None:
-    """Start this worker's greenlets (hub listener, batcher, relay); once per process, after fork."""
+    """Start this worker's greenlets (hub listener, batcher, relay, retention sweeper); once
+    per process, after fork."""
     app.extensions["notifications"].publisher.start()
+    app.extensions["notifications"].retention.start()
     app.extensions["hub"].start()
     from . import dashboard
 
@@ -91,6 +93,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["presence"].stop()
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
+    app.extensions["notifications"].retention.stop()
 
 
 def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:

@@ -113,13 +113,13 @@ def token(user: str, ttl: int | None) -> None:
 
 @db.command("create-indexes")
 def db_create_indexes() -> None:
-    """Create all indexes, including the retention TTL index from RETENTION_DAYS."""
+    """Create all indexes (and upgrade what an older version left); report the retention."""
     config = current_app.extensions["config"]
     try:
         seconds = retention.retention_seconds(config)
     except ValueError as exc:
         _fail(str(exc))
-    ensure_indexes(retention_seconds=seconds)
+    ensure_indexes()
     apikeys.ensure_indexes()
     ttl = f"{config.RETENTION_DAYS} days" if seconds else "none (kept forever)"
     click.echo(f"indexes ready; notification retention: {ttl}")
@@ -128,7 +128,7 @@ def db_create_indexes() -> None:
 @db.command("prune")
 @click.option("--days", type=float, required=True, help="Delete notifications older than this.")
 def db_prune(days: float) -> None:
-    """Delete notifications older than --days now (the TTL index does it continuously)."""
+    """Delete notifications older than --days now (the sweeper does it every minute)."""
     if days < 0:
         _fail("--days must not be negative")
     deleted = retention.prune(notifications_collection(), days)

@@ -109,6 +109,8 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if self.RETENTION_DAYS < 0:
+            raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:
             missing = [
                 name

@@ -15,6 +15,8 @@ from mongoengine import (
     DictField,
     Document,
     IntField,
+    ListField,
+    ObjectIdField,
     StringField,
 )
 from pymongo.collection import Collection
@@ -25,10 +27,11 @@ class Notification(Document):
 
     ``seq`` is the user's stream cursor, proposed by the worker and stored with the
     document; the publish keeps it or replaces it (then writes the new one back), so every
-    instance delivers a user's cursors in increasing order.
-    ``outbox``, on the first document of each stored batch, is the batch's marker (lease,
-    ids) until the batch is published; the relay publishes batches whose marker outlived
-    its lease.
+    instance delivers a user's cursors in increasing order. History pages and replay both
+    read by ``(user_id, seq)``.
+
+    Two secondary indexes, no more: on the dev server every index costs about as much per
+    insert as the document itself (``bench/README.md``, "The store step").
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -39,17 +42,36 @@ class Notification(Document):
     created_at = DateTimeField(required=True)
     read = BooleanField(default=False)
     seq = IntField()
-    outbox = DictField(default=None)
 
     meta = {
         "collection": "notifications",
         "auto_create_index": False,
+        "strict": False,  # an older version's outbox fields may still be on a document
         "indexes": [
-            {"fields": ["user_id", "-id"], "name": "user_newest"},
             {"fields": ["user_id", "read"], "name": "user_unread"},
             {"fields": ["user_id", "seq"], "name": "user_seq"},
-            {"fields": ["outbox.lease_until"], "name": "outbox_lease", "sparse": True},
         ],
+    }
+
+
+class OutboxBatch(Document):
+    """A stored batch not yet recorded as published: its lease and its notifications' ids.
+
+    Inserted before the batch's notifications, so it exists whenever any of them does; it
+    is deleted once the batch is published (``app/publishing.py``). The collection holds
+    only batches in flight, a handful at a time, more while Redis is down. ``id`` is the
+    batch's first notification's id.
+    """
+
+    id = ObjectIdField(primary_key=True)
+    lease_until = DateTimeField(required=True)
+    ids = ListField(ObjectIdField())
+    claim = StringField()
+
+    meta = {
+        "collection": "outbox",
+        "auto_create_index": False,
+        "indexes": [{"fields": ["lease_until"], "name": "outbox_due"}],
     }
 
 
@@ -82,33 +104,43 @@ def notifications_collection() -> Collection:
     return Notification._get_collection()
 
 
+def outbox_collection() -> Collection:
+    return OutboxBatch._get_collection()
+
+
 def adopt_legacy_unpublished(coll: Collection) -> int:
-    """Give the relay what an older version left unpublished (``published: false`` and no
-    batch marker): each becomes a batch of its own, due now. Returns how many.
+    """Hand the relay what older versions left unpublished; returns how many notifications.
 
-    Their old ``lease_until`` field is left as it is: nothing reads it any more."""
+    Two older layouts: ``published: false`` with a lease per document (each becomes a
+    batch of its own), and a batch marker in the first document's ``outbox`` field. Both
+    become outbox batches due now; their old fields are removed."""
     now = datetime.now(timezone.utc)
-    legacy = {"published": False, "outbox": {"$exists": False}}
-    ids = [d["_id"] for d in coll.find(legacy, {"_id": 1})]
-    for oid in ids:
-        marker = {"lease_until": now, "ids": [oid]}
-        coll.update_one({"_id": oid, **legacy}, {"$set": {"outbox": marker}, "$unset": {"published": ""}})
-    return len(ids)
+    outbox, adopted = outbox_collection(), 0
+    for doc in coll.find({"$or": [{"published": False}, {"outbox": {"$exists": True}}]}, {"outbox": 1}):
+        ids = doc["outbox"]["ids"] if doc.get("outbox") else [doc["_id"]]
+        marker = {"lease_until": now, "ids": ids}
+        outbox.update_one({"_id": doc["_id"]}, {"$setOnInsert": marker}, upsert=True)
+        coll.update_one({"_id": doc["_id"]}, {"$unset": {"outbox": "", "published": ""}})
+        adopted += len(ids)
+    return adopted
 
 
-def ensure_indexes(retention_seconds: int | None = None) -> None:
-    """Create every index; safe to call repeatedly (start-up, CLI, tests).
+LEGACY_INDEXES = ("outbox", "outbox_lease", "user_newest")  # what older versions created
 
-    ``retention_seconds`` sets the TTL index on ``created_at`` (0 removes it; None leaves
-    it as it is): see ``app/retention.py``.
-    """
+
+def ensure_indexes() -> None:
+    """Create every index and upgrade what older versions left; safe to call repeatedly.
+
+    Retention needs no index: ``app/retention.py`` deletes by ``_id`` range, so an older
+    version's TTL index on ``created_at`` is dropped here."""
     coll = notifications_collection()
-    for document in (Notification, IdempotencyRecord):
+    for document in (Notification, OutboxBatch, IdempotencyRecord):
         document.ensure_indexes()
-    if "outbox" in coll.index_information():  # (published, lease_until): an older version's
-        adopt_legacy_unpublished(coll)  # uses that index, once, at the upgrade
-        coll.drop_index("outbox")
-    if retention_seconds is not None:
-        from .retention import ensure_ttl_index
-
-        ensure_ttl_index(notifications_collection(), retention_seconds)
+    legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
+    if {"outbox", "outbox_lease"} & set(legacy):  # adopt while their indexes still exist
+        adopt_legacy_unpublished(coll)
+    for name in legacy:
+        coll.drop_index(name)
+    for index in coll.list_indexes():
+        if "expireAfterSeconds" in index and list(index["key"]) == ["created_at"]:
+            coll.drop_index(index["name"])

@@ -26,6 +26,7 @@ from .errors import ApiError
 from .events import READ, Event
 from .models import PUBLIC_PROJECTION, notifications_collection
 from .publishing import Publisher, Stored, StoreUnavailable
+from .retention import Sweeper
 from .serialization import new_document, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class NotificationService:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self.publisher = Publisher(config, redis_client)
+        self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
 
     @property
@@ -86,14 +88,21 @@ class NotificationService:
         return self._cached(user_id, suffix, lambda: self._history_page(user_id, limit, None, unread))
 
     def _history_page(self, user_id: str, limit: int, before: ObjectId | None, unread: bool) -> bytes:
+        """Newest first by cursor (the ``user_seq`` index); ``before`` names the page's end.
+
+        A ``before`` that names none of the user's notifications (expired, or never theirs)
+        has nothing before it: an empty page."""
         query: dict[str, Any] = {"user_id": user_id}
         if unread:
             query["read"] = False
-        if before is not None:
-            query["_id"] = {"$lt": before}
+        coll = notifications_collection()
         try:
-            newest = notifications_collection().find(query, PUBLIC_PROJECTION).sort("_id", -1)
-            docs = list(newest.limit(limit + 1))
+            if before is not None:
+                last = coll.find_one({"_id": before, "user_id": user_id}, {"seq": 1})
+                if last is None or last.get("seq") is None:
+                    return orjson.dumps({"notifications": [], "next": None})
+                query["seq"] = {"$lt": last["seq"]}
+            docs = list(coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).limit(limit + 1))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         page = docs[:limit]

@@ -8,10 +8,10 @@ batch, so nothing waits at low load.
 
 Every document is written once, with its cursor: the script keeps the proposed one unless
 another worker already published a later one for that user (then it publishes a fresh
-one, written back to MongoDB after the publish). The batch's first document carries the
-outbox marker (``outbox``: a lease and the batch's ids; sparse index): it is inserted
-first, so it exists whenever any document of the batch does. After the publish, one
-update for many batches removes their markers. If Redis fails, or the
+one, written back to MongoDB after the publish). Each batch has an outbox marker, a
+document of its own in the small ``outbox`` collection (a lease and the batch's ids):
+it is inserted first, so it exists whenever any document of the batch does. After the
+publish, one delete for many batches removes their markers. If Redis fails, or the
 process dies between insert and publish, the marker stays, and a relay greenlet in every
 worker publishes the batch once its lease has expired, claiming it first so two instances
 never race.
@@ -44,8 +44,8 @@ from pymongo.errors import PyMongoError
 
 from . import lua, metrics
 from .config import Config
-from .models import PUBLIC_PROJECTION, notifications_collection
-from .serialization import mark_outbox, public_json
+from .models import PUBLIC_PROJECTION, notifications_collection, outbox_collection
+from .serialization import outbox_marker, public_json
 
 log = logging.getLogger(__name__)
 
@@ -151,8 +151,8 @@ class Publisher:
         docs = [doc for job in jobs for doc in job.docs]
         self.propose_cursors(docs)
         lease = datetime.now(timezone.utc) + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        mark_outbox(docs, lease)  # the lease runs from now, not from when the request queued
-        if not self._insert(jobs, docs):
+        marker = outbox_marker(docs, lease)  # the lease runs from now, not from when the request queued
+        if not self._insert(jobs, docs, marker):
             return
         self.stats["batches"] += 1
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
@@ -177,13 +177,17 @@ class Publisher:
             doc["seq"] = last
         self._last_proposed = last
 
-    def _insert(self, jobs: list[_Job], docs: list[dict[str, Any]]) -> bool:
-        """Insert the batch, marker first (ordered). All or nothing: on failure every job fails."""
+    def _insert(self, jobs: list[_Job], docs: list[dict[str, Any]], marker: dict[str, Any]) -> bool:
+        """Insert the marker, then the batch. All or nothing: on failure every job fails."""
+        stored_marker = False
         try:
+            outbox_collection().insert_one(marker)
+            stored_marker = True
             notifications_collection().insert_many(docs, ordered=True)
         except PyMongoError as exc:
             log.error("MongoDB insert failed: %s", exc)
-            self._forget([d["_id"] for d in docs])
+            if stored_marker:
+                self._forget(marker)
             for job in jobs:
                 job.result.set_exception(StoreUnavailable("MongoDB did not store the notification"))
             return False
@@ -192,12 +196,15 @@ class Publisher:
         return True
 
     @staticmethod
-    def _forget(ids: list[Any]) -> None:
-        """Nothing half-written: remove whatever part of a failed batch was stored."""
+    def _forget(marker: dict[str, Any]) -> None:
+        """Nothing half-written: remove whatever part of a failed batch was stored.
+
+        The marker goes last: if this fails, the relay publishes what is left, late."""
         try:
-            notifications_collection().delete_many({"_id": {"$in": ids}})
+            notifications_collection().delete_many({"_id": {"$in": marker["ids"]}})
+            outbox_collection().delete_one({"_id": marker["_id"]})
         except PyMongoError:
-            log.error("could not remove up to %d partly stored notifications", len(ids))
+            log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))
 
     # -- publish ---------------------------------------------------------------------
     def publish(self, docs: list[dict[str, Any]], markers: list[Any]) -> bool:
@@ -249,9 +256,7 @@ class Publisher:
     def _release_leases(self, markers: list[Any]) -> None:
         now = datetime.now(timezone.utc)
         try:
-            notifications_collection().update_many(
-                {"_id": {"$in": markers}, "outbox": {"$exists": True}}, {"$set": {"outbox.lease_until": now}}
-            )
+            outbox_collection().update_many({"_id": {"$in": markers}}, {"$set": {"lease_until": now}})
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
@@ -317,12 +322,11 @@ class Publisher:
 
     @staticmethod
     def _record_cleanups(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
-        coll = notifications_collection()
         if fixes:  # before the markers go: a marked document is left out of replays meanwhile
             ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
-            coll.bulk_write(ops, ordered=False)
+            notifications_collection().bulk_write(ops, ordered=False)
         if markers:
-            coll.update_many({"_id": {"$in": markers}}, {"$unset": {"outbox": ""}})
+            outbox_collection().delete_many({"_id": {"$in": markers}})
 
     # -- relay -----------------------------------------------------------------------
     def _relay_loop(self) -> None:
@@ -339,24 +343,25 @@ class Publisher:
 
     def relay_once(self) -> int:
         """Claim and publish batches whose publish lease expired. Returns how many batches."""
-        coll = notifications_collection()
+        outbox = outbox_collection()
         now = datetime.now(timezone.utc)
-        due = {"outbox.lease_until": {"$lt": now}}
-        found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        due = {"lease_until": {"$lt": now}}
+        found = [d["_id"] for d in outbox.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
         markers = [oid for oid in found if oid not in self._pending_markers]  # published here
         if not markers:
             return 0
         claim = uuid.uuid4().hex
         lease = now + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        coll.update_many(
-            {**due, "_id": {"$in": markers}}, {"$set": {"outbox.lease_until": lease, "outbox.claim": claim}}
-        )
-        claimed = list(coll.find({"outbox.claim": claim}, {"outbox": 1}))
+        outbox.update_many({**due, "_id": {"$in": markers}}, {"$set": {"lease_until": lease, "claim": claim}})
+        claimed = list(outbox.find({"_id": {"$in": markers}, "claim": claim}, {"ids": 1}))
         if not claimed:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
-        ids = [oid for m in claimed for oid in m["outbox"]["ids"]]  # each marker's own id too
-        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        ids = [oid for m in claimed for oid in m["ids"]]
+        docs = list(notifications_collection().find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        if not docs:  # the process died after the marker, before the batch: nothing to publish
+            self._record_cleanups(claimed_ids, [])
+            return len(markers)
         if self.publish(docs, claimed_ids):
             self.stats["relayed"] += len(docs)
             metrics.RELAYED.inc(len(docs))

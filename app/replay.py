@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from . import metrics
 from .events import NOTIFICATION, Event
-from .models import PUBLIC_PROJECTION, notifications_collection
+from .models import PUBLIC_PROJECTION, notifications_collection, outbox_collection
 from .serialization import public_json
 
 log = logging.getLogger(__name__)
@@ -59,11 +59,8 @@ def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not docs:
         return docs
     try:
-        marked = notifications_collection().find(
-            {"outbox.lease_until": {"$exists": True}, "outbox.ids": {"$in": [d["_id"] for d in docs]}},
-            {"outbox.ids": 1},
-        )
-        pending = {oid for m in marked for oid in m["outbox"]["ids"]}
+        marked = outbox_collection().find({"ids": {"$in": [d["_id"] for d in docs]}}, {"ids": 1})
+        pending = {oid for m in marked for oid in m["ids"]}
     except PyMongoError as exc:
         raise ReplayUnavailable(str(exc)) from exc
     return [d for d in docs if d["_id"] not in pending] if pending else docs

@@ -1,10 +1,12 @@
-"""Retention: notifications older than ``RETENTION_DAYS`` are removed by MongoDB itself.
+"""Retention: notifications older than ``RETENTION_DAYS`` are deleted by the service itself.
 
-A TTL index on ``notifications.created_at`` lets the server's TTL monitor (a pass about
-every 60 s) delete expired documents; nothing in the app has to run. Changing
-``RETENTION_DAYS`` and running ``flask db create-indexes`` (or any ``ensure_indexes``
-with a retention) adjusts the existing index in place with ``collMod``; 0 removes it and
-keeps notifications forever. ``flask db prune --days N`` deletes older ones right away.
+A sweeper greenlet in every worker deletes, about once a minute, every notification whose
+``_id`` (an ObjectId: its creation time, the same second as ``created_at``) is older than
+the retention, by a range on the primary key. One worker on one instance does each pass
+(a Redis lock); the others skip it. There is no TTL index: on the dev server a secondary
+index costs each insert about as much as the document itself (``bench/README.md``), and
+MongoDB's TTL monitor deletes one document at a time anyway. ``RETENTION_DAYS=0`` keeps
+notifications forever; ``flask db prune --days N`` deletes older ones right away.
 
 What follows from it: history only reaches back ``RETENTION_DAYS``, and so does replay.
 A client resuming with a cursor whose notification has expired gets a ``reset`` event
@@ -13,66 +15,87 @@ A client resuming with a cursor whose notification has expired gets a ``reset`` 
 
 from __future__ import annotations
 
+import logging
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
+import gevent
+import redis
+from bson import ObjectId
 from pymongo.collection import Collection
-from pymongo.errors import OperationFailure
+from pymongo.errors import PyMongoError
 
-TTL_FIELD = "created_at"
-TTL_INDEX = "retention_ttl"
+from .models import notifications_collection
+
+log = logging.getLogger(__name__)
+
 DAY = 86400
+SWEEP_SECONDS = 60.0
+CHUNK = 5000  # documents per delete: a first pass over years of data stays interruptible
 
 
 def retention_seconds(config: Any) -> int:
-    """The TTL in seconds for ``config.RETENTION_DAYS`` (0: keep forever)."""
+    """The retention in seconds for ``config.RETENTION_DAYS`` (0: keep forever)."""
     days = int(config.RETENTION_DAYS)
     if days < 0:
         raise ValueError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
     return days * DAY
 
 
-def _ttl_index(collection: Collection) -> dict[str, Any] | None:
-    for index in collection.list_indexes():
-        if list(index["key"].items()) == [(TTL_FIELD, 1)]:
-            return dict(index)
-    return None
-
-
-def ensure_ttl_index(collection: Collection, seconds: int) -> str:
-    """Make the TTL on ``created_at`` equal ``seconds`` (0 drops it). Returns what it did."""
-    current = _ttl_index(collection)
-    if seconds <= 0:
-        if current is not None and "expireAfterSeconds" in current:
-            collection.drop_index(current["name"])
-            return "dropped"
-        return "unchanged"
-    if current is None:
-        collection.create_index([(TTL_FIELD, 1)], name=TTL_INDEX, expireAfterSeconds=seconds)
-        return "created"
-    if current.get("expireAfterSeconds") == seconds:
-        return "unchanged"
-    if "expireAfterSeconds" in current:
-        try:
-            collection.database.command(
-                "collMod", collection.name, index={"name": current["name"], "expireAfterSeconds": seconds}
-            )
-            if _ttl_index(collection).get("expireAfterSeconds") == seconds:  # type: ignore[union-attr]
-                return "modified"
-        except OperationFailure:
-            pass  # a server without collMod on indexes: rebuild it below
-    collection.drop_index(current["name"])
-    collection.create_index([(TTL_FIELD, 1)], name=TTL_INDEX, expireAfterSeconds=seconds)
-    return "rebuilt"
-
-
-def ttl_seconds(collection: Collection) -> int | None:
-    """The TTL currently in force, or None when there is no TTL index."""
-    index = _ttl_index(collection)
-    return None if index is None else index.get("expireAfterSeconds")
+def cutoff_id(seconds: float, now: datetime | None = None) -> ObjectId:
+    """The smallest ObjectId created ``seconds`` ago: everything below it is older."""
+    return ObjectId.from_datetime((now or datetime.now(timezone.utc)) - timedelta(seconds=seconds))
 
 
 def prune(collection: Collection, days: float, now: datetime | None = None) -> int:
     """Delete notifications created more than ``days`` ago; returns how many."""
-    cutoff = (now or datetime.now(timezone.utc)) - timedelta(days=days)
-    return collection.delete_many({TTL_FIELD: {"$lt": cutoff}}).deleted_count
+    below = {"_id": {"$lt": cutoff_id(days * DAY, now)}}
+    deleted = 0
+    while True:
+        ids = [d["_id"] for d in collection.find(below, {"_id": 1}).sort("_id", 1).limit(CHUNK)]
+        if not ids:
+            return deleted
+        deleted += collection.delete_many({"_id": {"$in": ids}}).deleted_count
+        gevent.sleep(0)  # a long first pass must not starve the worker's streams
+
+
+class Sweeper:
+    """One greenlet per worker; a Redis lock lets one worker in the deployment do each pass."""
+
+    def __init__(self, config: Any, redis_client: redis.Redis, lock_key: str) -> None:
+        self.seconds = retention_seconds(config)
+        self.redis = redis_client
+        self.lock_key = lock_key
+        self.deleted = 0
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self.seconds and self._greenlet is None:
+            self._greenlet = gevent.spawn(self._run)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+            self._greenlet = None
+
+    def _run(self) -> None:
+        while True:
+            gevent.sleep(SWEEP_SECONDS)
+            self.sweep_once()
+
+    def sweep_once(self) -> int | None:
+        """Delete what expired, if no other worker did this minute; None when skipped."""
+        try:
+            if not self.redis.set(self.lock_key, "1", nx=True, ex=max(int(SWEEP_SECONDS) - 5, 1)):
+                return None
+        except redis.RedisError:
+            return None  # without the lock every worker would sweep: leave it to the next pass
+        try:
+            deleted = prune(notifications_collection(), self.seconds / DAY)
+        except PyMongoError as exc:
+            log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
+            return None
+        self.deleted += deleted
+        if deleted:
+            log.info("retention: deleted %d notifications older than %d days", deleted, self.seconds // DAY)
+        return deleted

@@ -35,10 +35,8 @@ def new_document(
     category: str,
     data: dict[str, Any],
     created_at: datetime,
-    lease_until: datetime | None = None,
 ) -> dict[str, Any]:
-    """A raw notification document. The publisher gives it its cursor and outbox marker;
-    pass ``lease_until`` only to insert one directly, unpublished (tests, tools)."""
+    """A raw notification document; the publisher gives it its cursor."""
     doc = {
         "_id": ObjectId(),
         "user_id": user_id,
@@ -50,18 +48,16 @@ def new_document(
         "read": False,
         "seq": None,
     }
-    if lease_until is not None:
-        mark_outbox([doc], lease_until)
     return doc
 
 
-def mark_outbox(docs: list[dict[str, Any]], lease_until: datetime) -> None:
-    """Make ``docs`` one outbox batch: its first document carries the lease and every id.
+def outbox_marker(docs: list[dict[str, Any]], lease_until: datetime) -> dict[str, Any]:
+    """The outbox document for one stored batch (``app/models.py``, ``OutboxBatch``).
 
-    Inserted first (ordered), the marker exists whenever any document of the batch does;
-    it is removed once the batch is published (``app/publishing.py``).
+    Inserted before the batch, it exists whenever any document of the batch does; it is
+    deleted once the batch is published (``app/publishing.py``).
     """
-    docs[0]["outbox"] = {"lease_until": lease_until, "ids": [d["_id"] for d in docs]}
+    return {"_id": docs[0]["_id"], "lease_until": lease_until, "ids": [d["_id"] for d in docs]}
 
 
 def public_json(doc: dict[str, Any]) -> dict[str, Any]:

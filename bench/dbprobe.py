@@ -1,14 +1,17 @@
-"""What one notification costs the dev MongoDB-wire server, before and after the outbox change.
+"""What one notification costs the dev MongoDB-wire server, in three store designs.
 
     .venv/bin/python bench/dbprobe.py
 
-Starts its own SecantusDB with the notifications indexes and times, at batch sizes 1, 16
-and 1,000, in ms per document:
-- before: ``insert_many`` (``published: false``, a lease per document, indexed), then the
-  cursor write-back (``$set seq, published``; ``$unset`` lease), one update per document;
-- now (``app/publishing.py``): ``insert_many`` with the cursor and one outbox marker on the
-  batch's first document (sparse index), then one update removing the marker, for up to
-  50 batches at a time.
+Starts its own SecantusDB and times, at batch sizes 1, 16 and 1,000, in ms per document,
+the insert and what follows the publish:
+- two writes (until 2026-11-27): ``insert_many`` with ``published: false`` and an indexed
+  lease per document, then the cursor write-back, one update per document;
+- marker in the batch (until 2026-12-01): the cursor stored with the document, the
+  batch's first document carrying the outbox marker (sparse index), one update removing
+  the markers of up to 50 batches; five secondary indexes (the TTL index included);
+- now (``app/publishing.py``, ``app/models.py``): the marker a document of its own in the
+  ``outbox`` collection, inserted before the batch, one delete for up to 50 markers; two
+  secondary indexes on ``notifications`` (retention sweeps by ``_id``, no TTL index).
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from tools.devservers import mongo_server  # noqa: E402
 
-COMMON = ([("user_id", 1), ("_id", -1)], [("user_id", 1), ("read", 1)], [("user_id", 1), ("seq", 1)])
+UNREAD = ([("user_id", 1), ("read", 1)], {})
+SEQ = ([("user_id", 1), ("seq", 1)], {})
+TTL = ([("created_at", 1)], {"expireAfterSeconds": 30 * 86400})
+OLD = [([("user_id", 1), ("_id", -1)], {}), UNREAD, SEQ, TTL]  # until 2026-12-01
+INDEXES = {
+    "two writes": [*OLD, ([("published", 1), ("lease_until", 1)], {})],
+    "marker in batch": [*OLD, ([("outbox.lease_until", 1)], {"sparse": True})],
+    "now": [UNREAD, SEQ],
+}
 
 
 def batch_docs(batch: int, rep: int, now: datetime) -> list[dict[str, Any]]:
@@ -37,7 +48,7 @@ def batch_docs(batch: int, rep: int, now: datetime) -> list[dict[str, Any]]:
     ]  # fmt: skip
 
 
-def before(coll: Any, batch: int, reps: int) -> tuple[float, float]:
+def two_writes(db: Any, coll: Any, batch: int, reps: int) -> tuple[float, float]:
     now, insert, update = datetime.now(timezone.utc), 0.0, 0.0
     for rep in range(reps):
         docs = batch_docs(batch, rep, now)
@@ -52,7 +63,7 @@ def before(coll: Any, batch: int, reps: int) -> tuple[float, float]:
     return insert, update
 
 
-def now_design(coll: Any, batch: int, reps: int) -> tuple[float, float]:
+def marker_in_batch(db: Any, coll: Any, batch: int, reps: int) -> tuple[float, float]:
     now, insert, markers = datetime.now(timezone.utc), 0.0, []
     for rep in range(reps):
         docs = batch_docs(batch, rep, now)
@@ -67,24 +78,38 @@ def now_design(coll: Any, batch: int, reps: int) -> tuple[float, float]:
     return insert, time.perf_counter() - t1
 
 
+def now_design(db: Any, coll: Any, batch: int, reps: int) -> tuple[float, float]:
+    outbox = db[f"outbox_{coll.name}"]
+    outbox.create_index([("lease_until", 1)])
+    now, insert, markers = datetime.now(timezone.utc), 0.0, []
+    for rep in range(reps):
+        docs = batch_docs(batch, rep, now)
+        t0 = time.perf_counter()
+        outbox.insert_one({"_id": docs[0]["_id"], "lease_until": now, "ids": [d["_id"] for d in docs]})
+        coll.insert_many(docs, ordered=True)
+        insert += time.perf_counter() - t0
+        markers.append(docs[0]["_id"])
+    t1 = time.perf_counter()
+    for i in range(0, len(markers), 50):
+        outbox.delete_many({"_id": {"$in": markers[i : i + 50]}})
+    return insert, time.perf_counter() - t1
+
+
 def main() -> None:
+    designs = {"two writes": two_writes, "marker in batch": marker_in_batch, "now": now_design}
     with mongo_server() as server:
         client: MongoClient = MongoClient(server.url, directConnection=True)
-        for name, run, extra in (
-            ("before", before, ([("published", 1), ("lease_until", 1)], {})),
-            ("now", now_design, ([("outbox.lease_until", 1)], {"sparse": True})),
-        ):
-            coll = client.bench[f"notifications_{name}"]
-            for keys in COMMON:
-                coll.create_index(list(keys))
-            coll.create_index(extra[0], **extra[1])
-            coll.create_index([("created_at", 1)], expireAfterSeconds=30 * 86400)
-            for batch in (1, 16, 1000):
+        db = client.bench
+        for batch in (1, 16, 1000):
+            for j, (name, run) in enumerate(designs.items()):  # interleaved: the machine drifts
+                coll = db[f"notifications_{batch}_{j}"]
+                for keys, options in INDEXES[name]:
+                    coll.create_index(keys, **options)
                 reps = max(2, 2000 // batch)
-                insert, update = run(coll, batch, reps)
+                insert, after = run(db, coll, batch, reps)
                 n = reps * batch
-                per = [t / n * 1e3 for t in (insert, update, insert + update)]
-                print(f"{name:6s} batch {batch:5d}: insert {per[0]:.3f} ms/doc, after the publish "
+                per = [t / n * 1e3 for t in (insert, after, insert + after)]
+                print(f"{name:15s} batch {batch:5d}: insert {per[0]:.3f} ms/doc, after the publish "
                       f"{per[1]:.3f} ms/doc, total {per[2]:.3f}")  # fmt: skip
         client.close()
 

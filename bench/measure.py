@@ -1,8 +1,9 @@
-"""What the benchmark reads from the kernel and from Redis about the servers under test."""
+"""What the benchmark reads from the kernel and Redis about the servers under test; machine speed."""
 
 from __future__ import annotations
 
 import os
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -94,3 +95,17 @@ def redis_connections_by_pid(redis_url: str, pids: list[int]) -> dict[str, int]:
     counts = {str(pid): len(socket_inodes(pid) & inodes) for pid in pids}
     counts["total_clients"] = len(listed)
     return counts
+
+
+def speed_probe_ms() -> float:
+    """Milliseconds for a fixed pure-Python loop, best of 3: how fast this machine is now.
+
+    The same 2-core machine kind has run from about 230 to 400 ms here, hours apart (other
+    tenants), and every figure of a run moves with it; the report prints it beside the
+    load average so runs on different days can be read against each other."""
+    best = float("inf")
+    for _ in range(3):
+        started = time.perf_counter()
+        sum(range(10_000_000))
+        best = min(best, time.perf_counter() - started)
+    return round(best * 1000, 1)

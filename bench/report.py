@@ -213,6 +213,12 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dic
         f"load average at start {', '.join(f'{x:.1f}' for x in meta.get('load_avg_at_start', ()))}, "
         f"at end {', '.join(f'{x:.1f}' for x in meta['load_avg_at_end'])}",
     ]
+    if meta.get("speed_probe_ms"):
+        start, end = meta["speed_probe_ms"]
+        lines.append(
+            f"Machine speed (`bench/measure.py` speed_probe_ms, a fixed Python loop, lower is faster): "
+            f"{start:.0f} ms at start, {end:.0f} ms at end"
+        )
     if meta.get("env"):
         lines.append("Service settings: " + ", ".join(f"`{k}={v}`" for k, v in meta["env"].items()))
     if meta.get("note"):

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +18,11 @@ import orjson
 import pytest
 import requests
 import websocket
+from bson import ObjectId
 from gevent.event import Event as Wakeup
 
+from app.models import notifications_collection, outbox_collection
+from app.serialization import new_document, outbox_marker
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -298,3 +302,19 @@ class WSClient(StreamClient):
             self.ws.close()
         if self.greenlet is not None:
             self.greenlet.kill(block=False)
+
+
+def backdated(user: str, days_ago: float, message: str) -> dict[str, Any]:
+    """A notification as if created ``days_ago``: its ObjectId carries the same time."""
+    when = datetime.now(timezone.utc) - timedelta(days=days_ago)
+    doc = new_document(user, message, "", "", {}, when)
+    doc["_id"] = ObjectId(int(when.timestamp()).to_bytes(4, "big") + os.urandom(8))
+    return doc
+
+
+def store_unpublished(docs: list[dict[str, Any]], lease_seconds: float = 10.0) -> None:
+    """Store ``docs`` as one batch the way the batcher does (marker first), unpublished;
+    a negative ``lease_seconds`` makes the batch due for the relay at once."""
+    lease_until = datetime.now(timezone.utc) + timedelta(seconds=lease_seconds)
+    outbox_collection().insert_one(outbox_marker(docs, lease_until))
+    notifications_collection().insert_many(docs)

@@ -139,6 +139,16 @@ def test_history_paging_newest_first(client, auth):
         f"/api/users/pager/notifications?limit=3&before={page2['next']}", headers=auth
     ).get_json()
     assert [n["message"] for n in page3["notifications"]] == ["m0"] and page3["next"] is None
+    seqs = [n["seq"] for page in (page1, page2, page3) for n in page["notifications"]]
+    assert seqs == sorted(seqs, reverse=True)  # pages follow the stream cursor
+
+
+def test_history_before_an_id_that_is_not_the_users_is_an_empty_page(client, auth):
+    other = post(client, {"user_id": "pager-b", "message": "theirs"}, auth).get_json()
+    post(client, {"user_id": "pager-a", "message": "mine"}, auth)
+    for before in (other["id"], "0" * 24):  # another user's notification; one never stored
+        page = client.get(f"/api/users/pager-a/notifications?before={before}", headers=auth).get_json()
+        assert page == {"notifications": [], "next": None}
 
 
 @pytest.mark.parametrize(

@@ -50,7 +50,8 @@ def test_summary_takes_medians_and_compares_with_target_and_peer():
 
 def test_write_results_writes_table_and_json_and_updates_both_readmes(tmp_path):
     meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x",
-            "seconds": 1, "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "shared"}  # fmt: skip
+            "seconds": 1, "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "shared",
+            "speed_probe_ms": [231.4, 402.0]}  # fmt: skip
     markers = "intro\n<!-- results:start -->\nold table\n<!-- results:end -->\noutro\n"
     (tmp_path / "bench").mkdir()
     bench_readme, top_readme = tmp_path / "bench" / "README.md", tmp_path / "README.md"
@@ -63,6 +64,7 @@ def test_write_results_writes_table_and_json_and_updates_both_readmes(tmp_path):
     assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
     assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
     assert "Note: shared" in table
+    assert "231 ms at start, 402 ms at end" in table  # how fast the machine was, beside the figures
     assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
     for readme, image in ((bench_readme, "(results/latest.png)"), (top_readme, "(bench/results/latest.png)")):
         text = readme.read_text()

@@ -193,12 +193,13 @@ def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any])
 def test_relayed_counted(app: Any) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from app.models import notifications_collection
     from app.serialization import new_document
+
+    from .support import store_unpublished
 
     past = datetime.now(timezone.utc) - timedelta(minutes=1)
     before = REGISTRY.get_sample_value("notify_notifications_relayed_total") or 0.0
     with app.app_context():
-        notifications_collection().insert_one(new_document("late", "never published", "", "", {}, past, past))
+        store_unpublished([new_document("late", "never published", "", "", {}, past)], lease_seconds=-60)
         assert app.extensions["notifications"].publisher.relay_once() == 1
     assert REGISTRY.get_sample_value("notify_notifications_relayed_total") == before + 1

@@ -10,9 +10,11 @@ import pytest
 from gevent.event import Event
 
 from app import publishing
-from app.models import notifications_collection
+from app.models import notifications_collection, outbox_collection
 from app.replay import events_after
-from app.serialization import new_document
+from app.serialization import new_document, outbox_marker
+
+from .support import store_unpublished
 
 
 @pytest.fixture
@@ -36,7 +38,9 @@ def docs_for(user: str, n: int) -> list[dict[str, Any]]:
 
 
 def marked(coll: Any, user: str) -> list[dict[str, Any]]:
-    return list(coll.find({"user_id": user, "outbox": {"$exists": True}}))
+    """The outbox markers of batches holding any of ``user``'s notifications."""
+    ids = [d["_id"] for d in coll.find({"user_id": user}, {"_id": 1})]
+    return list(outbox_collection().find({"ids": {"$in": ids}}))
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -55,14 +59,15 @@ def test_each_document_is_written_once_with_its_cursor_and_the_batch_marker_goes
         assert rows == {n["id"]: n["seq"] for n in stored.notifications}  # published as stored
         seqs = [n["seq"] for n in stored.notifications]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
-        (marker,) = marked(coll, "pat")  # one marker for the batch, on its first document
+        (marker,) = marked(coll, "pat")  # one marker for the batch, named after its first document
         assert str(marker["_id"]) == stored.notifications[0]["id"]
-        assert len(marker["outbox"]["ids"]) == 3
-        assert marker["outbox"]["lease_until"].replace(tzinfo=timezone.utc) > datetime.now(timezone.utc)
+        assert [str(i) for i in marker["ids"]] == [n["id"] for n in stored.notifications]
+        assert marker["lease_until"].replace(tzinfo=timezone.utc) > datetime.now(timezone.utc)
+        assert all("outbox" not in d for d in coll.find({"user_id": "pat"}))  # the documents stay clean
 
         # the lease runs out while the clean-up is still behind: the relay must not publish again
         spent = datetime.now(timezone.utc) - timedelta(minutes=5)
-        coll.update_one({"_id": marker["_id"]}, {"$set": {"outbox.lease_until": spent}})
+        outbox_collection().update_one({"_id": marker["_id"]}, {"$set": {"lease_until": spent}})
         published = publisher.stats["published"]
         assert publisher.relay_once() == 0
         assert publisher.stats["published"] == published
@@ -113,8 +118,7 @@ def test_a_cursor_overtaken_by_another_worker_is_replaced_and_written_back(app):
         proposed = slow[0]["seq"]
         fast = publisher.store(docs_for("sam", 1)).notifications[0]  # ... B stored and published
         assert fast["seq"] > proposed
-        publishing.mark_outbox(slow, datetime.now(timezone.utc) + timedelta(seconds=10))
-        coll.insert_many(slow)
+        store_unpublished(slow)
         assert publisher.publish(slow, [slow[0]["_id"]])  # A publishes at last
         assert slow[0]["seq"] > fast["seq"]  # a fresh cursor, above what B published
         assert publisher.stats["resequenced"] == 1
@@ -142,8 +146,7 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         first = service.publisher.store(docs_for("tia", 1)).notifications[0]
         pending = docs_for("tia", 1)
         service.publisher.propose_cursors(pending)
-        publishing.mark_outbox(pending, datetime.now(timezone.utc) + timedelta(seconds=10))
-        coll.insert_many(pending)  # stored with its cursor, not published yet
+        store_unpublished(pending)  # stored with its cursor, not published yet
         later = service.publisher.store(docs_for("tia", 1)).notifications[0]
         wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [pending[0]["_id"]])  # later's is gone
         service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
@@ -173,21 +176,57 @@ def publisher_service(app: Any) -> Any:
     return app.extensions["notifications"]
 
 
-def test_what_an_older_version_left_unpublished_is_adopted_and_relayed(app):
+def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list[Any]]) -> Any:
+    """Store what an older version left, with its indexes, and run the upgrade; the publisher."""
     from app.models import ensure_indexes
 
     publisher = publisher_service(app).publisher
-    publisher.start(relay=False)  # only this test relays
+    publisher.start(relay=False)  # only the test relays
+    coll = notifications_collection()
+    coll.insert_many(legacy)
+    for name, keys in indexes.items():
+        coll.create_index(keys, name=name)
+    ensure_indexes()
+    assert not set(indexes) & set(coll.index_information())  # the old indexes are gone
+    return publisher
+
+
+def test_what_an_older_version_left_unpublished_is_adopted_and_relayed(app):
     with app.app_context():
         coll = notifications_collection()
         legacy = docs_for("vic", 2)
         for doc in legacy:  # the old outbox: a flag and a lease per document, no cursor yet
             doc.update(published=False, lease_until=datetime.now(timezone.utc))
-        coll.insert_many(legacy)
-        coll.create_index([("published", 1), ("lease_until", 1)], name="outbox")  # its index
-        ensure_indexes()
-        assert len(marked(coll, "vic")) == 2 and "outbox" not in coll.index_information()
+        publisher = upgrade_from(app, legacy, {"outbox": [("published", 1), ("lease_until", 1)]})
+        assert len(marked(coll, "vic")) == 2
         assert publisher.relay_once() == 2
         wait_until(lambda: not marked(coll, "vic"))
         seqs = [d["seq"] for d in coll.find({"user_id": "vic"})]
         assert all(isinstance(s, int) for s in seqs) and len(set(seqs)) == 2
+
+
+def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
+    with app.app_context():
+        coll = notifications_collection()
+        batch = docs_for("wes", 3)
+        publisher_service(app).publisher.propose_cursors(batch)
+        old_marker = outbox_marker(batch, datetime.now(timezone.utc) + timedelta(seconds=10))
+        batch[0]["outbox"] = {k: v for k, v in old_marker.items() if k != "_id"}  # the marker in a document
+        old = {"outbox_lease": [("outbox.lease_until", 1)], "user_newest": [("user_id", 1), ("_id", -1)]}
+        publisher = upgrade_from(app, batch, old)
+        (marker,) = marked(coll, "wes")
+        assert marker["ids"] == [d["_id"] for d in batch] and "outbox" not in coll.find_one(batch[0]["_id"])
+        assert publisher.relay_once() == 1  # due at once: the old lease is not trusted
+        wait_until(lambda: not marked(coll, "wes"))
+        assert publisher.stats["relayed"] == 3
+
+
+def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
+    publisher = publisher_service(app).publisher
+    with app.app_context():
+        lost = docs_for("xan", 2)  # the process died between the marker and the batch
+        outbox_collection().insert_one(outbox_marker(lost, datetime.now(timezone.utc) - timedelta(seconds=1)))
+        published = publisher.stats["published"]
+        assert publisher.relay_once() == 1
+        assert outbox_collection().count_documents({"_id": lost[0]["_id"]}) == 0
+        assert publisher.stats["published"] == published

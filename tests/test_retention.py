@@ -1,42 +1,51 @@
-"""Retention: a TTL index from RETENTION_DAYS, prune, and the reset an expired cursor gets."""
+"""Retention: the sweeper, prune, the upgrade from a TTL index, and the reset an expired cursor gets."""
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from app.config import Config
+import pytest
+
+from app.config import Config, ConfigError
 from app.models import ensure_indexes, notifications_collection
-from app.retention import DAY, ensure_ttl_index, prune, retention_seconds, ttl_seconds
-from app.serialization import new_document
+from app.retention import DAY, prune, retention_seconds
+
+from .support import backdated
 
 
-def test_ttl_index_follows_config(app: Any) -> None:
+def test_retention_follows_config() -> None:
     assert retention_seconds(Config()) == 30 * DAY
     assert retention_seconds(Config(RETENTION_DAYS=0)) == 0
+    with pytest.raises(ConfigError, match="RETENTION_DAYS"):
+        Config(RETENTION_DAYS=-1).validate()
+
+
+def test_an_older_versions_ttl_index_is_dropped(app: Any) -> None:
     with app.app_context():
         coll = notifications_collection()
-        assert ttl_seconds(coll) is None  # ensure_indexes() without a retention leaves it alone
-        ensure_indexes(retention_seconds=30 * DAY)
-        assert ttl_seconds(coll) == 30 * DAY
-        assert ensure_ttl_index(coll, 30 * DAY) == "unchanged"
-        assert ensure_ttl_index(coll, 7 * DAY) in ("modified", "rebuilt")
-        assert ttl_seconds(coll) == 7 * DAY
-        ensure_indexes()  # the plain call keeps the TTL
-        assert ttl_seconds(coll) == 7 * DAY
-        assert ensure_ttl_index(coll, 0) == "dropped"
-        assert ttl_seconds(coll) is None
+        coll.create_index([("created_at", 1)], name="retention_ttl", expireAfterSeconds=30 * DAY)
+        ensure_indexes()
+        assert "retention_ttl" not in coll.index_information()
 
 
-def _backdated(user: str, days_ago: float, message: str) -> dict[str, Any]:
-    when = datetime.now(timezone.utc) - timedelta(days=days_ago)
-    return new_document(user, message, "", "", {}, when)
+def test_the_sweeper_deletes_what_expired_once_per_pass_in_the_deployment(make_app: Any) -> None:
+    app = make_app(RETENTION_DAYS=30)
+    other_worker = make_app(RETENTION_DAYS=30).extensions["notifications"].retention
+    sweeper = app.extensions["notifications"].retention
+    with app.app_context():
+        coll = notifications_collection()
+        sweeper.redis.delete(sweeper.lock_key)
+        coll.insert_many([backdated("sw", d, "old" if d > 30 else "kept") for d in (40, 31, 29)])
+        assert sweeper.sweep_once() == 2
+        assert [d["message"] for d in coll.find({"user_id": "sw"})] == ["kept"]
+        assert other_worker.sweep_once() is None  # the lock: one sweep a minute in the deployment
+    assert make_app(RETENTION_DAYS=0).extensions["notifications"].retention.seconds == 0  # kept forever
 
 
 def test_prune_deletes_only_older(app: Any) -> None:
     with app.app_context():
         coll = notifications_collection()
-        coll.insert_many([_backdated("p", 40, "old"), _backdated("p", 31, "old"), _backdated("p", 2, "new")])
+        coll.insert_many([backdated("p", 40, "old"), backdated("p", 31, "old"), backdated("p", 2, "new")])
         assert prune(coll, 30) == 2
         assert [d["message"] for d in coll.find({"user_id": "p"})] == ["new"]
 
@@ -49,7 +58,7 @@ def test_expired_cursor_gets_reset(app: Any, client: Any, auth: dict[str, str]) 
     service = app.extensions["notifications"]
     with app.app_context():
         coll = notifications_collection()
-        # What the TTL monitor does after RETENTION_DAYS (the Redis replay buffer, kept
+        # What the sweeper does after RETENTION_DAYS (the Redis replay buffer, kept
         # only minutes, is long gone by then).
         coll.delete_many({"user_id": "ret", "seq": {"$lte": ids[1]["seq"]}})
         service.redis.delete(service.key("replay", "ret"))
