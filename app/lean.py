@@ -217,12 +217,13 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
         conn.send(head)
         del head  # nothing of the handshake stays referenced while the stream lasts
         last_write = time.monotonic()
+        expiry = _expiry_due(session)  # the token's, fixed for the stream's life
         while True:
             if out:
                 conn.send(_chunk(out))
                 out = []
                 last_write = time.monotonic()
-            WHEEL.arm(alarm, min(last_write + heartbeat, _expiry_due(session)))
+            WHEEL.arm(alarm, min(last_write + heartbeat, expiry))
             # A client that hangs up makes the socket readable: notice now, not at the next
             # heartbeat (thousands of streams would otherwise all be released in one burst).
             watcher.start(session.sub.wakeup.set)

@@ -165,6 +165,7 @@ def _run_ws(
     reader = _Reader(config.WS_MAX_MESSAGE_BYTES)
     ping_every = config.WS_PING_SECONDS or 0.0
     next_ping = time.monotonic() + ping_every if ping_every else float("inf")
+    expiry = _expiry_due(session)  # the token's, fixed for the stream's life
     watcher = gevent.get_hub().loop.io(conn.fd, 1)
     alarm = _Alarm(session.sub)
     closing: tuple[int, str] | None = None
@@ -193,7 +194,7 @@ def _run_ws(
                 out.append(_frame(OP_PING, b""))
                 next_ping = now + ping_every
                 continue
-            WHEEL.arm(alarm, min(next_ping, _expiry_due(session)))
+            WHEEL.arm(alarm, min(next_ping, expiry))
             watcher.start(session.sub.wakeup.set)  # a client frame wakes us like an event
             try:
                 event = session.next(None)

@@ -94,7 +94,7 @@ class StreamSession:
                 if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
                     continue  # already sent (replay/live hand-over, hub resync)
                 self.last_seq = event.seq
-                self.tracker.delivered.inc()  # type: ignore[union-attr]
+                self.tracker.delivered()  # type: ignore[union-attr]
             elif event.kind == RESET:
                 self.last_seq = None
             return event

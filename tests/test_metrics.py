@@ -74,6 +74,13 @@ def test_metrics_add_up_over_two_gunicorn_workers(live: Any, tmp_path: Path) -> 
             timeout=5,
         )
         assert history.status_code == 200
+
+        def all_delivered(text: str) -> bool:  # each worker adds its deliveries once a second
+            name = "notify_notifications_delivered_total"
+            counts = [sample(text, name, transport=t) for t in ("sse", "ws")]
+            return counts == [n, n]
+
+        wait_metric(server.url, all_delivered)
         # Each scrape may land on either worker: every one must report the same sums.
         texts = [requests.get(server.url + "/metrics", timeout=5).text for _ in range(6)]
     finally:
