@@ -81,7 +81,10 @@ class Sweeper:
     def _run(self) -> None:
         while True:
             gevent.sleep(SWEEP_SECONDS)
-            self.sweep_once()
+            try:
+                self.sweep_once()
+            except Exception:  # never let the sweeper die: retention would stop silently
+                log.exception("retention sweep failed unexpectedly")
 
     def sweep_once(self) -> int | None:
         """Delete what expired, if no other worker did this minute; None when skipped."""
