@@ -50,7 +50,7 @@ return now
 class Subscription:
     """One connected client: a bounded queue the hub fills and the client's greenlet drains."""
 
-    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize")
+    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize", "parked")
 
     def __init__(self, user_id: str | None, maxsize: int) -> None:
         self.user_id = user_id
@@ -60,6 +60,9 @@ class Subscription:
         self.closed = False
         self.reason = ""
         self.maxsize = maxsize
+        # Set by a lean stream while it waits with nothing to send: new events are then
+        # written by the worker's flusher (app/lean.py) instead of waking the stream.
+        self.parked: Any = None
 
     def offer(self, event: Event) -> None:
         if self.closed:
@@ -70,7 +73,11 @@ class Subscription:
             self.close("slow consumer")
             return
         self.queue.append(event)
-        self.wakeup.set()
+        parked = self.parked
+        if parked is not None:
+            parked.mark()
+        else:
+            self.wakeup.set()
 
     def close(self, reason: str) -> None:
         if not self.closed:

@@ -26,6 +26,7 @@ from collections.abc import Callable
 from typing import Any
 
 import gevent
+import gevent.event
 from flask import Response
 from gevent import monkey
 from gevent.socket import wait_read, wait_write
@@ -35,6 +36,8 @@ from .events import SSE_HEARTBEAT, Event
 log = logging.getLogger(__name__)
 
 _RealSocket = monkey.get_original("socket", "socket")
+Render = Callable[[Event], bytes]  # one event's wire bytes
+Frame = Callable[[list[bytes]], bytes]  # a burst's one write
 WRITE_TIMEOUT = 30.0  # a client that reads nothing for this long is gone
 
 
@@ -200,6 +203,94 @@ class _Wheel:
 WHEEL = _Wheel()
 
 
+class _Parked:
+    """A waiting stream's writer: lets the flusher send new events without waking it.
+
+    Waking a stream greenlet, running its loop and parking it again cost several times the
+    write itself (``bench/fanout_micro.py``). While a stream waits with nothing to send, its
+    subscription points here; the hub's offers mark it and the worker's one flusher writes
+    everything queued in one non-blocking send. What does not fit in the socket buffer is
+    kept in ``pending`` and the stream is woken to send it (and everything after) itself.
+    """
+
+    __slots__ = ("conn", "session", "render", "frame", "last_write", "pending", "dirty")
+
+    def __init__(self, conn: Conn, session: Any, render: Render, frame: Frame) -> None:
+        self.conn = conn
+        self.session = session
+        self.render = render
+        self.frame = frame
+        self.last_write = time.monotonic()
+        self.pending = b""
+        self.dirty = False
+
+    def mark(self) -> None:
+        if not self.dirty:
+            self.dirty = True
+            FLUSHER.dirty.append(self)
+            FLUSHER.wakeup.set()
+
+    def flush(self) -> None:
+        self.dirty = False
+        session = self.session
+        sub = session.sub
+        if sub.parked is not self or sub.closed:  # the stream is awake: it sends for itself
+            sub.wakeup.set()
+            return
+        out: list[bytes] = []
+        while len(out) < 256:
+            event = session.take()
+            if event is None:
+                break
+            out.append(self.render(event))
+        if sub.queue:  # a long burst: the stream sends the rest
+            self._wake()
+        if not out:
+            return
+        data = self.frame(out)
+        try:
+            sent = self.conn.sock.send(data)
+        except OSError:  # full (BlockingIOError) or gone: the stream finds out on its send
+            sent = 0
+        self.last_write = time.monotonic()
+        if sent < len(data):
+            self.pending = data[sent:]
+            self._wake()
+
+    def _wake(self) -> None:
+        self.session.sub.parked = None
+        self.session.sub.wakeup.set()
+
+
+class _Flusher:
+    """One greenlet per worker writing for parked streams, once per batch of offers."""
+
+    def __init__(self) -> None:
+        self.dirty: list[_Parked] = []
+        self.wakeup = gevent.event.Event()
+        self.greenlet: Any = None
+
+    def park(self, parked: _Parked) -> None:
+        if self.greenlet is None:
+            self.greenlet = gevent.spawn(self._run)
+        parked.session.sub.parked = parked
+
+    def _run(self) -> None:
+        while True:
+            self.wakeup.wait()
+            self.wakeup.clear()
+            dirty, self.dirty = self.dirty, []
+            for parked in dirty:
+                try:
+                    parked.flush()
+                except Exception:  # one stream's failure must not stop the others' writes
+                    log.exception("lean stream flush failed")
+                    parked._wake()
+
+
+FLUSHER = _Flusher()
+
+
 def _expiry_due(session: Any) -> float:
     return time.monotonic() + max(session.subscriber.expires_at - time.time(), 0.0)
 
@@ -213,24 +304,34 @@ def _chunk(parts: list[bytes]) -> bytes:
 def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat: float) -> None:
     alarm = _Alarm(session.sub)
     watcher = gevent.get_hub().loop.io(conn.fd, 1)
+    parked = _Parked(conn, session, Event.sse, _chunk)
     try:
         conn.send(head)
         del head  # nothing of the handshake stays referenced while the stream lasts
-        last_write = time.monotonic()
         expiry = _expiry_due(session)  # the token's, fixed for the stream's life
         while True:
+            if parked.pending:  # what the flusher could not write: first, in order
+                conn.send(parked.pending)
+                parked.pending = b""
             if out:
                 conn.send(_chunk(out))
                 out = []
-                last_write = time.monotonic()
-            WHEEL.arm(alarm, min(last_write + heartbeat, expiry))
+                parked.last_write = time.monotonic()
+            WHEEL.arm(alarm, min(parked.last_write + heartbeat, expiry))
             # A client that hangs up makes the socket readable: notice now, not at the next
             # heartbeat (thousands of streams would otherwise all be released in one burst).
             watcher.start(session.sub.wakeup.set)
+            if not session.sub.queue:
+                FLUSHER.park(parked)
             try:
                 event = session.next(None)
             finally:
+                session.sub.parked = None
                 watcher.stop()
+            if parked.pending:
+                if event is not None:
+                    _pending(session, event, Event.sse, out)
+                continue
             if event is not None:
                 _pending(session, event, Event.sse, out)
             elif session.closed_reason is not None:
@@ -240,7 +341,7 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
                 return
             elif conn.recv() == b"":
                 return
-            elif time.monotonic() >= last_write + heartbeat:
+            elif time.monotonic() >= parked.last_write + heartbeat:
                 out.append(SSE_HEARTBEAT)
     except OSError:  # the client went away (or stopped reading for WRITE_TIMEOUT)
         conn.sock.close()  # nothing more to tell it
@@ -251,5 +352,5 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
         watcher.close()
         if conn.sock.fileno() != -1:
             with contextlib.suppress(OSError):
-                conn.send(b"0\r\n\r\n")  # the chunked body's end: a clean end of stream
+                conn.send(parked.pending + b"0\r\n\r\n")  # the chunked body's end: a clean end of stream
         conn.close()

@@ -22,7 +22,7 @@ from flask import Response, request
 
 from .errors import ApiError
 from .events import Event
-from .lean import WHEEL, Conn, _Alarm, _expiry_due, _Handoff, _pending
+from .lean import FLUSHER, WHEEL, Conn, _Alarm, _expiry_due, _Handoff, _Parked, _pending
 
 log = logging.getLogger(__name__)
 
@@ -168,6 +168,7 @@ def _run_ws(
     expiry = _expiry_due(session)  # the token's, fixed for the stream's life
     watcher = gevent.get_hub().loop.io(conn.fd, 1)
     alarm = _Alarm(session.sub)
+    parked = _Parked(conn, session, _text_frame, b"".join)
     closing: tuple[int, str] | None = None
     peer_closed = False
 
@@ -175,6 +176,9 @@ def _run_ws(
     del head
     try:
         while True:
+            if parked.pending:  # what the flusher could not write: first, in order
+                conn.send(parked.pending)
+                parked.pending = b""
             if out:
                 conn.send(b"".join(out))
                 out = []
@@ -196,10 +200,17 @@ def _run_ws(
                 continue
             WHEEL.arm(alarm, min(next_ping, expiry))
             watcher.start(session.sub.wakeup.set)  # a client frame wakes us like an event
+            if not session.sub.queue:
+                FLUSHER.park(parked)
             try:
                 event = session.next(None)
             finally:
+                session.sub.parked = None
                 watcher.stop()
+            if parked.pending:
+                if event is not None:
+                    _pending(session, event, _text_frame, out)
+                continue
             if event is not None:
                 _pending(session, event, _text_frame, out)
             elif session.closed_reason is not None:
@@ -222,7 +233,7 @@ def _run_ws(
         watcher.close()
         if closing is not None and not peer_closed:
             try:
-                conn.send(b"".join([*out, _close_frame(*closing)]))
+                conn.send(b"".join([parked.pending, *out, _close_frame(*closing)]))
             except OSError:
                 peer_closed = True
         conn.close(linger=0.0 if peer_closed else 2.0)

@@ -90,14 +90,28 @@ class StreamSession:
             event = self.sub.get(None if deadline is None else max(deadline - time.monotonic(), 0))
             if event is None:
                 return None
-            if event.kind == NOTIFICATION:
-                if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
-                    continue  # already sent (replay/live hand-over, hub resync)
-                self.last_seq = event.seq
-                self.tracker.delivered()  # type: ignore[union-attr]
-            elif event.kind == RESET:
-                self.last_seq = None
-            return event
+            if self._accept(event):
+                return event
+
+    def take(self) -> Event | None:
+        """The next queued event to send, never waiting (the lean streams' flusher)."""
+        sub = self.sub
+        assert sub is not None
+        while sub.queue:
+            event = sub.get(0)  # something is queued: returns at once
+            if event is not None and self._accept(event):
+                return event
+        return None
+
+    def _accept(self, event: Event) -> bool:
+        if event.kind == NOTIFICATION:
+            if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
+                return False  # already sent (replay/live hand-over, hub resync)
+            self.last_seq = event.seq
+            self.tracker.delivered()  # type: ignore[union-attr]
+        elif event.kind == RESET:
+            self.last_seq = None
+        return True
 
     @property
     def closed_reason(self) -> str | None:

@@ -29,11 +29,6 @@ from app.hub import Subscription  # noqa: E402
 from app.stream import StreamSession  # noqa: E402
 
 
-class _NoCount:
-    def inc(self, n: int = 1) -> None:
-        pass
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=2000)
@@ -55,7 +50,7 @@ def main() -> None:
         b.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
         session = StreamSession(hub, Subscriber(f"u{i}", time.time() + 3600), None)
         session.sub = Subscription(f"u{i}", 1000)
-        session.tracker = SimpleNamespace(delivered=_NoCount(), closed=lambda reason: None)
+        session.tracker = SimpleNamespace(delivered=lambda: None, closed=lambda reason: None)
         conn = impl.Conn.__new__(impl.Conn)
         conn.sock = monkey.get_original("socket", "socket")(fileno=a.detach())
         conn.sock.setblocking(False)
