@@ -48,7 +48,8 @@ return now
 
 
 class Subscription:
-    """One connected client: a bounded queue the hub fills and the client's greenlet drains."""
+    """One connected client: a bounded queue the hub fills and the client's greenlet (or,
+    while that waits, its worker's flusher: ``parked``) drains."""
 
     __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize", "parked")
 

@@ -11,8 +11,9 @@ flask-sock does); gunicorn then drops its request state and its copy of the sock
 
 Used only under gunicorn (``gunicorn.socket`` in the environ) and with ``LEAN_STREAMS``;
 elsewhere the views keep their generator / flask-sock paths. Delivery semantics are the
-session's (replay, dedupe, cursor order). This module: the hand-off, the SSE stream and the
-timer wheel; app/lean_ws.py: the WebSocket stream.
+session's (replay, dedupe, cursor order). This module: the hand-off, the SSE stream, the
+timer wheel and the flusher that writes for waiting streams; app/lean_ws.py: the WebSocket
+stream.
 """
 
 from __future__ import annotations
