@@ -184,9 +184,12 @@ def test_resume_from_zero_replays_everything_from_mongodb(live):
 
 def test_expired_token_ends_streams(live):
     server = live()
-    sse = SSEClient(server.url, server.token("exp", ttl=1))
-    ws = WSClient(server.url, server.token("exp", ttl=1))
+    # 2 s, not 1: a token's expiry is whole seconds, so a 1 s token minted late in a second
+    # can expire before a slow machine has opened the stream (a 401, no stream to end).
+    sse = SSEClient(server.url, server.token("exp", ttl=2))
+    ws = WSClient(server.url, server.token("exp", ttl=2))
     try:
+        assert sse.status == 200
         sse.closed.wait(10)
         ws.closed.wait(10)
         assert sse.closed.is_set() and any(e["type"] == "expired" for e in sse.events)
