@@ -115,10 +115,7 @@ def token(user: str, ttl: int | None) -> None:
 def db_create_indexes() -> None:
     """Create all indexes (and upgrade what an older version left); report the retention."""
     config = current_app.extensions["config"]
-    try:
-        seconds = retention.retention_seconds(config)
-    except ValueError as exc:
-        _fail(str(exc))
+    seconds = retention.retention_seconds(config)
     ensure_indexes()
     apikeys.ensure_indexes()
     ttl = f"{config.RETENTION_DAYS} days" if seconds else "none (kept forever)"

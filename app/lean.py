@@ -262,6 +262,26 @@ class _Parked:
         self.session.sub.parked = None
         self.session.sub.wakeup.set()
 
+    def send_pending(self) -> None:
+        """What the flusher could not write goes first, before anything newer."""
+        if self.pending:
+            self.conn.send(self.pending)
+            self.pending = b""
+
+    def wait(self, watcher: Any) -> Event | None:
+        """The stream's next event; meanwhile the flusher may write for it (see the class).
+
+        ``watcher`` (the socket becoming readable: a hang-up, a client frame) wakes it too."""
+        sub = self.session.sub
+        watcher.start(sub.wakeup.set)
+        if not sub.queue:
+            FLUSHER.park(self)
+        try:
+            return self.session.next(None)
+        finally:
+            sub.parked = None
+            watcher.stop()
+
 
 class _Flusher:
     """One greenlet per worker writing for parked streams, once per batch of offers."""
@@ -311,9 +331,7 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
         del head  # nothing of the handshake stays referenced while the stream lasts
         expiry = _expiry_due(session)  # the token's, fixed for the stream's life
         while True:
-            if parked.pending:  # what the flusher could not write: first, in order
-                conn.send(parked.pending)
-                parked.pending = b""
+            parked.send_pending()
             if out:
                 conn.send(_chunk(out))
                 out = []
@@ -321,20 +339,11 @@ def _run_sse(conn: Conn, head: bytes, session: Any, out: list[bytes], heartbeat:
             WHEEL.arm(alarm, min(parked.last_write + heartbeat, expiry))
             # A client that hangs up makes the socket readable: notice now, not at the next
             # heartbeat (thousands of streams would otherwise all be released in one burst).
-            watcher.start(session.sub.wakeup.set)
-            if not session.sub.queue:
-                FLUSHER.park(parked)
-            try:
-                event = session.next(None)
-            finally:
-                session.sub.parked = None
-                watcher.stop()
-            if parked.pending:
-                if event is not None:
-                    _pending(session, event, Event.sse, out)
-                continue
+            event = parked.wait(watcher)
             if event is not None:
                 _pending(session, event, Event.sse, out)
+            elif parked.pending:
+                continue
             elif session.closed_reason is not None:
                 return
             elif session.expired():

@@ -22,7 +22,7 @@ from flask import Response, request
 
 from .errors import ApiError
 from .events import Event
-from .lean import FLUSHER, WHEEL, Conn, _Alarm, _expiry_due, _Handoff, _Parked, _pending
+from .lean import WHEEL, Conn, _Alarm, _expiry_due, _Handoff, _Parked, _pending
 
 log = logging.getLogger(__name__)
 
@@ -176,9 +176,7 @@ def _run_ws(
     del head
     try:
         while True:
-            if parked.pending:  # what the flusher could not write: first, in order
-                conn.send(parked.pending)
-                parked.pending = b""
+            parked.send_pending()
             if out:
                 conn.send(b"".join(out))
                 out = []
@@ -199,20 +197,11 @@ def _run_ws(
                 next_ping = now + ping_every
                 continue
             WHEEL.arm(alarm, min(next_ping, expiry))
-            watcher.start(session.sub.wakeup.set)  # a client frame wakes us like an event
-            if not session.sub.queue:
-                FLUSHER.park(parked)
-            try:
-                event = session.next(None)
-            finally:
-                session.sub.parked = None
-                watcher.stop()
-            if parked.pending:
-                if event is not None:
-                    _pending(session, event, _text_frame, out)
-                continue
+            event = parked.wait(watcher)  # a client frame wakes us like an event
             if event is not None:
                 _pending(session, event, _text_frame, out)
+            elif parked.pending:
+                continue
             elif session.closed_reason is not None:
                 reason = session.closed_reason
                 if reason != "closed":

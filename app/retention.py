@@ -35,11 +35,9 @@ CHUNK = 5000  # documents per delete: a first pass over years of data stays inte
 
 
 def retention_seconds(config: Any) -> int:
-    """The retention in seconds for ``config.RETENTION_DAYS`` (0: keep forever)."""
-    days = int(config.RETENTION_DAYS)
-    if days < 0:
-        raise ValueError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
-    return days * DAY
+    """The retention in seconds for ``config.RETENTION_DAYS`` (0: keep forever; a negative
+    value is refused by ``Config.validate``)."""
+    return int(config.RETENTION_DAYS) * DAY
 
 
 def cutoff_id(seconds: float, now: datetime | None = None) -> ObjectId:
@@ -66,7 +64,6 @@ class Sweeper:
         self.seconds = retention_seconds(config)
         self.redis = redis_client
         self.lock_key = lock_key
-        self.deleted = 0
         self._greenlet: gevent.Greenlet | None = None
 
     def start(self) -> None:
@@ -98,7 +95,6 @@ class Sweeper:
         except PyMongoError as exc:
             log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
             return None
-        self.deleted += deleted
         if deleted:
             log.info("retention: deleted %d notifications older than %d days", deleted, self.seconds // DAY)
         return deleted
