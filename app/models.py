@@ -27,11 +27,12 @@ class Notification(Document):
 
     ``seq`` is the user's stream cursor, proposed by the worker and stored with the
     document; the publish keeps it or replaces it (then writes the new one back), so every
-    instance delivers a user's cursors in increasing order. History pages and replay both
-    read by ``(user_id, seq)``.
+    instance delivers a user's cursors in increasing order.
 
-    Two secondary indexes, no more: on the dev server every index costs about as much per
-    insert as the document itself (``bench/README.md``, "The store step").
+    One secondary index, ``(user_id, read, seq)``: unread counts and mark-read use its
+    prefix; history pages and replay walk it in ``seq`` order through both read states
+    (``EITHER_READ``). On the dev server every index costs about as much per insert as the
+    document itself (``bench/README.md``, "The store step").
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -47,11 +48,14 @@ class Notification(Document):
         "collection": "notifications",
         "auto_create_index": False,
         "strict": False,  # an older version's outbox fields may still be on a document
-        "indexes": [
-            {"fields": ["user_id", "read"], "name": "user_unread"},
-            {"fields": ["user_id", "seq"], "name": "user_seq"},
-        ],
+        "indexes": [{"fields": ["user_id", "read", "seq"], "name": "user_read_seq"}],
     }
+
+
+# A query on a user's notifications in ``seq`` order names both read states, so MongoDB
+# reads the ``user_read_seq`` index as two ranges merged in cursor order ("explode for
+# sort") instead of sorting every notification of the user.
+EITHER_READ = {"$in": [False, True]}
 
 
 class OutboxBatch(Document):
@@ -125,7 +129,8 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
     return adopted
 
 
-LEGACY_INDEXES = ("outbox", "outbox_lease", "user_newest")  # what older versions created
+# What older versions created on notifications (dropped by ensure_indexes once it has run).
+LEGACY_INDEXES = ("outbox", "outbox_lease", "user_newest", "user_unread", "user_seq")
 
 
 def ensure_indexes() -> None:

@@ -24,7 +24,7 @@ from . import lua
 from .config import Config
 from .errors import ApiError
 from .events import READ, Event
-from .models import PUBLIC_PROJECTION, notifications_collection
+from .models import EITHER_READ, PUBLIC_PROJECTION, notifications_collection
 from .publishing import Publisher, Stored, StoreUnavailable
 from .retention import Sweeper
 from .serialization import new_document, public_json, utc_now_ms
@@ -88,13 +88,11 @@ class NotificationService:
         return self._cached(user_id, suffix, lambda: self._history_page(user_id, limit, None, unread))
 
     def _history_page(self, user_id: str, limit: int, before: ObjectId | None, unread: bool) -> bytes:
-        """Newest first by cursor (the ``user_seq`` index); ``before`` names the page's end.
+        """Newest first by cursor (the ``user_read_seq`` index); ``before`` names the page's end.
 
         A ``before`` that names none of the user's notifications (expired, or never theirs)
         has nothing before it: an empty page."""
-        query: dict[str, Any] = {"user_id": user_id}
-        if unread:
-            query["read"] = False
+        query: dict[str, Any] = {"user_id": user_id, "read": False if unread else EITHER_READ}
         coll = notifications_collection()
         try:
             if before is not None:

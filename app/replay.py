@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from . import metrics
 from .events import NOTIFICATION, Event
-from .models import PUBLIC_PROJECTION, notifications_collection, outbox_collection
+from .models import EITHER_READ, PUBLIC_PROJECTION, notifications_collection, outbox_collection
 from .serialization import public_json
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,8 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         return None  # a cursor from the future: not one we issued
     if recent and recent[0][0] <= cursor:
         return [_event(user_id, seq, json) for seq, json in recent if seq > cursor]
-    query: dict[str, Any] = {"user_id": user_id, "seq": {"$gte" if strict and cursor else "$gt": cursor}}
+    since = {"$gte" if strict and cursor else "$gt": cursor}
+    query: dict[str, Any] = {"user_id": user_id, "read": EITHER_READ, "seq": since}
     try:
         docs = list(notifications_collection().find(query, PUBLIC_PROJECTION).sort("seq", 1).limit(limit + 2))
     except PyMongoError as exc:

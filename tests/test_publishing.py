@@ -187,7 +187,7 @@ def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list
     for name, keys in indexes.items():
         coll.create_index(keys, name=name)
     ensure_indexes()
-    assert not set(indexes) & set(coll.index_information())  # the old indexes are gone
+    assert set(coll.index_information()) == {"_id_", "user_read_seq"}  # the old indexes are gone
     return publisher
 
 
@@ -212,7 +212,12 @@ def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
         publisher_service(app).publisher.propose_cursors(batch)
         old_marker = outbox_marker(batch, datetime.now(timezone.utc) + timedelta(seconds=10))
         batch[0]["outbox"] = {k: v for k, v in old_marker.items() if k != "_id"}  # the marker in a document
-        old = {"outbox_lease": [("outbox.lease_until", 1)], "user_newest": [("user_id", 1), ("_id", -1)]}
+        old = {
+            "outbox_lease": [("outbox.lease_until", 1)],
+            "user_newest": [("user_id", 1), ("_id", -1)],
+            "user_unread": [("user_id", 1), ("read", 1)],
+            "user_seq": [("user_id", 1), ("seq", 1)],
+        }
         publisher = upgrade_from(app, batch, old)
         (marker,) = marked(coll, "wes")
         assert marker["ids"] == [d["_id"] for d in batch] and "outbox" not in coll.find_one(batch[0]["_id"])
