@@ -7,18 +7,10 @@ indexes and the rarer writes stay declared here.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+import time
+from typing import Any
 
-from mongoengine import (
-    BooleanField,
-    DateTimeField,
-    DictField,
-    Document,
-    IntField,
-    ListField,
-    ObjectIdField,
-    StringField,
-)
+from mongoengine import BooleanField, DateTimeField, DictField, Document, IntField, StringField
 from pymongo.collection import Collection
 
 
@@ -58,25 +50,16 @@ class Notification(Document):
 EITHER_READ = {"$in": [False, True]}
 
 
-class OutboxBatch(Document):
-    """A stored batch not yet recorded as published: its lease and its notifications' ids.
-
-    Inserted before the batch's notifications, so it exists whenever any of them does; it
-    is deleted once the batch is published (``app/publishing.py``). The collection holds
-    only batches in flight, a handful at a time, more while Redis is down. ``id`` is the
-    batch's first notification's id.
-    """
-
-    id = ObjectIdField(primary_key=True)
-    lease_until = DateTimeField(required=True)
-    ids = ListField(ObjectIdField())
-    claim = StringField()
-
-    meta = {
-        "collection": "outbox",
-        "auto_create_index": False,
-        "indexes": [{"fields": ["lease_until"], "name": "outbox_due"}],
-    }
+# A stored batch not yet recorded as published is marked by one more document in the
+# same collection, inserted first in the batch's ``insert_many``, so it exists whenever any
+# document of the batch does and costs no round trip of its own; it is deleted once the
+# batch is published (``app/publishing.py``). It belongs to a user id no request can name
+# (``app/validation.py`` refuses "~"), ``ids`` lists the batch, and its ``seq`` is its
+# lease deadline in microseconds: the relay finds due markers through the one index, as
+# ``{user_id: OUTBOX_USER, read: false, seq: {$lt: now}}``. Only batches in flight have
+# one: a handful at a time, more while Redis is down.
+OUTBOX_USER = "~outbox"
+LEGACY_OUTBOX = "outbox"  # the collection the previous version kept its markers in
 
 
 class IdempotencyRecord(Document):
@@ -99,8 +82,8 @@ class IdempotencyRecord(Document):
     }
 
 
-# Reads that answer with notifications leave out the outbox marker (and an older
-# version's outbox fields): ``public_json`` picks the fields, this keeps the wire small.
+# Reads that answer with notifications leave out an older version's outbox fields:
+# ``public_json`` picks the fields, this keeps the wire small.
 PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
@@ -108,25 +91,34 @@ def notifications_collection() -> Collection:
     return Notification._get_collection()
 
 
-def outbox_collection() -> Collection:
-    return OutboxBatch._get_collection()
+def outbox_due(before_us: int) -> dict[str, Any]:
+    """The query for markers whose lease ran out before ``before_us``."""
+    return {"user_id": OUTBOX_USER, "read": False, "seq": {"$lt": before_us}}
 
 
 def adopt_legacy_unpublished(coll: Collection) -> int:
     """Hand the relay what older versions left unpublished; returns how many notifications.
 
-    Two older layouts: ``published: false`` with a lease per document (each becomes a
-    batch of its own), and a batch marker in the first document's ``outbox`` field. Both
-    become outbox batches due now; their old fields are removed."""
-    now = datetime.now(timezone.utc)
-    outbox, adopted = outbox_collection(), 0
+    Three older layouts: ``published: false`` with a lease per document (each becomes a
+    batch of its own), a batch marker in the first document's ``outbox`` field, and marker
+    documents in an ``outbox`` collection. All become markers due now; the old fields and
+    the old collection are removed. Safe to run again after an interruption."""
+    now_us = time.time_ns() // 1000
+    batches: list[tuple[list, Any]] = []
     for doc in coll.find({"$or": [{"published": False}, {"outbox": {"$exists": True}}]}, {"outbox": 1}):
-        ids = doc["outbox"]["ids"] if doc.get("outbox") else [doc["_id"]]
-        marker = {"lease_until": now, "ids": ids}
-        outbox.update_one({"_id": doc["_id"]}, {"$setOnInsert": marker}, upsert=True)
-        coll.update_one({"_id": doc["_id"]}, {"$unset": {"outbox": "", "published": ""}})
-        adopted += len(ids)
-    return adopted
+        batches.append((doc["outbox"]["ids"] if doc.get("outbox") else [doc["_id"]], doc["_id"]))
+    legacy_outbox = coll.database[LEGACY_OUTBOX]
+    old_markers = list(legacy_outbox.find({}, {"ids": 1}))
+    for old in old_markers:
+        batches.append((old["ids"], None))
+    for ids, holder in batches:
+        if ids and coll.find_one({"user_id": OUTBOX_USER, "ids.0": ids[0]}, {"_id": 1}) is None:
+            coll.insert_one({"user_id": OUTBOX_USER, "read": False, "seq": now_us, "ids": ids})
+        if holder is not None:
+            coll.update_one({"_id": holder}, {"$unset": {"outbox": "", "published": ""}})
+    if old_markers:
+        legacy_outbox.delete_many({"_id": {"$in": [m["_id"] for m in old_markers]}})
+    return sum(len(ids) for ids, _ in batches)
 
 
 # What older versions created on notifications (dropped by ensure_indexes once it has run).
@@ -139,11 +131,14 @@ def ensure_indexes() -> None:
     Retention needs no index: ``app/retention.py`` deletes by ``_id`` range, so an older
     version's TTL index on ``created_at`` is dropped here."""
     coll = notifications_collection()
-    for document in (Notification, OutboxBatch, IdempotencyRecord):
+    for document in (Notification, IdempotencyRecord):
         document.ensure_indexes()
     legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
-    if {"outbox", "outbox_lease"} & set(legacy):  # adopt while their indexes still exist
+    had_outbox = LEGACY_OUTBOX in coll.database.list_collection_names()
+    if had_outbox or {"outbox", "outbox_lease"} & set(legacy):  # while their indexes still exist
         adopt_legacy_unpublished(coll)
+    if had_outbox:
+        coll.database.drop_collection(LEGACY_OUTBOX)
     for name in legacy:
         coll.drop_index(name)
     for index in coll.list_indexes():

@@ -24,7 +24,7 @@ from . import lua
 from .config import Config
 from .errors import ApiError
 from .events import READ, Event
-from .models import EITHER_READ, PUBLIC_PROJECTION, notifications_collection
+from .models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
 from .publishing import Publisher, Stored, StoreUnavailable
 from .retention import Sweeper
 from .serialization import new_document, public_json, utc_now_ms
@@ -188,7 +188,8 @@ class NotificationService:
 
     def _recent_from_mongo(self) -> bytes:
         try:
-            newest = notifications_collection().find({}, PUBLIC_PROJECTION).sort("_id", -1)
+            users = {"user_id": {"$ne": OUTBOX_USER}}  # not the outbox markers
+            newest = notifications_collection().find(users, PUBLIC_PROJECTION).sort("_id", -1)
             docs = newest.limit(self.config.RECENT_LIMIT)
             return orjson.dumps({"notifications": [public_json(d) for d in docs]})
         except PyMongoError as exc:

@@ -8,9 +8,9 @@ batch, so nothing waits at low load.
 
 Every document is written once, with its cursor: the script keeps the proposed one unless
 another worker already published a later one for that user (then it publishes a fresh
-one, written back to MongoDB after the publish). Each batch has an outbox marker, a
-document of its own in the small ``outbox`` collection (a lease and the batch's ids):
-it is inserted first, so it exists whenever any document of the batch does. After the
+one, written back to MongoDB after the publish). Each batch has an outbox marker (a lease
+and the batch's ids, ``app/models.py``), inserted first in the batch's ``insert_many``, so
+it exists whenever any document of the batch does, at no round trip of its own. After the
 publish, one delete for many batches removes their markers. If Redis fails, or the
 process dies between insert and publish, the marker stays, and a relay greenlet in every
 worker publishes the batch once its lease has expired, claiming it first so two instances
@@ -30,7 +30,6 @@ import time
 import uuid
 from collections import deque
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import gevent
@@ -44,7 +43,7 @@ from pymongo.errors import PyMongoError
 
 from . import lua, metrics
 from .config import Config
-from .models import PUBLIC_PROJECTION, notifications_collection, outbox_collection
+from .models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
 from .serialization import outbox_marker, public_json
 
 log = logging.getLogger(__name__)
@@ -150,17 +149,16 @@ class Publisher:
     def _process(self, jobs: list[_Job]) -> None:
         docs = [doc for job in jobs for doc in job.docs]
         self.propose_cursors(docs)
-        lease = datetime.now(timezone.utc) + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        marker = outbox_marker(docs, lease)  # the lease runs from now, not from when the request queued
+        marker = outbox_marker(docs, self._lease_from_now())  # not from when the request queued
         if not self._insert(jobs, docs, marker):
             return
         self.stats["batches"] += 1
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
             log.warning("TEST_CRASH_AFTER_INSERT set: exiting between insert and publish")
             os._exit(70)
-        published = self.publish(docs, [docs[0]["_id"]])
+        published = self.publish(docs, [marker["_id"]])
         if not published:
-            self._release_leases([docs[0]["_id"]])
+            self._release_leases([marker["_id"]])
         for job in jobs:
             body = [public_json(d) for d in job.docs]
             if not published:  # the relay will publish it, possibly with another cursor
@@ -177,17 +175,18 @@ class Publisher:
             doc["seq"] = last
         self._last_proposed = last
 
+    def _lease_from_now(self) -> int:
+        return time.time_ns() // 1000 + int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000)
+
     def _insert(self, jobs: list[_Job], docs: list[dict[str, Any]], marker: dict[str, Any]) -> bool:
-        """Insert the marker, then the batch. All or nothing: on failure every job fails."""
-        stored_marker = False
+        """Insert the marker and then the batch, in order, in one round trip.
+
+        All or nothing: on failure every job fails and whatever part was stored is removed."""
         try:
-            outbox_collection().insert_one(marker)
-            stored_marker = True
-            notifications_collection().insert_many(docs, ordered=True)
+            notifications_collection().insert_many([marker, *docs], ordered=True)
         except PyMongoError as exc:
             log.error("MongoDB insert failed: %s", exc)
-            if stored_marker:
-                self._forget(marker)
+            self._forget(marker)
             for job in jobs:
                 job.result.set_exception(StoreUnavailable("MongoDB did not store the notification"))
             return False
@@ -200,9 +199,10 @@ class Publisher:
         """Nothing half-written: remove whatever part of a failed batch was stored.
 
         The marker goes last: if this fails, the relay publishes what is left, late."""
+        coll = notifications_collection()
         try:
-            notifications_collection().delete_many({"_id": {"$in": marker["ids"]}})
-            outbox_collection().delete_one({"_id": marker["_id"]})
+            coll.delete_many({"_id": {"$in": marker["ids"]}})
+            coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
         except PyMongoError:
             log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))
 
@@ -254,9 +254,9 @@ class Publisher:
         return True
 
     def _release_leases(self, markers: list[Any]) -> None:
-        now = datetime.now(timezone.utc)
+        mine = {"_id": {"$in": markers}, "user_id": OUTBOX_USER}
         try:
-            outbox_collection().update_many({"_id": {"$in": markers}}, {"$set": {"lease_until": now}})
+            notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
@@ -326,7 +326,7 @@ class Publisher:
             ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
             notifications_collection().bulk_write(ops, ordered=False)
         if markers:
-            outbox_collection().delete_many({"_id": {"$in": markers}})
+            notifications_collection().delete_many({"_id": {"$in": markers}, "user_id": OUTBOX_USER})
 
     # -- relay -----------------------------------------------------------------------
     def _relay_loop(self) -> None:
@@ -343,22 +343,23 @@ class Publisher:
 
     def relay_once(self) -> int:
         """Claim and publish batches whose publish lease expired. Returns how many batches."""
-        outbox = outbox_collection()
-        now = datetime.now(timezone.utc)
-        due = {"lease_until": {"$lt": now}}
-        found = [d["_id"] for d in outbox.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        coll = notifications_collection()
+        due = outbox_due(time.time_ns() // 1000)
+        found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
         markers = [oid for oid in found if oid not in self._pending_markers]  # published here
         if not markers:
             return 0
         claim = uuid.uuid4().hex
-        lease = now + timedelta(seconds=self.config.PUBLISH_LEASE_SECONDS)
-        outbox.update_many({**due, "_id": {"$in": markers}}, {"$set": {"lease_until": lease, "claim": claim}})
-        claimed = list(outbox.find({"_id": {"$in": markers}, "claim": claim}, {"ids": 1}))
+        change = {"$set": {"seq": self._lease_from_now(), "claim": claim}}
+        coll.update_many({**due, "_id": {"$in": markers}}, change)
+        claimed = list(
+            coll.find({"_id": {"$in": markers}, "user_id": OUTBOX_USER, "claim": claim}, {"ids": 1})
+        )
         if not claimed:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
         ids = [oid for m in claimed for oid in m["ids"]]
-        docs = list(notifications_collection().find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
         if not docs:  # the process died after the marker, before the batch: nothing to publish
             self._record_cleanups(claimed_ids, [])
             return len(markers)

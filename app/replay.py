@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from . import metrics
 from .events import NOTIFICATION, Event
-from .models import EITHER_READ, PUBLIC_PROJECTION, notifications_collection, outbox_collection
+from .models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
 from .serialization import public_json
 
 log = logging.getLogger(__name__)
@@ -60,7 +60,8 @@ def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
     if not docs:
         return docs
     try:
-        marked = outbox_collection().find({"ids": {"$in": [d["_id"] for d in docs]}}, {"ids": 1})
+        markers = {"user_id": OUTBOX_USER, "ids": {"$in": [d["_id"] for d in docs]}}
+        marked = notifications_collection().find(markers, {"ids": 1})
         pending = {oid for m in marked for oid in m["ids"]}
     except PyMongoError as exc:
         raise ReplayUnavailable(str(exc)) from exc

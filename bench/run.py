@@ -31,6 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pymongo import MongoClient  # noqa: E402
 
+from app.models import OUTBOX_USER  # noqa: E402
 from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid, speed_probe_ms  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
@@ -464,9 +465,10 @@ class Bench:
             return 0.0
         client: MongoClient = MongoClient(svc.mongo_uri, directConnection=True)
         try:
-            outbox = client.get_default_database()["outbox"]  # batches not yet recorded as published
+            coll = client.get_default_database()["notifications"]
+            marked = {"user_id": OUTBOX_USER}  # batches not yet recorded as published
             started = time.monotonic()
-            while outbox.count_documents({}, limit=1) and time.monotonic() - started < limit:
+            while coll.count_documents(marked, limit=1) and time.monotonic() - started < limit:
                 time.sleep(0.1)
             return time.monotonic() - started
         finally:

@@ -21,7 +21,7 @@ import websocket
 from bson import ObjectId
 from gevent.event import Event as Wakeup
 
-from app.models import notifications_collection, outbox_collection
+from app.models import notifications_collection
 from app.serialization import new_document, outbox_marker
 from tools.devservers import find_free_port
 
@@ -312,9 +312,9 @@ def backdated(user: str, days_ago: float, message: str) -> dict[str, Any]:
     return doc
 
 
-def store_unpublished(docs: list[dict[str, Any]], lease_seconds: float = 10.0) -> None:
+def store_unpublished(docs: list[dict[str, Any]], lease_seconds: float = 10.0) -> ObjectId:
     """Store ``docs`` as one batch the way the batcher does (marker first), unpublished;
-    a negative ``lease_seconds`` makes the batch due for the relay at once."""
-    lease_until = datetime.now(timezone.utc) + timedelta(seconds=lease_seconds)
-    outbox_collection().insert_one(outbox_marker(docs, lease_until))
-    notifications_collection().insert_many(docs)
+    a negative ``lease_seconds`` makes the batch due for the relay at once. The marker's id."""
+    marker = outbox_marker(docs, time.time_ns() // 1000 + int(lease_seconds * 1_000_000))
+    notifications_collection().insert_many([marker, *docs])
+    return marker["_id"]

@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import gevent
+import orjson
 import pytest
 from gevent.event import Event
 
 from app import publishing
-from app.models import notifications_collection, outbox_collection
+from app.models import LEGACY_OUTBOX, OUTBOX_USER, notifications_collection
 from app.replay import events_after
 from app.serialization import new_document, outbox_marker
 
@@ -40,7 +42,11 @@ def docs_for(user: str, n: int) -> list[dict[str, Any]]:
 def marked(coll: Any, user: str) -> list[dict[str, Any]]:
     """The outbox markers of batches holding any of ``user``'s notifications."""
     ids = [d["_id"] for d in coll.find({"user_id": user}, {"_id": 1})]
-    return list(outbox_collection().find({"ids": {"$in": ids}}))
+    return list(coll.find({"user_id": OUTBOX_USER, "ids": {"$in": ids}}))
+
+
+def now_us() -> int:
+    return time.time_ns() // 1000
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> None:
@@ -59,15 +65,13 @@ def test_each_document_is_written_once_with_its_cursor_and_the_batch_marker_goes
         assert rows == {n["id"]: n["seq"] for n in stored.notifications}  # published as stored
         seqs = [n["seq"] for n in stored.notifications]
         assert seqs == sorted(seqs) and len(set(seqs)) == 3
-        (marker,) = marked(coll, "pat")  # one marker for the batch, named after its first document
-        assert str(marker["_id"]) == stored.notifications[0]["id"]
+        (marker,) = marked(coll, "pat")  # one marker for the batch, its lease deadline as its seq
         assert [str(i) for i in marker["ids"]] == [n["id"] for n in stored.notifications]
-        assert marker["lease_until"].replace(tzinfo=timezone.utc) > datetime.now(timezone.utc)
+        assert marker["seq"] > now_us() and marker["read"] is False
         assert all("outbox" not in d for d in coll.find({"user_id": "pat"}))  # the documents stay clean
 
         # the lease runs out while the clean-up is still behind: the relay must not publish again
-        spent = datetime.now(timezone.utc) - timedelta(minutes=5)
-        outbox_collection().update_one({"_id": marker["_id"]}, {"$set": {"lease_until": spent}})
+        coll.update_one({"_id": marker["_id"]}, {"$set": {"seq": now_us() - 300_000_000}})
         published = publisher.stats["published"]
         assert publisher.relay_once() == 0
         assert publisher.stats["published"] == published
@@ -118,8 +122,8 @@ def test_a_cursor_overtaken_by_another_worker_is_replaced_and_written_back(app):
         proposed = slow[0]["seq"]
         fast = publisher.store(docs_for("sam", 1)).notifications[0]  # ... B stored and published
         assert fast["seq"] > proposed
-        store_unpublished(slow)
-        assert publisher.publish(slow, [slow[0]["_id"]])  # A publishes at last
+        marker = store_unpublished(slow)
+        assert publisher.publish(slow, [marker])  # A publishes at last
         assert slow[0]["seq"] > fast["seq"]  # a fresh cursor, above what B published
         assert publisher.stats["resequenced"] == 1
         wait_until(lambda: not marked(coll, "sam"))  # the replaced cursor is written first
@@ -146,9 +150,9 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         first = service.publisher.store(docs_for("tia", 1)).notifications[0]
         pending = docs_for("tia", 1)
         service.publisher.propose_cursors(pending)
-        store_unpublished(pending)  # stored with its cursor, not published yet
+        marker = store_unpublished(pending)  # stored with its cursor, not published yet
         later = service.publisher.store(docs_for("tia", 1)).notifications[0]
-        wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [pending[0]["_id"]])  # later's is gone
+        wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [marker])  # later's is gone
         service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
         replayed = events_after(service, "tia", 0, 100, strict=False)
         assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
@@ -210,8 +214,11 @@ def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
         coll = notifications_collection()
         batch = docs_for("wes", 3)
         publisher_service(app).publisher.propose_cursors(batch)
-        old_marker = outbox_marker(batch, datetime.now(timezone.utc) + timedelta(seconds=10))
-        batch[0]["outbox"] = {k: v for k, v in old_marker.items() if k != "_id"}  # the marker in a document
+        lease = datetime.now(timezone.utc) + timedelta(seconds=10)
+        batch[0]["outbox"] = {
+            "lease_until": lease,
+            "ids": [d["_id"] for d in batch],
+        }  # the marker in a document
         old = {
             "outbox_lease": [("outbox.lease_until", 1)],
             "user_newest": [("user_id", 1), ("_id", -1)],
@@ -229,9 +236,41 @@ def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
 def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
     publisher = publisher_service(app).publisher
     with app.app_context():
-        lost = docs_for("xan", 2)  # the process died between the marker and the batch
-        outbox_collection().insert_one(outbox_marker(lost, datetime.now(timezone.utc) - timedelta(seconds=1)))
+        lost = docs_for("xan", 2)  # the insert failed after the marker and could not be undone
+        marker = outbox_marker(lost, now_us() - 1_000_000)
+        notifications_collection().insert_one(marker)
         published = publisher.stats["published"]
         assert publisher.relay_once() == 1
-        assert outbox_collection().count_documents({"_id": lost[0]["_id"]}) == 0
+        assert notifications_collection().count_documents({"_id": marker["_id"]}) == 0
         assert publisher.stats["published"] == published
+
+
+def test_markers_the_previous_version_kept_in_an_outbox_collection_move_in(app):
+    with app.app_context():
+        coll = notifications_collection()
+        batch = docs_for("yul", 2)
+        publisher_service(app).publisher.propose_cursors(batch)
+        lease = datetime.now(timezone.utc) + timedelta(seconds=10)
+        old_outbox = coll.database[LEGACY_OUTBOX]
+        old_outbox.insert_one(
+            {"_id": batch[0]["_id"], "lease_until": lease, "ids": [d["_id"] for d in batch]}
+        )
+        old = {"user_unread": [("user_id", 1), ("read", 1)], "user_seq": [("user_id", 1), ("seq", 1)]}
+        publisher = upgrade_from(app, batch, old)
+        assert LEGACY_OUTBOX not in coll.database.list_collection_names()
+        (marker,) = marked(coll, "yul")
+        assert marker["ids"] == [d["_id"] for d in batch]
+        assert publisher.relay_once() == 1  # due at once: the old lease is not trusted
+        wait_until(lambda: not marked(coll, "yul"))
+        assert publisher.stats["relayed"] == 2
+
+
+def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
+    service = publisher_service(app)
+    with app.app_context():
+        store_unpublished(docs_for("zed", 1))
+        assert marked(notifications_collection(), "zed")
+        recent = orjson.loads(service._recent_from_mongo())["notifications"]
+        assert [n["user_id"] for n in recent] == ["zed"]
+    resp = client.post("/api/notifications", json={"user_id": OUTBOX_USER, "message": "x"}, headers=auth)
+    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "user_id"

@@ -18,7 +18,7 @@ import redis
 from pymongo.errors import PyMongoError
 
 from ..errors import ApiError
-from ..models import notifications_collection
+from ..models import OUTBOX_USER, notifications_collection
 from ..notifications import NotificationService
 from ..presence import Presence
 
@@ -137,7 +137,7 @@ class DashboardService:
         try:
             rows = notifications_collection().aggregate(
                 [
-                    {"$match": {"user_id": {"$regex": pattern}}},
+                    {"$match": {"user_id": {"$regex": pattern, "$ne": OUTBOX_USER}}},  # not the markers
                     {"$limit": 20000},  # bounds the work for a short, common prefix
                     {"$group": {"_id": "$user_id"}},
                     {"$sort": {"_id": 1}},
