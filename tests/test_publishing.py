@@ -209,28 +209,34 @@ def test_what_an_older_version_left_unpublished_is_adopted_and_relayed(app):
         assert all(isinstance(s, int) for s in seqs) and len(set(seqs)) == 2
 
 
+PREVIOUS_INDEXES = {"user_unread": [("user_id", 1), ("read", 1)], "user_seq": [("user_id", 1), ("seq", 1)]}
+
+
+def old_batch(app: Any, user: str, n: int) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """A batch with its cursors, and the marker an older version kept for it (lease, ids)."""
+    batch = docs_for(user, n)
+    publisher_service(app).publisher.propose_cursors(batch)
+    lease = datetime.now(timezone.utc) + timedelta(seconds=10)
+    return batch, {"lease_until": lease, "ids": [d["_id"] for d in batch]}
+
+
+def relayed_once_adopted(publisher: Any, coll: Any, user: str, batch: list[dict[str, Any]]) -> None:
+    (marker,) = marked(coll, user)
+    assert marker["ids"] == [d["_id"] for d in batch]
+    assert publisher.relay_once() == 1  # due at once: the old lease is not trusted
+    wait_until(lambda: not marked(coll, user))
+    assert publisher.stats["relayed"] == len(batch)
+
+
 def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
     with app.app_context():
         coll = notifications_collection()
-        batch = docs_for("wes", 3)
-        publisher_service(app).publisher.propose_cursors(batch)
-        lease = datetime.now(timezone.utc) + timedelta(seconds=10)
-        batch[0]["outbox"] = {
-            "lease_until": lease,
-            "ids": [d["_id"] for d in batch],
-        }  # the marker in a document
-        old = {
-            "outbox_lease": [("outbox.lease_until", 1)],
-            "user_newest": [("user_id", 1), ("_id", -1)],
-            "user_unread": [("user_id", 1), ("read", 1)],
-            "user_seq": [("user_id", 1), ("seq", 1)],
-        }
-        publisher = upgrade_from(app, batch, old)
-        (marker,) = marked(coll, "wes")
-        assert marker["ids"] == [d["_id"] for d in batch] and "outbox" not in coll.find_one(batch[0]["_id"])
-        assert publisher.relay_once() == 1  # due at once: the old lease is not trusted
-        wait_until(lambda: not marked(coll, "wes"))
-        assert publisher.stats["relayed"] == 3
+        batch, old_marker = old_batch(app, "wes", 3)
+        batch[0]["outbox"] = old_marker  # the marker in a document
+        old = {"outbox_lease": [("outbox.lease_until", 1)], "user_newest": [("user_id", 1), ("_id", -1)]}
+        publisher = upgrade_from(app, batch, {**old, **PREVIOUS_INDEXES})
+        assert "outbox" not in coll.find_one(batch[0]["_id"])
+        relayed_once_adopted(publisher, coll, "wes", batch)
 
 
 def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
@@ -248,21 +254,11 @@ def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
 def test_markers_the_previous_version_kept_in_an_outbox_collection_move_in(app):
     with app.app_context():
         coll = notifications_collection()
-        batch = docs_for("yul", 2)
-        publisher_service(app).publisher.propose_cursors(batch)
-        lease = datetime.now(timezone.utc) + timedelta(seconds=10)
-        old_outbox = coll.database[LEGACY_OUTBOX]
-        old_outbox.insert_one(
-            {"_id": batch[0]["_id"], "lease_until": lease, "ids": [d["_id"] for d in batch]}
-        )
-        old = {"user_unread": [("user_id", 1), ("read", 1)], "user_seq": [("user_id", 1), ("seq", 1)]}
-        publisher = upgrade_from(app, batch, old)
+        batch, old_marker = old_batch(app, "yul", 2)
+        coll.database[LEGACY_OUTBOX].insert_one({"_id": batch[0]["_id"], **old_marker})
+        publisher = upgrade_from(app, batch, PREVIOUS_INDEXES)
         assert LEGACY_OUTBOX not in coll.database.list_collection_names()
-        (marker,) = marked(coll, "yul")
-        assert marker["ids"] == [d["_id"] for d in batch]
-        assert publisher.relay_once() == 1  # due at once: the old lease is not trusted
-        wait_until(lambda: not marked(coll, "yul"))
-        assert publisher.stats["relayed"] == 2
+        relayed_once_adopted(publisher, coll, "yul", batch)
 
 
 def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
