@@ -10,6 +10,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from bson import ObjectId
 from mongoengine import BooleanField, DateTimeField, DictField, Document, IntField, StringField
 from pymongo.collection import Collection
 
@@ -91,6 +92,11 @@ def notifications_collection() -> Collection:
     return Notification._get_collection()
 
 
+def outbox_marker(ids: list[Any], lease_until_us: int) -> dict[str, Any]:
+    """The marker of the batch of notifications ``ids`` (see ``OUTBOX_USER``)."""
+    return {"_id": ObjectId(), "user_id": OUTBOX_USER, "read": False, "seq": lease_until_us, "ids": ids}
+
+
 def outbox_due(before_us: int) -> dict[str, Any]:
     """The query for markers whose lease ran out before ``before_us``."""
     return {"user_id": OUTBOX_USER, "read": False, "seq": {"$lt": before_us}}
@@ -113,7 +119,7 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
         batches.append((old["ids"], None))
     for ids, holder in batches:
         if ids and coll.find_one({"user_id": OUTBOX_USER, "ids.0": ids[0]}, {"_id": 1}) is None:
-            coll.insert_one({"user_id": OUTBOX_USER, "read": False, "seq": now_us, "ids": ids})
+            coll.insert_one(outbox_marker(ids, now_us))
         if holder is not None:
             coll.update_one({"_id": holder}, {"$unset": {"outbox": "", "published": ""}})
     if old_markers:

@@ -43,8 +43,8 @@ from pymongo.errors import PyMongoError
 
 from . import lua, metrics
 from .config import Config
-from .models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
-from .serialization import outbox_marker, public_json
+from .models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due, outbox_marker
+from .serialization import public_json
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +149,8 @@ class Publisher:
     def _process(self, jobs: list[_Job]) -> None:
         docs = [doc for job in jobs for doc in job.docs]
         self.propose_cursors(docs)
-        marker = outbox_marker(docs, self._lease_from_now())  # not from when the request queued
+        ids = [d["_id"] for d in docs]
+        marker = outbox_marker(ids, self._lease_from_now())  # the lease from now, not from the queueing
         if not self._insert(jobs, docs, marker):
             return
         self.stats["batches"] += 1

@@ -12,8 +12,6 @@ from typing import Any
 
 from bson import ObjectId
 
-from .models import OUTBOX_USER
-
 
 def utc_now_ms() -> datetime:
     """Now, truncated to milliseconds: what MongoDB stores, so responses match reads."""
@@ -51,21 +49,6 @@ def new_document(
         "seq": None,
     }
     return doc
-
-
-def outbox_marker(docs: list[dict[str, Any]], lease_until_us: int) -> dict[str, Any]:
-    """The outbox marker for one batch (``app/models.py``, ``OUTBOX_USER``).
-
-    Inserted first in the batch's ``insert_many``, it exists whenever any document of the
-    batch does; it is deleted once the batch is published (``app/publishing.py``).
-    """
-    return {
-        "_id": ObjectId(),
-        "user_id": OUTBOX_USER,
-        "read": False,
-        "seq": lease_until_us,
-        "ids": [d["_id"] for d in docs],
-    }
 
 
 def public_json(doc: dict[str, Any]) -> dict[str, Any]:

@@ -21,8 +21,8 @@ import websocket
 from bson import ObjectId
 from gevent.event import Event as Wakeup
 
-from app.models import notifications_collection
-from app.serialization import new_document, outbox_marker
+from app.models import notifications_collection, outbox_marker
+from app.serialization import new_document
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -315,6 +315,7 @@ def backdated(user: str, days_ago: float, message: str) -> dict[str, Any]:
 def store_unpublished(docs: list[dict[str, Any]], lease_seconds: float = 10.0) -> ObjectId:
     """Store ``docs`` as one batch the way the batcher does (marker first), unpublished;
     a negative ``lease_seconds`` makes the batch due for the relay at once. The marker's id."""
-    marker = outbox_marker(docs, time.time_ns() // 1000 + int(lease_seconds * 1_000_000))
+    lease_until_us = time.time_ns() // 1000 + int(lease_seconds * 1_000_000)
+    marker = outbox_marker([d["_id"] for d in docs], lease_until_us)
     notifications_collection().insert_many([marker, *docs])
     return marker["_id"]

@@ -12,9 +12,9 @@ import pytest
 from gevent.event import Event
 
 from app import publishing
-from app.models import LEGACY_OUTBOX, OUTBOX_USER, notifications_collection
+from app.models import LEGACY_OUTBOX, OUTBOX_USER, notifications_collection, outbox_marker
 from app.replay import events_after
-from app.serialization import new_document, outbox_marker
+from app.serialization import new_document
 
 from .support import store_unpublished
 
@@ -243,7 +243,7 @@ def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
     publisher = publisher_service(app).publisher
     with app.app_context():
         lost = docs_for("xan", 2)  # the insert failed after the marker and could not be undone
-        marker = outbox_marker(lost, now_us() - 1_000_000)
+        marker = outbox_marker([d["_id"] for d in lost], now_us() - 1_000_000)
         notifications_collection().insert_one(marker)
         published = publisher.stats["published"]
         assert publisher.relay_once() == 1
