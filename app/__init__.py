@@ -65,6 +65,9 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     register_error_handlers(app)
     logging_setup.init_app(app)
     metrics.init_app(app)
+    from . import lean_api
+
+    lean_api.init_app(app)  # before ProxyFix, which must see the request first
     if config.PROXY_HOPS:  # behind nginx: client address and scheme from X-Forwarded-*
         from werkzeug.middleware.proxy_fix import ProxyFix
 

@@ -36,17 +36,23 @@ def create_notification() -> Response:
     body = v.json_body()
     key = request.headers.get("Idempotency-Key")
     if key is None:
-        status, data = _create(body)
+        status, data = create_from_body(service(), body)
         return json_response(data, status)
-    status, data, replayed = run_once(g.api_key_id, key, request.get_data(), lambda: _create(body))
+    status, data, replayed = run_once(
+        g.api_key_id, key, request.get_data(), lambda: create_from_body(service(), body)
+    )
     return json_response(data, status, **({"Idempotent-Replayed": "true"} if replayed else {}))
 
 
-def _create(body: dict[str, Any]) -> tuple[int, bytes]:
+def create_from_body(service: NotificationService, body: dict[str, Any]) -> tuple[int, bytes]:
+    """Validate a create request's JSON object, store and publish it: (status, response body).
+
+    Shared by the view and the lean path (app/lean_api.py).
+    """
     if "user_id" in body and "user_ids" in body:
         raise v.invalid("user_ids", "send either user_id or user_ids, not both")
     users = v.user_ids(body["user_ids"]) if "user_ids" in body else [v.user_id(body.get("user_id"))]
-    stored = service().create(
+    stored = service.create(
         users,
         message=v.text(body, "message", 4000, required=True),
         title=v.text(body, "title", 200, required=False),

@@ -29,25 +29,39 @@ def fingerprint(secret: str) -> str:
 
 
 def bearer_token() -> str | None:
-    header = request.headers.get("Authorization", "")
+    return bearer_from(request.headers.get("Authorization", ""))
+
+
+def bearer_from(header: str) -> str | None:
+    """The credentials of an ``Authorization: Bearer ...`` header value."""
     scheme, _, value = header.partition(" ")
     if scheme.lower() == "bearer" and value.strip():
         return value.strip()
     return None
 
 
-def check_api_key(candidate: str | None) -> str | None:
-    """The fingerprint of a valid publisher key, else None."""
+def check_api_key(candidate: str | None, extensions: dict[str, Any] | None = None) -> str | None:
+    """The fingerprint of a valid publisher key, else None (``extensions``: the app's, outside a request)."""
     if not candidate:
         return None
-    config = current_app.extensions["config"]
+    ext = current_app.extensions if extensions is None else extensions
+    config = ext["config"]
     valid = False
     for key in config.api_keys():
         valid |= hmac.compare_digest(candidate.encode(), key.encode())
     if valid:
         return fingerprint(candidate)
-    extra = current_app.extensions.get("api_key_checker")
+    extra = ext.get("api_key_checker")
     return extra(candidate) if extra else None
+
+
+def unknown_api_key() -> ApiError:
+    return ApiError(
+        401,
+        "unauthorized",
+        "missing or unknown API key (send Authorization: Bearer <key>)",
+        headers={"WWW-Authenticate": 'Bearer realm="api"'},
+    )
 
 
 def require_api_key(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -55,12 +69,7 @@ def require_api_key(view: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         key_id = check_api_key(bearer_token())
         if key_id is None:
-            raise ApiError(
-                401,
-                "unauthorized",
-                "missing or unknown API key (send Authorization: Bearer <key>)",
-                headers={"WWW-Authenticate": 'Bearer realm="api"'},
-            )
+            raise unknown_api_key()
         g.api_key_id = key_id
         return view(*args, **kwargs)
 

@@ -62,6 +62,7 @@ class Config:
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
     LEAN_STREAMS: int = 1  # streams drop their WSGI request state after the handshake (app/lean.py)
+    LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/lean_api.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
     MAX_STREAMS_PER_USER: int = 20  # concurrent /stream + /ws per user, all instances; 0 disables
     METRICS_TOKEN: str = ""

@@ -58,13 +58,17 @@ def error_response(
     headers: dict[str, str] | None = None,
 ) -> Response:
     """The JSON error every API and stream endpoint answers with."""
-    body: dict[str, str] = {"code": code, "message": message}
-    if field is not None:
-        body["field"] = field
-    resp = Response(orjson.dumps({"error": body}), status=status, mimetype="application/json")
+    resp = Response(error_body(code, message, field), status=status, mimetype="application/json")
     for name, value in (headers or {}).items():
         resp.headers[name] = value
     return resp
+
+
+def error_body(code: str, message: str, field: str | None = None) -> bytes:
+    body: dict[str, str] = {"code": code, "message": message}
+    if field is not None:
+        body["field"] = field
+    return orjson.dumps({"error": body})
 
 
 def _wants_html() -> bool:

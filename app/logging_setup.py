@@ -170,9 +170,13 @@ def init_app(app: Flask) -> None:
 
 
 def _begin() -> None:
-    given = request.headers.get("X-Request-ID", "")
-    g.request_id = given if _REQUEST_ID.match(given) else uuid.uuid4().hex
+    g.request_id = request_id_from(request.headers.get("X-Request-ID", ""))
     g.log_started = time.perf_counter()
+
+
+def request_id_from(given: str) -> str:
+    """The client's (or nginx's) X-Request-ID if it is sane, else a new one."""
+    return given if _REQUEST_ID.match(given) else uuid.uuid4().hex
 
 
 def _user_id() -> str | None:
@@ -192,16 +196,30 @@ def _end(response: Response) -> Response:
     if request_id is None:
         return response
     response.headers["X-Request-ID"] = request_id
-    started = g.get("log_started", time.perf_counter())
-    log_event(
-        "request",
-        method=request.method,
-        path=request.path,
-        endpoint=request.endpoint,
-        status=response.status_code,
-        duration_ms=round((time.perf_counter() - started) * 1000, 2),
+    log_request(
+        request.method,
+        request.path,
+        request.endpoint,
+        response.status_code,
+        g.get("log_started", time.perf_counter()),
         user_id=_user_id(),
         api_key=g.get("api_key_id"),
         client=request.remote_addr,
     )
     return response
+
+
+def log_request(
+    method: str, path: str, endpoint: str | None, status: int, started: float, **fields: Any
+) -> None:
+    """The one line per request (``started``: its ``time.perf_counter()``)."""
+    duration_ms = round((time.perf_counter() - started) * 1000, 2)
+    log_event(
+        "request",
+        method=method,
+        path=path,
+        endpoint=endpoint,
+        status=status,
+        duration_ms=duration_ms,
+        **fields,
+    )

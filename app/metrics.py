@@ -153,14 +153,19 @@ _children: dict[tuple[str, str, int], tuple[Any, Any]] = {}
 def _observe(response: Response) -> Response:
     started = g.get("metrics_started")
     if started is not None:
-        key = (request.endpoint or "unmatched", request.method, response.status_code)  # never the raw path
-        children = _children.get(key)
-        if children is None:
-            children = (REQUEST_LATENCY.labels(key[0], key[1]), REQUESTS.labels(key[0], key[1], str(key[2])))
-            _children[key] = children
-        children[0].observe(time.perf_counter() - started)
-        children[1].inc()
+        observe_request(request.endpoint or "unmatched", request.method, response.status_code, started)
     return response
+
+
+def observe_request(endpoint: str, method: str, status: int, started: float) -> None:
+    """Count one request and its latency (``endpoint``, never the raw path, keeps labels few)."""
+    key = (endpoint, method, status)
+    children = _children.get(key)
+    if children is None:
+        children = (REQUEST_LATENCY.labels(endpoint, method), REQUESTS.labels(endpoint, method, str(status)))
+        _children[key] = children
+    children[0].observe(time.perf_counter() - started)
+    children[1].inc()
 
 
 def registry() -> Any:

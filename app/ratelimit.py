@@ -168,9 +168,9 @@ class RateLimiter:
             log.warning("%s not enforced, Redis unavailable (failing open): %s", what, exc)
 
 
-def limiter() -> RateLimiter:
+def limiter(extensions: dict[str, Any] | None = None) -> RateLimiter:
     """This app's limiter, built on first use from the notification service's Redis client."""
-    ext = current_app.extensions
+    ext = current_app.extensions if extensions is None else extensions
     found = ext.get("ratelimit")
     if found is None:
         found = ext["ratelimit"] = RateLimiter(ext["config"], ext["notifications"].redis)

@@ -23,13 +23,21 @@ MAX_DATA_DEPTH = 32
 
 def json_body() -> dict[str, Any]:
     """The request's JSON object, or an ApiError with 415 / 400 / 413."""
-    mimetype = request.mimetype or ""
-    if mimetype != "application/json" and not mimetype.endswith("+json"):
+    if not is_json_mimetype(request.mimetype or ""):
         raise ApiError(415, "unsupported_media_type", "Content-Type must be application/json")
     raw = request.get_data(cache=True)  # MAX_CONTENT_LENGTH makes this raise 413
     limit = request.max_content_length
     if request.content_length is None and limit is not None and len(raw) >= limit:
         raise RequestEntityTooLarge()  # a chunked body is cut at the limit, not refused: refuse it
+    return json_object(raw)
+
+
+def is_json_mimetype(mimetype: str) -> bool:
+    return mimetype == "application/json" or mimetype.endswith("+json")
+
+
+def json_object(raw: bytes) -> dict[str, Any]:
+    """``raw`` parsed as a JSON object, or an ApiError 400."""
     try:
         body = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
