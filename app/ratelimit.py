@@ -79,6 +79,8 @@ class RateLimiter:
         self._acquire = redis_client.register_script(_ACQUIRE)
         self._slots: dict[str, StreamSlot] = {}  # this worker's live slots, by member
         self._refresher: gevent.Greenlet | None = None
+        self._releasing: list[tuple[str, str]] = []  # (key, member) of closed streams, not yet removed
+        self._releaser: gevent.Greenlet | None = None
         self._ids = itertools.count()
         self._warned = 0.0
 
@@ -139,10 +141,35 @@ class RateLimiter:
 
     def _release(self, slot: StreamSlot) -> None:
         self._slots.pop(slot.member, None)
-        try:
-            self.redis.zrem(slot.key, slot.member)
-        except redis.RedisError as exc:
-            self._fail_open("stream slot release (it expires by itself)", exc)
+        self._releasing.append((slot.key, slot.member))
+        if self._releaser is None or self._releaser.dead:
+            self._releaser = gevent.spawn(self._release_loop)
+
+    def _release_loop(self) -> None:
+        """Remove closed streams' slots, all that closed meanwhile in one pipelined round trip.
+
+        Thousands of streams can close at once (a deploy, a network blip, a load balancer
+        reset); a ``ZREM`` round trip each cost more worker CPU than the rest of the close.
+        """
+        while self._releasing:
+            batch, self._releasing = self._releasing, []
+            by_key: dict[str, list[str]] = {}
+            for key, member in batch:
+                by_key.setdefault(key, []).append(member)
+            try:
+                pipe = self.redis.pipeline(transaction=False)
+                for key, members in by_key.items():
+                    pipe.zrem(key, *members)
+                pipe.execute()
+            except redis.RedisError as exc:
+                self._fail_open("stream slot release (it expires by itself)", exc)
+
+    def wait_released(self, timeout: float | None = None) -> bool:
+        """Block until the slots of closed streams are removed from Redis (for tests/ops)."""
+        releaser = self._releaser
+        if releaser is not None:
+            releaser.join(timeout)
+        return not self._releasing and (releaser is None or releaser.dead)
 
     def _refresh_loop(self) -> None:
         """Extend this worker's leases until it holds none (then exit; the next acquire restarts it)."""

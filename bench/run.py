@@ -224,6 +224,9 @@ class Bench:
             "LOG_LEVEL": "warning",
             # capacity is measured, not the per-key quota (6,000 POSTs/min by default)
             "RATE_LIMIT_POSTS_PER_MINUTE": "0",
+            # The retention sweep (once a minute) is a range on _id: an index scan on MongoDB,
+            # a whole-collection scan on SecantusDB that stalls its inserts (bench/README.md)
+            "RETENTION_DAYS": "0",
             **dict(self.args.env),
         }
 
@@ -474,6 +477,20 @@ class Bench:
         finally:
             client.close()
 
+    def settle(self, svc: Service, limit: float = 60.0, left: int = 200) -> float:
+        """Seconds until the service has closed the previous measure's streams (at most
+        ``left`` client connections open: the posters' keep-alive pools). Polled, bounded.
+
+        Closing 10,000 streams takes the workers a second or more; without this, a
+        measure that follows one with many clients would pay for their teardown.
+        """
+        started = time.monotonic()
+        while time.monotonic() - started < limit:
+            if sum(ProcStats.read(pid, svc.port).sockets for pid in svc.workers()) <= left:
+                break
+            time.sleep(0.1)
+        return time.monotonic() - started
+
     # -- (e) POST throughput --------------------------------------------------------------------
     def throughput(self, svc: Service) -> dict[str, Any]:
         users = [f"tp{i}" for i in range(200)]
@@ -536,6 +553,7 @@ class Bench:
                 svc = self.start(kind, f"{tag}{len(out[kind])}")
             if kind == "ours":
                 self.drain(svc)  # the previous measure's write-back is not this one's cost
+            self.settle(svc)  # nor its streams' teardown
             say(f"run {self.run_no}: {kind} {name} ...")
             started = time.monotonic()
             spies = self.profile(svc, f"{kind}-{name}") if name in self.args.profile else []

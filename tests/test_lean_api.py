@@ -8,6 +8,7 @@ served a request.
 
 from __future__ import annotations
 
+import http.client
 import logging
 import re
 from collections.abc import Callable, Iterator
@@ -15,6 +16,7 @@ from typing import Any
 
 import orjson
 import pytest
+import requests
 from flask import Flask
 
 from app.lean_api import LeanPost
@@ -183,3 +185,35 @@ def test_unexpected_error_is_a_json_500_and_logged(app, caplog, monkeypatch):
 
 def test_lean_path_off(make_app):
     assert not isinstance(make_app(LEAN_API=0).wsgi_app, LeanPost)
+
+
+def test_keep_alive_connection_under_gunicorn(live, stack):
+    """Errors that leave the body unread, then successes, all on one gunicorn connection."""
+    server = live()
+    conn = http.client.HTTPConnection("127.0.0.1", int(server.url.rsplit(":", 1)[1]), timeout=10)
+    good = orjson.dumps({"user_id": "keepalive", "message": "x"})
+    sent = [
+        (good, {"Authorization": "Bearer wrong"}, 401),
+        (b"{not json" + b" " * 5000, {}, 400),
+        (orjson.dumps({"user_id": "a b", "message": "x"}), {}, 422),
+        (good, {}, 201),
+        (good, {"Idempotency-Key": "ka-1"}, 201),
+        (good, {}, 201),
+    ]
+    try:
+        conn.connect()
+        sock = conn.sock
+        for body, headers, status in sent:
+            conn.request("POST", PATH, body, {**JSON, "Authorization": f"Bearer {stack.api_key}", **headers})
+            resp = conn.getresponse()
+            payload = orjson.loads(resp.read())
+            assert resp.status == status, payload
+            assert resp.getheader("X-Request-ID") == "req-1"
+            assert conn.sock is sock  # still the first connection
+    finally:
+        conn.close()
+    history = requests.get(
+        f"{server.url}/api/users/keepalive/notifications",
+        headers={"Authorization": f"Bearer {stack.api_key}"},
+    )
+    assert len(history.json()["notifications"]) == 3

@@ -117,4 +117,25 @@ def test_slot_of_a_dead_worker_expires_and_live_slots_are_refreshed(app, monkeyp
         assert lim.open_slots("lease") == 1
         live_slot.release()
         live_slot.release()  # idempotent
+        assert lim.wait_released(timeout=5)
         assert lim.open_slots("lease") == 0
+
+
+def test_slots_of_streams_closing_together_go_in_one_round_trip(app, monkeypatch):
+    with app.app_context():
+        lim = limiter()
+        slots = [lim.acquire_stream(f"closing{i % 7}") for i in range(70)]
+        assert lim.open_slots("closing0") == 10
+        rounds = []
+        real_pipeline = lim.redis.pipeline
+
+        def counted(*args, **kwargs):
+            rounds.append(1)
+            return real_pipeline(*args, **kwargs)
+
+        monkeypatch.setattr(lim.redis, "pipeline", counted)
+        for slot in slots:
+            slot.release()
+        assert lim.wait_released(timeout=5)
+        assert rounds == [1]
+        assert [lim.open_slots(f"closing{i}") for i in range(7)] == [0] * 7
