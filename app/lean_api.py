@@ -104,7 +104,7 @@ class LeanPost:
             return None
         mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
-        if not v.is_json_mimetype(mimetype) or not length.isdigit():
+        if not v.is_json_mimetype(mimetype) or not (length.isascii() and length.isdigit()):
             return None
         size = int(length)
         return size if self.max_body is None or size <= self.max_body else None

@@ -183,6 +183,30 @@ def test_unexpected_error_is_a_json_500_and_logged(app, caplog, monkeypatch):
     assert [r.status for r in logged] == [500]
 
 
+@pytest.mark.parametrize(
+    "environ, length",
+    [
+        ({}, 10),
+        ({"CONTENT_TYPE": "Application/JSON; charset=utf-8"}, 10),
+        ({"CONTENT_LENGTH": "\u00b2"}, None),  # a digit to str.isdigit, not to int()
+        ({"CONTENT_LENGTH": "-1"}, None),
+        ({"CONTENT_LENGTH": "101"}, None),
+        ({"CONTENT_TYPE": "text/json"}, None),
+        ({"PATH_INFO": "/api/notifications/"}, None),
+        ({"REQUEST_METHOD": "PUT"}, None),
+    ],
+)
+def test_which_requests_the_lean_path_takes(environ, length):
+    lean = LeanPost(lambda environ, start_response: [], {}, max_body=100)
+    plain = {
+        "REQUEST_METHOD": "POST",
+        "PATH_INFO": PATH,
+        "CONTENT_TYPE": "application/json",
+        "CONTENT_LENGTH": "10",
+    }
+    assert lean.plain_length({**plain, **environ}) == length
+
+
 def test_lean_path_off(make_app):
     assert not isinstance(make_app(LEAN_API=0).wsgi_app, LeanPost)
 
