@@ -253,6 +253,11 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
+    colors = {
+        "ours SSE": "tab:blue",
+        "ours WS": "tab:orange",
+        "Flask-SSE": "tab:green",
+    }  # one per series, every run
     series = [
         ("ours", "latency_sse", "ours SSE"),
         ("ours", "latency_ws", "ours WS"),
@@ -262,7 +267,7 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
         samples = sorted(s for r in results for s in (r.get(side, {}).get(name) or {}).get("hist_ms", []))
         if samples:
             ys = [(i + 1) / len(samples) for i in range(len(samples))]
-            lat.plot(samples, ys, label=label)
+            lat.plot(samples, ys, label=label, color=colors[label])
     lat.set_xscale("log")
     lat.set_xlabel("delivery latency (ms, log)")
     lat.set_ylabel("fraction delivered")
@@ -278,7 +283,7 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
             curve = (r.get(side, {}).get(name) or {}).get("curve_mb")
             if curve:
                 xs, ys = zip(*[(x, y - curve[0][1]) for x, y in curve], strict=True)
-                mem.plot(xs, ys, marker="o", label=label if i == 0 else None, alpha=0.8)
+                mem.plot(xs, ys, marker="o", label=label if i == 0 else None, alpha=0.8, color=colors[label])
     mem.set_xlabel("open idle connections (both workers)")
     mem.set_ylabel("workers' RSS growth (MB)")
     mem.set_title("memory against connections")
