@@ -157,7 +157,7 @@ class Publisher:
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
             log.warning("TEST_CRASH_AFTER_INSERT set: exiting between insert and publish")
             os._exit(70)
-        published = self.publish(docs, [marker["_id"]])
+        published = self.publish(docs, [marker["_id"]], wake_cleanup=False)
         if not published:
             self._release_leases([marker["_id"]])
         for job in jobs:
@@ -166,6 +166,8 @@ class Publisher:
                 for notification in body:
                     notification["seq"] = None
             job.result.set(Stored(body, published))
+        if published:  # after the results: the waiting requests answer before the clean-up runs
+            self._writeback_wakeup.set()
 
     def propose_cursors(self, docs: list[dict[str, Any]]) -> None:
         """Cursors increasing within this worker and close to every other worker's clock."""
@@ -208,8 +210,9 @@ class Publisher:
             log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))
 
     # -- publish ---------------------------------------------------------------------
-    def publish(self, docs: list[dict[str, Any]], markers: list[Any]) -> bool:
-        """One Lua call for all ``docs``, in order; then ``markers`` are cleaned up.
+    def publish(self, docs: list[dict[str, Any]], markers: list[Any], wake_cleanup: bool = True) -> bool:
+        """One Lua call for all ``docs``, in order; then ``markers`` are cleaned up (queued;
+        the clean-up greenlet is woken unless ``wake_cleanup`` is False: the caller will).
 
         Sets ``doc["seq"]`` to the cursor published (a replaced one is written back to
         MongoDB). False if Redis failed: nothing is cleaned up and the relay retries.
@@ -249,7 +252,8 @@ class Publisher:
         self._backlog.append(cleanup)
         self._pending_markers.update(cleanup.markers)
         self._pending_size += cleanup.size
-        self._writeback_wakeup.set()
+        if wake_cleanup:
+            self._writeback_wakeup.set()
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True
