@@ -32,6 +32,7 @@ from pymongo import MongoClient, UpdateOne
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
+from app.models import OUTBOX_USER, outbox_marker  # noqa: E402
 from tools.devservers import mongo_server  # noqa: E402
 
 UNREAD = ([("user_id", 1), ("read", 1)], {})
@@ -107,20 +108,14 @@ def now_design(db: Any, coll: Any, batch: int, reps: int) -> tuple[float, float]
     now, insert, markers = datetime.now(timezone.utc), 0.0, []
     for rep in range(reps):
         docs = batch_docs(batch, rep, now)
-        marker = {
-            "_id": ObjectId(),
-            "user_id": "~outbox",
-            "read": False,
-            "seq": rep,
-            "ids": [d["_id"] for d in docs],
-        }
+        marker = outbox_marker([d["_id"] for d in docs], rep)
         t0 = time.perf_counter()
         coll.insert_many([marker, *docs], ordered=True)
         insert += time.perf_counter() - t0
         markers.append(marker["_id"])
     t1 = time.perf_counter()
     for i in range(0, len(markers), 50):
-        coll.delete_many({"_id": {"$in": markers[i : i + 50]}, "user_id": "~outbox"})
+        coll.delete_many({"_id": {"$in": markers[i : i + 50]}, "user_id": OUTBOX_USER})
     return insert, time.perf_counter() - t1
 
 

@@ -253,11 +253,8 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     import matplotlib.pyplot as plt
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
-    colors = {
-        "ours SSE": "tab:blue",
-        "ours WS": "tab:orange",
-        "Flask-SSE": "tab:green",
-    }  # one per series, every run
+    # one colour per series, the same in every run (the legend names each series once)
+    colors = {"ours SSE": "tab:blue", "ours WS": "tab:orange", "Flask-SSE": "tab:green"}
     series = [
         ("ours", "latency_sse", "ours SSE"),
         ("ours", "latency_ws", "ours WS"),
