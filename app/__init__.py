@@ -49,7 +49,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     service = NotificationService(config, app.extensions["redis"])
     app.extensions["notifications"] = service
     hub = Hub(config.REDIS_URL, service, config)
-    hub.on_reconnect.append(service.publisher.wake_relay)
+    hub.on_reconnect.append(service.publisher.outbox.wake_relay)
     app.extensions["hub"] = hub
 
     from . import api, health, openapi, stream

@@ -21,7 +21,7 @@ import websocket
 from bson import ObjectId
 from gevent.event import Event as Wakeup
 
-from app.models import notifications_collection, outbox_marker
+from app.models import OUTBOX_USER, notifications_collection, outbox_marker
 from app.serialization import new_document
 from tools.devservers import find_free_port
 
@@ -319,3 +319,20 @@ def store_unpublished(docs: list[dict[str, Any]], lease_seconds: float = 10.0) -
     marker = outbox_marker([d["_id"] for d in docs], lease_until_us)
     notifications_collection().insert_many([marker, *docs])
     return marker["_id"]
+
+
+def docs_for(user: str, n: int) -> list[dict[str, Any]]:
+    now = datetime.now(timezone.utc)
+    return [new_document(user, f"m{i}", "", "", {}, now) for i in range(n)]
+
+
+def marked(coll: Any, user: str) -> list[dict[str, Any]]:
+    """The outbox markers of batches holding any of ``user``'s notifications."""
+    ids = [d["_id"] for d in coll.find({"user_id": user}, {"_id": 1})]
+    return list(coll.find({"user_id": OUTBOX_USER, "ids": {"$in": ids}}))
+
+
+def wait_until(predicate: Any, timeout: float = 10.0) -> None:
+    with gevent.Timeout(timeout):
+        while not predicate():
+            gevent.sleep(0.01)

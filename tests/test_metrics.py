@@ -208,5 +208,5 @@ def test_relayed_counted(app: Any) -> None:
     before = REGISTRY.get_sample_value("notify_notifications_relayed_total") or 0.0
     with app.app_context():
         store_unpublished([new_document("late", "never published", "", "", {}, past)], lease_seconds=-60)
-        assert app.extensions["notifications"].publisher.relay_once() == 1
+        assert app.extensions["notifications"].publisher.outbox.relay_once() == 1
     assert REGISTRY.get_sample_value("notify_notifications_relayed_total") == before + 1

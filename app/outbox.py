@@ -1,0 +1,211 @@
+"""The outbox: what follows a publish, and what repairs a publish that never happened.
+
+Each batch the publisher stores carries an outbox marker (a lease and the batch's ids,
+``app/models.py``), inserted first in the batch's ``insert_many``. After the publish, the
+clean-up here removes the markers of many batches with one delete and writes back the few
+cursors the publish script replaced. If Redis failed, or the process died between insert
+and publish, the marker stays, and the relay (a greenlet in every worker) publishes the
+batch once its lease has expired, claiming it first so two instances never race.
+
+That clean-up must keep up, or leases run out on batches that were in fact published and
+a relay publishes them again. So it is bounded, the batcher holds new batches while it
+lags (``wait_for_room``, for at most one lease), and the relay skips batches whose
+clean-up is pending in its worker.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+from gevent.event import Event
+from gevent.event import Event as Wakeup
+from pymongo import UpdateOne
+from pymongo.errors import PyMongoError
+
+from . import metrics
+from .config import Config
+from .models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
+
+log = logging.getLogger(__name__)
+
+RELAY_BATCH = 200  # markers (batches) claimed per relay pass
+WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
+WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
+
+Publish = Callable[[list[dict[str, Any]], list[Any]], bool]  # (docs, markers) -> published?
+
+
+@dataclass
+class _Cleanup:
+    """After a publish: the batch markers to remove and the cursors that were replaced."""
+
+    queued_at: float
+    markers: list[Any]
+    fixes: list[tuple[Any, int]]
+
+    @property
+    def size(self) -> int:
+        return len(self.markers) + len(self.fixes)
+
+
+def lease_from_now(config: Config) -> int:
+    """A publish lease's deadline, in µs: a marker older than this is due for the relay."""
+    return time.time_ns() // 1000 + int(config.PUBLISH_LEASE_SECONDS * 1_000_000)
+
+
+class Outbox:
+    def __init__(self, config: Config, publish: Publish, stats: dict[str, int]) -> None:
+        self.config = config
+        self.publish = publish
+        self.stats = stats
+        self._backlog: deque[_Cleanup] = deque()
+        self._pending_markers: set[Any] = set()  # published here, marker not yet removed
+        self._pending_size = 0
+        self._inflight_since: float | None = None
+        self._writeback_wakeup = Wakeup()
+        self._writeback_progress = Wakeup()
+        self.waiting_for_writeback = Event()  # set while the batcher holds a batch back
+        self._held, self._held_logged_at = 0.0, 0.0
+        self._relay_wakeup = Wakeup()
+
+    # -- clean-up after a publish -------------------------------------------------------
+    def published(self, markers: list[Any], fixes: list[tuple[Any, int]], wake: bool) -> None:
+        """Queue the clean-up of a published batch; ``wake`` now, or the caller will."""
+        cleanup = _Cleanup(time.monotonic(), list(markers), fixes)
+        self._backlog.append(cleanup)
+        self._pending_markers.update(cleanup.markers)
+        self._pending_size += cleanup.size
+        if wake:
+            self.wake_cleanup()
+
+    def wake_cleanup(self) -> None:
+        self._writeback_wakeup.set()
+
+    def _writeback_lagging(self) -> bool:
+        oldest = self._inflight_since
+        if oldest is None and self._backlog:
+            oldest = self._backlog[0].queued_at
+        too_old = oldest is not None and time.monotonic() - oldest > self.config.PUBLISH_LEASE_SECONDS / 3
+        return too_old or self._pending_size > WRITEBACK_BACKLOG_DOCS
+
+    def wait_for_room(self) -> None:
+        """Hold the next batch while the clean-up lags, but never for more than one lease."""
+        started = time.monotonic()
+        deadline = started + self.config.PUBLISH_LEASE_SECONDS
+        while time.monotonic() < deadline:
+            self._writeback_progress.clear()  # no yield between this and the check: no lost wake-up
+            if not self._writeback_lagging():
+                break
+            self.waiting_for_writeback.set()
+            self._writeback_progress.wait(deadline - time.monotonic())
+        self.waiting_for_writeback.clear()
+        held = time.monotonic() - started
+        if held > 0.001:
+            metrics.PUBLISH_HELD.inc(held)
+            self._held += held
+            if started - self._held_logged_at > 10:
+                log.warning(
+                    "MongoDB is behind: new notifications waited %.2f s in all for %d outbox clean-ups",
+                    self._held,
+                    self._pending_size,
+                )
+                self._held, self._held_logged_at = 0.0, started
+
+    def _take_cleanups(self) -> list[_Cleanup]:
+        taken: list[_Cleanup] = []
+        size = 0
+        while self._backlog and (not taken or size + self._backlog[0].size <= WRITEBACK_BATCH):
+            cleanup = self._backlog.popleft()
+            if not taken:
+                self._inflight_since = cleanup.queued_at
+            taken.append(cleanup)
+            size += cleanup.size
+        return taken
+
+    def writeback_loop(self) -> None:
+        """Remove markers and record replaced cursors, coalescing batches into bounded writes."""
+        while True:
+            self._writeback_wakeup.wait()
+            self._writeback_wakeup.clear()
+            while self._backlog:
+                taken = self._take_cleanups()
+                markers = [m for c in taken for m in c.markers]
+                try:
+                    self._record_cleanups(markers, [f for c in taken for f in c.fixes])
+                except PyMongoError as exc:
+                    log.error("could not clean up %d batches (relay may repeat them): %s", len(markers), exc)
+                finally:
+                    self._pending_markers.difference_update(markers)
+                    self._pending_size -= sum(c.size for c in taken)
+                    self._inflight_since = None
+                    self._writeback_progress.set()
+
+    @staticmethod
+    def _record_cleanups(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
+        if fixes:  # before the markers go: a marked document is left out of replays meanwhile
+            ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
+            notifications_collection().bulk_write(ops, ordered=False)
+        if markers:
+            notifications_collection().delete_many({"_id": {"$in": markers}, "user_id": OUTBOX_USER})
+
+    @staticmethod
+    def release_leases(markers: list[Any]) -> None:
+        """Make markers due at once: their publish failed here, the relay should not wait."""
+        mine = {"_id": {"$in": markers}, "user_id": OUTBOX_USER}
+        try:
+            notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
+        except PyMongoError:
+            log.error("could not release publish leases; the relay retries once they expire")
+
+    # -- relay -----------------------------------------------------------------------
+    def wake_relay(self) -> None:
+        self._relay_wakeup.set()
+
+    def relay_loop(self) -> None:
+        while True:
+            self._relay_wakeup.wait(self.config.RELAY_INTERVAL_SECONDS)
+            self._relay_wakeup.clear()
+            try:
+                while self.relay_once() == RELAY_BATCH:
+                    pass
+            except (PyMongoError, redis.RedisError) as exc:
+                log.warning("relay pass failed: %s", exc)
+            except Exception:
+                log.exception("relay pass failed unexpectedly")
+
+    def relay_once(self) -> int:
+        """Claim and publish batches whose publish lease expired. Returns how many batches."""
+        coll = notifications_collection()
+        due = outbox_due(time.time_ns() // 1000)
+        found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        markers = [oid for oid in found if oid not in self._pending_markers]  # published here
+        if not markers:
+            return 0
+        claim = uuid.uuid4().hex
+        change = {"$set": {"seq": lease_from_now(self.config), "claim": claim}}
+        coll.update_many({**due, "_id": {"$in": markers}}, change)
+        claimed = list(
+            coll.find({"_id": {"$in": markers}, "user_id": OUTBOX_USER, "claim": claim}, {"ids": 1})
+        )
+        if not claimed:
+            return len(markers)
+        claimed_ids = [m["_id"] for m in claimed]
+        ids = [oid for m in claimed for oid in m["ids"]]
+        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        if not docs:  # the process died after the marker, before the batch: nothing to publish
+            self._record_cleanups(claimed_ids, [])
+            return len(markers)
+        if self.publish(docs, claimed_ids):
+            self.stats["relayed"] += len(docs)
+            metrics.RELAYED.inc(len(docs))
+            log.info("relay published %d notifications left unpublished", len(docs))
+        else:
+            self.release_leases(claimed_ids)
+        return len(markers)
