@@ -22,7 +22,8 @@ from flask import Response, request
 
 from .errors import ApiError
 from .events import Event
-from .lean import WHEEL, Conn, _Alarm, _expiry_due, _Handoff, _Parked, _pending
+from .lean import Conn, _expiry_due, _Handoff, _pending
+from .lean_wait import WHEEL, Alarm, Parked
 
 log = logging.getLogger(__name__)
 
@@ -167,8 +168,8 @@ def _run_ws(
     next_ping = time.monotonic() + ping_every if ping_every else float("inf")
     expiry = _expiry_due(session)  # the token's, fixed for the stream's life
     watcher = gevent.get_hub().loop.io(conn.fd, 1)
-    alarm = _Alarm(session.sub)
-    parked = _Parked(conn, session, _text_frame, b"".join)
+    alarm = Alarm(session.sub)
+    parked = Parked(conn, session, _text_frame, b"".join)
     closing: tuple[int, str] | None = None
     peer_closed = False
 

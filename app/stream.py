@@ -81,7 +81,7 @@ class StreamSession:
     def next(self, timeout: float | None) -> Event | None:
         """The next event to send, or None when ``timeout`` passed with nothing to send.
 
-        ``timeout=None`` waits for the next wake-up of the subscription (app/lean.py wakes
+        ``timeout=None`` waits for the next wake-up of the subscription (app/lean_wait.py wakes
         it for heartbeats, without a timer per wait).
         """
         assert self.sub is not None

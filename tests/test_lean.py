@@ -11,7 +11,7 @@ import gevent
 import gevent.socket
 import pytest
 
-from app import lean, lean_ws
+from app import lean, lean_wait, lean_ws
 from app.events import NOTIFICATION, Event
 from app.hub import Subscription
 
@@ -82,10 +82,10 @@ def test_reader_echoes_client_close_code():
 
 def test_alarm_wheel_wakes_once_not_before_due():
     sub = Subscription("u", 10)
-    alarm = lean._Alarm(sub)
+    alarm = lean_wait.Alarm(sub)
     due = time.monotonic() + 0.3
-    lean.WHEEL.arm(alarm, due)
-    lean.WHEEL.arm(alarm, due + 5)  # a later due does not add a second entry
+    lean_wait.WHEEL.arm(alarm, due)
+    lean_wait.WHEEL.arm(alarm, due + 5)  # a later due does not add a second entry
     assert sub.wakeup.wait(3)
     assert time.monotonic() >= due
     assert alarm.slot == 0
@@ -245,8 +245,8 @@ def test_the_flusher_writes_for_a_parked_stream_without_waking_it():
 
 def test_a_burst_larger_than_the_socket_buffer_reaches_the_client_whole_and_in_order(monkeypatch):
     handed_back = []
-    wake = lean._Parked._wake
-    monkeypatch.setattr(lean._Parked, "_wake", lambda p: (handed_back.append(len(p.pending)), wake(p)))
+    wake = lean_wait.Parked._wake
+    monkeypatch.setattr(lean_wait.Parked, "_wake", lambda p: (handed_back.append(len(p.pending)), wake(p)))
     sub, client = parked_stream(4096)
     body = b'{"pad":"' + b"x" * 2000 + b'"}'
     for seq in range(1, 301):  # ~600 KB: the flusher fills the buffer, the stream sends the rest
