@@ -66,7 +66,7 @@ class Publisher:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self._last_proposed = 0
-        self._script = redis_client.register_script(lua.PUBLISH)
+        self._script = lua.LeanScript(redis_client, lua.PUBLISH)
         self._jobs: Queue = Queue()
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
@@ -194,7 +194,7 @@ class Publisher:
             args.append("" if doc.get("seq") is None else doc["seq"])
             args.append(orjson.dumps(body))
         try:
-            seqs = self._script(args=args)
+            seqs = self._script(args)
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+import redis
 
 from app.models import OUTBOX_USER, notifications_collection
 from app.replay import events_after
@@ -73,3 +74,34 @@ def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
         assert [n["user_id"] for n in recent] == ["zed"]
     resp = client.post("/api/notifications", json={"user_id": OUTBOX_USER, "message": "x"}, headers=auth)
     assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "user_id"
+
+
+def test_the_publish_script_is_loaded_again_when_redis_has_forgotten_it(app):
+    publisher = publisher_service(app).publisher
+    with app.app_context():
+        assert publisher.store(docs_for("ada", 1)).published
+        publisher.redis.script_flush()  # as after a Redis restart
+        stored = publisher.store(docs_for("ada", 1))
+        assert stored.published and isinstance(stored.notifications[0]["seq"], int)
+
+
+def test_a_publish_whose_connection_dies_after_checkout_is_sent_again_at_once(app, monkeypatch):
+    """The connection passed the pool's checks, then Redis dropped it: one immediate retry."""
+    publisher = publisher_service(app).publisher
+    pool = publisher.redis.connection_pool
+    checkout = pool.get_connection
+    killed: list[int] = []
+
+    def dying_connection(*args: Any, **kwargs: Any) -> Any:
+        conn = checkout(*args, **kwargs)
+        if not killed:
+            conn.send_command("CLIENT", "ID")
+            killed.append(conn.read_response())
+            with redis.Redis.from_url(app.extensions["config"].REDIS_URL) as other:
+                assert other.client_kill_filter(_id=killed[0]) == 1
+        return conn
+
+    monkeypatch.setattr(pool, "get_connection", dying_connection)
+    with app.app_context():
+        stored = publisher.store(docs_for("bea", 1))
+    assert killed and stored.published and isinstance(stored.notifications[0]["seq"], int)
