@@ -53,6 +53,14 @@ def post_worker_init(worker):
     watch_worker_exit(worker.wsgi, lambda: worker.alive)
 
 
+def worker_exit(server, worker):
+    """Finish the outbox clean-up of this worker's last publishes before it goes."""
+    if getattr(worker, "wsgi", None) is not None:
+        from app import drain_background
+
+        drain_background(worker.wsgi)
+
+
 def _tune_gc() -> None:
     """Keep the cyclic garbage collector's full collections off the long-lived objects.
 

@@ -7,6 +7,7 @@ hub's Redis listener, the batcher, the outbox relay) start after fork, in the wo
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from .notifications import NotificationService
 __all__ = ["create_app", "Config", "ConfigError"]
 
 ROOT = Path(__file__).resolve().parent.parent
+log = logging.getLogger(__name__)
 
 
 def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
@@ -97,6 +99,16 @@ def stop_background(app: Flask) -> None:
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
     app.extensions["notifications"].retention.stop()
+
+
+def drain_background(app: Flask, timeout: float = 5.0) -> None:
+    """At worker exit: finish the outbox clean-up of the last publishes now.
+
+    A marker left behind would make a relay publish its batch a second time once the
+    lease ran out (gunicorn's ``worker_exit``; the clean-up waits a moment by design,
+    ``OUTBOX_CLEANUP_DELAY_SECONDS``)."""
+    if not app.extensions["notifications"].publisher.outbox.flush(timeout):
+        log.warning("outbox clean-up not finished at exit; the relay will repeat it")
 
 
 def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:

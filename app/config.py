@@ -47,6 +47,7 @@ class Config:
     REPLAY_BUFFER_TTL_SECONDS: int = 600
     RELAY_INTERVAL_SECONDS: float = 1.0
     PUBLISH_LEASE_SECONDS: float = 10.0
+    OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/outbox.py)
     PROBE_INTERVAL_SECONDS: float = 5.0
     REDIS_SOCKET_TIMEOUT: float = 5.0
     MONGO_TIMEOUT_MS: int = 5000
@@ -110,6 +111,10 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.OUTBOX_CLEANUP_DELAY_SECONDS <= self.PUBLISH_LEASE_SECONDS / 10:
+            raise ConfigError(
+                "OUTBOX_CLEANUP_DELAY_SECONDS must be between 0 and a tenth of PUBLISH_LEASE_SECONDS"
+            )
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:

@@ -3,9 +3,14 @@
 Each batch the publisher stores carries an outbox marker (a lease and the batch's ids,
 ``app/models.py``), inserted first in the batch's ``insert_many``. After the publish, the
 clean-up here removes the markers of many batches with one delete and writes back the few
-cursors the publish script replaced. If Redis failed, or the process died between insert
-and publish, the marker stays, and the relay (a greenlet in every worker) publishes the
-batch once its lease has expired, claiming it first so two instances never race.
+cursors the publish script replaced. It waits ``OUTBOX_CLEANUP_DELAY_SECONDS`` first, so
+that the batches of the next moments share that delete: at a few hundred notifications a
+second each batch holds one, and a delete of its own cost the dev database as much CPU as
+the insert (bench/README.md). A worker that exits does its clean-up at once (``flush``).
+
+If Redis failed, or the process died between insert and publish, the marker stays, and
+the relay (a greenlet in every worker) publishes the batch once its lease has expired,
+claiming it first so two instances never race.
 
 That clean-up must keep up, or leases run out on batches that were in fact published and
 a relay publishes them again. So it is bounded, the batcher holds new batches while it
@@ -74,6 +79,8 @@ class Outbox:
         self.waiting_for_writeback = Event()  # set while the batcher holds a batch back
         self._held, self._held_logged_at = 0.0, 0.0
         self._relay_wakeup = Wakeup()
+        self._flush_now = Wakeup()  # cuts the clean-up delay short (flush)
+        self._drained = Wakeup()  # set when the clean-up has emptied its backlog
 
     # -- clean-up after a publish -------------------------------------------------------
     def published(self, markers: list[Any], fixes: list[tuple[Any, int]], wake: bool) -> None:
@@ -133,6 +140,8 @@ class Outbox:
         """Remove markers and record replaced cursors, coalescing batches into bounded writes."""
         while True:
             self._writeback_wakeup.wait()
+            if self._pending_size < WRITEBACK_BATCH:  # let the batches of the next moments share the delete
+                self._flush_now.wait(self.config.OUTBOX_CLEANUP_DELAY_SECONDS)
             self._writeback_wakeup.clear()
             while self._backlog:
                 taken = self._take_cleanups()
@@ -146,6 +155,21 @@ class Outbox:
                     self._pending_size -= sum(c.size for c in taken)
                     self._inflight_since = None
                     self._writeback_progress.set()
+            self._drained.set()
+
+    def flush(self, timeout: float) -> bool:
+        """Do the pending clean-up now (a worker about to exit); True if nothing is left.
+
+        A marker left behind would make the relay publish its batch a second time."""
+        self._flush_now.set()
+        try:
+            if self._backlog or self._inflight_since is not None:
+                self._drained.clear()
+                self._writeback_wakeup.set()
+                self._drained.wait(timeout)
+        finally:
+            self._flush_now.clear()
+        return not self._backlog and self._inflight_since is None
 
     @staticmethod
     def _record_cleanups(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:

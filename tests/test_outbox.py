@@ -11,6 +11,7 @@ import pytest
 from gevent.event import Event
 
 from app import outbox
+from app.config import Config, ConfigError
 from app.models import LEGACY_OUTBOX, notifications_collection, outbox_marker
 
 from .support import docs_for, marked, wait_until
@@ -193,3 +194,50 @@ def test_markers_the_previous_version_kept_in_an_outbox_collection_move_in(app):
         publisher = upgrade_from(app, batch, PREVIOUS_INDEXES)
         assert LEGACY_OUTBOX not in coll.database.list_collection_names()
         relayed_once_adopted(publisher, coll, "yul", batch)
+
+
+def test_batches_published_close_together_share_one_clean_up(make_app, monkeypatch):
+    app = make_app(OUTBOX_CLEANUP_DELAY_SECONDS=0.5)
+    publisher = app.extensions["notifications"].publisher
+    deletes: list[list[Any]] = []
+    record = publisher.outbox._record_cleanups
+
+    def counted(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
+        deletes.append(markers)
+        record(markers, fixes)
+
+    monkeypatch.setattr(publisher.outbox, "_record_cleanups", counted)
+    with app.app_context():
+        for _ in range(3):  # three batches, one after the other
+            assert publisher.store(docs_for("cy", 1)).published
+        wait_until(lambda: not marked(notifications_collection(), "cy"))
+    assert [len(markers) for markers in deletes] == [3]
+
+
+def test_flush_does_the_delayed_clean_up_at_once(make_app):
+    app = make_app(OUTBOX_CLEANUP_DELAY_SECONDS=1.0)  # the most a 10 s lease allows
+    publisher = app.extensions["notifications"].publisher
+    with app.app_context():
+        assert publisher.store(docs_for("di", 2)).published
+        assert marked(notifications_collection(), "di")  # waiting for company
+        assert publisher.outbox.flush(timeout=0.5)  # well before the delay is out
+        assert not marked(notifications_collection(), "di")
+
+
+def test_a_worker_told_to_stop_leaves_no_marker_for_the_relay(live, app):
+    """Otherwise a relay would publish the batch a second time once its lease ran out."""
+    server = live(workers=1, PUBLISH_LEASE_SECONDS="30", OUTBOX_CLEANUP_DELAY_SECONDS="3")
+    server.notify("ed", "last words")
+    with app.app_context():
+        assert marked(notifications_collection(), "ed")  # the clean-up is still waiting
+        server.stop()  # SIGTERM; gunicorn's worker_exit hook flushes the clean-up
+        assert server.process is not None and server.process.returncode == 0
+        assert not marked(notifications_collection(), "ed")
+
+
+def test_the_clean_up_delay_is_bounded_by_the_lease():
+    Config(OUTBOX_CLEANUP_DELAY_SECONDS=0).validate()
+    Config(OUTBOX_CLEANUP_DELAY_SECONDS=1.0, PUBLISH_LEASE_SECONDS=10).validate()
+    for wrong in (-0.1, 1.5):
+        with pytest.raises(ConfigError, match="OUTBOX_CLEANUP_DELAY_SECONDS"):
+            Config(OUTBOX_CLEANUP_DELAY_SECONDS=wrong, PUBLISH_LEASE_SECONDS=10).validate()
