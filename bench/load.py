@@ -1,8 +1,8 @@
 """One load-generator process (asyncio), driven by JSON-line commands on stdin.
 
-Streams use lean protocol clients (``leansse.py``, ``leanws.py``) and the throughput
-measure a lean HTTP client (``rawhttp.py``), so the generator's CPU stays small next to
-the server's on a shared machine; the paced and batch POSTs use aiohttp.
+Streams use lean protocol clients (``leansse.py``, ``leanws.py``) and the paced and
+throughput POSTs a lean HTTP client (``rawhttp.py``), so the generator's CPU stays small
+next to the server's on a shared machine; the few batch POSTs use aiohttp.
 
 ``bench/run.py`` starts several of these so no process holds more than ~10,000 sockets
 (the open-file limit is 20,000 per process) and so the load runs on its own CPU budget,
@@ -211,29 +211,45 @@ class Load:
         headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
         times: list[float] = []
         errors: dict[str, int] = {}
-        async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=64)) as session:
+        idle: list[tuple[float, rawhttp.Connection]] = []  # (idle since, keep-alive connection)
+        slots = asyncio.Semaphore(64)  # at most 64 in use
 
-            async def one(k: int) -> None:
-                body = {"user_id": users[k % len(users)], "message": "bench", "data": None}
-                body["data"] = {"p": phase, "k": k, "t": time.monotonic_ns()}
-                t0 = time.monotonic()
+        def take() -> rawhttp.Connection:
+            """The most recently used connection, unless the server may have closed it:
+            gunicorn's keep-alive timeout is 2 s, and a POST on a closed one would be lost."""
+            while idle:
+                since, conn = idle.pop()
+                if time.monotonic() - since < 1.0 and not conn.server_closed():
+                    return conn
+                conn.close()
+            return rawhttp.Connection(cmd["url"])
+
+        async def one(k: int) -> None:
+            body = {"user_id": users[k % len(users)], "message": "bench", "data": None}
+            body["data"] = {"p": phase, "k": k, "t": time.monotonic_ns()}
+            request = rawhttp.request_bytes(cmd["url"], path, orjson.dumps(body), headers)
+            t0 = time.monotonic()
+            async with slots:
+                conn = take()
                 try:
-                    async with session.post(cmd["url"] + path, data=orjson.dumps(body), headers=headers) as r:
-                        await r.read()
-                        if r.status not in (200, 201):
-                            errors[f"HTTP {r.status}"] = errors.get(f"HTTP {r.status}", 0) + 1
-                except (aiohttp.ClientError, OSError) as exc:
+                    status, _ = await conn.send(request)
+                    idle.append((time.monotonic(), conn))
+                    if status not in (200, 201):
+                        errors[f"HTTP {status}"] = errors.get(f"HTTP {status}", 0) + 1
+                except OSError as exc:
                     errors[type(exc).__name__] = errors.get(type(exc).__name__, 0) + 1
-                times.append(time.monotonic() - t0)
+            times.append(time.monotonic() - t0)
 
-            start, tasks = time.monotonic(), []
-            deadline = start + count / rate + 60
-            for k in range(count):
-                delay = start + k / rate - time.monotonic()
-                if delay > 0:
-                    await asyncio.sleep(delay)
-                tasks.append(asyncio.create_task(one(k)))
-            await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
+        start, tasks = time.monotonic(), []
+        deadline = start + count / rate + 60
+        for k in range(count):
+            delay = start + k / rate - time.monotonic()
+            if delay > 0:
+                await asyncio.sleep(delay)
+            tasks.append(asyncio.create_task(one(k)))
+        await asyncio.wait(tasks, timeout=max(deadline - time.monotonic(), 1))
+        for _, conn in idle:
+            conn.close()
         return {"sent": count, "errors": errors, "post_ms": _pcts(times), "seconds": time.monotonic() - start}
 
     async def post_batch(self, cmd: dict[str, Any]) -> dict[str, Any]:

@@ -48,6 +48,10 @@ class Connection:
             self.close()
             raise OSError("connection lost") from None
 
+    def server_closed(self) -> bool:
+        """The server has closed this connection (its end of stream arrived while idle)."""
+        return self.reader is not None and self.reader.at_eof()
+
     def close(self) -> None:
         if self.writer is not None:
             self.writer.close()
