@@ -163,12 +163,17 @@ class Outbox:
         A marker left behind would make the relay publish its batch a second time."""
         self._flush_now.set()
         try:
-            if self._backlog or self._inflight_since is not None:
+            if not self._settled:
                 self._drained.clear()
                 self._writeback_wakeup.set()
                 self._drained.wait(timeout)
         finally:
             self._flush_now.clear()
+        return self._settled
+
+    @property
+    def _settled(self) -> bool:
+        """No clean-up queued or in flight."""
         return not self._backlog and self._inflight_since is None
 
     @staticmethod

@@ -10,7 +10,7 @@ steps a single notification waits for, called back to back and then paced 5 ms a
 in that measure:
 - a TCP echo to another process (the hop alone: no server work);
 - Redis ``PING`` over a bare socket and through redis-py, and the service's publish script
-  for one notification (``app/lua.py``);
+  for one notification, called as the service calls it (``lua.LeanScript``);
 - SecantusDB ``ping``; the document alone (``insert_one``, what the Node original stored);
   and the store step of one notification: ``insert_many`` of its outbox marker and the
   document, with the collection's one secondary index.
@@ -29,16 +29,17 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 import orjson
 import redis
-from bson import ObjectId
 from pymongo import MongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app import lua  # noqa: E402
 from app.models import outbox_marker  # noqa: E402
+from app.serialization import new_document  # noqa: E402
 from bench.measure import speed_probe_ms  # noqa: E402
 from tools.devservers import mongo_server, redis_server  # noqa: E402
 
@@ -73,20 +74,20 @@ def steps(redis_url: str, mongo_url: str) -> tuple[dict[str, Callable[[], object
     echo.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
 
     r = redis.Redis.from_url(redis_url)
-    script = r.register_script(lua.PUBLISH)
+    script = lua.LeanScript(r, lua.PUBLISH)
     body = orjson.dumps({"id": "x", "user_id": "u1", "title": "", "message": "probe", "data": {}})
 
     def publish() -> object:
-        return script(args=["probe:", 50, 100, 600, 10_000_000, 1_000_000, "u1", "", body])
+        return script(["probe:", 50, 100, 600, 10_000_000, 1_000_000, "u1", "", body])
 
     client: MongoClient = MongoClient(mongo_url, directConnection=True)
     coll = client.hopprobe.notifications
     coll.create_index([("user_id", 1), ("read", 1), ("seq", 1)])
 
-    def document() -> dict[str, object]:
-        return {"_id": ObjectId(), "user_id": "u1", "title": "", "message": "probe", "category": "",
-                "data": {}, "created_at": datetime.now(timezone.utc), "read": False,
-                "seq": time.time_ns() // 1000}  # fmt: skip
+    def document() -> dict[str, Any]:
+        doc = new_document("u1", "probe", "", "", {}, datetime.now(timezone.utc))
+        doc["seq"] = time.time_ns() // 1000
+        return doc
 
     def store() -> object:
         doc = document()
