@@ -53,8 +53,46 @@ def post_worker_init(worker):
     watch_worker_exit(worker.wsgi, lambda: worker.alive)
 
 
+def post_fork(server, worker):
+    _quit_once(worker)
+
+
+def _quit_once(worker) -> None:
+    """Quick shutdown (SIGINT, SIGQUIT) that does not cut the exit short or print a traceback.
+
+    gunicorn's gevent worker answers each such signal with ``sys.exit(0)`` from a greenlet
+    0.1 s later. By then the worker may already be on its way out: the signal also ended
+    its main loop, and Ctrl-C in a terminal sends two signals (SIGINT from the terminal,
+    SIGQUIT from the master). A late exit is thrown into whatever the worker is doing then:
+    ``worker_exit``'s outbox flush, or the interpreter's shutdown, where gevent prints it as
+    a traceback (at every Ctrl-C tried). So only the first signal is answered,
+    and its exit is skipped once the worker is leaving.
+    """
+    import sys
+
+    import gevent
+
+    quitting = False
+
+    def quit_now() -> None:
+        worker.alive = False
+        worker.cfg.worker_int(worker)
+        gevent.sleep(0.1)
+        if not getattr(worker, "leaving", False):
+            sys.exit(0)
+
+    def once(sig, frame) -> None:
+        nonlocal quitting
+        if not quitting:
+            quitting = True
+            gevent.spawn(quit_now)
+
+    worker.handle_quit = once  # gunicorn's init_signals, after this, installs it for both
+
+
 def worker_exit(server, worker):
     """Finish the outbox clean-up of this worker's last publishes before it goes."""
+    worker.leaving = True  # a quick-shutdown exit still pending must not break this off
     if getattr(worker, "wsgi", None) is not None:
         from app import drain_background
 

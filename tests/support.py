@@ -126,9 +126,10 @@ class LiveServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self) -> None:
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        """Signal the whole instance: SIGTERM as a deploy does, SIGINT as Ctrl-C does."""
         if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGTERM)
+            os.killpg(self.process.pid, sig)
             try:
                 self.process.wait(15)
             except subprocess.TimeoutExpired:

@@ -157,6 +157,22 @@ def test_sigterm_closes_streams_and_worker_exits_quickly(live):
     assert ws.close_code == 1001
 
 
+def test_ctrl_c_stops_every_process_without_a_traceback(live):
+    """A terminal's Ctrl-C signals the master and each worker (which the master then
+    signals again): every process exits 0 and the log holds no traceback."""
+    server = live(workers=2)
+    token = server.token("cc")
+    sse = SSEClient(server.url, token)
+    server.notify("cc", "hello")
+    sse.wait_count(1)
+    server.stop(signal.SIGINT)
+    assert server.process is not None and server.process.returncode == 0
+    assert sse.closed.wait(5)
+    log = server.log()
+    assert "Shutting down: Master" in log
+    assert "Traceback" not in log and "SystemExit" not in log
+
+
 @pytest.mark.parametrize("transport", [SSEClient, WSClient], ids=["sse", "ws"])
 def test_redis_killed_and_restarted(live, own_redis, stack_on, transport):
     stack = stack_on(redis_url=own_redis.url)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import signal
 import time
 from datetime import datetime, timedelta, timezone
 from typing import Any
@@ -224,13 +225,14 @@ def test_flush_does_the_delayed_clean_up_at_once(make_app):
         assert not marked(notifications_collection(), "di")
 
 
-def test_a_worker_told_to_stop_leaves_no_marker_for_the_relay(live, app):
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["deploy", "ctrl-c"])
+def test_a_worker_told_to_stop_leaves_no_marker_for_the_relay(live, app, sig):
     """Otherwise a relay would publish the batch a second time once its lease ran out."""
     server = live(workers=1, PUBLISH_LEASE_SECONDS="30", OUTBOX_CLEANUP_DELAY_SECONDS="3")
     server.notify("ed", "last words")
     with app.app_context():
         assert marked(notifications_collection(), "ed")  # the clean-up is still waiting
-        server.stop()  # SIGTERM; gunicorn's worker_exit hook flushes the clean-up
+        server.stop(sig)  # gunicorn's worker_exit hook flushes the clean-up
         assert server.process is not None and server.process.returncode == 0
         assert not marked(notifications_collection(), "ed")
 
