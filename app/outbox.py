@@ -78,6 +78,7 @@ class Outbox:
         self._writeback_progress = Wakeup()
         self.waiting_for_writeback = Event()  # set while the batcher holds a batch back
         self._held, self._held_logged_at = 0.0, 0.0
+        self._lag: tuple[float, int] = (0.0, 0)  # the worst (age, pending) seen while holding
         self._relay_wakeup = Wakeup()
         self._flush_now = Wakeup()  # cuts the clean-up delay short (flush)
         self._drained = Wakeup()  # set when the clean-up has emptied its backlog
@@ -95,11 +96,15 @@ class Outbox:
     def wake_cleanup(self) -> None:
         self._writeback_wakeup.set()
 
-    def _writeback_lagging(self) -> bool:
+    def _cleanup_age(self) -> float:
+        """Seconds since the oldest clean-up not yet done was queued (0 when none is)."""
         oldest = self._inflight_since
         if oldest is None and self._backlog:
             oldest = self._backlog[0].queued_at
-        too_old = oldest is not None and time.monotonic() - oldest > self.config.PUBLISH_LEASE_SECONDS / 3
+        return 0.0 if oldest is None else time.monotonic() - oldest
+
+    def _writeback_lagging(self) -> bool:
+        too_old = self._cleanup_age() > self.config.PUBLISH_LEASE_SECONDS / 3
         return too_old or self._pending_size > WRITEBACK_BACKLOG_DOCS
 
     def wait_for_room(self) -> None:
@@ -110,8 +115,10 @@ class Outbox:
             self._writeback_progress.clear()  # no yield between this and the check: no lost wake-up
             if not self._writeback_lagging():
                 break
+            self._note_lag()
             self.waiting_for_writeback.set()
             self._writeback_progress.wait(deadline - time.monotonic())
+            self._note_lag()  # the clean-up may still be the one it was
         self.waiting_for_writeback.clear()
         held = time.monotonic() - started
         if held > 0.001:
@@ -119,11 +126,15 @@ class Outbox:
             self._held += held
             if started - self._held_logged_at > 10:
                 log.warning(
-                    "MongoDB is behind: new notifications waited %.2f s in all for %d outbox clean-ups",
+                    "MongoDB is behind: new notifications waited %.3f s in all, while the oldest"
+                    " outbox clean-up was up to %.1f s old (%d markers and cursors pending)",
                     self._held,
-                    self._pending_size,
+                    *self._lag,
                 )
-                self._held, self._held_logged_at = 0.0, started
+                self._held, self._held_logged_at, self._lag = 0.0, started, (0.0, 0)
+
+    def _note_lag(self) -> None:
+        self._lag = max(self._lag, (self._cleanup_age(), self._pending_size))
 
     def _take_cleanups(self) -> list[_Cleanup]:
         taken: list[_Cleanup] = []
