@@ -65,8 +65,8 @@ def _quit_once(worker) -> None:
     its main loop, and Ctrl-C in a terminal sends two signals (SIGINT from the terminal,
     SIGQUIT from the master). A late exit is thrown into whatever the worker is doing then:
     ``worker_exit``'s outbox flush, or the interpreter's shutdown, where gevent prints it as
-    a traceback (at every Ctrl-C tried). So only the first signal is answered,
-    and its exit is skipped once the worker is leaving.
+    a traceback (at every Ctrl-C tried). So only the first signal is answered, and its exit
+    is skipped once the worker is leaving.
     """
     import sys
 

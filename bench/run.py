@@ -46,7 +46,7 @@ PROFILES: dict[str, dict[str, Any]] = {
     # what the issue asks for
     "full": {
         "lat_users": 200, "lat_per_user": 10, "lat_posts": 2000, "lat_rate": 200,
-        "idle_users": 2100, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
+        "idle_users": 2300, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
         "peer_idle_users": 600, "peer_idle_per_user": 10,
         "bc_users": 1000, "bc_per_user": 10, "bc_repeats": 5,
         "tp_clients": 32, "tp_seconds": 10.0,
