@@ -15,10 +15,10 @@ from typing import Any
 import gevent
 from flask import Flask
 
-from .config import Config, ConfigError
-from .extensions import mongo, redis_store, sock
-from .hub import Hub
-from .notifications import NotificationService
+from app.config import Config, ConfigError
+from app.delivery.hub import Hub
+from app.extensions import mongo, redis_store, sock
+from app.store.notifications import NotificationService
 
 __all__ = ["create_app", "Config", "ConfigError"]
 
@@ -40,9 +40,19 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     )
     app.config.update(config.flask_settings())
     app.extensions["config"] = config
-    from . import apikeys, cli_ops, logging_setup, metrics
+    # Imported here, not at module level: metrics must not be imported before gunicorn
+    # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
+    from app import dashboard, pages
+    from app.access import apikeys
+    from app.api import fastpath
+    from app.api import views as api_views
+    from app.dashboard import cli as staff_cli
+    from app.delivery import views as stream_views
+    from app.errors import register_error_handlers
+    from app.ops import cli as ops_cli
+    from app.ops import health, logs, metrics, openapi
 
-    logging_setup.configure_logging(config)
+    logs.configure_logging(config)
     metrics.register_mongo_listener()  # before the MongoDB client is created
 
     mongo.init_app(app, config)
@@ -54,32 +64,20 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     hub.on_reconnect.append(service.publisher.outbox.wake_relay)
     app.extensions["hub"] = hub
 
-    from . import api, health, openapi, stream
-    from .errors import register_error_handlers
-
-    app.register_blueprint(api.bp)
-    app.register_blueprint(stream.bp)
-    from . import demo
-
-    app.register_blueprint(demo.bp)
-    app.register_blueprint(health.bp)
-    app.register_blueprint(openapi.bp)
+    for blueprint in (api_views.bp, stream_views.bp, pages.bp, health.bp, openapi.bp):
+        app.register_blueprint(blueprint)
     register_error_handlers(app)
-    logging_setup.init_app(app)
+    logs.init_app(app)
     metrics.init_app(app)
-    from . import lean_api
-
-    lean_api.init_app(app)  # before ProxyFix, which must see the request first
+    fastpath.init_app(app)  # before ProxyFix, which must see the request first
     if config.PROXY_HOPS:  # behind nginx: client address and scheme from X-Forwarded-*
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.PROXY_HOPS, x_proto=config.PROXY_HOPS)  # type: ignore[method-assign]
     apikeys.init_app(app)
-    cli_ops.register_ops_cli(app)
-    from . import cli, dashboard
-
+    ops_cli.register_ops_cli(app)
     dashboard.init_app(app)
-    cli.register_cli(app)
+    staff_cli.register_cli(app)
     return app
 
 
@@ -89,7 +87,7 @@ def start_background(app: Flask) -> None:
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
     app.extensions["hub"].start()
-    from . import dashboard
+    from app import dashboard
 
     dashboard.start_background(app)
 

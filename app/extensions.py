@@ -20,7 +20,7 @@ from gevent.event import AsyncResult
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from .config import Config
+from app.config import Config
 
 
 class MongoDB:

@@ -32,7 +32,7 @@ from pymongo import MongoClient, UpdateOne
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.models import OUTBOX_USER, outbox_marker  # noqa: E402
+from app.store.models import OUTBOX_USER, outbox_marker  # noqa: E402
 from tools.devservers import mongo_server  # noqa: E402
 
 UNREAD = ([("user_id", 1), ("read", 1)], {})

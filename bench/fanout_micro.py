@@ -22,11 +22,11 @@ import gevent  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import lean  # noqa: E402
-from app.auth import Subscriber  # noqa: E402
-from app.events import NOTIFICATION, Event  # noqa: E402
-from app.hub import Subscription  # noqa: E402
-from app.stream import StreamSession  # noqa: E402
+from app.access.tokens import Subscriber  # noqa: E402
+from app.delivery import connection as lean  # noqa: E402
+from app.delivery.events import NOTIFICATION, Event  # noqa: E402
+from app.delivery.hub import Subscription  # noqa: E402
+from app.delivery.views import StreamSession  # noqa: E402
 
 
 def main() -> None:

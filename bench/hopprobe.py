@@ -37,9 +37,9 @@ from pymongo import MongoClient
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app import lua  # noqa: E402
-from app.models import outbox_marker  # noqa: E402
-from app.serialization import new_document  # noqa: E402
+from app.store import lua  # noqa: E402
+from app.store.models import outbox_marker  # noqa: E402
+from app.store.serialization import new_document  # noqa: E402
 from bench.measure import speed_probe_ms  # noqa: E402
 from tools.devservers import mongo_server, redis_server  # noqa: E402
 

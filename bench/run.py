@@ -31,7 +31,7 @@ sys.path.insert(0, str(ROOT))
 
 from pymongo import MongoClient  # noqa: E402
 
-from app.models import OUTBOX_USER  # noqa: E402
+from app.store.models import OUTBOX_USER  # noqa: E402
 from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid, speed_probe_ms  # noqa: E402
 from bench.report import write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402

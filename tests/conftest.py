@@ -21,7 +21,7 @@ from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
 from app import Config, create_app, stop_background  # noqa: E402
-from app.models import ensure_indexes  # noqa: E402
+from app.store.models import ensure_indexes  # noqa: E402
 from tests.support import ExternalServer, LiveServer, Stack  # noqa: E402
 from tools.devservers import ManagedServer, mongo_server, redis_server  # noqa: E402
 

@@ -21,8 +21,8 @@ import websocket
 from bson import ObjectId
 from gevent.event import Event as Wakeup
 
-from app.models import OUTBOX_USER, notifications_collection, outbox_marker
-from app.serialization import new_document
+from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
+from app.store.serialization import new_document
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -356,7 +356,7 @@ def test_token_bad_input(client, auth, body, field):
 
 
 def test_expired_and_forged_tokens_are_refused(client, auth, app):
-    from app.auth import mint_token
+    from app.access.tokens import mint_token
 
     with app.test_request_context():
         expired, _ = mint_token("x", -1)

@@ -8,8 +8,8 @@ from typing import Any
 
 import pytest
 
-from app import apikeys
-from app.apikeys import ApiKey, ApiKeyChecker, ApiKeyProblem
+from app.access import apikeys
+from app.access.apikeys import ApiKey, ApiKeyChecker, ApiKeyProblem
 
 
 class Clock:

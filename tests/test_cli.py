@@ -8,8 +8,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from app.auth import verify_token
-from app.models import OUTBOX_USER, notifications_collection
+from app.access.tokens import verify_token
+from app.store.models import OUTBOX_USER, notifications_collection
 
 from .support import backdated
 

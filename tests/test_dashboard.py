@@ -17,8 +17,8 @@ import requests
 from flask import Flask
 from flask.testing import FlaskClient
 
-from app import staff
-from app.presence import Presence
+from app.dashboard import staff
+from app.delivery.presence import Presence
 from tests.support import SSEClient
 
 ADMIN = "admin"

@@ -15,7 +15,7 @@ import requests
 import websocket
 from itsdangerous import URLSafeSerializer
 
-from app.auth import TOKEN_SALT
+from app.access.tokens import TOKEN_SALT
 from tests.support import SSEClient, WSClient
 
 JSON = {"Content-Type": "application/json"}

@@ -11,9 +11,11 @@ import gevent
 import gevent.socket
 import pytest
 
-from app import lean, lean_wait, lean_ws
-from app.events import NOTIFICATION, Event
-from app.hub import Subscription
+from app.delivery import connection as lean
+from app.delivery import waiting as lean_wait
+from app.delivery import websocket as lean_ws
+from app.delivery.events import NOTIFICATION, Event
+from app.delivery.hub import Subscription
 
 
 def client_frame(opcode: int, payload: bytes, fin: bool = True, mask: bytes = b"\x01\x02\x03\x04") -> bytes:
@@ -191,8 +193,8 @@ def parked_stream(sndbuf: int, transport: str = "sse") -> tuple[Subscription, so
 
     from gevent import monkey
 
-    from app.auth import Subscriber
-    from app.stream import StreamSession
+    from app.access.tokens import Subscriber
+    from app.delivery.views import StreamSession
 
     ours, client = socket.socketpair()
     ours.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)

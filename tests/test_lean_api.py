@@ -19,8 +19,8 @@ import pytest
 import requests
 from flask import Flask
 
-from app.lean_api import LeanPost
-from app.logging_setup import JsonFormatter
+from app.api.fastpath import LeanPost
+from app.ops.logs import JsonFormatter
 
 PATH = "/api/notifications"
 VOLATILE = re.compile(rb'"(id|seq|created_at)":("[^"]*"|\d+)')

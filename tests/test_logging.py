@@ -11,7 +11,7 @@ import pytest
 import requests
 
 from app.config import Config
-from app.logging_setup import JsonFormatter, TextFormatter, log_format, redact
+from app.ops.logs import JsonFormatter, TextFormatter, log_format, redact
 from tests.support import SSEClient, WSClient
 
 

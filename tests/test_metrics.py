@@ -142,7 +142,7 @@ def test_redis_and_mongodb_errors_counted(make_app: Callable[..., Any], auth: di
     assert resp.status_code == 201  # stored; the relay publishes it later
     assert REGISTRY.get_sample_value("notify_redis_errors_total", {"where": "publish"}) == before + 1
 
-    from app.models import notifications_collection
+    from app.store.models import notifications_collection
 
     before = REGISTRY.get_sample_value("notify_mongodb_errors_total", {"kind": "command"}) or 0.0
     with app.app_context(), contextlib.suppress(Exception):  # the failure is the point
@@ -172,7 +172,7 @@ def test_killed_worker_counters_kept_and_gauges_dropped(live: Any) -> None:
 
 
 def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any]) -> None:
-    from app.events import NOTIFICATION, Event
+    from app.delivery.events import NOTIFICATION, Event
 
     def value(name: str, labels: dict[str, str] | None = None) -> float:
         return REGISTRY.get_sample_value(name, labels or {}) or 0.0
@@ -200,7 +200,7 @@ def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any])
 def test_relayed_counted(app: Any) -> None:
     from datetime import datetime, timedelta, timezone
 
-    from app.serialization import new_document
+    from app.store.serialization import new_document
 
     from .support import store_unpublished
 

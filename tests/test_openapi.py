@@ -7,7 +7,7 @@ import re
 import pytest
 import requests
 
-from app.serialization import public_json
+from app.store.serialization import public_json
 from tests.browser import make_page  # noqa: F401
 
 # Browser pages and the admin dashboard are not part of the HTTP API.
@@ -113,6 +113,6 @@ def test_docs_page_renders_every_endpoint_with_an_example(live, make_page):  # n
 
 
 def _now():
-    from app.serialization import utc_now_ms
+    from app.store.serialization import utc_now_ms
 
     return utc_now_ms()

@@ -12,9 +12,9 @@ import gevent
 import pytest
 from gevent.event import Event
 
-from app import outbox
 from app.config import Config, ConfigError
-from app.models import LEGACY_OUTBOX, notifications_collection, outbox_marker
+from app.store import outbox
+from app.store.models import LEGACY_OUTBOX, notifications_collection, outbox_marker
 
 from .support import docs_for, marked, wait_until
 
@@ -124,7 +124,7 @@ def test_a_batch_stored_while_redis_was_down_is_relayed_with_cursors(make_app, o
 
 def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list[Any]]) -> Any:
     """Store what an older version left, with its indexes, and run the upgrade; the publisher."""
-    from app.models import ensure_indexes
+    from app.store.models import ensure_indexes
 
     publisher = app.extensions["notifications"].publisher
     publisher.start(relay=False)  # only the test relays

@@ -9,8 +9,8 @@ from typing import Any
 import orjson
 import redis
 
-from app.models import OUTBOX_USER, notifications_collection
-from app.replay import events_after
+from app.delivery.replay import events_after
+from app.store.models import OUTBOX_USER, notifications_collection
 
 from .support import docs_for, marked, store_unpublished, wait_until
 

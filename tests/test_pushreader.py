@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.pushreader import RawPushReader, parse_messages
+from app.delivery.redis_reader import RawPushReader, parse_messages
 
 
 def bulk(b: bytes) -> bytes:

@@ -9,8 +9,8 @@ import pytest
 import requests
 import websocket
 
-from app import ratelimit
-from app.ratelimit import limiter
+from app.access import ratelimit
+from app.access.ratelimit import limiter
 from tests.support import SSEClient, WSClient
 from tools.devservers import find_free_port
 

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from app.config import Config, ConfigError
-from app.models import ensure_indexes, notifications_collection
-from app.retention import DAY, prune, retention_seconds
+from app.store.models import ensure_indexes, notifications_collection
+from app.store.retention import DAY, prune, retention_seconds
 
 from .support import backdated
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from flask import Flask
 
-from app import staff
+from app.dashboard import staff
 
 
 def run(app: Flask, *args: str, input: str | None = None):

@@ -16,9 +16,9 @@ from flask import Blueprint, Flask, Request
 from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from pymongo.errors import PyMongoError
 
-from .. import staff
-from ..presence import Presence
-from .service import DashboardService
+from app.dashboard import staff
+from app.dashboard.service import DashboardService
+from app.delivery.presence import Presence
 
 bp = Blueprint("dashboard", __name__, url_prefix="/dashboard")
 log = logging.getLogger(__name__)
@@ -43,7 +43,7 @@ def init_app(app: Flask) -> None:
     app.extensions["presence"] = presence
     app.extensions["dashboard"] = DashboardService(app.extensions["notifications"], presence)
     app.extensions["dashboard_bootstrapped"] = False
-    from . import views  # noqa: F401  (registers the routes on bp)
+    from app.dashboard import views  # noqa: F401  (registers the routes on bp)
 
     app.register_blueprint(bp)
 

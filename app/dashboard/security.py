@@ -25,9 +25,9 @@ import orjson
 import redis
 from flask import current_app, g, redirect, request, session, url_for
 
-from .. import staff
-from ..config import Config
-from ..errors import ApiError, error_response
+from app.config import Config
+from app.dashboard import staff
+from app.errors import ApiError, error_response
 
 SID = "staff_sid"
 CSRF = "csrf"

@@ -17,10 +17,10 @@ import orjson
 import redis
 from pymongo.errors import PyMongoError
 
-from ..errors import ApiError
-from ..models import OUTBOX_USER, notifications_collection
-from ..notifications import NotificationService
-from ..presence import Presence
+from app.delivery.presence import Presence
+from app.errors import ApiError
+from app.store.models import OUTBOX_USER, notifications_collection
+from app.store.notifications import NotificationService
 
 log = logging.getLogger(__name__)
 

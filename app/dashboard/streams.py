@@ -16,12 +16,12 @@ import orjson
 import redis
 from pymongo.errors import PyMongoError
 
-from ..errors import ApiError
-from ..events import NOTIFICATION, Event
-from ..hub import Hub, Subscription
-from ..presence import Presence
-from ..stream import StreamSession
-from .service import DashboardService
+from app.dashboard.service import DashboardService
+from app.delivery.events import NOTIFICATION, Event
+from app.delivery.hub import Hub, Subscription
+from app.delivery.presence import Presence
+from app.delivery.views import StreamSession
+from app.errors import ApiError
 
 log = logging.getLogger(__name__)
 

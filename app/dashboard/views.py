@@ -26,12 +26,12 @@ from flask import (
 )
 from pymongo.errors import PyMongoError
 
-from .. import validation as v
-from ..auth import Subscriber
-from ..errors import ApiError, error_response
-from ..stream import StreamSession
-from . import bootstrap_admin, bp, security, streams
-from .service import DashboardService
+from app.access.tokens import Subscriber
+from app.api import validation as v
+from app.dashboard import bootstrap_admin, bp, security, streams
+from app.dashboard.service import DashboardService
+from app.delivery.views import StreamSession
+from app.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
 

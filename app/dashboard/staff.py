@@ -19,7 +19,7 @@ from mongoengine import BooleanField, DateTimeField, Document, IntField, StringF
 from mongoengine.errors import NotUniqueError
 from werkzeug.security import check_password_hash, generate_password_hash
 
-from .config import Config
+from app.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -20,14 +20,14 @@ from bson import ObjectId
 from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
-from . import lua
-from .config import Config
-from .errors import ApiError
-from .events import READ, Event
-from .models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
-from .publishing import Publisher, Stored, StoreUnavailable
-from .retention import Sweeper
-from .serialization import new_document, public_json, utc_now_ms
+from app.config import Config
+from app.delivery.events import READ, Event
+from app.errors import ApiError
+from app.store import lua
+from app.store.models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
+from app.store.publishing import Publisher, Stored, StoreUnavailable
+from app.store.retention import Sweeper
+from app.store.serialization import new_document, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
 

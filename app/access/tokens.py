@@ -19,7 +19,7 @@ from typing import Any
 from flask import current_app, g, request
 from itsdangerous import BadSignature, URLSafeSerializer
 
-from .errors import ApiError
+from app.errors import ApiError
 
 TOKEN_SALT = "subscriber-token"
 

@@ -27,8 +27,8 @@ import gevent
 import redis
 from flask import current_app, g
 
-from .config import Config
-from .errors import ApiError
+from app.config import Config
+from app.errors import ApiError
 
 log = logging.getLogger(__name__)
 

@@ -12,7 +12,7 @@ from flask import Flask
 from flask.cli import AppGroup
 from pymongo.errors import PyMongoError
 
-from . import staff as accounts
+from app.dashboard import staff as accounts
 
 staff = AppGroup("staff", help="Support-dashboard staff accounts (passwords stored hashed).")
 

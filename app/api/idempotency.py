@@ -13,9 +13,9 @@ from datetime import timedelta
 
 from pymongo.errors import DuplicateKeyError, PyMongoError
 
-from .errors import ApiError
-from .models import IdempotencyRecord
-from .serialization import utc_now_ms
+from app.errors import ApiError
+from app.store.models import IdempotencyRecord
+from app.store.serialization import utc_now_ms
 
 KEY_RE = re.compile(r"^[\x21-\x7e]{1,255}$")
 STALE_PENDING = timedelta(seconds=60)

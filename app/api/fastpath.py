@@ -24,13 +24,13 @@ from typing import Any
 from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
-from . import validation as v
-from .api import create_from_body
-from .auth import bearer_from, check_api_key, unknown_api_key
-from .errors import ApiError, error_body
-from .logging_setup import log_request, request_id_from
-from .metrics import observe_request
-from .ratelimit import limiter
+from app.access.ratelimit import limiter
+from app.access.tokens import bearer_from, check_api_key, unknown_api_key
+from app.api import validation as v
+from app.api.views import create_from_body
+from app.errors import ApiError, error_body
+from app.ops.logs import log_request, request_id_from
+from app.ops.metrics import observe_request
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ import redis
 from flask import Blueprint, Response, current_app
 from pymongo.errors import PyMongoError
 
-from .extensions import mongo
+from app.extensions import mongo
 
 bp = Blueprint("health", __name__)
 

@@ -31,8 +31,8 @@ from flask import Response
 from gevent import monkey
 from gevent.socket import wait_read, wait_write
 
-from .events import SSE_HEARTBEAT, Event
-from .lean_wait import WHEEL, Alarm, Parked
+from app.delivery.events import SSE_HEARTBEAT, Event
+from app.delivery.waiting import WHEEL, Alarm, Parked
 
 log = logging.getLogger(__name__)
 

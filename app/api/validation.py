@@ -13,7 +13,7 @@ import orjson
 from flask import request
 from werkzeug.exceptions import RequestEntityTooLarge
 
-from .errors import ApiError
+from app.errors import ApiError
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
 MAX_USER_IDS = 1000

@@ -33,9 +33,9 @@ from prometheus_client import (
 )
 from pymongo import monitoring
 
-from .auth import bearer_token
-from .errors import ApiError
-from .logging_setup import current_request_id, log_event
+from app.access.tokens import bearer_token
+from app.errors import ApiError
+from app.ops.logs import current_request_id, log_event
 
 TRANSPORTS = ("sse", "ws")
 

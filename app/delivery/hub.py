@@ -31,10 +31,10 @@ from gevent.event import Event as Wakeup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from . import metrics
-from .events import NOTIFICATION, PROBE, RESET, Event
-from .pushreader import RawPushReader
-from .replay import ReplayUnavailable, events_after
+from app.delivery.events import NOTIFICATION, PROBE, RESET, Event
+from app.delivery.redis_reader import RawPushReader
+from app.delivery.replay import ReplayUnavailable, events_after
+from app.ops import metrics
 
 log = logging.getLogger(__name__)
 

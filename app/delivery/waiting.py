@@ -18,10 +18,10 @@ from typing import TYPE_CHECKING, Any
 import gevent
 import gevent.event
 
-from .events import Event
+from app.delivery.events import Event
 
 if TYPE_CHECKING:
-    from .lean import Conn
+    from app.delivery.connection import Conn
 
 log = logging.getLogger(__name__)
 

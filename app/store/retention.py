@@ -25,7 +25,7 @@ from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from .models import notifications_collection
+from app.store.models import notifications_collection
 
 log = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import gevent
 import orjson
 import redis
 
-from .config import Config
+from app.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -30,11 +30,12 @@ from gevent.event import AsyncResult
 from gevent.queue import Queue
 from pymongo.errors import PyMongoError
 
-from . import lua, metrics
-from .config import Config
-from .models import OUTBOX_USER, notifications_collection, outbox_marker
-from .outbox import Outbox, lease_from_now
-from .serialization import public_json
+from app.config import Config
+from app.ops import metrics
+from app.store import lua
+from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
+from app.store.outbox import Outbox, lease_from_now
+from app.store.serialization import public_json
 
 log = logging.getLogger(__name__)
 

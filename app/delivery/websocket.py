@@ -20,10 +20,10 @@ from typing import Any
 import gevent
 from flask import Response, request
 
-from .errors import ApiError
-from .events import Event
-from .lean import Conn, _expiry_due, _Handoff, _pending
-from .lean_wait import WHEEL, Alarm, Parked
+from app.delivery.connection import Conn, _expiry_due, _Handoff, _pending
+from app.delivery.events import Event
+from app.delivery.waiting import WHEEL, Alarm, Parked
+from app.errors import ApiError
 
 log = logging.getLogger(__name__)
 

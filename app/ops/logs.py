@@ -22,7 +22,7 @@ from typing import Any
 import orjson
 from flask import Flask, Response, g, has_request_context, request
 
-from .config import Config, ConfigError
+from app.config import Config, ConfigError
 
 log = logging.getLogger("app.requests")
 

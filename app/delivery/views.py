@@ -17,14 +17,16 @@ import orjson
 from flask import Blueprint, Response, current_app, g, request
 from simple_websocket import ConnectionClosed
 
-from . import lean, lean_ws, metrics
-from .auth import Subscriber, bearer_token, verify_token
-from .errors import ApiError
-from .events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
-from .extensions import sock
-from .hub import Hub, Subscription
-from .ratelimit import StreamSlot, stream_slot
-from .replay import ReplayUnavailable, current_cursor, events_after
+from app.access.ratelimit import StreamSlot, stream_slot
+from app.access.tokens import Subscriber, bearer_token, verify_token
+from app.delivery import connection as lean
+from app.delivery import websocket as lean_ws
+from app.delivery.events import NOTIFICATION, RESET, SSE_HEARTBEAT, Event
+from app.delivery.hub import Hub, Subscription
+from app.delivery.replay import ReplayUnavailable, current_cursor, events_after
+from app.errors import ApiError
+from app.extensions import sock
+from app.ops import metrics
 
 log = logging.getLogger(__name__)
 

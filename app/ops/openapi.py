@@ -13,8 +13,8 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, send_from_directory
 
-from . import validation as v
-from .config import Config
+from app.api import validation as v
+from app.config import Config
 
 bp = Blueprint("docs", __name__, url_prefix="/api")
 

@@ -34,9 +34,9 @@ from gevent.event import Event as Wakeup
 from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
-from . import metrics
-from .config import Config
-from .models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
+from app.config import Config
+from app.ops import metrics
+from app.store.models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
 
 log = logging.getLogger(__name__)
 

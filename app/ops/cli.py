@@ -12,11 +12,12 @@ import click
 from flask import Flask, current_app
 from flask.cli import AppGroup, with_appcontext
 
-from . import apikeys, retention
-from .auth import mint_token
-from .errors import ApiError
-from .models import ensure_indexes, notifications_collection
-from .serialization import iso
+from app.access import apikeys
+from app.access.tokens import mint_token
+from app.errors import ApiError
+from app.store import retention
+from app.store.models import ensure_indexes, notifications_collection
+from app.store.serialization import iso
 
 keys = AppGroup("keys", help="Publisher API keys stored in MongoDB (hashed at rest).")
 db = AppGroup("db", help="MongoDB maintenance.")
@@ -73,7 +74,7 @@ def keys_revoke(name_or_id: str) -> None:
 @click.option("--category", default="", help="Category, e.g. billing.")
 def send(user: str, message: str, title: str, category: str) -> None:
     """Store a notification for USER and push it live."""
-    from . import validation as v
+    from app.api import validation as v
 
     try:
         user = v.user_id(user)
@@ -97,7 +98,7 @@ def send(user: str, message: str, title: str, category: str) -> None:
 @click.option("--ttl", type=int, default=None, help="Lifetime in seconds (default TOKEN_TTL_SECONDS).")
 def token(user: str, ttl: int | None) -> None:
     """Print a subscriber token for USER (for /stream, /ws and /api/me)."""
-    from . import validation as v
+    from app.api import validation as v
 
     config = current_app.extensions["config"]
     ttl = config.TOKEN_TTL_SECONDS if ttl is None else ttl

@@ -25,7 +25,7 @@ from flask import Flask
 from mongoengine import BooleanField, DateTimeField, Document, NotUniqueError, StringField
 from pymongo.errors import PyMongoError
 
-from .errors import ApiError
+from app.errors import ApiError
 
 log = logging.getLogger(__name__)
 

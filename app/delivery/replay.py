@@ -16,10 +16,10 @@ import orjson
 import redis
 from pymongo.errors import PyMongoError
 
-from . import metrics
-from .events import NOTIFICATION, Event
-from .models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
-from .serialization import public_json
+from app.delivery.events import NOTIFICATION, Event
+from app.ops import metrics
+from app.store.models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
+from app.store.serialization import public_json
 
 log = logging.getLogger(__name__)
 

@@ -8,12 +8,12 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from . import validation as v
-from .auth import mint_token, require_api_key, require_subscriber
-from .idempotency import run_once
-from .notifications import NotificationService
-from .ratelimit import limit_posts
-from .serialization import iso
+from app.access.ratelimit import limit_posts
+from app.access.tokens import mint_token, require_api_key, require_subscriber
+from app.api import validation as v
+from app.api.idempotency import run_once
+from app.store.notifications import NotificationService
+from app.store.serialization import iso
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
