@@ -6,11 +6,13 @@ the trigger. Only used by the probe; production never loads this file.
 """
 
 import os
+import runpy
 import tracemalloc
 from pathlib import Path
 
 _here = Path(__file__).resolve().parent.parent / "gunicorn.conf.py"
-exec(compile(_here.read_text(), str(_here), "exec"))  # noqa: S102 - the real settings
+_settings = runpy.run_path(str(_here))  # the real settings (run with their own __file__)
+globals().update({k: v for k, v in _settings.items() if not k.startswith("__")})
 
 _post_worker_init = post_worker_init  # noqa: F821 - defined by the exec above
 
