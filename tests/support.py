@@ -107,7 +107,7 @@ class LiveServer:
                     return self
             except requests.RequestException:
                 pass
-            gevent.sleep(0.1)
+            gevent.sleep(0.02)
         raise RuntimeError(f"gunicorn did not answer in {timeout}s:\n{self.log()}")
 
     def log(self) -> str:
@@ -126,15 +126,30 @@ class LiveServer:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
 
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        """Signal the whole instance: SIGTERM as a deploy does, SIGINT as Ctrl-C does."""
+    def stop(self, sig: int = signal.SIGQUIT) -> None:
+        """Signal the whole instance and wait for it to exit.
+
+        SIGQUIT by default: gunicorn's quick shutdown, which does not wait out idle
+        keep-alive connections as SIGTERM's graceful one does (0.4 s against 3.3 s). It is
+        sent again every half second: a worker the master is still starting (after a test
+        killed one) ignores signals until it has installed its handlers, and the master
+        would wait ``graceful_timeout`` for it. Tests of the shutdown itself pass SIGTERM
+        (as a deploy does) or SIGINT (as Ctrl-C does), sent once.
+        """
         if self.process is not None and self.process.poll() is None:
+            deadline = time.monotonic() + 15
             os.killpg(self.process.pid, sig)
-            try:
-                self.process.wait(15)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.process.pid, signal.SIGKILL)
-                self.process.wait(5)
+            while True:
+                try:
+                    self.process.wait(0.5 if sig == signal.SIGQUIT else 15)
+                    break
+                except subprocess.TimeoutExpired:
+                    if time.monotonic() > deadline:
+                        os.killpg(self.process.pid, signal.SIGKILL)
+                        self.process.wait(5)
+                        break
+                    if sig == signal.SIGQUIT:
+                        os.killpg(self.process.pid, sig)
         if getattr(self, "_log", None):
             self._log.close()
 

@@ -5,6 +5,8 @@ The page mirrors what it saw in ``window.demoState``; tests wait on it, never sl
 
 from __future__ import annotations
 
+import signal
+
 import pytest
 import requests
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
@@ -103,7 +105,7 @@ def test_reconnect_resumes_without_gaps_or_duplicates(make_page, live, client, a
     if drop == "kill":
         server.kill()
     else:
-        server.stop()
+        server.stop(signal.SIGTERM)
     wait(page, "window.demoState.disconnects >= 1 && window.demoState.status !== 'open'")
     # Meanwhile the service keeps accepting notifications (here: the API in this process).
     gap = []
