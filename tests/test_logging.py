@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -54,8 +55,30 @@ def test_secrets_never_reach_log_records(client: Any, auth: dict[str, str], capl
         assert secret not in caplog.text
     requests_logged = [r for r in caplog.records if r.getMessage() == "request"]
     assert {r.status for r in requests_logged} >= {401, 200, 201}
-    assert all(len(r.__dict__.get("request_id") or "x" * 32) == 32 for r in requests_logged)
     assert any(getattr(r, "user_id", None) == "log-user" for r in requests_logged)
+
+
+def test_every_request_line_carries_its_request_id(client: Any, auth: dict[str, str], caplog: Any) -> None:
+    """The formatter adds the id of the request being served: each request's line has the
+    id its response echoed, a generated one as much as one the client sent."""
+    caplog.set_level(logging.INFO)
+    written = io.StringIO()
+    handler = logging.StreamHandler(written)
+    handler.setFormatter(JsonFormatter())
+    logging.getLogger().addHandler(handler)
+    try:
+        echoed = [
+            client.get("/stream?token=forged").headers["X-Request-ID"],
+            client.post("/api/tokens", json={"user_id": "id-user"}, headers=auth).headers["X-Request-ID"],
+            client.get("/healthz", headers={"X-Request-ID": "edge-42.a"}).headers["X-Request-ID"],
+        ]
+    finally:
+        logging.getLogger().removeHandler(handler)
+    lines = [orjson.loads(line) for line in written.getvalue().splitlines()]
+    logged = [line.get("request_id") for line in lines if line["msg"] == "request"]
+    assert logged == echoed
+    assert len(echoed[0]) == 32 and len(echoed[1]) == 32 and echoed[0] != echoed[1]
+    assert echoed[2] == "edge-42.a"
 
 
 def test_client_address_behind_proxy(make_app: Callable[..., Any], caplog: Any) -> None:

@@ -1,0 +1,68 @@
+"""Production settings: the app refuses to start without real secrets, and says which."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+
+from app import create_app
+from app.config import DEV_API_KEY, DEV_SECRET_KEY, Config, ConfigError
+from tests.support import ROOT
+from tools.devservers import find_free_port
+
+REAL = {"SECRET_KEY": "s3cret-for-production-only", "API_KEYS": ("pub-key-1",)}
+
+
+@pytest.mark.parametrize(
+    ("given", "named", "not_named"),
+    [
+        ({}, ["SECRET_KEY and API_KEYS"], []),
+        ({"SECRET_KEY": REAL["SECRET_KEY"]}, ["API_KEYS"], ["SECRET_KEY"]),
+        ({"API_KEYS": REAL["API_KEYS"]}, ["SECRET_KEY"], ["API_KEYS"]),
+        ({"SECRET_KEY": DEV_SECRET_KEY, "API_KEYS": (DEV_API_KEY,)}, ["SECRET_KEY and API_KEYS"], []),
+        (
+            {"SECRET_KEY": REAL["SECRET_KEY"], "API_KEYS": ("pub-key-1", DEV_API_KEY)},
+            ["API_KEYS"],
+            ["SECRET_KEY"],
+        ),
+    ],
+    ids=["nothing", "no-api-keys", "no-secret-key", "dev-defaults", "dev-key-among-real-ones"],
+)
+def test_production_refuses_missing_or_dev_secrets_and_names_them(
+    given: dict, named: list[str], not_named: list[str]
+) -> None:
+    with pytest.raises(ConfigError, match="refusing to start in production") as refused:
+        create_app(Config(APP_ENV="production", **given))
+    message = str(refused.value)
+    assert all(name in message for name in named), message
+    assert all(name not in message for name in not_named), message
+
+
+def test_production_accepts_real_secrets_and_development_runs_without_them() -> None:
+    production = Config(APP_ENV="production", **REAL)
+    production.validate()
+    assert production.api_keys() == REAL["API_KEYS"]
+    assert production.flask_settings()["SECRET_KEY"] == REAL["SECRET_KEY"]
+    development = Config(APP_ENV="development")
+    development.validate()
+    assert development.api_keys() == (DEV_API_KEY,)
+
+
+def test_gunicorn_in_production_without_secrets_exits_with_the_reason() -> None:
+    """The deployed command (``gunicorn -c gunicorn.conf.py wsgi:app``) stops with the reason."""
+    port = find_free_port()
+    env = {**os.environ, "APP_ENV": "production", "SECRET_KEY": "", "API_KEYS": ""}
+    env.update(PORT=str(port), HOST="127.0.0.1", WEB_CONCURRENCY="1")
+    done = subprocess.run(
+        [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "refusing to start in production: set SECRET_KEY and API_KEYS" in done.stdout + done.stderr
