@@ -1,6 +1,6 @@
 """Summarize py-spy collapsed stacks (``--format raw``): top self and inclusive frames.
 
-.venv/bin/python bench/hotspots.py bench/results/profile-ours-throughput-*.txt [--top 25]
+.venv/bin/python bench/hotspots.py .bench-results/tmp/profile-throughput-*.txt [--top 25]
 """
 
 from __future__ import annotations

@@ -1,14 +1,25 @@
-"""Turn the runs' raw figures into bench/results/latest.{json,md,png}: medians and spread."""
+"""Turn the runs' raw figures into latest.{json,md,png} in the results folder: medians and spread.
+
+Results stay out of git: they go to ``$NOTIFY_BENCH_OUT``, by default the git-ignored
+``.bench-results/`` at the top of the checkout. The README states the current figures by hand.
+"""
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 Getter = Callable[[dict[str, Any]], float | None]
+
+
+def results_dir() -> Path:
+    """Where the benchmark writes: ``$NOTIFY_BENCH_OUT``, else ``.bench-results/`` (git-ignored)."""
+    configured = os.environ.get("NOTIFY_BENCH_OUT")
+    return Path(configured) if configured else Path(__file__).resolve().parent.parent / ".bench-results"
 
 
 def _get(*path: str) -> Getter:
@@ -291,32 +302,14 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     plt.close(fig)
 
 
-def update_readme(readme: Path, table: str) -> None:
-    """Put ``table`` between the results markers of ``readme`` (bench/README.md, README.md)."""
-    text = readme.read_text()
-    start, end = "<!-- results:start -->\n", "<!-- results:end -->"
-    if start in text and end in text:
-        head, rest = text.split(start, 1)
-        readme.write_text(head + start + table + rest[rest.index(end) :])
-
-
 def write_results(
-    prefix: Path,
-    meta: dict[str, Any],
-    results: list[dict[str, Any]],
-    readme: Path | None = None,
-    with_plot: bool = True,
+    prefix: Path, meta: dict[str, Any], results: list[dict[str, Any]], with_plot: bool = True
 ) -> list[Path]:
     """Write the table, the JSON and (with matplotlib, bench/requirements.txt) the plot."""
     prefix.parent.mkdir(parents=True, exist_ok=True)
     rows = summarize(results)
     md, js, png = prefix.with_suffix(".md"), prefix.with_suffix(".json"), prefix.with_suffix(".png")
     md.write_text(markdown(meta, rows, results))
-    if readme is not None:
-        update_readme(readme, md.read_text() + "\n![latency and memory](results/latest.png)\n")
-        top = readme.parent.parent / "README.md"  # the project README shows the same table
-        if top.is_file():
-            update_readme(top, md.read_text() + "\n![latency and memory](bench/results/latest.png)\n")
     js.write_text(json.dumps({"meta": meta, "summary": rows, "runs": results}, indent=1, default=str))
     if not with_plot:
         return [md, js]

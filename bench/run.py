@@ -5,7 +5,8 @@
 Starts its own redis-server and SecantusDB (tools/devservers.py), the service (gunicorn,
 gevent, 2 workers) and the Flask-SSE peer (bench/peer_flask_sse/, gunicorn + gevent, same
 Redis), and load generators in separate processes (bench/load.py). Every wait is bounded.
-Writes bench/results/latest.{md,json,png}; see bench/README.md for what each row means.
+Writes latest.{md,json,png} to ``$NOTIFY_BENCH_OUT`` (default: the git-ignored .bench-results/),
+never into git; see bench/README.md for what each row means.
 """
 
 from __future__ import annotations
@@ -33,12 +34,12 @@ from pymongo import MongoClient  # noqa: E402
 
 from app.store.models import OUTBOX_USER  # noqa: E402
 from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid, speed_probe_ms  # noqa: E402
-from bench.report import write_results  # noqa: E402
+from bench.report import results_dir, write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
 
 PY = sys.executable
 GUNICORN = str(Path(PY).parent / "gunicorn")
-RESULTS = ROOT / "bench" / "results"
+RESULTS = results_dir()
 API_KEY = "bench-" + secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(24)
 
@@ -606,7 +607,7 @@ def main(argv: list[str]) -> int:
         "--profile",
         type=lambda s: [x for x in s.split(",") if x],
         default=[],
-        help="comma-separated measures to run py-spy on (writes bench/results/tmp/profile-*.txt)",
+        help="comma-separated measures to run py-spy on (writes profile-*.txt in the results folder's tmp/)",
     )
     parser.add_argument(
         "--set",
@@ -658,9 +659,7 @@ def main(argv: list[str]) -> int:
             "env": dict(args.env),
             "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
         }
-        full_default = not args.quick and Path(args.out) == RESULTS / "latest"
-        readme = ROOT / "bench" / "README.md" if full_default else None
-        return write_results(Path(args.out), meta, results, readme)
+        return write_results(Path(args.out), meta, results)
 
     try:
         for n in range(runs):

@@ -6,8 +6,9 @@ Starts its own Redis and SecantusDB, two gunicorn instances of the service (2 ge
 workers each) and load processes on loopback: every user has SSE and WebSocket clients on
 both instances. POSTs alternate between the instances minute by minute. After each minute
 it records every worker's RSS and open file descriptors, the minute's delivery latency,
-and lost / duplicated / stray deliveries per client. Writes ``bench/results/soak.md`` and
-``soak.json``. Not part of CI: it runs for minutes and wants a quiet machine.
+and lost / duplicated / stray deliveries per client. Writes ``soak.md`` and ``soak.json`` to
+``$NOTIFY_BENCH_OUT`` (default: the git-ignored .bench-results/). Not part of CI: it runs
+for minutes and wants a quiet machine.
 """
 
 from __future__ import annotations
@@ -24,10 +25,11 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import results_dir  # noqa: E402
 from bench.run import API_KEY, PY, SECRET, LoadProc, Service, all_call, pcts_ms  # noqa: E402
 from tools.devservers import mongo_server, redis_server  # noqa: E402
 
-RESULTS = ROOT / "bench" / "results"
+RESULTS = results_dir()
 
 
 def worker_stats(pid: int) -> tuple[float, int]:

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
 
-from bench.report import summarize, write_results
+from bench.report import results_dir, summarize, write_results
+from tests.support import ROOT
 
 
 def run(p50: float, kb: float, peer_kb: float, redis: int) -> dict:
@@ -48,25 +50,30 @@ def test_summary_takes_medians_and_compares_with_target_and_peer():
     )
 
 
-def test_write_results_writes_table_and_json_and_updates_both_readmes(tmp_path):
+def test_write_results_writes_table_and_json_and_no_readme(tmp_path):
     meta = {"command": "dev.py bench --quick", "profile": "quick", "runs": 1, "started_utc": "x",
             "seconds": 1, "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3), "note": "shared",
             "speed_probe_ms": [231.4, 402.0]}  # fmt: skip
-    markers = "intro\n<!-- results:start -->\nold table\n<!-- results:end -->\noutro\n"
-    (tmp_path / "bench").mkdir()
-    bench_readme, top_readme = tmp_path / "bench" / "README.md", tmp_path / "README.md"
-    bench_readme.write_text(markers)
-    top_readme.write_text(markers)
-    md, js = write_results(
-        tmp_path / "latest", meta, [run(3.5, 14.0, 50.0, 5)], readme=bench_readme, with_plot=False
-    )
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\nold table\n")
+    md, js = write_results(tmp_path / "out" / "latest", meta, [run(3.5, 14.0, 50.0, 5)], with_plot=False)
+    assert {p.name for p in tmp_path.iterdir()} == {"README.md", "out"}
+    assert {p.name for p in (tmp_path / "out").iterdir()} == {"latest.md", "latest.json"}
     table = md.read_text()
     assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
     assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
     assert "Note: shared" in table
     assert "231 ms at start, 402 ms at end" in table  # how fast the machine was, beside the figures
     assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
-    for readme, image in ((bench_readme, "(results/latest.png)"), (top_readme, "(bench/results/latest.png)")):
-        text = readme.read_text()
-        assert "old table" not in text and table in text and image in text
-        assert text.startswith("intro\n") and text.endswith("<!-- results:end -->\noutro\n")
+    assert "old table" in readme.read_text()  # the benchmark never edits a README
+
+
+def test_results_go_outside_git(monkeypatch, tmp_path):
+    monkeypatch.delenv("NOTIFY_BENCH_OUT", raising=False)
+    default = results_dir()
+    assert default == ROOT / ".bench-results"
+    for written in (default / "latest.md", default / "tmp" / "profile-x.txt"):
+        ignored = subprocess.run(["git", "check-ignore", "-q", str(written)], cwd=ROOT, check=False)
+        assert ignored.returncode == 0, f"git does not ignore {written}"
+    monkeypatch.setenv("NOTIFY_BENCH_OUT", str(tmp_path / "runs"))
+    assert results_dir() == tmp_path / "runs"
