@@ -14,7 +14,7 @@ the insert and what follows the publish:
   ``(user_id, read)`` and ``(user_id, seq)`` on ``notifications``;
 - outbox, one index (until 2026-12-02 01:00): the same outbox, one secondary index
   ``(user_id, read, seq)``;
-- now (``app/publishing.py``, ``app/models.py``): that index, and the marker a document
+- now (``app/store/publishing.py``, ``app/store/models.py``): that index, and the marker a document
   of the reserved user ``~outbox`` in ``notifications``, first in the batch's
   ``insert_many`` (no round trip of its own), one delete for up to 50 markers.
 """

@@ -33,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--lean", default=None, help="another app/lean.py to measure (A/B)")
+    parser.add_argument("--lean", default=None, help="another app/delivery/connection.py to measure (A/B)")
     args = parser.parse_args()
     impl = lean
     if args.lean:

@@ -28,7 +28,7 @@ import orjson
 import rawhttp
 from itsdangerous import URLSafeSerializer
 
-TOKEN_SALT = "subscriber-token"  # app/auth.py
+TOKEN_SALT = "subscriber-token"  # app/access/tokens.py
 CONNECT_HOLD = 30.0
 
 

@@ -1,6 +1,6 @@
-"""The lean stream path (app/lean.py, app/lean_ws.py): its RFC 6455 reader, its alarm wheel, and WebSocket
-liveness against a live gunicorn (the stream behaviour itself is covered by test_stream.py,
-which runs over this path under gunicorn)."""
+"""The detached stream path (app/delivery/connection.py, websocket.py): its RFC 6455 reader, its
+alarm wheel, and WebSocket liveness against a live gunicorn (the stream behaviour itself is
+covered by test_stream.py, which runs over this path under gunicorn)."""
 
 from __future__ import annotations
 
@@ -176,7 +176,7 @@ def test_sse_hang_up_is_noticed_before_the_next_heartbeat(live, stack):
         assert sock.recv(4096).startswith(b"HTTP/1.1 200")
         socks.append(sock)
     client = redis.Redis.from_url(stack.redis_url)
-    key = f"{stack.prefix}rl:streams:hangup"  # app/ratelimit.py: one lease per open stream
+    key = f"{stack.prefix}rl:streams:hangup"  # app/access/ratelimit.py: one lease per open stream
     assert client.zcard(key) == 3
     for sock in socks:
         sock.close()

@@ -1,4 +1,4 @@
-"""The lean POST path (app/lean_api.py) answers exactly as the Flask view does.
+"""The lean POST path (app/api/fastpath.py) answers exactly as the Flask view does.
 
 Every request is sent to two apps on the same servers, one with the lean path and one
 without (``LEAN_API=0``); status, headers, body and the request's log line must match,
