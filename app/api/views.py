@@ -47,7 +47,7 @@ def create_notification() -> Response:
 def create_from_body(service: NotificationService, body: dict[str, Any]) -> tuple[int, bytes]:
     """Validate a create request's JSON object, store and publish it: (status, response body).
 
-    Shared by the view and the lean path (app/lean_api.py).
+    Shared by the view and the lean path (app/api/fastpath.py).
     """
     if "user_id" in body and "user_ids" in body:
         raise v.invalid("user_ids", "send either user_id or user_ids, not both")

@@ -2,7 +2,7 @@
 
 Notification rates come from per-second counters the publish script increments
 (``stats:<unix second>``, Redis server time, kept an hour); connections and online users
-come from the per-worker presence snapshots (app/presence.py).
+come from the per-worker presence snapshots (app/delivery/presence.py).
 """
 
 from __future__ import annotations

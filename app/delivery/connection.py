@@ -12,8 +12,8 @@ flask-sock does); gunicorn then drops its request state and its copy of the sock
 Used only under gunicorn (``gunicorn.socket`` in the environ) and with ``LEAN_STREAMS``;
 elsewhere the views keep their generator / flask-sock paths. Delivery semantics are the
 session's (replay, dedupe, cursor order). This module: the hand-off and the SSE stream;
-app/lean_wait.py: the timer wheel and the flusher that writes for waiting streams;
-app/lean_ws.py: the WebSocket stream.
+app/delivery/waiting.py: the timer wheel and the flusher that writes for waiting streams;
+app/delivery/websocket.py: the WebSocket stream.
 """
 
 from __future__ import annotations

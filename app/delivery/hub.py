@@ -62,7 +62,7 @@ class Subscription:
         self.reason = ""
         self.maxsize = maxsize
         # Set by a lean stream while it waits with nothing to send: new events are then
-        # written by the worker's flusher (app/lean_wait.py) instead of waking the stream.
+        # written by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
         self.parked: Any = None
 
     def offer(self, event: Event) -> None:

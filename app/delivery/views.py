@@ -83,7 +83,7 @@ class StreamSession:
     def next(self, timeout: float | None) -> Event | None:
         """The next event to send, or None when ``timeout`` passed with nothing to send.
 
-        ``timeout=None`` waits for the next wake-up of the subscription (app/lean_wait.py wakes
+        ``timeout=None`` waits for the next wake-up of the subscription (app/delivery/waiting.py wakes
         it for heartbeats, without a timer per wait).
         """
         assert self.sub is not None
@@ -171,7 +171,7 @@ def sse() -> Response:
         raise
     config = current_app.extensions["config"]
     g.stream_user = subscriber.user_id
-    if lean.available(request.environ, config):  # just the socket and one greenlet (app/lean.py)
+    if lean.available(request.environ, config):  # the socket and one greenlet (app/delivery/connection.py)
         return lean.sse_response(session, initial, config.HEARTBEAT_SECONDS, config.SSE_RETRY_MS)
     return Response(
         _sse_frames(session, initial, config.HEARTBEAT_SECONDS, config.SSE_RETRY_MS),
@@ -243,7 +243,7 @@ def _check_websocket_handshake() -> None:
 
 @bp.before_request
 def _lean_websocket() -> Response | None:
-    """Under gunicorn, serve /ws without flask-sock: the socket and one greenlet (app/lean_ws.py)."""
+    """Under gunicorn, /ws without flask-sock: the socket and one greenlet (app/delivery/websocket.py)."""
     config = current_app.extensions["config"]
     if request.endpoint != "stream.websocket" or not lean.available(request.environ, config):
         return None

@@ -5,7 +5,7 @@ token expiry) instead of waiting with a timeout, and while it has nothing to sen
 ``Parked``: the hub's offers mark it and the worker's one ``FLUSHER`` greenlet writes the
 new events for it. Both were measured to cost several times less than per-stream timers
 and wake-ups (bench/README.md, "What each optimization bought"). Used by the SSE stream
-(app/lean.py) and the WebSocket stream (app/lean_ws.py).
+(app/delivery/connection.py) and the WebSocket stream (app/delivery/websocket.py).
 """
 
 from __future__ import annotations

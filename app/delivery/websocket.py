@@ -1,4 +1,4 @@
-"""Lean WebSocket streams (see app/lean.py): RFC 6455 spoken directly on the detached socket.
+"""Lean WebSocket streams (see app/delivery/connection.py): RFC 6455 spoken directly on the detached socket.
 
 No flask-sock thread, no wsproto state, no extension (permessage-deflate is never
 negotiated). One greenlet per connection reads client frames and writes events: an io

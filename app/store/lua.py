@@ -1,7 +1,7 @@
 """Redis Lua scripts: each is one atomic round trip.
 
 Every document is stored once, with its cursor: the worker proposes one before the
-insert (``max(last proposed + 1, clock in microseconds)``, see ``app/publishing.py``).
+insert (``max(last proposed + 1, clock in microseconds)``, see ``app/store/publishing.py``).
 PUBLISH then publishes a batch in one atomic step and keeps every user's published
 cursors strictly increasing on every instance: a proposed cursor that is not above the
 user's last published one (another worker published a later one first), that is older

@@ -1,7 +1,7 @@
 """The outbox: what follows a publish, and what repairs a publish that never happened.
 
 Each batch the publisher stores carries an outbox marker (a lease and the batch's ids,
-``app/models.py``), inserted first in the batch's ``insert_many``. After the publish, the
+``app/store/models.py``), inserted first in the batch's ``insert_many``. After the publish, the
 clean-up here removes the markers of many batches with one delete and writes back the few
 cursors the publish script replaced. It waits ``OUTBOX_CLEANUP_DELAY_SECONDS`` first, so
 that the batches of the next moments share that delete: at a few hundred notifications a

@@ -12,7 +12,7 @@ one, written back to MongoDB after the publish). Each batch has an outbox marker
 first in the batch's ``insert_many``, so it exists whenever any document of the batch
 does, at no round trip of its own. What follows the publish (removing markers, writing
 back replaced cursors) and the relay that publishes batches whose publish never happened
-are in ``app/outbox.py``.
+are in ``app/store/outbox.py``.
 """
 
 from __future__ import annotations

@@ -10,7 +10,7 @@ notifications forever; ``flask db prune --days N`` deletes older ones right away
 
 What follows from it: history only reaches back ``RETENTION_DAYS``, and so does replay.
 A client resuming with a cursor whose notification has expired gets a ``reset`` event
-(``app/replay.py``: the cursor names no event we still keep) and reloads its history.
+(``app/delivery/replay.py``: the cursor names no event we still keep) and reloads its history.
 """
 
 from __future__ import annotations
