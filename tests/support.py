@@ -87,9 +87,12 @@ class LiveServer:
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> LiveServer:
-        env = {**os.environ, **self.stack.env(), **self.extra_env}
+        # Its metrics in this test's folder: gunicorn's own temporary one is removed only by
+        # a master that exits, and teardown kills.
+        metrics = self.log_path.parent / f"metrics-{self.port}"
+        env = {**os.environ, **self.stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics), **self.extra_env}
         env.update(PORT=str(self.port), HOST="127.0.0.1", WEB_CONCURRENCY=str(self.workers))
-        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
+        self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop() or kill()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT,
@@ -125,6 +128,8 @@ class LiveServer:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(10)
+        if getattr(self, "_log", None):
+            self._log.close()
 
     def stop(self, sig: int = signal.SIGQUIT) -> None:
         """Signal the whole instance and wait for it to exit.

@@ -200,7 +200,7 @@ def test_redis_killed_and_restarted(live, own_redis, stack_on, transport):
 
 def test_crash_between_insert_and_publish_is_relayed(live, stack):
     healthy = live(workers=1, PUBLISH_LEASE_SECONDS="1", RELAY_INTERVAL_SECONDS="0.2")
-    crashing = live(workers=1, TEST_CRASH_AFTER_INSERT="1")
+    crashing = live(workers=1, TEST_CRASH_AFTER_INSERT="1", PUBLISH_LEASE_SECONDS="1")  # its lease, not 10 s
     client = SSEClient(healthy.url, healthy.token("crash"))
     try:
         with pytest.raises(requests.RequestException):
