@@ -89,6 +89,7 @@ class LiveServer:
     def start(self, timeout: float = 30) -> LiveServer:
         env = {**os.environ, **self.stack.env(), **self.extra_env}
         env.update(PORT=str(self.port), HOST="127.0.0.1", WEB_CONCURRENCY=str(self.workers))
+        env.setdefault("PUBLIC_URL", self.url)  # browsers on this origin may open streams
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

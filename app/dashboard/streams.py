@@ -20,7 +20,7 @@ from app.dashboard.service import DashboardService
 from app.delivery.events import NOTIFICATION, Event
 from app.delivery.hub import Hub, Subscription
 from app.delivery.presence import Presence
-from app.delivery.views import StreamSession
+from app.delivery.session import StreamSession
 from app.errors import ApiError
 
 log = logging.getLogger(__name__)

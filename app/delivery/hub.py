@@ -61,8 +61,8 @@ class Subscription:
         self.closed = False
         self.reason = ""
         self.maxsize = maxsize
-        # Set by a lean stream while it waits with nothing to send: new events are then
-        # written by the worker's flusher (app/lean_wait.py) instead of waking the stream.
+        # Set by a stream while it waits with nothing to send: new events are then written
+        # by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
         self.parked: Any = None
 
     def offer(self, event: Event) -> None:
@@ -286,8 +286,10 @@ class Hub:
             if event.kind == NOTIFICATION and event.seq is not None:
                 self.user_last[event.user_id] = event.seq
             for sub in tuple(subs):
+                if sub.closed:  # ending already (its stream unsubscribes it): nothing to count
+                    continue
                 sub.offer(event)
-                if sub.closed and sub.reason == "slow consumer":
+                if sub.closed:  # this event found its queue full: one consumer dropped
                     self.stats["dropped_slow"] += 1
                     metrics.DROPPED_SLOW.inc()
         for sub in tuple(self.watchers):
