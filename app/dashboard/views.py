@@ -30,6 +30,7 @@ from app.access.tokens import Subscriber
 from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
 from app.dashboard.service import DashboardService
+from app.delivery import sse
 from app.delivery.session import StreamSession, parse_cursor
 from app.errors import ApiError, error_response
 
@@ -252,7 +253,7 @@ def _sse(frames: Any) -> Response:
     return Response(
         frames,
         mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"},
+        headers=sse.STREAM_HEADERS,
     )
 
 

@@ -18,12 +18,18 @@ from app.delivery.session import StreamSession
 
 EXPIRED = b'event: expired\ndata: {"reason":"token expired"}\n\n'
 END_OF_BODY = b"0\r\n\r\n"
-HEADERS = {
+STREAM_HEADERS = {
     "Cache-Control": "no-cache",
     "X-Accel-Buffering": "no",  # nginx: pass each event on at once
     "Connection": "close",
-    "Transfer-Encoding": "chunked",
 }
+HEADERS = {**STREAM_HEADERS, "Transfer-Encoding": "chunked"}  # we write the chunks ourselves
+
+
+def preamble(retry_ms: int) -> bytes:
+    """The first bytes of every event stream: the reconnect delay, and a comment that
+    makes a proxy or a browser see the stream open before the first event."""
+    return b"retry: %d\n: connected\n\n" % retry_ms
 
 
 def chunk(parts: list[bytes]) -> bytes:
@@ -59,6 +65,6 @@ class SseFraming:
 
 def response(session: StreamSession, initial: list[Event], heartbeat: float, retry_ms: int) -> Response:
     """The 200 head now; the stream, with the replay first, once detached."""
-    first = [b"retry: %d\n: connected\n\n" % retry_ms, *[e.sse() for e in initial]]
+    first = [preamble(retry_ms), *[e.sse() for e in initial]]
     args = (session, SseFraming(heartbeat), first)
     return Handoff(engine.run, "200 OK", args, mimetype="text/event-stream", headers=HEADERS)
