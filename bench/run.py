@@ -233,7 +233,7 @@ class Bench:
     def start(self, kind: str, tag: str) -> Service:
         env = self.env(tag)
         if kind == "ours":
-            code = "from app import create_app; from app.models import ensure_indexes\n"
+            code = "from app import create_app; from app.store.models import ensure_indexes\n"
             code += "app = create_app()\nwith app.app_context(): ensure_indexes()"
             subprocess.run([PY, "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60)
         return Service(kind, env, self.workdir / f"{kind}-{tag}.log")

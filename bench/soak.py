@@ -53,7 +53,7 @@ def start_service(tag: str, redis_url: str, mongo_url: str, workdir: Path) -> Se
     }
     import subprocess
 
-    code = "from app import create_app; from app.models import ensure_indexes\n"
+    code = "from app import create_app; from app.store.models import ensure_indexes\n"
     code += "app = create_app()\nwith app.app_context(): ensure_indexes()"
     subprocess.run([PY, "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60)
     return Service("ours", env, workdir / f"soak-{tag}.log")
