@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import redis
@@ -35,6 +35,9 @@ from app.delivery.events import NOTIFICATION, PROBE, RESET, Event
 from app.delivery.redis_reader import RawPushReader
 from app.delivery.replay import ReplayUnavailable, events_after
 from app.ops import metrics
+
+if TYPE_CHECKING:
+    from app.delivery.waiting import Parked
 
 log = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ class Subscription:
         self.maxsize = maxsize
         # Set by a stream while it waits with nothing to send: new events are then written
         # by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
-        self.parked: Any = None
+        self.parked: Parked | None = None
 
     def offer(self, event: Event) -> None:
         if self.closed:
