@@ -200,6 +200,7 @@ def cmd_run(args: list[str]) -> int:
     for key, value in {**dev_secrets(), **defaults}.items():
         env.setdefault(key, value)
     port = int(env["PORT"])
+    env.setdefault("PUBLIC_URL", f"http://{env['HOST']}:{port}")  # the WebSocket Origin check
     if port_in_use(port):
         die(f"port {port} (the app) is already in use; choose another with PORT=<port>")
     planned = plan_dev_servers(env)

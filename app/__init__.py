@@ -17,7 +17,7 @@ from flask import Flask
 
 from app.config import Config, ConfigError
 from app.delivery.hub import Hub
-from app.extensions import mongo, redis_store, sock
+from app.extensions import mongo, redis_store
 from app.store.notifications import NotificationService
 
 __all__ = ["create_app", "Config", "ConfigError"]
@@ -57,7 +57,6 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
     mongo.init_app(app, config)
     redis_store.init_app(app, config)
-    sock.init_app(app)
     service = NotificationService(config, app.extensions["redis"])
     app.extensions["notifications"] = service
     hub = Hub(config.REDIS_URL, service, config)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
+from urllib.parse import urlsplit
 
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
@@ -41,6 +42,7 @@ class Config:
     WS_PING_SECONDS: float = 25.0
     WS_MAX_MESSAGE_BYTES: int = 16 * 1024
     ALLOWED_ORIGINS: tuple[str, ...] = ()
+    PUBLIC_URL: str = ""  # where browsers reach the service, e.g. https://notify.example
     CLIENT_QUEUE_SIZE: int = 256
     REPLAY_LIMIT: int = 1000
     REPLAY_BUFFER_SIZE: int = 64
@@ -62,7 +64,6 @@ class Config:
     PRESENCE_INTERVAL_SECONDS: float = 5.0
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
-    LEAN_STREAMS: int = 1  # streams drop their request state after the handshake (app/delivery/connection.py)
     LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
     MAX_STREAMS_PER_USER: int = 20  # concurrent /stream + /ws per user, all instances; 0 disables
@@ -115,6 +116,11 @@ class Config:
             raise ConfigError(
                 "OUTBOX_CLEANUP_DELAY_SECONDS must be between 0 and a tenth of PUBLISH_LEASE_SECONDS"
             )
+        if self.PUBLIC_URL:
+            origin_of(self.PUBLIC_URL)
+        for origin in self.ALLOWED_ORIGINS:
+            if origin_of(origin) != origin:
+                raise ConfigError(f"ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:
@@ -141,17 +147,26 @@ class Config:
             "SESSION_COOKIE_HTTPONLY": True,
             "SESSION_COOKIE_SAMESITE": "Lax",
             "SESSION_COOKIE_SECURE": self.is_production,
-            "SOCK_SERVER_OPTIONS": {
-                "max_message_size": self.WS_MAX_MESSAGE_BYTES,
-                "ping_interval": self.WS_PING_SECONDS,
-            },
             **self.extra,
         }
+
+    def trusted_origins(self) -> tuple[str, ...]:
+        """Browser origins allowed to open streams: ``ALLOWED_ORIGINS`` and ``PUBLIC_URL``'s."""
+        own = (origin_of(self.PUBLIC_URL),) if self.PUBLIC_URL else ()
+        return (*self.ALLOWED_ORIGINS, *own)
 
     def api_keys(self) -> tuple[str, ...]:
         if self.API_KEYS:
             return self.API_KEYS
         return () if self.is_production else (DEV_API_KEY,)
+
+
+def origin_of(url: str) -> str:
+    """``scheme://host[:port]`` of an http(s) URL, as a browser sends it in ``Origin``."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc or parts.username or parts.password:
+        raise ConfigError(f"{url!r} is not an http(s) URL")
+    return f"{parts.scheme}://{parts.netloc.lower()}"
 
 
 def _coerce(kind: Any, raw: str) -> Any:

@@ -15,7 +15,6 @@ import gevent
 import mongoengine
 import redis
 from flask import Flask, current_app
-from flask_sock import Sock
 from gevent.event import AsyncResult
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -117,4 +116,3 @@ class RedisStore:
 
 mongo = MongoDB()
 redis_store = RedisStore()
-sock = Sock()

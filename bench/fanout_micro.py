@@ -1,8 +1,8 @@
-"""Per-delivery CPU cost of the lean SSE path, in one process, without network clients.
+"""Per-delivery CPU cost of the stream loop, in one process, without network clients.
 
-    .venv/bin/python bench/fanout_micro.py [--clients 2000] [--events 20]
+    .venv/bin/python bench/fanout_micro.py [--clients 2000] [--events 20] [--transport sse|ws]
 
-N lean SSE streams write into socketpairs (the kernel buffers absorb the bytes); the
+N detached streams (app/delivery/engine.py) write into socketpairs (the kernel buffers absorb the bytes); the
 loop offers events to every subscription like the hub does and waits until all are
 written. Prints microseconds per delivery (offer + wake + session.next + write).
 """
@@ -23,26 +23,21 @@ import gevent  # noqa: E402
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from app.access.tokens import Subscriber  # noqa: E402
-from app.delivery import connection as lean  # noqa: E402
+from app.delivery import engine  # noqa: E402
+from app.delivery.connection import Conn  # noqa: E402
 from app.delivery.events import NOTIFICATION, Event  # noqa: E402
 from app.delivery.hub import Subscription  # noqa: E402
-from app.delivery.views import StreamSession  # noqa: E402
+from app.delivery.session import StreamSession  # noqa: E402
+from app.delivery.sse import SseFraming  # noqa: E402
+from app.delivery.websocket import WebSocketFraming  # noqa: E402
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--clients", type=int, default=2000)
     parser.add_argument("--events", type=int, default=20)
-    parser.add_argument("--lean", default=None, help="another app/delivery/connection.py to measure (A/B)")
+    parser.add_argument("--transport", choices=("sse", "ws"), default="sse")
     args = parser.parse_args()
-    impl = lean
-    if args.lean:
-        import importlib.util
-
-        spec = importlib.util.spec_from_file_location("app.lean_ab", args.lean)
-        assert spec is not None and spec.loader is not None
-        impl = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(impl)
     hub = SimpleNamespace(unsubscribe=lambda sub: sub.close("closed"), config=None, service=None)
     subs, peers = [], []
     for i in range(args.clients):
@@ -51,11 +46,15 @@ def main() -> None:
         session = StreamSession(hub, Subscriber(f"u{i}", time.time() + 3600), None)
         session.sub = Subscription(f"u{i}", 1000)
         session.tracker = SimpleNamespace(delivered=lambda: None, closed=lambda reason: None)
-        conn = impl.Conn.__new__(impl.Conn)
+        conn = Conn.__new__(Conn)
         conn.sock = monkey.get_original("socket", "socket")(fileno=a.detach())
         conn.sock.setblocking(False)
         conn.fd = conn.sock.fileno()
-        gevent.spawn_raw(impl._run_sse, conn, b"HTTP/1.1 200 OK\r\n\r\n", session, [], 60.0)
+        if args.transport == "sse":
+            framing = SseFraming(60.0)
+        else:
+            framing = WebSocketFraming(lambda message: None, 4096, 0.0, time.monotonic())
+        gevent.spawn_raw(engine.run, conn, b"HTTP/1.1 200 OK\r\n\r\n", session, framing, [])
         subs.append(session.sub)
         peers.append(b)
     gevent.sleep(0.5)

@@ -92,6 +92,7 @@ class LiveServer:
         metrics = self.log_path.parent / f"metrics-{self.port}"
         env = {**os.environ, **self.stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics), **self.extra_env}
         env.update(PORT=str(self.port), HOST="127.0.0.1", WEB_CONCURRENCY=str(self.workers))
+        env.setdefault("PUBLIC_URL", self.url)  # browsers on this origin may open streams
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop() or kill()
         self.process = subprocess.Popen(
             [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],

@@ -131,6 +131,9 @@ def test_slow_websocket_consumer_gets_1008(live):
                 assert data[2:] == b"slow consumer"
                 break
         assert code == 1008
+        flood(server, "slowws", 50)  # events after the drop do not count it again
+        text = requests.get(server.url + "/metrics", timeout=5).text
+        assert "notify_slow_consumers_dropped_total 1.0" in text.splitlines()
     finally:
         ws.close()
 

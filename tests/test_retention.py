@@ -10,7 +10,7 @@ from app.config import Config, ConfigError
 from app.store.models import ensure_indexes, notifications_collection
 from app.store.retention import DAY, prune, retention_seconds
 
-from .support import backdated
+from .support import SSEClient, backdated
 
 
 def test_retention_follows_config() -> None:
@@ -50,11 +50,9 @@ def test_prune_deletes_only_older(app: Any) -> None:
         assert [d["message"] for d in coll.find({"user_id": "p"})] == ["new"]
 
 
-def test_expired_cursor_gets_reset(app: Any, client: Any, auth: dict[str, str]) -> None:
-    ids = []
-    for i in range(3):
-        resp = client.post("/api/notifications", json={"user_id": "ret", "message": f"n{i}"}, headers=auth)
-        ids.append(resp.get_json())
+def test_expired_cursor_gets_reset(app: Any, live: Any) -> None:
+    server = live()
+    ids = [server.notify("ret", f"n{i}") for i in range(3)]
     service = app.extensions["notifications"]
     with app.app_context():
         coll = notifications_collection()
@@ -62,13 +60,10 @@ def test_expired_cursor_gets_reset(app: Any, client: Any, auth: dict[str, str]) 
         # only minutes, is long gone by then).
         coll.delete_many({"user_id": "ret", "seq": {"$lte": ids[1]["seq"]}})
         service.redis.delete(service.key("replay", "ret"))
-    token = client.post("/api/tokens", json={"user_id": "ret"}, headers=auth).get_json()["token"]
-    headers = {"Authorization": f"Bearer {token}", "Last-Event-ID": str(ids[0]["seq"])}
-    resp = client.get("/stream", headers=headers)
-    assert resp.status_code == 200
-    body = b""
-    chunks = iter(resp.response)
-    while b"event: reset" not in body and len(body) < 10_000:
-        body += next(chunks)
-    resp.close()
-    assert b"event: reset" in body and b"expired cursor" in body
+    client = SSEClient(server.url, server.token("ret"), last_event_id=str(ids[0]["seq"]))
+    try:
+        client.wait_for(lambda: any(e["type"] == "reset" for e in client.events))
+        reset = next(e for e in client.events if e["type"] == "reset")
+        assert "expired cursor" in reset["data"]["reason"]
+    finally:
+        client.close()

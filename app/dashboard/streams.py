@@ -17,10 +17,11 @@ import redis
 from pymongo.errors import PyMongoError
 
 from app.dashboard.service import DashboardService
+from app.delivery import sse
 from app.delivery.events import NOTIFICATION, Event
 from app.delivery.hub import Hub, Subscription
 from app.delivery.presence import Presence
-from app.delivery.views import StreamSession
+from app.delivery.session import StreamSession
 from app.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -59,7 +60,7 @@ def overview_frames(
     """Every new notification (the newest 50 of a burst) and the overview figures."""
     sub = hub.watch()
     try:
-        yield b"retry: %d\n: connected\n\n" % retry_ms
+        yield sse.preamble(retry_ms)
         yield frame("stats", svc.overview())
         next_tick = time.monotonic() + tick
         while True:
@@ -96,7 +97,7 @@ def user_frames(
     user_id = session.subscriber.user_id
     presence.add_staff(sub)
     try:
-        yield b"retry: %d\n: connected\n\n" % retry_ms
+        yield sse.preamble(retry_ms)
         for event in initial:
             yield event.sse()
         yield frame("status", _status(svc, user_id))

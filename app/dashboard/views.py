@@ -30,7 +30,8 @@ from app.access.tokens import Subscriber
 from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
 from app.dashboard.service import DashboardService
-from app.delivery.views import StreamSession
+from app.delivery import sse
+from app.delivery.session import StreamSession, parse_cursor
 from app.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
@@ -252,7 +253,7 @@ def _sse(frames: Any) -> Response:
     return Response(
         frames,
         mimetype="text/event-stream",
-        headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no", "Connection": "close"},
+        headers=sse.STREAM_HEADERS,
     )
 
 
@@ -282,10 +283,10 @@ def user_stream(user_id: str) -> Response:
     user_id = _user_id(user_id)
     config = current_app.extensions["config"]
     viewer = Subscriber(user_id, time.time() + config.STAFF_SESSION_SECONDS)
-    cursor = request.headers.get("Last-Event-ID") or None
+    cursor = parse_cursor(request.headers.get("Last-Event-ID"), "Last-Event-ID")
     session_ = StreamSession(current_app.extensions["hub"], viewer, cursor)
     initial = session_.open()
-    return _sse(
+    response = _sse(
         streams.user_frames(
             session_,
             initial,
@@ -296,3 +297,5 @@ def user_stream(user_id: str) -> Response:
             config.SSE_RETRY_MS,
         )
     )
+    response.call_on_close(session_.close)  # also if the stream never started
+    return response

@@ -1,13 +1,18 @@
 """The event value object: one message for one user's stream, serialized once.
 
 An ``Event`` is built once per Redis message in the hub and shared by every local
-client: its SSE frame bytes and WebSocket text are computed on first use and cached,
+client: its SSE frame bytes and WebSocket frame are computed on first use and cached,
 so fan-out to N clients costs N queue appends, not N serializations.
 """
 
 from __future__ import annotations
 
 import orjson
+from wsproto.frame_protocol import FrameProtocol
+
+# Server frames are never masked and no extension is negotiated, so one frame of a text
+# message is the same bytes for every client: built once per event, by wsproto.
+_SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
 
 NOTIFICATION = "notification"
 READ = "read"
@@ -21,7 +26,7 @@ SSE_HEARTBEAT = b": ping\n\n"
 
 
 class Event:
-    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws")
+    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws", "_ws_frame")
 
     def __init__(self, kind: str, user_id: str, seq: int | None, payload: bytes) -> None:
         self.kind = kind
@@ -30,6 +35,7 @@ class Event:
         self.payload = payload  # one-line JSON object
         self._sse: bytes | None = None
         self._ws: str | None = None
+        self._ws_frame: bytes | None = None
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Event:
@@ -72,3 +78,9 @@ class Event:
                 sep = "," if rest != "}" else ""
                 self._ws = f'{{"type":"{self.kind}"{sep}{rest}'
         return self._ws
+
+    def ws_frame(self) -> bytes:
+        """``ws_text`` as one WebSocket text frame (RFC 6455 framing by wsproto)."""
+        if self._ws_frame is None:
+            self._ws_frame = bytes(_SERVER_FRAMES.send_data(self.ws_text(), fin=True))
+        return self._ws_frame

@@ -23,7 +23,7 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import redis
@@ -35,6 +35,9 @@ from app.delivery.events import NOTIFICATION, PROBE, RESET, Event
 from app.delivery.redis_reader import RawPushReader
 from app.delivery.replay import ReplayUnavailable, events_after
 from app.ops import metrics
+
+if TYPE_CHECKING:
+    from app.delivery.waiting import Parked
 
 log = logging.getLogger(__name__)
 
@@ -61,9 +64,9 @@ class Subscription:
         self.closed = False
         self.reason = ""
         self.maxsize = maxsize
-        # Set by a lean stream while it waits with nothing to send: new events are then
-        # written by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
-        self.parked: Any = None
+        # Set by a stream while it waits with nothing to send: new events are then written
+        # by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
+        self.parked: Parked | None = None
 
     def offer(self, event: Event) -> None:
         if self.closed:
@@ -286,8 +289,10 @@ class Hub:
             if event.kind == NOTIFICATION and event.seq is not None:
                 self.user_last[event.user_id] = event.seq
             for sub in tuple(subs):
+                if sub.closed:  # ending already (its stream unsubscribes it): nothing to count
+                    continue
                 sub.offer(event)
-                if sub.closed and sub.reason == "slow consumer":
+                if sub.closed:  # this event found its queue full: one consumer dropped
                     self.stats["dropped_slow"] += 1
                     metrics.DROPPED_SLOW.inc()
         for sub in tuple(self.watchers):

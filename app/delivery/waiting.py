@@ -1,11 +1,11 @@
-"""How a lean stream waits: no timer and no wake-up of its own per event.
+"""How a detached stream waits: no timer and no wake-up of its own per event.
 
 A waiting stream arms an ``Alarm`` in the worker's one timer ``WHEEL`` (heartbeat, ping,
 token expiry) instead of waiting with a timeout, and while it has nothing to send it is
 ``Parked``: the hub's offers mark it and the worker's one ``FLUSHER`` greenlet writes the
 new events for it. Both were measured to cost several times less than per-stream timers
-and wake-ups (bench/README.md, "What each optimization bought"). Used by the SSE stream
-(app/delivery/connection.py) and the WebSocket stream (app/delivery/websocket.py).
+and wake-ups (bench/README.md, "What each optimization bought"). Used by the stream loop
+(app/delivery/engine.py) for both transports.
 """
 
 from __future__ import annotations
@@ -181,7 +181,7 @@ class Flusher:
                 try:
                     parked.flush()
                 except Exception:  # one stream's failure must not stop the others' writes
-                    log.exception("lean stream flush failed")
+                    log.exception("stream flush failed")
                     parked._wake()
 
 

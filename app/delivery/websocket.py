@@ -1,229 +1,169 @@
-"""Lean WebSocket streams (see app/delivery/connection.py): RFC 6455 spoken directly on the detached socket.
+"""WebSocket framing (RFC 6455) by wsproto, on the detached socket.
 
-No flask-sock thread, no wsproto state, no extension (permessage-deflate is never
-negotiated). One greenlet per connection reads client frames and writes events: an io
-watcher on the socket wakes it like an event does. The close codes are the flask-sock
-path's: 1008 slow consumer or missing pong, 1001 going away, 4401 token expired, 1009
-message too big, 1002 protocol error, 1007 invalid UTF-8.
+The handshake is checked here against RFC 6455 §4.2.1 and refused with a JSON error
+before the upgrade; after it, wsproto parses every client frame (masking, fragments,
+control frames, UTF-8, close codes per §7.4) and builds every frame we send. No extension
+is negotiated: permessage-deflate would keep a zlib context of ~300 KB per connection.
+Close codes: 1008 slow consumer or missing pong, 1001 going away, 4401 token expired,
+1009 message too big, 1002 protocol error, 1007 invalid UTF-8; a client's close is echoed.
 """
 
 from __future__ import annotations
 
 import base64
-import hashlib
-import logging
-import time
+import binascii
 from collections.abc import Callable
-from functools import partial
 from typing import Any
 
-import gevent
-from flask import Response, request
+from flask import Request, Response
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason, FrameProtocol, Opcode, ParseFailed, RsvBits
+from wsproto.utilities import generate_accept_token
 
-from app.delivery.connection import Conn, _expiry_due, _Handoff, _pending
+from app.delivery import engine
+from app.delivery.connection import Handoff
 from app.delivery.events import Event
-from app.delivery.waiting import WHEEL, Alarm, Parked
+from app.delivery.session import StreamSession
 from app.errors import ApiError
 
-log = logging.getLogger(__name__)
-
-WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONT, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-WS_SLOW, WS_GOING_AWAY, WS_EXPIRED, WS_PROTOCOL, WS_BAD_DATA, WS_TOO_BIG = 1008, 1001, 4401, 1002, 1007, 1009
-
-FrameHandler = Callable[[str | bytes, str, Any], str | None]
+OnMessage = Callable[[str | bytes], str | None]  # a client message -> the reply, if any
+_SERVER_FRAMES = FrameProtocol(client=False, extensions=[])  # server frames hold no state
+PING = bytes(_SERVER_FRAMES.ping())
 
 
-def websocket_response(session: Any, on_frame: FrameHandler, config: Any) -> Response:
-    """Validate the upgrade, open the session (errors are JSON, before the upgrade)."""
-    key = request.headers.get("Sec-WebSocket-Key", "")
-    if (
-        request.headers.get("Upgrade", "").lower() != "websocket"
-        or request.headers.get("Sec-WebSocket-Version") != "13"
-        or len(key) != 24
-    ):
-        session.close()
-        raise ApiError(400, "bad_request", "expected a WebSocket upgrade (RFC 6455, version 13)")
-    frames = [_text_frame(e) for e in session.open()]
-    accept = base64.b64encode(hashlib.sha1(key.encode() + WS_GUID).digest()).decode()
-    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
-    args = (session, frames, on_frame, config)
-    return _Handoff(_run_ws, "101 Switching Protocols", args, status=101, headers=headers)
+def _bad_handshake(message: str, field: str) -> ApiError:
+    return ApiError(400, "bad_handshake", f"{field}: {message} (RFC 6455, version 13)", field=field)
 
 
-def _frame(opcode: int, payload: bytes) -> bytes:
-    n = len(payload)
-    if n < 126:
-        head = bytes((0x80 | opcode, n))
-    elif n < 65536:
-        head = bytes((0x80 | opcode, 126)) + n.to_bytes(2, "big")
-    else:
-        head = bytes((0x80 | opcode, 127)) + n.to_bytes(8, "big")
-    return head + payload
-
-
-def _text_frame(event: Event) -> bytes:
-    return _frame(OP_TEXT, event.ws_text().encode())
-
-
-def _close_frame(code: int, message: str) -> bytes:
-    return _frame(OP_CLOSE, code.to_bytes(2, "big") + message.encode()[:120])
-
-
-def _unmask(data: bytes, mask: bytes) -> bytes:
-    n = len(data)
-    if not n:
-        return data
-    key = (mask * (n // 4 + 1))[:n]
-    return (int.from_bytes(data, "little") ^ int.from_bytes(key, "little")).to_bytes(n, "little")
-
-
-class _Closing(Exception):
-    def __init__(self, code: int, message: str) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-
-
-class _Reader:
-    """Incremental RFC 6455 parser for client frames; returns replies to send."""
-
-    __slots__ = ("buf", "parts", "size", "max_size", "pong")
-
-    def __init__(self, max_size: int) -> None:
-        self.buf = b""
-        self.parts: list[bytes] | None = None
-        self.size = 0
-        self.max_size = max_size
-        self.pong = True
-
-    def feed(self, data: bytes, handle: Callable[[str | bytes], str | None], out: list[bytes]) -> None:
-        buf = self.buf + data
-        while len(buf) >= 2:
-            b0, b1 = buf[0], buf[1]
-            opcode, length, pos = b0 & 0x0F, b1 & 0x7F, 2
-            if b0 & 0x70 or not b1 & 0x80:
-                raise _Closing(WS_PROTOCOL, "reserved bits set or frame not masked")
-            if length == 126:
-                if len(buf) < 4:
-                    break
-                length, pos = int.from_bytes(buf[2:4], "big"), 4
-            elif length == 127:
-                if len(buf) < 10:
-                    break
-                length, pos = int.from_bytes(buf[2:10], "big"), 10
-            if opcode >= 0x8 and (length > 125 or not b0 & 0x80):
-                raise _Closing(WS_PROTOCOL, "bad control frame")
-            if opcode < 0x8 and self.max_size and self.size + length > self.max_size:
-                raise _Closing(WS_TOO_BIG, "Message is too big")
-            if len(buf) < pos + 4 + length:
-                break
-            payload = _unmask(buf[pos + 4 : pos + 4 + length], buf[pos : pos + 4])
-            buf = buf[pos + 4 + length :]
-            self._frame(opcode, bool(b0 & 0x80), payload, handle, out)
-        self.buf = buf
-
-    def _frame(self, opcode: int, fin: bool, payload: bytes, handle: Any, out: list[bytes]) -> None:
-        if opcode == OP_PING:
-            out.append(_frame(OP_PONG, payload))
-        elif opcode == OP_PONG:
-            self.pong = True
-        elif opcode == OP_CLOSE:
-            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else 1000
-            raise _Closing(code if 1000 <= code < 5000 else 1000, "")
-        elif opcode in (OP_TEXT, OP_BINARY, OP_CONT):
-            if (opcode == OP_CONT) != (self.parts is not None):
-                raise _Closing(WS_PROTOCOL, "unexpected continuation frame")
-            if opcode != OP_CONT:
-                self.parts = [bytes([opcode])]
-            assert self.parts is not None
-            self.parts.append(payload)
-            self.size += len(payload)
-            if fin:
-                kind, data = self.parts[0][0], b"".join(self.parts[1:])
-                self.parts, self.size = None, 0
-                if kind == OP_TEXT:
-                    try:
-                        message: str | bytes = data.decode()
-                    except UnicodeDecodeError:
-                        raise _Closing(WS_BAD_DATA, "invalid UTF-8") from None
-                else:
-                    message = data
-                reply = handle(message)
-                if reply is not None:
-                    out.append(_frame(OP_TEXT, reply.encode()))
-        else:
-            raise _Closing(WS_PROTOCOL, "unknown opcode")
-
-
-def _answer(on_frame: FrameHandler, session: Any, message: str | bytes) -> str | None:
-    return on_frame(message, session.subscriber.user_id, session.hub.service)
-
-
-def _run_ws(
-    conn: Conn, head: bytes, session: Any, out: list[bytes], on_frame: FrameHandler, config: Any
-) -> None:
-    reader = _Reader(config.WS_MAX_MESSAGE_BYTES)
-    ping_every = config.WS_PING_SECONDS or 0.0
-    next_ping = time.monotonic() + ping_every if ping_every else float("inf")
-    expiry = _expiry_due(session)  # the token's, fixed for the stream's life
-    watcher = gevent.get_hub().loop.io(conn.fd, 1)
-    alarm = Alarm(session.sub)
-    parked = Parked(conn, session, _text_frame, b"".join)
-    closing: tuple[int, str] | None = None
-    peer_closed = False
-
-    out.insert(0, head)
-    del head
+def check_handshake(request: Request) -> str:
+    """The ``Sec-WebSocket-Accept`` value for a valid upgrade request, or a 400/426."""
+    headers = request.headers
+    if request.method != "GET":
+        raise _bad_handshake("a WebSocket upgrade is a GET", "method")
+    if "websocket" not in (t.strip().lower() for t in headers.get("Upgrade", "").split(",")):
+        raise _bad_handshake("must be websocket", "Upgrade")
+    if "upgrade" not in (t.strip().lower() for t in headers.get("Connection", "").split(",")):
+        raise _bad_handshake("must include Upgrade", "Connection")
+    if headers.get("Sec-WebSocket-Version") != "13":
+        raise ApiError(
+            426,
+            "bad_handshake",
+            "Sec-WebSocket-Version: must be 13",
+            field="Sec-WebSocket-Version",
+            headers={"Sec-WebSocket-Version": "13"},
+        )
+    key = headers.get("Sec-WebSocket-Key", "")
     try:
-        while True:
-            parked.send_pending()
-            if out:
-                conn.send(b"".join(out))
-                out = []
-            data = conn.recv()
-            if data == b"":
-                peer_closed = True
-                return
-            if data:
-                reader.feed(data, partial(_answer, on_frame, session), out)
-                continue
-            now = time.monotonic()
-            if now >= next_ping:
-                if not reader.pong:
-                    closing = (WS_SLOW, "Ping/Pong timeout")
-                    return
-                reader.pong = False
-                out.append(_frame(OP_PING, b""))
-                next_ping = now + ping_every
-                continue
-            WHEEL.arm(alarm, min(next_ping, expiry))
-            event = parked.wait(watcher)  # a client frame wakes us like an event
-            if event is not None:
-                _pending(session, event, _text_frame, out)
-            elif parked.pending:
-                continue
-            elif session.closed_reason is not None:
-                reason = session.closed_reason
-                if reason != "closed":
-                    closing = (WS_SLOW if reason == "slow consumer" else WS_GOING_AWAY, reason)
-                return
-            elif session.expired():
-                closing = (WS_EXPIRED, "token expired")
-                return
-    except _Closing as exc:
-        closing = (exc.code, exc.message)
-    except OSError:
-        peer_closed = True
-    except Exception:
-        log.exception("lean WebSocket stream failed")
-        closing = (1011, "internal error")
-    finally:
-        session.close()
-        watcher.close()
-        if closing is not None and not peer_closed:
-            try:
-                conn.send(b"".join([parked.pending, *out, _close_frame(*closing)]))
-            except OSError:
-                peer_closed = True
-        conn.close(linger=0.0 if peer_closed else 2.0)
+        nonce = base64.b64decode(key.encode("ascii"), validate=True)
+    except (binascii.Error, UnicodeEncodeError):
+        nonce = b""
+    if len(nonce) != 16:
+        raise _bad_handshake("must be the base64 of 16 bytes", "Sec-WebSocket-Key")
+    return generate_accept_token(key.encode("ascii")).decode("ascii")
+
+
+class MessageLimit(Extension):
+    """``WS_MAX_MESSAGE_BYTES`` through wsproto's extension hook: checked on each frame's
+    header, so a frame that claims too much is refused before its payload arrives (1009).
+    Local only: never offered to or negotiated with the client."""
+
+    __slots__ = ("limit", "size")
+    name = "notify-message-limit"
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.size = 0
+
+    def enabled(self) -> bool:
+        return True
+
+    def offer(self) -> bool:
+        return False
+
+    def frame_inbound_header(self, proto: Any, opcode: Opcode, rsv: RsvBits, payload_length: int) -> Any:
+        if opcode.iscontrol():
+            return RsvBits(False, False, False)
+        self.size = payload_length + (self.size if opcode is Opcode.CONTINUATION else 0)
+        if self.size > self.limit:
+            return CloseReason.MESSAGE_TOO_BIG
+        return RsvBits(False, False, False)
+
+
+class WebSocketFraming:
+    """The WebSocket side of a stream: wsproto's frame layer, made on the first client bytes
+    (an idle client that never sends holds none of it: ~0.85 KB, bench/README.md)."""
+
+    __slots__ = ("proto", "max_size", "on_message", "parts", "ping_every", "next_ping", "pong", "closing")
+
+    linger = 2.0  # let the client read our close frame and answer it
+    render = staticmethod(Event.ws_frame)
+    frame = staticmethod(b"".join)
+
+    def __init__(self, on_message: OnMessage, max_size: int, ping_every: float, now: float) -> None:
+        self.proto: FrameProtocol | None = None
+        self.max_size = max_size
+        self.on_message = on_message
+        self.parts: list[Any] = []
+        self.ping_every = ping_every
+        self.next_ping = now + ping_every if ping_every else float("inf")
+        self.pong = True
+        self.closing = False  # the client sent its close: ours is the answer
+
+    def _proto(self) -> FrameProtocol:
+        if self.proto is None:
+            self.proto = FrameProtocol(
+                client=False, extensions=[MessageLimit(self.max_size)] if self.max_size else []
+            )
+        return self.proto
+
+    def received(self, data: bytes, out: list[bytes]) -> None:
+        proto = self._proto()
+        proto.receive_bytes(data)
+        try:
+            for frame in proto.received_frames():
+                opcode = frame.opcode
+                if opcode is Opcode.PING:
+                    out.append(bytes(proto.pong(frame.payload)))
+                elif opcode is Opcode.PONG:
+                    self.pong = True
+                elif opcode is Opcode.CLOSE:
+                    code, reason = frame.payload
+                    self.closing = True
+                    raise engine.End(code, reason)
+                else:
+                    self._message_part(frame.payload, frame.message_finished, out)
+        except ParseFailed as exc:  # a frame RFC 6455 forbids: 1002, 1007 or 1009
+            raise engine.End(exc.code, str(exc)) from None
+
+    def _message_part(self, data: str | bytes, finished: bool, out: list[bytes]) -> None:
+        self.parts.append(data)
+        if finished:
+            parts, self.parts = self.parts, []
+            message = "".join(parts) if isinstance(data, str) else b"".join(parts)
+            reply = self.on_message(message)
+            if reply is not None:
+                out.append(bytes(self._proto().send_data(reply)))
+
+    def keepalive(self, now: float, last_write: float, out: list[bytes]) -> float:
+        if now >= self.next_ping:
+            if not self.pong:
+                raise engine.End(engine.SLOW, "Ping/Pong timeout")
+            self.pong = False
+            out.append(PING)
+            self.next_ping = now + self.ping_every
+        return self.next_ping
+
+    def finish(self, end: engine.End | None) -> bytes:
+        """Our close frame: the echo of the client's, or our own code."""
+        end = end or engine.End(engine.NORMAL)
+        code = None if end.code == CloseReason.NO_STATUS_RCVD else end.code  # an empty close, echoed
+        return bytes(_SERVER_FRAMES.close(code, end.message[:120] if code else None))
+
+
+def response(session: StreamSession, accept: str, on_message: OnMessage, config: Any, now: float) -> Response:
+    """The 101 head now; the stream, with the replay first, once detached."""
+    first = [event.ws_frame() for event in session.open()]
+    framing = WebSocketFraming(on_message, config.WS_MAX_MESSAGE_BYTES, config.WS_PING_SECONDS or 0.0, now)
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Accept": accept}
+    args = (session, framing, first)
+    return Handoff(engine.run, "101 Switching Protocols", args, status=101, headers=headers)

@@ -1,0 +1,151 @@
+"""One client's view of its user's events: the session engine both transports share.
+
+A session owns everything a stream takes: its per-user slot (``MAX_STREAMS_PER_USER``),
+its hub subscription, its gauges and log lines. ``open`` registers with the hub first,
+then reads the replay of what the client missed after its cursor; live events after that
+are deduplicated against the last cursor sent, so the hand-over from replay to live
+neither loses nor repeats an event. Whatever fails while opening gives all of it back
+(``open`` closes on any error), and ``close`` is idempotent, so the one owner of a session
+(the request until the hand-off, then the stream) can always call it.
+"""
+
+from __future__ import annotations
+
+import time
+
+from app.access.ratelimit import StreamSlot
+from app.access.tokens import Subscriber
+from app.delivery.events import NOTIFICATION, RESET, Event
+from app.delivery.hub import Hub, Subscription
+from app.delivery.replay import ReplayUnavailable, current_cursor, events_after
+from app.errors import ApiError
+from app.ops import metrics
+
+MAX_CURSOR = 2**63 - 1  # cursors are BSON int64
+
+
+def parse_cursor(raw: str | None, field: str) -> int | None:
+    """A client's resume cursor: ASCII digits within int64, or a 400 naming ``field``.
+
+    Checked before anything is subscribed. ``None`` or blank means "no cursor" (live only).
+    """
+    if raw is None or not raw.strip():
+        return None
+    value = raw.strip()
+    if not (value.isascii() and value.isdigit()) or len(value) > 19 or int(value) > MAX_CURSOR:
+        raise ApiError(
+            400, "invalid_cursor", f"{field}: must be a cursor (an integer 0-{MAX_CURSOR})", field=field
+        )
+    return int(value)
+
+
+class StreamSession:
+    """Resume, then live, in cursor order; the owner of the stream's slot and subscription."""
+
+    __slots__ = ("hub", "transport", "subscriber", "cursor", "last_seq", "sub", "slot", "tracker")
+
+    def __init__(
+        self,
+        hub: Hub,
+        subscriber: Subscriber,
+        cursor: int | None,
+        transport: str = "sse",
+        slot: StreamSlot | None = None,
+    ) -> None:
+        self.hub = hub
+        self.transport = transport
+        self.subscriber = subscriber
+        self.cursor = cursor
+        self.last_seq: int | None = None
+        self.sub: Subscription | None = None
+        self.slot = slot  # this stream's place under MAX_STREAMS_PER_USER
+        self.tracker: metrics.StreamTracker | None = None
+
+    def open(self) -> list[Event]:
+        """Subscribe, then read the replay; on any failure everything taken is given back."""
+        try:
+            return self._open()
+        except BaseException:
+            self.close()
+            raise
+
+    def _open(self) -> list[Event]:
+        user_id = self.subscriber.user_id
+        config = self.hub.config
+        self.sub = self.hub.subscribe(user_id)
+        self.tracker = metrics.StreamTracker(self.transport, user_id)
+        # Live means "published after this stream opened": make sure this worker's
+        # subscriber is listening before saying so (it may still be connecting).
+        self.hub.connected.wait(config.REDIS_SOCKET_TIMEOUT)
+        if self.cursor is None:
+            return []
+        try:
+            events = events_after(self.hub.service, user_id, self.cursor, config.REPLAY_LIMIT, strict=True)
+        except ReplayUnavailable:
+            raise ApiError(503, "unavailable", "cannot replay missed notifications now, retry") from None
+        if events is None:
+            current = current_cursor(self.hub.service, user_id)
+            self.last_seq = current
+            metrics.RESETS.inc()
+            return [Event.reset(user_id, current, "unknown or expired cursor: reload history")]
+        self.last_seq = events[-1].seq if events else self.cursor
+        self.tracker.replayed(len(events))
+        return events
+
+    def next(self, timeout: float | None) -> Event | None:
+        """The next event to send, or None when ``timeout`` passed with nothing to send.
+
+        ``timeout=None`` waits for the next wake-up of the subscription (the wheel in
+        ``app/delivery/waiting.py`` wakes it for heartbeats, without a timer per wait).
+        """
+        assert self.sub is not None
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            event = self.sub.get(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if event is None:
+                return None
+            if self._accept(event):
+                return event
+
+    def take(self) -> Event | None:
+        """The next queued event to send, never waiting (the flusher writes parked streams)."""
+        sub = self.sub
+        assert sub is not None
+        while sub.queue:
+            event = sub.get(0)  # something is queued: returns at once
+            if event is not None and self._accept(event):
+                return event
+        return None
+
+    def _accept(self, event: Event) -> bool:
+        if event.kind == NOTIFICATION:
+            if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
+                return False  # already sent (replay/live hand-over, hub resync)
+            self.last_seq = event.seq
+            self.tracker.delivered()  # type: ignore[union-attr]
+        elif event.kind == RESET:
+            self.last_seq = None
+        return True
+
+    @property
+    def closed_reason(self) -> str | None:
+        return self.sub.reason if self.sub is not None and self.sub.closed else None
+
+    def expired(self) -> bool:
+        return time.time() >= self.subscriber.expires_at
+
+    def wait_budget(self, heartbeat: float) -> float:
+        return max(min(heartbeat, self.subscriber.expires_at - time.time()), 0.0)
+
+    def close(self) -> None:
+        """Give back the slot, the subscription and the gauges; a second call does nothing."""
+        slot, self.slot = self.slot, None
+        sub = self.sub
+        try:
+            if slot is not None:
+                slot.release()
+        finally:
+            if sub is not None:
+                self.hub.unsubscribe(sub)
+                if self.tracker is not None:
+                    self.tracker.closed(sub.reason)
