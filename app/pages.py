@@ -1,9 +1,9 @@
 """The ``demo`` blueprint: ``GET /demo``, a page that shows one subscriber's notifications live.
 
 The page is static apart from the transport choice; the token is read by the browser from the
-form or ``?token=`` and never rendered by the server. The strict CSP (scripts and styles only from
-this origin) backs up the page's rule of writing user data with ``textContent`` only, and
-``no-referrer`` keeps a token in the address bar from leaking to other sites.
+form or ``?token=`` and never rendered by the server. The strict CSP (app/access/headers.py:
+scripts and styles only from this origin) backs up the page's rule of writing user data with
+``textContent`` only, and ``no-referrer`` keeps a token in the address bar from leaking to other sites.
 """
 
 from __future__ import annotations
@@ -12,18 +12,11 @@ from flask import Blueprint, Response, make_response, render_template, request
 
 bp = Blueprint("demo", __name__)
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'"
-)
-
 
 @bp.get("/demo")
 def demo() -> Response:
     transport = request.args.get("transport", "sse")
     resp = make_response(render_template("demo.html", transport="ws" if transport == "ws" else "sse"))
-    resp.headers["Content-Security-Policy"] = CSP
     resp.headers["Referrer-Policy"] = "no-referrer"
     resp.headers["Cache-Control"] = "no-store"
-    resp.headers["X-Content-Type-Options"] = "nosniff"
     return resp

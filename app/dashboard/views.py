@@ -35,11 +35,6 @@ from app.errors import ApiError, error_response
 
 log = logging.getLogger(__name__)
 
-CSP = (
-    "default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; "
-    "connect-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'"
-)
-
 
 def svc() -> DashboardService:
     return current_app.extensions["dashboard"]
@@ -73,8 +68,6 @@ def _bootstrap_admin() -> None:
 
 @bp.after_request
 def _headers(resp: Response) -> Response:
-    resp.headers.setdefault("Content-Security-Policy", CSP)
-    resp.headers.setdefault("X-Content-Type-Options", "nosniff")
     resp.headers.setdefault("Referrer-Policy", "same-origin")
     resp.headers.setdefault("Cache-Control", "no-store")
     return resp
