@@ -49,8 +49,8 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     from app.dashboard import cli as staff_cli
     from app.delivery import views as stream_views
     from app.errors import register_error_handlers
+    from app.ops import body, health, logs, metrics, openapi
     from app.ops import cli as ops_cli
-    from app.ops import health, logs, metrics, openapi
 
     logs.configure_logging(config)
     metrics.register_mongo_listener()  # before the MongoDB client is created
@@ -75,6 +75,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.PROXY_HOPS, x_proto=config.PROXY_HOPS)  # type: ignore[method-assign]
+    body.init_app(app)  # outermost: every reader of a request body is under its deadline
     apikeys.init_app(app)
     ops_cli.register_ops_cli(app)
     dashboard.init_app(app)

@@ -34,6 +34,7 @@ class Config:
     CACHE_TTL_SECONDS: int = 120
     RECENT_LIMIT: int = 50
     MAX_BODY_BYTES: int = 65536
+    BODY_READ_TIMEOUT_SECONDS: float = 10.0  # the whole body, from its first read (app/ops/body.py)
     TOKEN_TTL_SECONDS: int = 3600
     TOKEN_MAX_TTL_SECONDS: int = 7 * 24 * 3600
     HEARTBEAT_SECONDS: float = 15.0
@@ -111,6 +112,8 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 < self.BODY_READ_TIMEOUT_SECONDS <= 300:
+            raise ConfigError("BODY_READ_TIMEOUT_SECONDS must be more than 0 and at most 300")
         if not 0 <= self.OUTBOX_CLEANUP_DELAY_SECONDS <= self.PUBLISH_LEASE_SECONDS / 10:
             raise ConfigError(
                 "OUTBOX_CLEANUP_DELAY_SECONDS must be between 0 and a tenth of PUBLISH_LEASE_SECONDS"
