@@ -59,6 +59,7 @@ class Config:
     LOGIN_MAX_FAILURES: int = 5
     LOGIN_IP_MAX_FAILURES: int = 20
     LOGIN_LOCK_SECONDS: int = 300
+    LOGIN_MAX_DELAY_SECONDS: float = 8.0  # the per-username slow-down's cap (app/dashboard/security.py)
     STAFF_SESSION_SECONDS: int = 12 * 3600
     PRESENCE_INTERVAL_SECONDS: float = 5.0
     DASHBOARD_TICK_SECONDS: float = 2.0
@@ -112,6 +113,8 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        if not 0 <= self.LOGIN_MAX_DELAY_SECONDS <= 60:
+            raise ConfigError("LOGIN_MAX_DELAY_SECONDS must be between 0 and 60")
         if not 0 < self.BODY_READ_TIMEOUT_SECONDS <= 300:
             raise ConfigError("BODY_READ_TIMEOUT_SECONDS must be more than 0 and at most 300")
         if not 0 <= self.OUTBOX_CLEANUP_DELAY_SECONDS <= self.PUBLISH_LEASE_SECONDS / 10:

@@ -5,8 +5,11 @@ random session id and the CSRF token. The session id names a Redis key that says
 staff member it belongs to and at which ``auth_epoch``: logging out deletes the key, and a
 password reset or disable bumps the epoch, so a copied cookie stops working either way.
 
-Failed logins are counted in Redis per username and per client IP; reaching the limit
-locks that username (or IP) for ``LOGIN_LOCK_SECONDS`` from the last counted failure.
+Failed logins are counted in Redis per (username, client address), per address and per
+username. ``LOGIN_MAX_FAILURES`` for one pair locks that pair, ``LOGIN_IP_MAX_FAILURES``
+locks that address, each for ``LOGIN_LOCK_SECONDS`` from the last counted failure. Failures
+for a username from elsewhere never lock it (that would let anyone lock a staff member
+out): they slow every attempt for it down, exponentially (``login_delay``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
 import orjson
 import redis
 from flask import current_app, g, redirect, request, session, url_for
@@ -141,10 +145,16 @@ def check_session(
 
 
 def safe_next(target: str | None) -> str:
-    """Only redirect back inside the dashboard (no open redirect)."""
+    """Only redirect back inside the dashboard (no open redirect).
+
+    A target with control characters (CR/LF would split the ``Location`` header) is the
+    client's error: 400, raised before anything is done for the request, so a sign-in
+    with one opens no session."""
     default = url_for("dashboard.overview")
     if not target:
         return default
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        raise ApiError(400, "bad_request", "next: must not contain control characters", field="next")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/dashboard") or "\\" in target:
         return default
@@ -177,37 +187,55 @@ def staff_api(view: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- login throttling ------------------------------------------------------------------
 def _throttle_keys(username: str, ip: str) -> list[str]:
+    """Failure counters: this (username, address) pair, this address, this username."""
     prefix = _config().KEY_PREFIX + "loginfail:"
-    return [prefix + "u:" + _digest(staff.normalize_username(username)), prefix + "ip:" + _digest(ip)]
+    name = staff.normalize_username(username)
+    return [
+        prefix + "p:" + _digest(f"{name}\n{ip}"),
+        prefix + "ip:" + _digest(ip),
+        prefix + "u:" + _digest(name),
+    ]
 
 
 def lock_remaining(username: str, ip: str) -> int:
-    """Seconds until this username or IP may try again; 0 when not locked."""
+    """Seconds until this (username, address) pair or this address may try again; 0 when not
+    locked. Failures from other addresses never lock a username: they slow it down."""
     config = _config()
-    keys = _throttle_keys(username, ip)
+    pair, address, _name = _throttle_keys(username, ip)
     pipe = _redis().pipeline(transaction=False)
-    for key in keys:
+    for key in (pair, address):
         pipe.get(key)
         pipe.ttl(key)
-    u_count, u_ttl, ip_count, ip_ttl = pipe.execute()
+    pair_count, pair_ttl, ip_count, ip_ttl = pipe.execute()
     remaining = 0
-    if u_count is not None and int(u_count) >= config.LOGIN_MAX_FAILURES:
-        remaining = max(remaining, int(u_ttl))
+    if pair_count is not None and int(pair_count) >= config.LOGIN_MAX_FAILURES:
+        remaining = max(remaining, int(pair_ttl))
     if ip_count is not None and int(ip_count) >= config.LOGIN_IP_MAX_FAILURES:
         remaining = max(remaining, int(ip_ttl))
     return max(remaining, 0)
 
 
+def login_delay(username: str) -> float:
+    """How long an attempt for ``username`` waits before its password is checked.
+
+    From the ``LOGIN_MAX_FAILURES``-th failure for the name (from any address) on, each
+    further failure doubles it, up to ``LOGIN_MAX_DELAY_SECONDS``: guessing one account
+    from many addresses gets slow, while its owner still signs in, only later."""
+    config = _config()
+    count = _redis().get(_throttle_keys(username, "")[2])
+    over = int(count or 0) - config.LOGIN_MAX_FAILURES
+    return 0.0 if over < 0 else min(2.0**over, config.LOGIN_MAX_DELAY_SECONDS)
+
+
 def record_failure(username: str, ip: str) -> None:
     config = _config()
     script = _redis().register_script(RECORD_FAILURE)
-    script(
-        keys=_throttle_keys(username, ip),
-        args=[config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_LOCK_SECONDS],
-    )
+    limits = [config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_MAX_FAILURES]
+    script(keys=_throttle_keys(username, ip), args=[*limits, config.LOGIN_LOCK_SECONDS])
 
 
 def clear_failures(username: str, ip: str) -> None:
+    """After a sign-in: this pair starts afresh; the name's slow-down stays (an attacker's)."""
     _redis().delete(_throttle_keys(username, ip)[0])
 
 
@@ -219,11 +247,12 @@ class LoginResult:
 
 
 def attempt_login(username: str, password: str, ip: str) -> LoginResult:
-    """Check credentials unless this username or IP is locked; count a failure."""
+    """Check credentials unless this pair or address is locked, after the name's delay."""
     locked = lock_remaining(username, ip)
     if locked:
         wait = f"about {max(1, round(locked / 60))} min"
         return LoginResult(None, 429, f"Too many failed sign-in attempts. Locked: try again in {wait}.")
+    gevent.sleep(login_delay(username))
     user = staff.authenticate(username, password)
     if user is None:
         record_failure(username, ip)
