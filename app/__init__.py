@@ -43,7 +43,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
     from app import dashboard, pages
-    from app.access import apikeys, headers
+    from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
     from app.dashboard import cli as staff_cli
@@ -68,6 +68,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         app.register_blueprint(blueprint)
     register_error_handlers(app)
     headers.init_app(app)
+    cors.init_app(app)
     logs.init_app(app)
     metrics.init_app(app)
     fastpath.init_app(app)  # before ProxyFix, which must see the request first

@@ -8,11 +8,13 @@ instead of running with dev keys.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(RuntimeError):
@@ -113,6 +115,12 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for origin in self.ALLOWED_ORIGINS:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path;"
+                    " '*' is not accepted)"
+                )
         if not 0 <= self.LOGIN_MAX_DELAY_SECONDS <= 60:
             raise ConfigError("LOGIN_MAX_DELAY_SECONDS must be between 0 and 60")
         if not 0 < self.BODY_READ_TIMEOUT_SECONDS <= 300:
