@@ -10,8 +10,10 @@ from __future__ import annotations
 import os
 import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 
+ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
@@ -179,9 +181,19 @@ def _coerce(kind: Any, raw: str) -> Any:
     return raw
 
 
+def dev_env_file() -> Path:
+    """The dev credentials ``dev.py run`` generates: ``$DEV_DATA_DIR/dev.env``, by default
+    ``.devdata/dev.env`` in the checkout (the same rule as dev.py's)."""
+    return Path(os.environ.get("DEV_DATA_DIR") or ROOT / ".devdata") / "dev.env"
+
+
 def _load_dotenv() -> None:
+    """``.env``, then in development the dev credentials: ``flask --app wsgi token alice``
+    then signs with the secret the running dev server uses. Real env vars win over both."""
     try:
         from dotenv import load_dotenv
     except ImportError:  # pragma: no cover - python-dotenv is a runtime requirement
         return
     load_dotenv(override=False)
+    if os.environ.get("APP_ENV", "development") == "development" and dev_env_file().is_file():
+        load_dotenv(dev_env_file(), override=False)
