@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import pytest
 import redis
 import requests
@@ -66,6 +67,24 @@ def test_repeated_failures_slow_a_name_down_exponentially(dashboard: LiveServer)
         assert _sign_in(dashboard, _browser(f"192.0.2.{10 + i}"), "wrong password").status_code == 401
         waits.append(time.monotonic() - started)
     assert 1.0 <= waits[0] < 2.0 <= waits[1] < 4.0, waits
+
+
+def test_concurrent_guesses_from_one_address_get_no_more_than_the_limit(dashboard: LiveServer) -> None:
+    """Twenty wrong passwords at once: each is counted before its check, so five are checked."""
+    browsers = [_browser(ADDRESS_A) for _ in range(20)]
+    forms = []
+    for browser in browsers:  # each with its own session and CSRF token, sent together below
+        page = browser.get(dashboard.url + "/dashboard/login", timeout=5).text
+        token = re.search(r'name="csrf_token" value="([^"]+)"', page)
+        assert token
+        forms.append({"username": ADMIN, "password": "wrong password", "csrf_token": token[1]})
+    jobs = [
+        gevent.spawn(b.post, dashboard.url + "/dashboard/login", data=f, allow_redirects=False, timeout=30)
+        for b, f in zip(browsers, forms, strict=True)
+    ]
+    gevent.joinall(jobs, raise_error=True)
+    statuses = sorted(job.value.status_code for job in jobs)
+    assert statuses == [401] * 5 + [429] * 15, statuses
 
 
 def test_next_with_a_line_break_is_400_and_opens_no_session(dashboard: LiveServer) -> None:

@@ -39,18 +39,40 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# KEYS: failure counters; ARGV[i]: limit for KEYS[i], last ARGV: lock seconds.
-# The first failure opens a window of lock seconds; reaching the limit restarts it, so
-# the lock always lasts the full period after the failure that triggered it.
-RECORD_FAILURE = r"""
-local lock = tonumber(ARGV[#ARGV])
-local out = {}
+# KEYS: failure counters of the (username, address) pair, the address, the username;
+# ARGV: pair limit, address limit, lock seconds. An attempt counts as a failure before its
+# password is checked (a sign-in or an error takes it back, UNCOUNT_ATTEMPT), so concurrent
+# attempts cannot all pass a lock check that none of them has counted yet. The first
+# failure opens a window of lock seconds; reaching the limit restarts it, so a lock lasts
+# the full period after the failure that triggered it. Returns {seconds locked (0: go on),
+# failures for the username before this attempt}; a locked attempt is not counted.
+COUNT_ATTEMPT = r"""
+local lock = tonumber(ARGV[3])
+local wait = 0
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then
+    wait = math.max(wait, redis.call('TTL', KEYS[i]), 1)
+  end
+end
+if wait > 0 then return {wait, 0} end
+local before = tonumber(redis.call('GET', KEYS[3]) or '0')
 for i, key in ipairs(KEYS) do
   local n = redis.call('INCR', key)
-  if n == 1 or n >= tonumber(ARGV[i]) then redis.call('EXPIRE', key, lock) end
-  out[i] = n
+  if n == 1 or n >= tonumber(ARGV[i == 2 and 2 or 1]) then
+    redis.call('EXPIRE', key, lock)
+  end
 end
-return out
+return {0, before}
+"""
+# KEYS: counters one attempt added to; DEL the first when ARGV[1] is "1" (a sign-in).
+UNCOUNT_ATTEMPT = r"""
+for i, key in ipairs(KEYS) do
+  if i == 1 and ARGV[1] == '1' then
+    redis.call('DEL', key)
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
 """
 
 
@@ -197,46 +219,31 @@ def _throttle_keys(username: str, ip: str) -> list[str]:
     ]
 
 
-def lock_remaining(username: str, ip: str) -> int:
-    """Seconds until this (username, address) pair or this address may try again; 0 when not
-    locked. Failures from other addresses never lock a username: they slow it down."""
+def count_attempt(username: str, ip: str) -> tuple[int, int]:
+    """Count this attempt as a failure: (seconds this pair or address is locked, 0 to go
+    on; failures for the username before it, from any address)."""
     config = _config()
-    pair, address, _name = _throttle_keys(username, ip)
-    pipe = _redis().pipeline(transaction=False)
-    for key in (pair, address):
-        pipe.get(key)
-        pipe.ttl(key)
-    pair_count, pair_ttl, ip_count, ip_ttl = pipe.execute()
-    remaining = 0
-    if pair_count is not None and int(pair_count) >= config.LOGIN_MAX_FAILURES:
-        remaining = max(remaining, int(pair_ttl))
-    if ip_count is not None and int(ip_count) >= config.LOGIN_IP_MAX_FAILURES:
-        remaining = max(remaining, int(ip_ttl))
-    return max(remaining, 0)
+    script = _redis().register_script(COUNT_ATTEMPT)
+    args = [config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_LOCK_SECONDS]
+    locked, before = script(keys=_throttle_keys(username, ip), args=args)
+    return int(locked), int(before)
 
 
-def login_delay(username: str) -> float:
-    """How long an attempt for ``username`` waits before its password is checked.
+def login_delay(failures: int) -> float:
+    """How long an attempt for a username with ``failures`` waits for its password check.
 
     From the ``LOGIN_MAX_FAILURES``-th failure for the name (from any address) on, each
     further failure doubles it, up to ``LOGIN_MAX_DELAY_SECONDS``: guessing one account
     from many addresses gets slow, while its owner still signs in, only later."""
     config = _config()
-    count = _redis().get(_throttle_keys(username, "")[2])
-    over = int(count or 0) - config.LOGIN_MAX_FAILURES
+    over = failures - config.LOGIN_MAX_FAILURES
     return 0.0 if over < 0 else min(2.0**over, config.LOGIN_MAX_DELAY_SECONDS)
 
 
-def record_failure(username: str, ip: str) -> None:
-    config = _config()
-    script = _redis().register_script(RECORD_FAILURE)
-    limits = [config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_MAX_FAILURES]
-    script(keys=_throttle_keys(username, ip), args=[*limits, config.LOGIN_LOCK_SECONDS])
-
-
-def clear_failures(username: str, ip: str) -> None:
-    """After a sign-in: this pair starts afresh; the name's slow-down stays (an attacker's)."""
-    _redis().delete(_throttle_keys(username, ip)[0])
+def uncount_attempt(username: str, ip: str, signed_in: bool) -> None:
+    """Take back what ``count_attempt`` added; after a sign-in the pair starts afresh."""
+    script = _redis().register_script(UNCOUNT_ATTEMPT)
+    script(keys=_throttle_keys(username, ip), args=["1" if signed_in else "0"])
 
 
 @dataclass(frozen=True)
@@ -248,14 +255,17 @@ class LoginResult:
 
 def attempt_login(username: str, password: str, ip: str) -> LoginResult:
     """Check credentials unless this pair or address is locked, after the name's delay."""
-    locked = lock_remaining(username, ip)
+    locked, failures = count_attempt(username, ip)
     if locked:
         wait = f"about {max(1, round(locked / 60))} min"
         return LoginResult(None, 429, f"Too many failed sign-in attempts. Locked: try again in {wait}.")
-    gevent.sleep(login_delay(username))
-    user = staff.authenticate(username, password)
+    try:
+        gevent.sleep(login_delay(failures))
+        user = staff.authenticate(username, password)
+    except BaseException:
+        uncount_attempt(username, ip, signed_in=False)  # not a failure: the check never ran
+        raise
     if user is None:
-        record_failure(username, ip)
         return LoginResult(None, 401, "Wrong username or password, or the account is disabled.")
-    clear_failures(username, ip)
+    uncount_attempt(username, ip, signed_in=True)
     return LoginResult(user)
