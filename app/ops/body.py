@@ -69,6 +69,9 @@ class TimedInput:
         while line := self.readline():
             yield line
 
+    def __getattr__(self, name: str) -> Any:  # anything else the server's stream offers
+        return getattr(self._stream, name)
+
     def _call(self, method: Callable[[Any], Any], arg: int | None) -> Any:
         now = time.monotonic()
         if self._deadline is None:
