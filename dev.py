@@ -87,21 +87,52 @@ def _on_signal(signum: int, _frame: object) -> None:
     raise Stop(signal.Signals(signum).name)
 
 
-def dev_secrets() -> dict[str, str]:
-    """Dev credentials, generated once and kept in .devdata/dev.env."""
+def dev_secrets() -> tuple[dict[str, str], bool]:
+    """Dev credentials from $DEV_DATA_DIR/dev.env, or new ones (and True) if there are none.
+
+    New ones are written by ``save_dev_secrets`` only once the app answers: a start that
+    fails leaves no credentials behind that no server ever used."""
     from dotenv import dotenv_values
 
     path = DEVDATA / "dev.env"
-    if not path.exists():
-        path.write_text(
-            "# Generated once by dev.py for local development only; delete to regenerate.\n"
-            f"SECRET_KEY={secrets.token_urlsafe(32)}\n"
-            f"API_KEYS=dev-{secrets.token_urlsafe(24)}\n"
-            "ADMIN_USERNAME=admin\n"
-            f"ADMIN_PASSWORD={secrets.token_urlsafe(12)}\n"
+    if path.exists():
+        return {k: v for k, v in dotenv_values(path).items() if v is not None}, False
+    return {
+        "SECRET_KEY": secrets.token_urlsafe(32),
+        "API_KEYS": f"dev-{secrets.token_urlsafe(24)}",
+        "ADMIN_USERNAME": "admin",
+        "ADMIN_PASSWORD": secrets.token_urlsafe(12),
+    }, True
+
+
+def save_dev_secrets(values: dict[str, str]) -> None:
+    path = DEVDATA / "dev.env"
+    lines = "".join(f"{k}={v}\n" for k, v in values.items())
+    path.write_text(f"# Generated once by dev.py for local development only; delete to regenerate.\n{lines}")
+    path.chmod(0o600)
+
+
+def check_data_dir() -> None:
+    """DEV_DATA_DIR may be new, but its parent must exist (a typo should not make folders)."""
+    if DEVDATA.exists() and not DEVDATA.is_dir():
+        die(f"DEV_DATA_DIR={DEVDATA} is a file, not a folder; choose another path")
+    if not DEVDATA.parent.is_dir():
+        die(
+            f"DEV_DATA_DIR={DEVDATA}: its parent folder {DEVDATA.parent} does not exist; "
+            "create it first or choose another path"
         )
-        path.chmod(0o600)
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+
+
+def answers(url: str) -> bool:
+    """Whether the app serves ``url`` with 200 now (ready: MongoDB and Redis reachable)."""
+    import urllib.error
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=1) as resp:  # noqa: S310 (our own local URL)
+            return resp.status == 200
+    except (urllib.error.URLError, OSError):
+        return False
 
 
 def _cmdline(pid: int) -> list[bytes]:
@@ -188,7 +219,7 @@ def cmd_run(args: list[str]) -> int:
     if args:
         die(f"`run` takes no arguments (got {' '.join(args)}); configure it with env vars")
     load_dotenv(ROOT / ".env", override=False)  # real env vars win over .env
-    DEVDATA.mkdir(exist_ok=True)
+    check_data_dir()
     env = dict(os.environ)
     env.pop("DEV_PY_REEXEC", None)
     defaults = {
@@ -197,13 +228,15 @@ def cmd_run(args: list[str]) -> int:
         "WEB_CONCURRENCY": "2",
         "APP_ENV": "development",
     }
-    for key, value in {**dev_secrets(), **defaults}.items():
+    credentials, fresh = dev_secrets()
+    for key, value in {**credentials, **defaults}.items():
         env.setdefault(key, value)
     port = int(env["PORT"])
     env.setdefault("PUBLIC_URL", f"http://{env['HOST']}:{port}")  # the WebSocket Origin check
     if port_in_use(port):
         die(f"port {port} (the app) is already in use; choose another with PORT=<port>")
     planned = plan_dev_servers(env)
+    DEVDATA.mkdir(exist_ok=True)
 
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
         signal.signal(sig, _on_signal)
@@ -230,10 +263,15 @@ def cmd_run(args: list[str]) -> int:
         )
         deadline = time.monotonic() + 60
         while gunicorn.poll() is None and time.monotonic() < deadline:
-            if port_in_use(port):
+            if answers(f"http://127.0.0.1:{port}/readyz"):
+                if fresh:
+                    save_dev_secrets(credentials)
                 print_banner(env, port)
                 break
             time.sleep(0.2)
+        else:
+            if gunicorn.poll() is None:
+                say(f"the app did not answer on port {port} within 60 s; still waiting for it")
         code = gunicorn.wait()
         code = 128 - code if code < 0 else code  # killed by signal N -> 128+N
         say(f"gunicorn exited with code {code}")
@@ -255,6 +293,7 @@ def cmd_run(args: list[str]) -> int:
 
 def print_banner(env: dict[str, str], port: int) -> None:
     url = f"http://127.0.0.1:{port}"
+    dev_env = DEVDATA / "dev.env"
     key = env["API_KEYS"].split(",")[0].strip()
     print(
         f"""
@@ -271,7 +310,7 @@ def print_banner(env: dict[str, str], port: int) -> None:
       -H 'Authorization: Bearer {key}' -H 'Content-Type: application/json' \\
       -d '{{"user_id":"alice","message":"hello"}}'
 
-  Ctrl-C stops everything. Dev credentials live in .devdata/dev.env.
+  Ctrl-C stops everything. Dev credentials live in {dev_env}.
 """,
         flush=True,
     )

@@ -43,14 +43,14 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
     from app import dashboard, pages
-    from app.access import apikeys
+    from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
     from app.dashboard import cli as staff_cli
     from app.delivery import views as stream_views
     from app.errors import register_error_handlers
+    from app.ops import body, health, logs, metrics, openapi
     from app.ops import cli as ops_cli
-    from app.ops import health, logs, metrics, openapi
 
     logs.configure_logging(config)
     metrics.register_mongo_listener()  # before the MongoDB client is created
@@ -66,6 +66,8 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     for blueprint in (api_views.bp, stream_views.bp, pages.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
     register_error_handlers(app)
+    headers.init_app(app)
+    cors.init_app(app)
     logs.init_app(app)
     metrics.init_app(app)
     fastpath.init_app(app)  # before ProxyFix, which must see the request first
@@ -73,6 +75,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
         from werkzeug.middleware.proxy_fix import ProxyFix
 
         app.wsgi_app = ProxyFix(app.wsgi_app, x_for=config.PROXY_HOPS, x_proto=config.PROXY_HOPS)  # type: ignore[method-assign]
+    body.init_app(app)  # outermost: every reader of a request body is under its deadline
     apikeys.init_app(app)
     ops_cli.register_ops_cli(app)
     dashboard.init_app(app)

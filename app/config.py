@@ -8,12 +8,16 @@ instead of running with dev keys.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
+_ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
 class ConfigError(RuntimeError):
@@ -35,6 +39,7 @@ class Config:
     CACHE_TTL_SECONDS: int = 120
     RECENT_LIMIT: int = 50
     MAX_BODY_BYTES: int = 65536
+    BODY_READ_TIMEOUT_SECONDS: float = 10.0  # the whole body, from its first read (app/ops/body.py)
     TOKEN_TTL_SECONDS: int = 3600
     TOKEN_MAX_TTL_SECONDS: int = 7 * 24 * 3600
     HEARTBEAT_SECONDS: float = 15.0
@@ -60,6 +65,7 @@ class Config:
     LOGIN_MAX_FAILURES: int = 5
     LOGIN_IP_MAX_FAILURES: int = 20
     LOGIN_LOCK_SECONDS: int = 300
+    LOGIN_MAX_DELAY_SECONDS: float = 8.0  # the per-username slow-down's cap (app/dashboard/security.py)
     STAFF_SESSION_SECONDS: int = 12 * 3600
     PRESENCE_INTERVAL_SECONDS: float = 5.0
     DASHBOARD_TICK_SECONDS: float = 2.0
@@ -112,6 +118,16 @@ class Config:
         for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
+        for origin in self.ALLOWED_ORIGINS:
+            if not _ORIGIN.fullmatch(origin):
+                raise ConfigError(
+                    f"ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port], no path;"
+                    " '*' is not accepted)"
+                )
+        if not 0 <= self.LOGIN_MAX_DELAY_SECONDS <= 60:
+            raise ConfigError("LOGIN_MAX_DELAY_SECONDS must be between 0 and 60")
+        if not 0 < self.BODY_READ_TIMEOUT_SECONDS <= 300:
+            raise ConfigError("BODY_READ_TIMEOUT_SECONDS must be more than 0 and at most 300")
         if not 0 <= self.OUTBOX_CLEANUP_DELAY_SECONDS <= self.PUBLISH_LEASE_SECONDS / 10:
             raise ConfigError(
                 "OUTBOX_CLEANUP_DELAY_SECONDS must be between 0 and a tenth of PUBLISH_LEASE_SECONDS"
@@ -180,9 +196,19 @@ def _coerce(kind: Any, raw: str) -> Any:
     return raw
 
 
+def dev_env_file() -> Path:
+    """The dev credentials ``dev.py run`` generates: ``$DEV_DATA_DIR/dev.env``, by default
+    ``.devdata/dev.env`` in the checkout (the same rule as dev.py's)."""
+    return Path(os.environ.get("DEV_DATA_DIR") or ROOT / ".devdata") / "dev.env"
+
+
 def _load_dotenv() -> None:
+    """``.env``, then in development the dev credentials: ``flask --app wsgi token alice``
+    then signs with the secret the running dev server uses. Real env vars win over both."""
     try:
         from dotenv import load_dotenv
     except ImportError:  # pragma: no cover - python-dotenv is a runtime requirement
         return
     load_dotenv(override=False)
+    if os.environ.get("APP_ENV", "development") == "development" and dev_env_file().is_file():
+        load_dotenv(dev_env_file(), override=False)

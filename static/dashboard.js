@@ -28,7 +28,8 @@
   /* Same markup as templates/dashboard/_macros.html */
   function notificationItem(n, opts) {
     opts = opts || {};
-    var li = el("li", "notif " + (n.read ? "is-read" : "is-unread"));
+    var known = n.read !== undefined;
+    var li = el("li", "notif" + (known ? (n.read ? " is-read" : " is-unread") : ""));
     li.dataset.id = n.id;
     var head = el("div", "notif-head");
     if (opts.userUrl) {
@@ -45,7 +46,7 @@
     var time = el("time", null, n.created_at);
     time.setAttribute("datetime", n.created_at || "");
     meta.appendChild(time);
-    meta.appendChild(el("span", "notif-state", n.read ? "read" : "unread"));
+    if (known) meta.appendChild(el("span", "notif-state", n.read ? "read" : "unread"));
     if (opts.actions && !n.read) {
       var button = el("button", "mark-read link", "Mark read");
       button.type = "button";

@@ -2,6 +2,7 @@
  * The /demo page: connect with a subscriber token, show history and live notifications.
  * User data is only ever written with textContent. window.demoState mirrors what the page
  * saw, so browser tests can wait on it (page.wait_for_function) instead of sleeping.
+ * In development a button mints a token itself (POST /demo/token).
  * Query parameters: token, transport (sse|ws), cursor, min_delay and max_delay (ms, backoff).
  */
 (function () {
@@ -123,6 +124,22 @@
     const token = $('token').value.trim();
     if (token) connect(token);
   });
+  // Development only (the server renders #dev-token only then): mint a token, no curl needed.
+  const devToken = $('dev-token');
+  if (devToken) {
+    $('dev-token-button').addEventListener('click', () => {
+      fetch(devToken.dataset.url, {
+        method: 'POST',
+        headers: { 'Content-Type': 'application/json', Accept: 'application/json' },
+        body: JSON.stringify({ user_id: $('dev-user').value.trim() }),
+      }).then((resp) => resp.json().then((body) => {
+        if (!resp.ok) throw new Error((body.error && body.error.message) || 'HTTP ' + resp.status);
+        $('token').value = body.token;
+        log('dev token for ' + body.user_id);
+        connect(body.token);
+      })).catch((err) => { state.errors.push(String(err.message)); log('dev token failed: ' + err.message); });
+    });
+  }
   $('disconnect').addEventListener('click', () => { if (client) client.close(); });
   $('mark-all').addEventListener('click', () => markRead(null));
   document.querySelectorAll('input[name=transport]').forEach((input) => {

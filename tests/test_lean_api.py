@@ -29,7 +29,7 @@ LOGGED = ("method", "path", "endpoint", "status", "api_key", "client", "request_
 
 def flask_calls(app: Flask) -> list[str]:
     """Paths the Flask app behind the lean path was called for."""
-    lean = app.wsgi_app
+    lean = app.wsgi_app.wsgi_app  # inside the body deadline (app/ops/body.py)
     assert isinstance(lean, LeanPost)
     inner, seen = lean.wsgi_app, []
 

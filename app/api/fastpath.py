@@ -24,6 +24,7 @@ from typing import Any
 from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
+from app.access.headers import NOSNIFF
 from app.access.ratelimit import limiter
 from app.access.tokens import bearer_from, check_api_key, unknown_api_key
 from app.api import validation as v
@@ -81,6 +82,7 @@ class LeanPost:
                 ("Content-Length", str(len(data))),
                 *headers,
                 ("X-Request-ID", request_id),
+                NOSNIFF,
             ],
         )
         log_request(

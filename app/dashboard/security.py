@@ -5,8 +5,11 @@ random session id and the CSRF token. The session id names a Redis key that says
 staff member it belongs to and at which ``auth_epoch``: logging out deletes the key, and a
 password reset or disable bumps the epoch, so a copied cookie stops working either way.
 
-Failed logins are counted in Redis per username and per client IP; reaching the limit
-locks that username (or IP) for ``LOGIN_LOCK_SECONDS`` from the last counted failure.
+Failed logins are counted in Redis per (username, client address), per address and per
+username. ``LOGIN_MAX_FAILURES`` for one pair locks that pair, ``LOGIN_IP_MAX_FAILURES``
+locks that address, each for ``LOGIN_LOCK_SECONDS`` from the last counted failure. Failures
+for a username from elsewhere never lock it (that would let anyone lock a staff member
+out): they slow every attempt for it down, exponentially (``login_delay``).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from functools import wraps
 from typing import Any
 from urllib.parse import urlsplit
 
+import gevent
 import orjson
 import redis
 from flask import current_app, g, redirect, request, session, url_for
@@ -35,18 +39,40 @@ CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 UNSAFE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
-# KEYS: failure counters; ARGV[i]: limit for KEYS[i], last ARGV: lock seconds.
-# The first failure opens a window of lock seconds; reaching the limit restarts it, so
-# the lock always lasts the full period after the failure that triggered it.
-RECORD_FAILURE = r"""
-local lock = tonumber(ARGV[#ARGV])
-local out = {}
+# KEYS: failure counters of the (username, address) pair, the address, the username;
+# ARGV: pair limit, address limit, lock seconds. An attempt counts as a failure before its
+# password is checked (a sign-in or an error takes it back, UNCOUNT_ATTEMPT), so concurrent
+# attempts cannot all pass a lock check that none of them has counted yet. The first
+# failure opens a window of lock seconds; reaching the limit restarts it, so a lock lasts
+# the full period after the failure that triggered it. Returns {seconds locked (0: go on),
+# failures for the username before this attempt}; a locked attempt is not counted.
+COUNT_ATTEMPT = r"""
+local lock = tonumber(ARGV[3])
+local wait = 0
+for i = 1, 2 do
+  if tonumber(redis.call('GET', KEYS[i]) or '0') >= tonumber(ARGV[i]) then
+    wait = math.max(wait, redis.call('TTL', KEYS[i]), 1)
+  end
+end
+if wait > 0 then return {wait, 0} end
+local before = tonumber(redis.call('GET', KEYS[3]) or '0')
 for i, key in ipairs(KEYS) do
   local n = redis.call('INCR', key)
-  if n == 1 or n >= tonumber(ARGV[i]) then redis.call('EXPIRE', key, lock) end
-  out[i] = n
+  if n == 1 or n >= tonumber(ARGV[i == 2 and 2 or 1]) then
+    redis.call('EXPIRE', key, lock)
+  end
 end
-return out
+return {0, before}
+"""
+# KEYS: counters one attempt added to; DEL the first when ARGV[1] is "1" (a sign-in).
+UNCOUNT_ATTEMPT = r"""
+for i, key in ipairs(KEYS) do
+  if i == 1 and ARGV[1] == '1' then
+    redis.call('DEL', key)
+  elseif tonumber(redis.call('GET', key) or '0') > 0 then
+    redis.call('DECR', key)
+  end
+end
 """
 
 
@@ -141,10 +167,16 @@ def check_session(
 
 
 def safe_next(target: str | None) -> str:
-    """Only redirect back inside the dashboard (no open redirect)."""
+    """Only redirect back inside the dashboard (no open redirect).
+
+    A target with control characters (CR/LF would split the ``Location`` header) is the
+    client's error: 400, raised before anything is done for the request, so a sign-in
+    with one opens no session."""
     default = url_for("dashboard.overview")
     if not target:
         return default
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in target):
+        raise ApiError(400, "bad_request", "next: must not contain control characters", field="next")
     parts = urlsplit(target)
     if parts.scheme or parts.netloc or not target.startswith("/dashboard") or "\\" in target:
         return default
@@ -177,38 +209,41 @@ def staff_api(view: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- login throttling ------------------------------------------------------------------
 def _throttle_keys(username: str, ip: str) -> list[str]:
+    """Failure counters: this (username, address) pair, this address, this username."""
     prefix = _config().KEY_PREFIX + "loginfail:"
-    return [prefix + "u:" + _digest(staff.normalize_username(username)), prefix + "ip:" + _digest(ip)]
+    name = staff.normalize_username(username)
+    return [
+        prefix + "p:" + _digest(f"{name}\n{ip}"),
+        prefix + "ip:" + _digest(ip),
+        prefix + "u:" + _digest(name),
+    ]
 
 
-def lock_remaining(username: str, ip: str) -> int:
-    """Seconds until this username or IP may try again; 0 when not locked."""
+def count_attempt(username: str, ip: str) -> tuple[int, int]:
+    """Count this attempt as a failure: (seconds this pair or address is locked, 0 to go
+    on; failures for the username before it, from any address)."""
     config = _config()
-    keys = _throttle_keys(username, ip)
-    pipe = _redis().pipeline(transaction=False)
-    for key in keys:
-        pipe.get(key)
-        pipe.ttl(key)
-    u_count, u_ttl, ip_count, ip_ttl = pipe.execute()
-    remaining = 0
-    if u_count is not None and int(u_count) >= config.LOGIN_MAX_FAILURES:
-        remaining = max(remaining, int(u_ttl))
-    if ip_count is not None and int(ip_count) >= config.LOGIN_IP_MAX_FAILURES:
-        remaining = max(remaining, int(ip_ttl))
-    return max(remaining, 0)
+    script = _redis().register_script(COUNT_ATTEMPT)
+    args = [config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_LOCK_SECONDS]
+    locked, before = script(keys=_throttle_keys(username, ip), args=args)
+    return int(locked), int(before)
 
 
-def record_failure(username: str, ip: str) -> None:
+def login_delay(failures: int) -> float:
+    """How long an attempt for a username with ``failures`` waits for its password check.
+
+    From the ``LOGIN_MAX_FAILURES``-th failure for the name (from any address) on, each
+    further failure doubles it, up to ``LOGIN_MAX_DELAY_SECONDS``: guessing one account
+    from many addresses gets slow, while its owner still signs in, only later."""
     config = _config()
-    script = _redis().register_script(RECORD_FAILURE)
-    script(
-        keys=_throttle_keys(username, ip),
-        args=[config.LOGIN_MAX_FAILURES, config.LOGIN_IP_MAX_FAILURES, config.LOGIN_LOCK_SECONDS],
-    )
+    over = failures - config.LOGIN_MAX_FAILURES
+    return 0.0 if over < 0 else min(2.0**over, config.LOGIN_MAX_DELAY_SECONDS)
 
 
-def clear_failures(username: str, ip: str) -> None:
-    _redis().delete(_throttle_keys(username, ip)[0])
+def uncount_attempt(username: str, ip: str, signed_in: bool) -> None:
+    """Take back what ``count_attempt`` added; after a sign-in the pair starts afresh."""
+    script = _redis().register_script(UNCOUNT_ATTEMPT)
+    script(keys=_throttle_keys(username, ip), args=["1" if signed_in else "0"])
 
 
 @dataclass(frozen=True)
@@ -219,14 +254,18 @@ class LoginResult:
 
 
 def attempt_login(username: str, password: str, ip: str) -> LoginResult:
-    """Check credentials unless this username or IP is locked; count a failure."""
-    locked = lock_remaining(username, ip)
+    """Check credentials unless this pair or address is locked, after the name's delay."""
+    locked, failures = count_attempt(username, ip)
     if locked:
         wait = f"about {max(1, round(locked / 60))} min"
         return LoginResult(None, 429, f"Too many failed sign-in attempts. Locked: try again in {wait}.")
-    user = staff.authenticate(username, password)
+    try:
+        gevent.sleep(login_delay(failures))
+        user = staff.authenticate(username, password)
+    except BaseException:
+        uncount_attempt(username, ip, signed_in=False)  # not a failure: the check never ran
+        raise
     if user is None:
-        record_failure(username, ip)
         return LoginResult(None, 401, "Wrong username or password, or the account is disabled.")
-    clear_failures(username, ip)
+    uncount_attempt(username, ip, signed_in=True)
     return LoginResult(user)

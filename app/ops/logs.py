@@ -45,7 +45,13 @@ _PATTERNS = (
     (re.compile(r"\bnk_[A-Za-z0-9_-]{16,}"), REDACTED, ("nk_",)),
     # itsdangerous subscriber tokens: base64 of '{"u":...' then a signature
     (re.compile(r"\beyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), REDACTED, ("eyj",)),
+    # ... and their compressed form (long user ids): '.' then base64 of zlib data ('eJ')
+    (re.compile(r"(?<![A-Za-z0-9_-])\.eJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}"), REDACTED, (".ej",)),
 )
+# Control characters (and Unicode line breaks) in a text line: a CR or LF from a URL path
+# or a header would otherwise start a forged log line.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t"}
 _secrets: set[str] = set()
 _REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,128}$")
 
@@ -59,6 +65,17 @@ def redact(text: str) -> str:
         if any(t in lower for t in triggers):
             text = pattern.sub(replacement, text)
     return text
+
+
+def escape_controls(text: str) -> str:
+    """``text`` on one line: control characters as escapes (``\\n``, ``\\u001b``), which
+    are valid inside a JSON string too."""
+    return _CONTROL.sub(_escape, text) if _CONTROL.search(text) else text
+
+
+def _escape(match: re.Match[str]) -> str:
+    char = match[0]
+    return _ESCAPES.get(char) or f"\\u{ord(char):04x}"
 
 
 def add_secrets(*values: str) -> None:
@@ -116,18 +133,31 @@ class JsonFormatter(logging.Formatter):
         line.update(_fields(record))
         if record.exc_info:
             line["exc"] = self.formatException(record.exc_info)
-        return redact(orjson.dumps(line, default=str).decode())
+        # orjson escapes C0 controls; DEL, C1 and U+2028/9 break lines in some readers
+        return redact(escape_controls(orjson.dumps(line, default=str).decode()))
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record (a traceback follows, indented): nothing a client sends can
+    start a line of its own."""
+
     def format(self, record: logging.LogRecord) -> str:
         stamp = datetime.fromtimestamp(record.created).strftime("%H:%M:%S.%f")[:-3]
-        extra = " ".join(f"{k}={v}" for k, v in _fields(record).items())
-        text = f"{stamp} {record.levelname:<7} {record.name}: {record.getMessage()}"
+        extra = " ".join(f"{k}={_text_value(v)}" for k, v in _fields(record).items())
+        text = f"{stamp} {record.levelname:<7} {record.name}: {escape_controls(record.getMessage())}"
         text += f"  {extra}" if extra else ""
         if record.exc_info:
-            text += "\n" + self.formatException(record.exc_info)
+            lines = self.formatException(record.exc_info).splitlines()
+            text += "".join("\n    " + escape_controls(line) for line in lines)
         return redact(text)
+
+
+def _text_value(value: Any) -> str:
+    """A field value that cannot pass for more fields: quoted when it holds a space or quote."""
+    text = str(value)
+    if not text or any(c in text for c in ' "='):
+        text = orjson.dumps(text).decode()
+    return escape_controls(text)
 
 
 def log_format(config: Config) -> str:

@@ -178,13 +178,28 @@ class NotificationService:
 
     # -- recent ----------------------------------------------------------------------
     def recent(self) -> bytes:
-        """The newest notifications across users, straight from the Redis list."""
+        """The newest notifications across users: the Redis list, with today's read state.
+
+        The list keeps each notification as it was published (unread); its ``read`` is
+        looked up now, in one query by id, and left out when MongoDB cannot say."""
         try:
             items = self.redis.lrange(self.key("recent"), 0, self.config.RECENT_LIMIT - 1)
         except redis.RedisError as exc:
             log.warning("recent list unavailable, reading MongoDB: %s", exc)
             return self._recent_from_mongo()
-        return b'{"notifications":[' + b",".join(items) + b"]}"
+        notes = [orjson.loads(item) for item in items]
+        ids = [ObjectId(n["id"]) for n in notes]
+        try:
+            read = notifications_collection().find({"_id": {"$in": ids}, "read": True}, {"_id": 1})
+            read_ids = {str(doc["_id"]) for doc in read} if ids else set()
+        except PyMongoError as exc:
+            log.warning("read state of recent notifications unavailable: %s", exc)
+            for note in notes:
+                note.pop("read", None)
+        else:
+            for note in notes:
+                note["read"] = note["id"] in read_ids
+        return orjson.dumps({"notifications": notes})
 
     def _recent_from_mongo(self) -> bytes:
         try:
