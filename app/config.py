@@ -134,9 +134,6 @@ class Config:
             )
         if self.PUBLIC_URL:
             origin_of(self.PUBLIC_URL)
-        for origin in self.ALLOWED_ORIGINS:
-            if origin_of(origin) != origin:
-                raise ConfigError(f"ALLOWED_ORIGINS: {origin!r} is not an origin (scheme://host[:port])")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:
