@@ -40,9 +40,10 @@ def render(conf: str, port: int, upstreams: list[int], logs: Path) -> str:
 
 @pytest.fixture
 def nginx(live: Any, tmp_path: Path) -> Any:
-    a = live(PROXY_HOPS="1", HEARTBEAT_SECONDS="1")
-    b = live(PROXY_HOPS="1", HEARTBEAT_SECONDS="1")
     port = find_free_port()
+    public = f"http://127.0.0.1:{port}"  # the proxy's URL is the one browsers use
+    a = live(PROXY_HOPS="1", HEARTBEAT_SECONDS="1", PUBLIC_URL=public)
+    b = live(PROXY_HOPS="1", HEARTBEAT_SECONDS="1", PUBLIC_URL=public)
     site = render((ROOT / "deploy" / "nginx.conf").read_text(), port, [a.port, b.port], tmp_path)
     assert "notify_app" in site and f"127.0.0.1:{a.port}" in site
     (tmp_path / "site.conf").write_text(site)
@@ -80,7 +81,7 @@ def test_streams_and_api_through_nginx(nginx: Any) -> None:
     url, instance, logs = nginx
     token = instance.token("edge-user")
     sse = SSEClient(url, token)
-    ws = WSClient(url, token, origin="http://127.0.0.1")
+    ws = WSClient(url, token, origin=url)
     try:
         assert sse.status == 200
         headers = {"Authorization": f"Bearer {instance.stack.api_key}"}
