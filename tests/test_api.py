@@ -270,9 +270,10 @@ def test_redis_down_posts_still_store_and_reads_use_mongodb(make_app, own_redis,
     assert ready.status_code == 503 and ready.get_json()["checks"]["redis"] == "down"
 
 
-def test_idempotent_retry_returns_first_response(client, auth):
+def test_idempotent_retry_returns_first_response(app, client, auth):
     body = {"user_id": "idem", "message": "once"}
     first = post(client, body, auth, **{"Idempotency-Key": "k-1"})
+    assert app.extensions["notifications"].publisher.outbox.flush(5)  # the publish is recorded
     second = post(client, body, auth, **{"Idempotency-Key": "k-1"})
     assert first.status_code == second.status_code == 201
     assert first.get_json() == second.get_json()

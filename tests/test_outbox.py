@@ -133,7 +133,7 @@ def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list
     for name, keys in indexes.items():
         coll.create_index(keys, name=name)
     ensure_indexes()
-    assert set(coll.index_information()) == {"_id_", "user_read_seq"}  # the old indexes are gone
+    assert set(coll.index_information()) == {"_id_", "user_read_seq", "idem"}  # the old indexes are gone
     return publisher
 
 
