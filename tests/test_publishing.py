@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import gevent
 import orjson
 import redis
 
@@ -105,3 +106,54 @@ def test_a_publish_whose_connection_dies_after_checkout_is_sent_again_at_once(ap
     with app.app_context():
         stored = publisher.store(docs_for("bea", 1))
     assert killed and stored.published and isinstance(stored.notifications[0]["seq"], int)
+
+
+def test_a_document_the_store_refuses_fails_only_its_own_request(app, monkeypatch, caplog):
+    """One batch: good requests, one with a value BSON cannot hold (past validation, as a
+    bug there would let it), one whose Idempotency-Key is taken. Only the two at fault fail."""
+    from gevent.event import Event
+
+    from app.store.idempotency import RequestKey
+    from app.store.inserting import KeyTaken, StoreRefused
+
+    publisher = publisher_service(app).publisher
+    release, wait_for_room = Event(), publisher.outbox.wait_for_room
+    monkeypatch.setattr(publisher.outbox, "wait_for_room", lambda: (release.wait(), wait_for_room()))
+    with app.app_context():
+        taken = RequestKey.of("owner", "k-taken", b"{}")
+        first = docs_for("kim", 1)
+        taken.mark(first)
+        release.set()
+        assert publisher.store(first).published
+        release.clear()
+
+        def store(docs: list[dict[str, Any]]) -> Any:
+            try:
+                return publisher.store(docs)
+            except StoreRefused as exc:
+                return exc
+
+        bad = docs_for("bad", 1)
+        bad[0]["data"] = {"n": 2**64 - 1}
+        again = docs_for("kim", 1)
+        taken.mark(again)
+        batches = publisher.stats["batches"]
+        greenlets = [gevent.spawn(store, docs_for(f"good{i}", 2)) for i in range(3)]
+        greenlets += [gevent.spawn(store, bad), gevent.spawn(store, again)]
+        greenlets += [gevent.spawn(store, docs_for(f"good{i}", 2)) for i in range(3, 6)]
+        gevent.sleep(0.05)  # every request queued behind the first: one batch
+        release.set()
+        results = [g.get(timeout=10) for g in greenlets]
+        assert "storing them one by one" in caplog.text  # they were in one insert first
+        assert isinstance(results[3], StoreRefused) and not isinstance(results[3], KeyTaken)
+        assert isinstance(results[4], KeyTaken)
+        good = results[:3] + results[5:]
+        assert all(r.published and all(isinstance(n["seq"], int) for n in r.notifications) for r in good)
+        coll = notifications_collection()
+        for i, result in enumerate(good):
+            stored = list(coll.find({"user_id": f"good{i}"}))
+            assert sorted(str(d["_id"]) for d in stored) == sorted(n["id"] for n in result.notifications)
+        assert coll.count_documents({"user_id": "bad"}) == 0
+        assert coll.count_documents({"user_id": "kim"}) == 1
+        assert publisher.stats["batches"] == batches + 1
+        wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0)  # nothing left half-written
