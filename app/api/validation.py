@@ -151,5 +151,14 @@ def _check_storable(value: Any, path: str, level: int) -> None:
             raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
         for index, item in enumerate(value):
             _check_storable(item, f"{path}[{index}]", level + 1)
-    elif isinstance(value, int) and not isinstance(value, bool) and not INT64_MIN <= value <= INT64_MAX:
+    elif not _fits_int64(value):
         raise invalid(path, "integers must fit in 64 bits (-2^63 to 2^63-1); send a string")
+
+
+def _fits_int64(value: Any) -> bool:
+    """False for an integer beyond int64, as JSON Schema counts integers: no fractional
+    part, however spelled. orjson reads ``1e30`` and integers beyond 64 bits as floats, so
+    an integral float at -2^63 or beyond was such an integer (or equals one: refused too)."""
+    if isinstance(value, float):
+        return not value.is_integer() or -(2.0**63) < value < 2.0**63
+    return not isinstance(value, int) or INT64_MIN <= value <= INT64_MAX

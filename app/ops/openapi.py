@@ -72,7 +72,7 @@ SCHEMAS: dict[str, Any] = {
         "type": "object",
         "description": f"Free-form JSON: at most {v.MAX_DATA_BYTES} bytes encoded, {v.MAX_DATA_DEPTH} levels "
         "of objects and lists (this one included); keys must not start with '$' or contain '.'; integers "
-        "must fit in 64 bits (-2^63 to 2^63-1)",
+        "(numbers with no fractional part, however written) must fit in 64 bits (-2^63 to 2^63-1)",
         "propertyNames": DATA_KEY,
         "additionalProperties": {"$ref": "#/components/schemas/DataValue"},
     },
