@@ -48,7 +48,7 @@ class Config:
     RELAY_INTERVAL_SECONDS: float = 1.0
     PUBLISH_LEASE_SECONDS: float = 10.0
     PUBLISH_TIMEOUT_SECONDS: float = 2.0  # a POST waits for Redis this long at most (app/store/publishing.py)
-    OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/outbox.py)
+    OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/store/outbox.py)
     PROBE_INTERVAL_SECONDS: float = 5.0
     REDIS_SOCKET_TIMEOUT: float = 5.0
     MONGO_TIMEOUT_MS: int = 5000
@@ -63,7 +63,7 @@ class Config:
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
     LEAN_STREAMS: int = 1  # streams drop their WSGI request state after the handshake (app/lean.py)
-    LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/lean_api.py)
+    LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
     MAX_STREAMS_PER_USER: int = 20  # concurrent /stream + /ws per user, all instances; 0 disables
     METRICS_TOKEN: str = ""

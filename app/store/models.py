@@ -67,8 +67,8 @@ EITHER_READ = {"$in": [False, True]}
 # A stored batch not yet recorded as published is marked by one more document in the
 # same collection, inserted first in the batch's ``insert_many``, so it exists whenever any
 # document of the batch does and costs no round trip of its own; it is deleted once the
-# batch is published (``app/outbox.py``). It belongs to a user id no request can name
-# (``app/validation.py`` refuses "~"), ``ids`` lists the batch, and its ``seq`` is its
+# batch is published (``app/store/outbox.py``). It belongs to a user id no request can name
+# (``app/api/validation.py`` refuses "~"), ``ids`` lists the batch, and its ``seq`` is its
 # lease deadline in microseconds: the relay finds due markers through the one index, as
 # ``{user_id: OUTBOX_USER, read: false, seq: {$lt: now}}``. Only batches in flight have
 # one: a handful at a time, more while Redis is down.
