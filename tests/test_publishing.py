@@ -157,3 +157,31 @@ def test_a_document_the_store_refuses_fails_only_its_own_request(app, monkeypatc
         assert coll.count_documents({"user_id": "kim"}) == 1
         assert publisher.stats["batches"] == batches + 1
         wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0)  # nothing left half-written
+
+
+def test_while_redis_hangs_stored_batches_past_the_bound_go_to_the_relay(make_app, own_redis, monkeypatch):
+    """Stored notifications waiting for a hung Redis are bounded: past the bound a batch is
+    not queued for the publisher (its request answers at once, unpublished) and the relay
+    publishes it once Redis answers again."""
+    import time
+
+    from app.extensions import RedisBudget
+    from app.store import publishing
+
+    from .support import frozen
+
+    monkeypatch.setattr(publishing, "MAX_UNPUBLISHED_DOCS", 2)
+    app = make_app(REDIS_URL=own_redis.url, PUBLISH_LEASE_SECONDS=1.0, RELAY_INTERVAL_SECONDS=0.2)
+    publisher = publisher_service(app).publisher
+    with app.app_context():
+        assert publisher.store(docs_for("hal", 1)).published
+        with frozen(own_redis):
+            queued = [publisher.store(docs_for("hal", 1), RedisBudget(0.2)) for _ in range(2)]
+            started = time.monotonic()
+            overflow = publisher.store(docs_for("hal", 1), RedisBudget(30))
+            assert time.monotonic() - started < 1  # not queued: no wait for the publish
+        assert not any(s.published for s in [*queued, overflow])
+        coll = notifications_collection()
+        wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0, timeout=20)
+        assert publisher.stats["published"] >= 4 and publisher.stats["relayed"] >= 1
+        assert all(isinstance(d["seq"], int) for d in coll.find({"user_id": "hal"}))

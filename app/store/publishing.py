@@ -49,6 +49,7 @@ from app.store.serialization import public_json
 log = logging.getLogger(__name__)
 
 MAX_BATCH_DOCS = 5000
+MAX_UNPUBLISHED_DOCS = 20000  # stored, waiting for a slow Redis; beyond, the relay takes over
 MAX_CLOCK_AHEAD_US = 1_000_000  # a proposed cursor further ahead of Redis time is replaced
 
 
@@ -89,6 +90,8 @@ class Publisher:
         self._script = lua.LeanScript(redis_client, lua.PUBLISH)
         self._jobs: Queue = Queue()
         self._stored: Queue = Queue()  # _Batch, in insert order
+        self._unpublished = 0  # documents in self._stored or being published
+        self._overflow_logged_at = 0.0
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
         self.outbox = Outbox(config, self.publish, self.stats)
@@ -160,7 +163,16 @@ class Publisher:
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
             log.warning("TEST_CRASH_AFTER_INSERT set: exiting between insert and publish")
             os._exit(70)
-        self._stored.put(_Batch(stored, markers))
+        batch = _Batch(stored, markers)
+        if self._unpublished + len(batch.docs) <= MAX_UNPUBLISHED_DOCS:
+            self._unpublished += len(batch.docs)
+            self._stored.put(batch)
+        else:  # Redis has not kept up for a while: the markers' leases hand these to the relay
+            if time.monotonic() - self._overflow_logged_at > 10:
+                self._overflow_logged_at = time.monotonic()
+                log.warning("%d notifications wait for Redis; the relay takes newer ones", self._unpublished)
+            for job in stored:
+                job.published.set(False)
         for job in stored:
             job.stored.set(None)
 
@@ -180,6 +192,7 @@ class Publisher:
             except Exception:  # never let the publisher die; the markers stay for the relay
                 log.exception("publish failed unexpectedly")
                 published = False
+            self._unpublished -= count
             for batch in batches:
                 for job in batch.jobs:
                     job.published.set(published)
