@@ -6,14 +6,14 @@ outcome is unknown (the server may still apply the insert), so nothing is remove
 batch that was stored has its outbox marker, so the relay publishes it. If it fails for
 any other reason (a value BSON cannot hold that validation let through, a document too
 large, an ``Idempotency-Key`` already stored), what part of it was stored is removed and
-each request is stored again on its own: only the requests at fault fail, with the error
+the others are stored again without the request at fault (found from MongoDB's error, or
+by storing each request on its own): only the requests at fault fail, with the error
 that is theirs.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
 from typing import Any
 
 from pymongo.errors import BulkWriteError, ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
@@ -35,7 +35,13 @@ class StoreUnavailable(RuntimeError):
 
 
 class StoreRefused(RuntimeError):
-    """MongoDB refused this request's notifications (nothing of them is stored)."""
+    """MongoDB refused this request's notifications (nothing of them is stored).
+
+    ``index``: the refused document's place in the insert, when MongoDB named it."""
+
+    def __init__(self, message: str, index: int | None = None) -> None:
+        super().__init__(message)
+        self.index = index
 
 
 class KeyTaken(StoreRefused):
@@ -52,30 +58,61 @@ def unreachable(exc: BaseException) -> bool:
     return isinstance(exc, PyMongoError) and getattr(exc, "code", None) in UNREACHABLE_CODES
 
 
-def insert_isolated(groups: list[list[dict[str, Any]]], config: Config) -> Iterator[tuple[list[int], Any]]:
-    """Store ``groups`` (one per request); yields (group indexes, marker id or exception).
+Groups = list[list[dict[str, Any]]]  # the documents of each request
+Outcomes = list[tuple[list[int], Any]]  # (request indexes, marker id or exception)
 
-    One ``insert_many`` for all; if it is refused, one per group."""
+
+def insert_isolated(groups: Groups, config: Config) -> Outcomes:
+    """Store ``groups`` (one per request); what became of each.
+
+    One ``insert_many`` for all. When MongoDB names the document it refused (a taken key,
+    a server-side check), that request fails and the others are inserted again together;
+    otherwise (BSON the driver could not encode), one by one."""
     lease = lease_from_now(config)  # from now, not from the queueing
-    try:
-        yield list(range(len(groups))), _insert([d for g in groups for d in g], lease)
-        return
-    except StoreUnavailable as exc:
-        yield list(range(len(groups))), exc
-        return
-    except StoreRefused as exc:
-        if len(groups) == 1:
-            yield [0], exc
-            return
-        log.warning("batch of %d requests refused (%s); storing them one by one", len(groups), exc)
-    for i, docs in enumerate(groups):
+    results: Outcomes = []
+    pending = list(range(len(groups)))
+    while pending:
+        docs = [doc for i in pending for doc in groups[i]]
         try:
-            yield [i], _insert(docs, lease)
+            results.append((pending, _insert(docs, lease)))
+            return results
+        except StoreUnavailable as exc:
+            results.append((pending, exc))
+            return results
         except StoreRefused as exc:
-            yield [i], exc
+            culprit = _group_of(groups, pending, exc.index)
+            if culprit is None:
+                log.warning("batch of %d requests refused (%s); storing them one by one", len(pending), exc)
+                return results + _one_by_one(groups, pending, lease)
+            results.append(([culprit], exc))
+            pending.remove(culprit)
+    return results
+
+
+def _group_of(groups: Groups, pending: list[int], index: int | None) -> int | None:
+    """The group (request) holding the ``index``-th document of the pending ones."""
+    if index is None:
+        return None
+    for i in pending:
+        if index < len(groups[i]):
+            return i
+        index -= len(groups[i])
+    return None
+
+
+def _one_by_one(
+    groups: list[list[dict[str, Any]]], pending: list[int], lease: int
+) -> list[tuple[list[int], Any]]:
+    results: list[tuple[list[int], Any]] = []
+    for n, i in enumerate(pending):
+        try:
+            results.append(([i], _insert(groups[i], lease)))
+        except StoreRefused as exc:
+            results.append(([i], exc))
         except StoreUnavailable as exc:  # the database went away meanwhile: no use trying the rest
-            yield list(range(i, len(groups))), exc
-            return
+            results.append((pending[n:], exc))
+            break
+    return results
 
 
 def _insert(docs: list[dict[str, Any]], lease_until_us: int) -> Any:
@@ -90,11 +127,21 @@ def _insert(docs: list[dict[str, Any]], lease_until_us: int) -> Any:
             log.error("MongoDB insert failed: %s", exc)
             raise StoreUnavailable("MongoDB did not store the notification") from exc
         _forget(marker)
+        index = _refused_index(exc)
         if is_key_taken(exc):
-            raise KeyTaken("Idempotency-Key already stored") from exc
+            raise KeyTaken("Idempotency-Key already stored", index) from exc
         log.warning("MongoDB refused %d notifications: %s", len(docs), str(exc)[:300])
-        raise StoreRefused(type(exc).__name__) from exc
+        raise StoreRefused(type(exc).__name__, index) from exc
     return marker["_id"]
+
+
+def _refused_index(exc: BaseException) -> int | None:
+    """Which of the documents (after the marker) MongoDB refused, when it says."""
+    if isinstance(exc, BulkWriteError):
+        errors = exc.details.get("writeErrors") or [{}]
+        index = errors[0].get("index")
+        return index - 1 if isinstance(index, int) and index >= 1 else None
+    return None
 
 
 def _forget(marker: dict[str, Any]) -> None:
