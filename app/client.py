@@ -4,11 +4,12 @@
     with NotifyClient("http://notify.internal:8000", api_key) as notify:
         notify.send("alice", "Your export is ready", title="Export", data={"url": url})
 
-Every logical call is retried on connection errors, 5xx, 429 and "idempotency key in
-progress", with exponential backoff and full jitter, honouring ``Retry-After``. Sends
-carry one ``Idempotency-Key`` (uuid4) per logical call, reused across its retries, so a
-retry after a lost response never creates a second notification. Any other failure
-raises ``NotifyError`` with the server's status, code, message and field.
+Every logical call is retried on connection errors and timeouts, 5xx and 429, with
+exponential backoff and full jitter, honouring ``Retry-After``. Every send carries one
+``Idempotency-Key`` (a uuid4 unless the caller gives one), made once per logical call and
+reused on all its retries: a retry after a 503, a timeout or a lost response returns the
+notification the first attempt stored, if it stored one, never a second. Any other
+failure raises ``NotifyError`` with the server's status, code, message and field.
 
 Needs only ``requests`` (pinned in requirements-dev.txt; the service itself does not use it).
 """
@@ -162,7 +163,7 @@ class NotifyClient:
             if resp.status_code < 400:
                 return resp.json()
             error = _error(resp)
-            if attempt >= self.retries or not _retryable(resp, error):
+            if attempt >= self.retries or not _retryable(resp):
                 raise error
             self._sleep(self._delay(attempt, error.retry_after))
             attempt += 1
@@ -201,8 +202,8 @@ def _path(user_id: str) -> str:
     return requests.utils.quote(user_id, safe="")
 
 
-def _retryable(resp: requests.Response, error: NotifyError) -> bool:
-    return resp.status_code in RETRY_STATUSES or error.code == "idempotency_in_progress"
+def _retryable(resp: requests.Response) -> bool:
+    return resp.status_code in RETRY_STATUSES
 
 
 def _error(resp: requests.Response) -> NotifyError:

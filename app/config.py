@@ -54,11 +54,11 @@ class Config:
     REPLAY_BUFFER_TTL_SECONDS: int = 600
     RELAY_INTERVAL_SECONDS: float = 1.0
     PUBLISH_LEASE_SECONDS: float = 10.0
+    PUBLISH_TIMEOUT_SECONDS: float = 2.0  # a POST waits for Redis this long at most (app/store/publishing.py)
     OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/store/outbox.py)
     PROBE_INTERVAL_SECONDS: float = 5.0
     REDIS_SOCKET_TIMEOUT: float = 5.0
     MONGO_TIMEOUT_MS: int = 5000
-    IDEMPOTENCY_TTL_SECONDS: int = 24 * 3600
     KEY_PREFIX: str = "notify:"
     ADMIN_USERNAME: str = ""
     ADMIN_PASSWORD: str = ""
@@ -134,6 +134,8 @@ class Config:
             )
         if self.PUBLIC_URL:
             origin_of(self.PUBLIC_URL)
+        if not 0 < self.PUBLISH_TIMEOUT_SECONDS <= 60:
+            raise ConfigError("PUBLISH_TIMEOUT_SECONDS must be above 0 and at most 60")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:

@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import os
 import queue
+import time
 from collections import deque
+from collections.abc import Callable
 from typing import Any
 
 import gevent
@@ -73,15 +75,59 @@ class FairQueue:
             raise queue.Empty
         waiter = AsyncResult()
         self._waiters.append(waiter)
-        try:
-            return waiter.get(timeout=timeout)
-        except gevent.Timeout:
+        try:  # wait(), not get(): a caller's own gevent.Timeout must reach the caller
+            waiter.wait(timeout)
+        except BaseException:  # that timeout: a connection handed over meanwhile goes back
+            self._forget(waiter)
             if waiter.ready():
-                return waiter.value
-            raise queue.Empty from None
+                self.put_nowait(waiter.value)
+            raise
+        self._forget(waiter)
+        if waiter.ready():
+            return waiter.value
+        raise queue.Empty
+
+    def _forget(self, waiter: AsyncResult) -> None:
+        if waiter in self._waiters:
+            self._waiters.remove(waiter)
+
+
+class RedisBudget:
+    """How long one request may still wait for Redis, all its calls together.
+
+    A Redis that hangs (a frozen process, a full network buffer) answers nothing until a
+    socket timeout, retried once; a POST must not wait that long for a cache and a
+    publish that the relay can do later. ``call`` cuts a call short at the budget (the
+    connection is dropped by redis-py, so no reply is read by another caller) and raises
+    ``redis.TimeoutError``; ``wait`` spends the budget waiting for an event.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.left = seconds
+
+    def call(self, fn: Callable[[], Any]) -> Any:
+        if self.left <= 0:
+            raise redis.TimeoutError("the request's Redis budget is spent")
+        started = time.monotonic()
+        timer = gevent.Timeout(self.left)
+        timer.start()
+        try:
+            return fn()
+        except gevent.Timeout as exc:
+            if exc is not timer:
+                raise
+            raise redis.TimeoutError(f"no answer from Redis within {self.left:.3f}s") from None
         finally:
-            if waiter in self._waiters:
-                self._waiters.remove(waiter)
+            timer.close()
+            self.left -= time.monotonic() - started
+
+    def wait(self, event: Any) -> Any:
+        """``event.wait`` for at most what is left; its result (None when the time ran out)."""
+        started = time.monotonic()
+        try:
+            return event.wait(max(self.left, 0.0))
+        finally:
+            self.left -= time.monotonic() - started
 
 
 class RedisStore:

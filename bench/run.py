@@ -624,7 +624,7 @@ def main(argv: list[str]) -> int:
         action="append",
         default=[],
         type=lambda kv: tuple(kv.split("=", 1)),
-        help="an extra setting for our service, e.g. --env LEAN_STREAMS=0 (repeatable; A/B runs)",
+        help="an extra setting for our service, e.g. --env LEAN_API=0 (repeatable; A/B runs)",
     )
     parser.add_argument("--max-minutes", type=float, default=0, help="start no run that would end past this")
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")

@@ -358,3 +358,17 @@ def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     with gevent.Timeout(timeout):
         while not predicate():
             gevent.sleep(0.01)
+
+
+@contextlib.contextmanager
+def frozen(server: Any) -> Any:
+    """``server`` (a ManagedServer) stopped with SIGSTOP, as a hung machine; SIGCONT on exit.
+
+    Its sockets stay open and the kernel keeps accepting and buffering: clients see no
+    error, only no answer."""
+    assert server.process is not None and server.process.poll() is None
+    os.killpg(server.process.pid, signal.SIGSTOP)
+    try:
+        yield server
+    finally:
+        os.killpg(server.process.pid, signal.SIGCONT)

@@ -63,6 +63,13 @@ def test_create_for_many_users(client, auth):
         ({"user_ids": [f"u{i}" for i in range(1001)], "message": "x"}, "user_ids"),
         ({"user_ids": ["ok", "not ok"], "message": "x"}, "user_ids"),
         ({"user_id": "a", "user_ids": ["b"], "message": "x"}, "user_ids"),
+        ({"user_id": "a", "message": "x", "priority": "high"}, "priority"),
+        ({"user_ids": ["a"], "message": "x", "user": "b"}, "user"),
+        ({"user_id": "a", "message": "x", "data": {"n": 2**63}}, "data.n"),
+        ({"user_id": "a", "message": "x", "data": {"n": 2**64 - 1}}, "data.n"),
+        ({"user_id": "a", "message": "x", "data": {"a": [0, 1, {"b": 2**64 - 1}]}}, "data.a[2].b"),
+        ({"user_id": "a", "message": "x", "data": {"a": [[2**63]]}}, "data.a[0][0]"),
+        ({"user_id": "a", "message": "x", "data": {"a": {"$set": 1}}}, "data.a.$set"),
     ],
 )
 def test_invalid_fields_are_named(client, auth, body, field):
@@ -100,9 +107,38 @@ def test_bad_bodies(client, auth, data, content_type, status, code):
     assert client.get("/healthz").status_code == 200
 
 
-def test_huge_integer_inside_data_is_accepted_as_a_number(client, auth):
-    resp = post(client, b'{"user_id": "a", "message": "x", "data": {"n": 1' + b"0" * 30 + b"}}", auth)
-    assert resp.status_code == 201
+def nested(levels: int) -> dict[str, Any]:
+    """``data`` with ``levels`` levels of objects and lists, ``data`` itself included."""
+    value: Any = 1
+    for level in range(levels - 1):
+        value = [value] if level % 2 else {"k": value}
+    return {"d": value}
+
+
+def test_data_depth_limit_is_the_one_the_message_names(client, auth):
+    deepest = post(client, {"user_id": "deep", "message": "x", "data": nested(32)}, auth)
+    assert deepest.status_code == 201 and deepest.get_json()["data"] == nested(32)
+    refused = post(client, {"user_id": "deep", "message": "x", "data": nested(33)}, auth)
+    assert refused.status_code == 422
+    error = refused.get_json()["error"]
+    assert error["field"].startswith("data.d") and "at most 32 levels" in error["message"]
+
+
+def test_integers_at_the_int64_edges_are_stored(client, auth):
+    data = {"max": 2**63 - 1, "min": -(2**63), "list": [2**63 - 1, {"x": -(2**63)}]}
+    resp = post(client, {"user_id": "edge", "message": "x", "data": data}, auth)
+    assert resp.status_code == 201 and resp.get_json()["data"] == data
+    stored = client.get("/api/users/edge/notifications", headers=auth).get_json()["notifications"]
+    assert stored[0]["data"] == data
+
+
+@pytest.mark.parametrize("number", [b"1" + b"0" * 30, b"-9223372036854775809", b"1e30", b"9.3e18"])
+def test_integers_beyond_64_bits_are_refused_however_spelled(client, auth, number):
+    """orjson reads these as floats: stored, they would silently lose digits."""
+    resp = post(client, b'{"user_id": "a", "message": "x", "data": {"a": [{"n": ' + number + b"}]}}", auth)
+    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "data.a[0].n"
+    assert post(client, b'{"user_id": "a", "message": "x", "data": {"n": 1.5e300}}', auth).status_code == 422
+    assert post(client, b'{"user_id": "a", "message": "x", "data": {"n": 1.5e-300}}', auth).status_code == 201
 
 
 @pytest.mark.parametrize("header", [None, "Bearer wrong", "Basic dGVzdA==", "Bearer"])
@@ -270,9 +306,10 @@ def test_redis_down_posts_still_store_and_reads_use_mongodb(make_app, own_redis,
     assert ready.status_code == 503 and ready.get_json()["checks"]["redis"] == "down"
 
 
-def test_idempotent_retry_returns_first_response(client, auth):
+def test_idempotent_retry_returns_first_response(app, client, auth):
     body = {"user_id": "idem", "message": "once"}
     first = post(client, body, auth, **{"Idempotency-Key": "k-1"})
+    assert app.extensions["notifications"].publisher.outbox.flush(5)  # the publish is recorded
     second = post(client, body, auth, **{"Idempotency-Key": "k-1"})
     assert first.status_code == second.status_code == 201
     assert first.get_json() == second.get_json()

@@ -7,11 +7,15 @@ import signal
 import time
 
 import gevent.pool
+import orjson
 import pytest
 import redis
 import requests
+from pymongo import MongoClient
 
-from tests.support import SSEClient, WSClient
+from app.client import NotifyClient
+from app.store.models import OUTBOX_USER
+from tests.support import SSEClient, WSClient, frozen, wait_until
 from tests.tcp_proxy import TcpProxy
 
 pytestmark = pytest.mark.slow
@@ -282,3 +286,123 @@ def test_silent_subscription_is_detected_by_probe(live, redis_srv, stack_on):
         client.close()
     finally:
         proxy.stop()
+
+
+def _keyed_post(server, key: str, timeout: float) -> requests.Response:
+    body = orjson.dumps({"user_id": "fz", "message": f"m-{key}"})  # the same bytes on every attempt
+    headers = {"Authorization": f"Bearer {server.stack.api_key}", "Content-Type": "application/json"}
+    return requests.post(
+        server.url + "/api/notifications",
+        data=body,
+        headers={**headers, "Idempotency-Key": key},
+        timeout=timeout,
+    )
+
+
+def test_retries_after_a_mongodb_freeze_end_as_one_notification_per_key(live, own_mongo, stack_on):
+    """MongoDB hangs (SIGSTOP) under keyed POSTs. A short freeze: callers time out while
+    their notifications are stored after the thaw. A long one: the driver gives up and the
+    POSTs answer 503. Retried with the same keys (by hand, and by the bundled client), every
+    key ends as exactly one notification, delivered once."""
+    stack = stack_on(mongo_url=own_mongo.url)
+    server = live(workers=2, on=stack, RELAY_INTERVAL_SECONDS="0.2")
+    markers = MongoClient(stack.mongo_uri).get_default_database().notifications
+    stream = SSEClient(server.url, server.token("fz"))
+    outcomes: dict[str, object] = {}
+    created: dict[str, requests.Response] = {}
+
+    def first_attempt(key: str, timeout: float) -> None:
+        try:
+            outcomes[key] = _keyed_post(server, key, timeout).status_code
+        except requests.Timeout:
+            outcomes[key] = "timeout"
+
+    def client_send(i: int) -> str:  # the bundled client: one key per send, reused on its retries
+        with NotifyClient(server.url, server.stack.api_key, timeout=1, retries=60, max_backoff=0.5) as notify:
+            return notify.send("fz", f"client-{i}")["id"]
+
+    def retry_until_created(keys: list[str]) -> None:
+        deadline = time.monotonic() + 30
+        for key in keys:
+            while key not in created:
+                assert time.monotonic() < deadline, f"{key} never answered 201: {outcomes}"
+                try:
+                    resp = _keyed_post(server, key, 5)
+                except requests.Timeout:
+                    continue
+                if resp.status_code == 201:
+                    created[key] = resp
+                else:
+                    assert resp.status_code == 503, resp.text
+                    time.sleep(0.2)
+
+    def settled() -> None:  # no clean-up of this phase left for a relay
+        wait_until(lambda: markers.count_documents({"user_id": OUTBOX_USER}) == 0, timeout=30)
+
+    pool = gevent.pool.Pool()
+    short, long = [f"short-{i}" for i in range(4)], [f"long-{i}" for i in range(4)]
+    try:
+        server.post("/api/notifications", {"user_id": "fz", "message": "warm-up"})
+        settled()
+        with frozen(own_mongo):  # shorter than the driver's 10 s socket timeout
+            gevent.joinall([pool.spawn(first_attempt, key, 1) for key in short])
+            sends = [pool.spawn(client_send, i) for i in range(2)]
+            gevent.sleep(3)  # the client retries meanwhile, each attempt with the same key
+        assert {outcomes[key] for key in short} == {"timeout"}
+        retry_until_created(short)
+        client_ids = [send.get(timeout=30) for send in sends]
+        assert any(created[key].headers.get("Idempotent-Replayed") == "true" for key in short)
+        settled()
+        with frozen(own_mongo):  # longer: the POSTs answer 503 when the driver gives up
+            gevent.joinall([pool.spawn(first_attempt, key, 30) for key in long], timeout=25)
+        assert {outcomes[key] for key in long} == {503}
+        retry_until_created(long)
+
+        for key in short + long:  # and again: the same notification, replayed
+            again = _keyed_post(server, key, 5)
+            assert again.status_code == 201 and again.headers["Idempotent-Replayed"] == "true"
+            assert again.json()["id"] == created[key].json()["id"]
+        expected = ["warm-up"] + [f"m-{k}" for k in short + long] + [f"client-{i}" for i in range(2)]
+        exactly_once(stream, expected)
+        history = requests.get(
+            server.url + "/api/users/fz/notifications?limit=100",
+            headers={"Authorization": f"Bearer {server.stack.api_key}"},
+            timeout=10,
+        ).json()["notifications"]
+        assert sorted(n["message"] for n in history) == sorted(expected)
+        assert {n["id"] for n in history} >= {r.json()["id"] for r in created.values()} | set(client_ids)
+    finally:
+        stream.close()
+
+
+def test_posts_answer_within_the_publish_bound_while_redis_hangs(live, own_redis, stack_on):
+    """Redis hangs (SIGSTOP): a POST waits for it at most PUBLISH_TIMEOUT_SECONDS, rate limit
+    and publish together, and answers 201 stored; the notification is delivered after the thaw."""
+    bound, margin = 1.0, 1.0
+    server = live(
+        workers=1,
+        on=stack_on(redis_url=own_redis.url),
+        PUBLISH_TIMEOUT_SECONDS=str(bound),
+        REDIS_SOCKET_TIMEOUT="10",  # longer than the freeze: the bound, not a socket timeout, answers
+    )
+    stream = SSEClient(server.url, server.token("rh"))
+    expected = [server.notify("rh", "before")["message"]]
+    stream.wait_count(1)
+
+    def timed(message: str) -> tuple[float, requests.Response]:
+        started = time.monotonic()
+        resp = server.post("/api/notifications", {"user_id": "rh", "message": message})
+        return time.monotonic() - started, resp
+
+    try:
+        with frozen(own_redis):
+            answers = [timed(f"during{i}") for i in range(2)]
+            answers += gevent.pool.Pool().map(timed, [f"burst{i}" for i in range(6)])
+        for elapsed, resp in answers:
+            assert resp.status_code == 201 and resp.json()["seq"] is None, resp.text
+            assert elapsed < bound + margin, f"answered after {elapsed:.2f} s"
+            expected.append(resp.json()["message"])
+        expected.append(server.notify("rh", "after")["message"])
+        exactly_once(stream, expected)
+    finally:
+        stream.close()

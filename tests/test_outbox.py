@@ -133,7 +133,7 @@ def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list
     for name, keys in indexes.items():
         coll.create_index(keys, name=name)
     ensure_indexes()
-    assert set(coll.index_information()) == {"_id_", "user_read_seq"}  # the old indexes are gone
+    assert set(coll.index_information()) == {"_id_", "user_read_seq", "idem"}  # the old indexes are gone
     return publisher
 
 
@@ -191,6 +191,34 @@ def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):
         assert publisher.outbox.relay_once() == 1
         assert notifications_collection().count_documents({"_id": marker["_id"]}) == 0
         assert publisher.stats["published"] == published
+
+
+def test_a_first_attempt_that_lands_after_its_retry_is_published_once(app):
+    """The retry of a keyed POST was stored and published; then the first attempt's insert,
+    held up in a hung MongoDB, arrives: the unique key stops it after its marker, with its
+    neighbour in the batch. The relay publishes the neighbour, never the key twice."""
+    from pymongo.errors import BulkWriteError
+
+    from app.store.idempotency import RequestKey
+
+    publisher = app.extensions["notifications"].publisher
+    key = RequestKey.of("owner", "k-late", b"{}")
+    with app.app_context():
+        coll = notifications_collection()
+        retry = docs_for("zed", 1)
+        key.mark(retry)
+        assert publisher.store(retry).published
+        neighbour, late = docs_for("zoe", 1), docs_for("zed", 1)
+        key.mark(late)
+        late_batch = [*neighbour, *late]
+        marker = outbox_marker([d["_id"] for d in late_batch], now_us() - 1_000_000)  # its lease ran out
+        with pytest.raises(BulkWriteError):
+            coll.insert_many([marker, *late_batch], ordered=True)
+        published = publisher.stats["published"]
+        assert publisher.outbox.relay_once() == 1
+        assert publisher.stats["published"] == published + 1  # the neighbour, not the key again
+        assert [d["_id"] for d in coll.find({"user_id": "zed"})] == [retry[0]["_id"]]
+        wait_until(lambda: coll.count_documents({"_id": marker["_id"]}) == 0)
 
 
 def test_markers_the_previous_version_kept_in_an_outbox_collection_move_in(app):

@@ -6,6 +6,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import gevent
 import orjson
 import redis
 
@@ -105,3 +106,118 @@ def test_a_publish_whose_connection_dies_after_checkout_is_sent_again_at_once(ap
     with app.app_context():
         stored = publisher.store(docs_for("bea", 1))
     assert killed and stored.published and isinstance(stored.notifications[0]["seq"], int)
+
+
+def in_one_batch(app: Any, monkeypatch: Any, requests: list[list[dict[str, Any]]]) -> list[Any]:
+    """``publisher.store`` of each request, all in one batch: the results, or the exceptions."""
+    from gevent.event import Event
+
+    from app.store.inserting import StoreRefused
+
+    publisher = publisher_service(app).publisher
+    release, wait_for_room = Event(), publisher.outbox.wait_for_room
+    monkeypatch.setattr(publisher.outbox, "wait_for_room", lambda: (release.wait(), wait_for_room()))
+
+    def store(docs: list[dict[str, Any]]) -> Any:
+        try:
+            return publisher.store(docs)
+        except StoreRefused as exc:
+            return exc
+
+    batches = publisher.stats["batches"]
+    greenlets = [gevent.spawn(store, docs) for docs in requests]
+    gevent.sleep(0.05)  # every request queued behind the first: one batch
+    release.set()
+    results = [g.get(timeout=10) for g in greenlets]
+    monkeypatch.setattr(publisher.outbox, "wait_for_room", wait_for_room)
+    assert publisher.stats["batches"] == batches + 1
+    return results
+
+
+def keyed(user: str, key: str) -> list[dict[str, Any]]:
+    from app.store.idempotency import RequestKey
+
+    docs = docs_for(user, 1)
+    RequestKey.of("owner", key, b"{}").mark(docs)
+    return docs
+
+
+def assert_stored_once(app: Any, users: list[str], results: list[Any]) -> None:
+    coll = notifications_collection()
+    for user, result in zip(users, results, strict=True):
+        assert result.published and all(isinstance(n["seq"], int) for n in result.notifications)
+        stored = sorted(str(d["_id"]) for d in coll.find({"user_id": user}))
+        assert stored == sorted(n["id"] for n in result.notifications)
+    wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0)  # nothing left half-written
+
+
+def test_a_document_the_store_refuses_fails_only_its_own_request(app, monkeypatch, caplog):
+    """One batch: good requests and one with a value BSON cannot hold (past validation, as
+    a bug there would let it): only that one fails."""
+    from app.store.inserting import KeyTaken, StoreRefused
+
+    bad = docs_for("bad", 1)
+    bad[0]["data"] = {"n": 2**64 - 1}
+    users = [f"good{i}" for i in range(6)]
+    with app.app_context():
+        results = in_one_batch(
+            app,
+            monkeypatch,
+            [docs_for(u, 2) for u in users[:3]] + [bad] + [docs_for(u, 2) for u in users[3:]],
+        )
+        assert "storing them one by one" in caplog.text  # they were in one insert first
+        assert isinstance(results[3], StoreRefused) and not isinstance(results[3], KeyTaken)
+        assert_stored_once(app, users, results[:3] + results[4:])
+        assert notifications_collection().count_documents({"user_id": "bad"}) == 0
+
+
+def test_a_taken_idempotency_key_fails_only_its_own_request(app, monkeypatch, caplog):
+    """One batch: good requests, a retry whose key is stored already, and two first
+    attempts with one new key. The batch is stored again once per request at fault, not
+    one by one; the retry and the repeat are told their key is taken."""
+    from app.store.inserting import KeyTaken
+
+    publisher = publisher_service(app).publisher
+    with app.app_context():
+        assert publisher.store(keyed("kim", "k-taken")).published
+        users = [f"good{i}" for i in range(4)]
+        requests = [docs_for(users[0], 2), keyed("kim", "k-taken"), docs_for(users[1], 2)]
+        requests += [
+            keyed("lea", "k-new"),
+            docs_for(users[2], 2),
+            keyed("lea", "k-new"),
+            docs_for(users[3], 1),
+        ]
+        results = in_one_batch(app, monkeypatch, requests)
+        assert "one by one" not in caplog.text
+        assert isinstance(results[1], KeyTaken) and isinstance(results[5], KeyTaken)
+        assert_stored_once(app, [*users, "lea"], [results[0], results[2], results[4], results[6], results[3]])
+        assert notifications_collection().count_documents({"user_id": "kim"}) == 1
+
+
+def test_while_redis_hangs_stored_batches_past_the_bound_go_to_the_relay(make_app, own_redis, monkeypatch):
+    """Stored notifications waiting for a hung Redis are bounded: past the bound a batch is
+    not queued for the publisher (its request answers at once, unpublished) and the relay
+    publishes it once Redis answers again."""
+    import time
+
+    from app.extensions import RedisBudget
+    from app.store import publishing
+
+    from .support import frozen
+
+    monkeypatch.setattr(publishing, "MAX_UNPUBLISHED_DOCS", 2)
+    app = make_app(REDIS_URL=own_redis.url, PUBLISH_LEASE_SECONDS=1.0, RELAY_INTERVAL_SECONDS=0.2)
+    publisher = publisher_service(app).publisher
+    with app.app_context():
+        assert publisher.store(docs_for("hal", 1)).published
+        with frozen(own_redis):
+            queued = [publisher.store(docs_for("hal", 1), RedisBudget(0.2)) for _ in range(2)]
+            started = time.monotonic()
+            overflow = publisher.store(docs_for("hal", 1), RedisBudget(30))
+            assert time.monotonic() - started < 1  # not queued: no wait for the publish
+        assert not any(s.published for s in [*queued, overflow])
+        coll = notifications_collection()
+        wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0, timeout=20)
+        assert publisher.stats["published"] >= 4 and publisher.stats["relayed"] >= 1
+        assert all(isinstance(d["seq"], int) for d in coll.find({"user_id": "hal"}))

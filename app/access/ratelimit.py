@@ -19,16 +19,15 @@ import math
 import os
 import time
 import uuid
-from collections.abc import Callable
-from functools import wraps
 from typing import Any
 
 import gevent
 import redis
-from flask import current_app, g
+from flask import current_app
 
 from app.config import Config
 from app.errors import ApiError
+from app.extensions import RedisBudget
 
 log = logging.getLogger(__name__)
 
@@ -85,15 +84,18 @@ class RateLimiter:
         self._warned = 0.0
 
     # -- POSTs per API key -------------------------------------------------------------
-    def check_post(self, key_id: str) -> None:
-        """Count one POST for ``key_id``; ApiError 429 when over the per-minute limit."""
+    def check_post(self, key_id: str, budget: RedisBudget) -> None:
+        """Count one POST for ``key_id``; ApiError 429 when over the per-minute limit.
+
+        The count waits for Redis no longer than ``budget`` allows (then fails open)."""
         limit = self.config.RATE_LIMIT_POSTS_PER_MINUTE
         if limit <= 0:
             return
         now = time.time()
         window = int(now // WINDOW_SECONDS)
+        key = f"{self.prefix}post:{key_id}:{window}"
         try:
-            count = int(self._count(keys=[f"{self.prefix}post:{key_id}:{window}"], args=[WINDOW_SECONDS * 2]))
+            count = int(budget.call(lambda: self._count(keys=[key], args=[WINDOW_SECONDS * 2])))
         except redis.RedisError as exc:
             self._fail_open("POST rate limit", exc)
             return
@@ -202,17 +204,6 @@ def limiter(extensions: dict[str, Any] | None = None) -> RateLimiter:
     if found is None:
         found = ext["ratelimit"] = RateLimiter(ext["config"], ext["notifications"].redis)
     return found
-
-
-def limit_posts(view: Callable[..., Any]) -> Callable[..., Any]:
-    """Decorator for API-key views (inside ``require_api_key``): count the POST, maybe 429."""
-
-    @wraps(view)
-    def wrapper(*args: Any, **kwargs: Any) -> Any:
-        limiter().check_post(g.api_key_id)
-        return view(*args, **kwargs)
-
-    return wrapper
 
 
 def stream_slot(user_id: str) -> StreamSlot | None:

@@ -4,14 +4,14 @@ Why: a notification POST is the one request services send at volume, and under l
 Flask's request context, routing, hooks and response object cost the worker about as
 much CPU as storing and publishing the notification (bench/README.md, "The lean POST
 path"). This WSGI middleware serves that request with the same steps the view takes, from
-the same functions: API key (``auth.check_api_key``), rate limit, JSON object, validation
-and store (``api.create_from_body``), the error body (``errors.error_body``), the
-request's log line and metrics. The response is the view's, header for header
-(tests/test_lean_api.py sends the same requests through both).
+the same functions: API key (``tokens.check_api_key``), then the one create path
+(``app/api/create.py``: rate limit, validation, ``Idempotency-Key``, store), the error
+body (``errors.error_body``), the request's log line and metrics. The response is the
+view's, header for header (tests/test_lean_api.py sends the same requests through both).
 
 Anything unusual goes to Flask untouched, so it keeps the view's behaviour without a copy
-here: an ``Idempotency-Key``, a body that is not declared JSON, a chunked body, one over
-``MAX_BODY_BYTES`` or without a length. ``LEAN_API=0`` turns the path off.
+here: a body that is not declared JSON, a chunked body, one over ``MAX_BODY_BYTES`` or
+without a length. ``LEAN_API=0`` turns the path off.
 """
 
 from __future__ import annotations
@@ -25,10 +25,9 @@ from flask import Flask
 from werkzeug.http import HTTP_STATUS_CODES
 
 from app.access.headers import NOSNIFF
-from app.access.ratelimit import limiter
 from app.access.tokens import bearer_from, check_api_key, unknown_api_key
 from app.api import validation as v
-from app.api.views import create_from_body
+from app.api.create import create_notification
 from app.errors import ApiError, error_body
 from app.ops.logs import log_request, request_id_from
 from app.ops.metrics import observe_request
@@ -66,9 +65,12 @@ class LeanPost:
             key_id = check_api_key(bearer_from(environ.get("HTTP_AUTHORIZATION", "")), self.extensions)
             if key_id is None:
                 raise unknown_api_key()
-            limiter(self.extensions).check_post(key_id)
-            body = v.json_object(environ["wsgi.input"].read(length))
-            status, data = create_from_body(self.extensions["notifications"], body)
+            status, data, headers = create_notification(
+                self.extensions,
+                key_id,
+                environ.get("HTTP_IDEMPOTENCY_KEY"),
+                lambda: _read_object(environ["wsgi.input"], length),
+            )
         except ApiError as err:
             status, data = err.status, error_body(err.code, err.message, err.field)
             headers = [*err.headers.items()]
@@ -102,7 +104,7 @@ class LeanPost:
         """The body length of a request this path serves; None for anything else."""
         if environ.get("PATH_INFO") != PATH or environ.get("REQUEST_METHOD") != "POST":
             return None
-        if "HTTP_IDEMPOTENCY_KEY" in environ or "HTTP_TRANSFER_ENCODING" in environ:
+        if "HTTP_TRANSFER_ENCODING" in environ:
             return None
         mimetype = environ.get("CONTENT_TYPE", "").split(";", 1)[0].strip().lower()
         length = environ.get("CONTENT_LENGTH", "")
@@ -110,3 +112,8 @@ class LeanPost:
             return None
         size = int(length)
         return size if self.max_body is None or size <= self.max_body else None
+
+
+def _read_object(stream: Any, length: int) -> tuple[dict[str, Any], bytes]:
+    raw = stream.read(length)
+    return v.json_object(raw), raw

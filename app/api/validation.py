@@ -2,6 +2,8 @@
 
 JSON is parsed with orjson, which refuses nesting deeper than 1024 and numbers that
 overflow a double in microseconds, so hostile bodies cost nothing and never crash a worker.
+What passes here is what the store can hold: ``data`` is walked once and a value BSON
+cannot encode (an integer outside int64, a key MongoDB refuses) is named by its path.
 """
 
 from __future__ import annotations
@@ -16,9 +18,11 @@ from werkzeug.exceptions import RequestEntityTooLarge
 from app.errors import ApiError
 
 USER_ID_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+IDEMPOTENCY_KEY_RE = re.compile(r"[\x21-\x7e]{1,255}")
 MAX_USER_IDS = 1000
 MAX_DATA_BYTES = 8 * 1024
-MAX_DATA_DEPTH = 32
+MAX_DATA_DEPTH = 32  # objects and lists, ``data`` itself included
+INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 
 def json_body() -> dict[str, Any]:
@@ -57,6 +61,12 @@ def user_id(value: Any, field: str = "user_id") -> str:
     return value
 
 
+def idempotency_key(value: str) -> str:
+    if not IDEMPOTENCY_KEY_RE.fullmatch(value):
+        raise invalid("Idempotency-Key", "must be 1-255 printable ASCII characters")
+    return value
+
+
 def text(body: dict[str, Any], field: str, max_len: int, *, required: bool) -> str:
     value = body.get(field)
     if value is None:
@@ -77,13 +87,17 @@ def data_object(value: Any) -> dict[str, Any]:
         return {}
     if not isinstance(value, dict):
         raise invalid("data", "must be a JSON object")
-    if _depth(value) > MAX_DATA_DEPTH:
-        raise invalid("data", f"must be nested at most {MAX_DATA_DEPTH} levels")
+    _check_storable(value, "data", 1)
     if len(orjson.dumps(value)) > MAX_DATA_BYTES:
         raise invalid("data", f"must be at most {MAX_DATA_BYTES} bytes encoded")
-    if any(key.startswith("$") or "." in key or "\x00" in key for key in _keys(value)):
-        raise invalid("data", "keys must not start with '$' or contain '.' or NUL")
     return value
+
+
+def known_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+    """Refuse a field the request does not define: a typo must not be a silent loss."""
+    for name in body:
+        if name not in allowed:
+            raise invalid(name, "unknown field (allowed: " + ", ".join(sorted(allowed)) + ")")
 
 
 def user_ids(value: Any) -> list[str]:
@@ -123,21 +137,28 @@ def bool_arg(name: str) -> bool:
     raise invalid(name, "must be true or false")
 
 
-def _depth(value: Any, level: int = 1) -> int:
-    if level > MAX_DATA_DEPTH:
-        return level
+def _check_storable(value: Any, path: str, level: int) -> None:
+    """Depth, keys and integers of ``data``, anywhere in it, named by path (``data.a[2].b``)."""
     if isinstance(value, dict):
-        return max((_depth(v, level + 1) for v in value.values()), default=level)
-    if isinstance(value, list):
-        return max((_depth(v, level + 1) for v in value), default=level)
-    return level
-
-
-def _keys(value: Any):
-    if isinstance(value, dict):
+        if level > MAX_DATA_DEPTH:
+            raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
         for key, item in value.items():
-            yield key
-            yield from _keys(item)
+            if key.startswith("$") or "." in key or "\x00" in key:
+                raise invalid(f"{path}.{key}", "keys must not start with '$' or contain '.' or NUL")
+            _check_storable(item, f"{path}.{key}", level + 1)
     elif isinstance(value, list):
-        for item in value:
-            yield from _keys(item)
+        if level > MAX_DATA_DEPTH:
+            raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
+        for index, item in enumerate(value):
+            _check_storable(item, f"{path}[{index}]", level + 1)
+    elif not _fits_int64(value):
+        raise invalid(path, "integers must fit in 64 bits (-2^63 to 2^63-1); send a string")
+
+
+def _fits_int64(value: Any) -> bool:
+    """False for an integer beyond int64, as JSON Schema counts integers: no fractional
+    part, however spelled. orjson reads ``1e30`` and integers beyond 64 bits as floats, so
+    an integral float at -2^63 or beyond was such an integer (or equals one: refused too)."""
+    if isinstance(value, float):
+        return not value.is_integer() or -(2.0**63) < value < 2.0**63
+    return not isinstance(value, int) or INT64_MIN <= value <= INT64_MAX

@@ -8,10 +8,9 @@ from typing import Any
 import orjson
 from flask import Blueprint, Response, current_app, g, request
 
-from app.access.ratelimit import limit_posts
 from app.access.tokens import mint_token, require_api_key, require_subscriber
+from app.api import create
 from app.api import validation as v
-from app.api.idempotency import run_once
 from app.store.notifications import NotificationService
 from app.store.serialization import iso
 
@@ -31,37 +30,14 @@ def json_response(body: bytes | dict[str, Any], status: int = 200, **headers: st
 
 @bp.post("/notifications")
 @require_api_key
-@limit_posts
 def create_notification() -> Response:
-    body = v.json_body()
-    key = request.headers.get("Idempotency-Key")
-    if key is None:
-        status, data = create_from_body(service(), body)
-        return json_response(data, status)
-    status, data, replayed = run_once(
-        g.api_key_id, key, request.get_data(), lambda: create_from_body(service(), body)
+    status, data, headers = create.create_notification(
+        current_app.extensions,
+        g.api_key_id,
+        request.headers.get("Idempotency-Key"),
+        lambda: (v.json_body(), request.get_data()),
     )
-    return json_response(data, status, **({"Idempotent-Replayed": "true"} if replayed else {}))
-
-
-def create_from_body(service: NotificationService, body: dict[str, Any]) -> tuple[int, bytes]:
-    """Validate a create request's JSON object, store and publish it: (status, response body).
-
-    Shared by the view and the lean path (app/api/fastpath.py).
-    """
-    if "user_id" in body and "user_ids" in body:
-        raise v.invalid("user_ids", "send either user_id or user_ids, not both")
-    users = v.user_ids(body["user_ids"]) if "user_ids" in body else [v.user_id(body.get("user_id"))]
-    stored = service.create(
-        users,
-        message=v.text(body, "message", 4000, required=True),
-        title=v.text(body, "title", 200, required=False),
-        category=v.text(body, "category", 64, required=False),
-        data=v.data_object(body.get("data")),
-    )
-    if "user_ids" in body:
-        return 201, orjson.dumps({"notifications": stored.notifications})
-    return 201, orjson.dumps(stored.notifications[0])
+    return json_response(data, status, **dict(headers))
 
 
 @bp.get("/users/<user_id>/notifications")

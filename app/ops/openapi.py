@@ -71,12 +71,15 @@ SCHEMAS: dict[str, Any] = {
     "Data": {
         "type": "object",
         "description": f"Free-form JSON: at most {v.MAX_DATA_BYTES} bytes encoded, {v.MAX_DATA_DEPTH} levels "
-        "deep; keys must not start with '$' or contain '.'",
+        "of objects and lists (this one included); keys must not start with '$' or contain '.'; integers "
+        "(numbers with no fractional part, however written) must fit in 64 bits (-2^63 to 2^63-1)",
         "propertyNames": DATA_KEY,
         "additionalProperties": {"$ref": "#/components/schemas/DataValue"},
     },
     "DataValue": {"anyOf": [
-        {"type": ["string", "number", "boolean", "null"]},
+        {"type": ["string", "boolean", "null"]},
+        {"type": "integer", "minimum": v.INT64_MIN, "maximum": v.INT64_MAX},
+        {"type": "number", "not": {"type": "integer"}},
         {"type": "array", "items": {"$ref": "#/components/schemas/DataValue"}},
         {"$ref": "#/components/schemas/Data"},
     ]},
@@ -106,6 +109,7 @@ SCHEMAS: dict[str, Any] = {
             "category": {"type": ["string", "null"], "maxLength": 64},
             "data": {"anyOf": [_ref("Data"), {"type": "null"}]},
         },
+        "additionalProperties": False,
         "oneOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}],
         "example": {"user_id": "alice", "title": "Build finished", "message": "main is green",
                     "category": "ci", "data": {"run": 42}},
@@ -152,7 +156,7 @@ SCHEMAS: dict[str, Any] = {
 
 _ERROR_TEXT = {
     400: "Malformed JSON", 401: "Missing or invalid credentials", 403: "Origin not allowed", 404: "Not found",
-    405: "Method not allowed", 409: "Idempotency-Key conflict or in progress", 413: "Body too large",
+    405: "Method not allowed", 409: "Idempotency-Key used with another body", 413: "Body too large",
     415: "Content-Type is not application/json", 422: "A field is invalid (named in `error.field`)",
     429: "Rate limited; see Retry-After", 503: "A backing store is unavailable; retry later",
 }  # fmt: skip

@@ -1,4 +1,4 @@
-"""MongoDB documents: the source of truth for notifications and idempotent requests.
+"""MongoDB documents: the source of truth for notifications (idempotency keys included).
 
 The hot paths (batched inserts, history pages, replay) go through the raw pymongo
 collection of these documents to skip per-document object construction; the schema,
@@ -14,6 +14,8 @@ from bson import ObjectId
 from mongoengine import BooleanField, DateTimeField, DictField, Document, IntField, StringField
 from pymongo.collection import Collection
 
+KEY_INDEX = "idem"
+
 
 class Notification(Document):
     """One notification for one user.
@@ -26,6 +28,12 @@ class Notification(Document):
     prefix; history pages and replay walk it in ``seq`` order through both read states
     (``EITHER_READ``). On the dev server every index costs about as much per insert as the
     document itself (``bench/README.md``, "The store step").
+
+    A notification created with an ``Idempotency-Key`` carries its key as ``idem``
+    (``app/store/idempotency.py``), unique: a second insert under the same key fails in the
+    same write that stores the notification, so the key can never be recorded without its
+    notification or the other way round. Sparse, not partial: the dev server plans no query
+    on a partial index, and only documents that have an ``idem`` are in either.
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -36,12 +44,17 @@ class Notification(Document):
     created_at = DateTimeField(required=True)
     read = BooleanField(default=False)
     seq = IntField()
+    idem = StringField()  # "<api key fingerprint>:<Idempotency-Key>:<index in the request>"
+    idem_hash = StringField()  # the request body's hash, on the request's first notification
 
     meta = {
         "collection": "notifications",
         "auto_create_index": False,
         "strict": False,  # an older version's outbox fields may still be on a document
-        "indexes": [{"fields": ["user_id", "read", "seq"], "name": "user_read_seq"}],
+        "indexes": [
+            {"fields": ["user_id", "read", "seq"], "name": "user_read_seq"},
+            {"fields": ["idem"], "name": KEY_INDEX, "unique": True, "sparse": True},
+        ],
     }
 
 
@@ -61,35 +74,24 @@ EITHER_READ = {"$in": [False, True]}
 # one: a handful at a time, more while Redis is down.
 OUTBOX_USER = "~outbox"
 LEGACY_OUTBOX = "outbox"  # the collection the previous version kept its markers in
-
-
-class IdempotencyRecord(Document):
-    """The first response to a POST carrying an ``Idempotency-Key``, kept for 24 h.
-
-    ``id`` is ``"<api key fingerprint>:<key>"`` so the unique primary key itself stops two
-    concurrent first attempts from both creating notifications.
-    """
-
-    id = StringField(primary_key=True)
-    body_hash = StringField(required=True)
-    status = IntField()
-    response = StringField()
-    created_at = DateTimeField(required=True)
-
-    meta = {
-        "collection": "idempotency",
-        "auto_create_index": False,
-        "indexes": [{"fields": ["created_at"], "name": "idem_ttl", "expireAfterSeconds": 86400}],
-    }
+LEGACY_IDEMPOTENCY = "idempotency"  # where older versions kept Idempotency-Key records apart
 
 
 # Reads that answer with notifications leave out an older version's outbox fields:
 # ``public_json`` picks the fields, this keeps the wire small.
-PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
+# ``idem`` and ``idem_hash`` are the request's key, not part of the notification.
+PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0, "idem": 0, "idem_hash": 0}
 
 
 def notifications_collection() -> Collection:
     return Notification._get_collection()
+
+
+def ensure_key_index() -> None:
+    """The unique ``idem`` index, which ``Idempotency-Key`` relies on (no-op once it exists)."""
+    coll = notifications_collection()
+    if KEY_INDEX not in coll.index_information():  # the dev server refuses a repeated create_index
+        coll.create_index([("idem", 1)], name=KEY_INDEX, unique=True, sparse=True, background=False)
 
 
 def outbox_marker(ids: list[Any], lease_until_us: int) -> dict[str, Any]:
@@ -135,12 +137,15 @@ def ensure_indexes() -> None:
     """Create every index and upgrade what older versions left; safe to call repeatedly.
 
     Retention needs no index: ``app/store/retention.py`` deletes by ``_id`` range, so an older
-    version's TTL index on ``created_at`` is dropped here."""
+    version's TTL index on ``created_at`` is dropped here. The older versions' separate
+    ``idempotency`` collection is dropped: a key is kept with its notifications."""
     coll = notifications_collection()
-    for document in (Notification, IdempotencyRecord):
-        document.ensure_indexes()
+    Notification.ensure_indexes()
     legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
-    had_outbox = LEGACY_OUTBOX in coll.database.list_collection_names()
+    collections = coll.database.list_collection_names()
+    had_outbox = LEGACY_OUTBOX in collections
+    if LEGACY_IDEMPOTENCY in collections:  # keys are kept on the notifications now
+        coll.database.drop_collection(LEGACY_IDEMPOTENCY)
     if had_outbox or {"outbox", "outbox_lease"} & set(legacy):  # while their indexes still exist
         adopt_legacy_unpublished(coll)
     if had_outbox:

@@ -23,9 +23,18 @@ from pymongo.errors import PyMongoError
 from app.config import Config
 from app.delivery.events import READ, Event
 from app.errors import ApiError
+from app.extensions import RedisBudget
 from app.store import lua
-from app.store.models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
-from app.store.publishing import Publisher, Stored, StoreUnavailable
+from app.store.idempotency import RequestKey, stored_under
+from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
+from app.store.models import (
+    EITHER_READ,
+    OUTBOX_USER,
+    PUBLIC_PROJECTION,
+    ensure_key_index,
+    notifications_collection,
+)
+from app.store.publishing import Publisher, Stored
 from app.store.retention import Sweeper
 from app.store.serialization import new_document, public_json, utc_now_ms
 
@@ -52,6 +61,7 @@ class NotificationService:
         self.publisher = Publisher(config, redis_client)
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
+        self._key_index_ready = False
 
     @property
     def channel(self) -> str:
@@ -68,14 +78,48 @@ class NotificationService:
         title: str = "",
         category: str = "",
         data: dict[str, Any] | None = None,
+        key: RequestKey | None = None,
+        budget: RedisBudget | None = None,
     ) -> Stored:
-        """Store one notification per user (MongoDB first), then publish them."""
+        """Store one notification per user (MongoDB first), then publish them.
+
+        With ``key``, an earlier attempt's notifications are the answer if it stored them."""
         now = utc_now_ms()
         docs = [new_document(u, message, title, category, data or {}, now) for u in user_ids]
+        if key is not None:
+            self._ensure_key_index()
+            key.mark(docs)
         try:
-            return self.publisher.store(docs)
+            return self.publisher.store(docs, budget)
+        except KeyTaken:
+            assert key is not None
+            return self._replay(key, len(docs))
+        except StoreRefused as exc:
+            message = f"the notification store cannot hold a value of this notification ({exc})"
+            raise ApiError(422, "unstorable", message) from None
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
+
+    def _ensure_key_index(self) -> None:
+        """Before the first keyed insert: without the unique index a key would not hold."""
+        if self._key_index_ready:
+            return
+        try:
+            ensure_key_index()
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        self._key_index_ready = True
+
+    def _replay(self, key: RequestKey, count: int) -> Stored:
+        try:
+            docs, published = stored_under(key, count)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        body = [public_json(d) for d in docs]
+        if not published:  # the relay publishes it, possibly with another cursor
+            for notification in body:
+                notification["seq"] = None
+        return Stored(body, published, replayed=True)
 
     # -- history ---------------------------------------------------------------------
     def history(

@@ -2,9 +2,18 @@
 
 Concurrent POSTs in a worker are coalesced: a single batcher greenlet takes everything
 queued while the previous write was in flight, gives each notification a proposed cursor
-(no round trip), stores them with one ``insert_many`` and publishes them with one Lua call
-(PUBLISH, replay and recent lists, cache invalidation). A request waits only for its own
-batch, so nothing waits at low load.
+(no round trip) and stores them with one ``insert_many``; a publisher greenlet publishes
+what was stored, in order, everything stored meanwhile in one Lua call (PUBLISH, replay
+and recent lists, cache invalidation). A request waits only for its own batch, so
+nothing waits at low load, and for its publish at most what is left of its Redis budget
+(``PUBLISH_TIMEOUT_SECONDS``): a Redis that hangs leaves the publish to the relay, as one
+that is down does, and the request answers 201 with ``seq: null``.
+
+A batch whose insert fails for a reason other than an unreachable database (a value the
+store refuses, a taken ``Idempotency-Key``) is removed and stored again one request at a
+time, so only the requests at fault fail. A failure of the database itself fails the
+batch, and nothing is removed: its outcome is unknown, and a batch that was stored has
+its marker, so the relay publishes it.
 
 Every document is written once, with its cursor: the script keeps the proposed one unless
 another worker already published a later one for that user (then it publishes a fresh
@@ -28,29 +37,39 @@ import orjson
 import redis
 from gevent.event import AsyncResult
 from gevent.queue import Queue
-from pymongo.errors import PyMongoError
 
 from app.config import Config
+from app.extensions import RedisBudget
 from app.ops import metrics
 from app.store import lua
-from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
-from app.store.outbox import Outbox, lease_from_now
+from app.store.inserting import StoreUnavailable, insert_isolated
+from app.store.outbox import Outbox
 from app.store.serialization import public_json
 
 log = logging.getLogger(__name__)
 
 MAX_BATCH_DOCS = 5000
+MAX_UNPUBLISHED_DOCS = 20000  # stored, waiting for a slow Redis; beyond, the relay takes over
 MAX_CLOCK_AHEAD_US = 1_000_000  # a proposed cursor further ahead of Redis time is replaced
-
-
-class StoreUnavailable(RuntimeError):
-    """MongoDB did not store the notifications: nothing was published."""
 
 
 @dataclass
 class _Job:
     docs: list[dict[str, Any]]
-    result: AsyncResult = field(default_factory=AsyncResult)
+    stored: AsyncResult = field(default_factory=AsyncResult)  # None, or the insert's exception
+    published: AsyncResult = field(default_factory=AsyncResult)  # True / False once tried
+
+
+@dataclass
+class _Batch:
+    """Jobs stored together (each with its marker), waiting for their publish."""
+
+    jobs: list[_Job]
+    markers: list[Any]
+
+    @property
+    def docs(self) -> list[dict[str, Any]]:
+        return [doc for job in self.jobs for doc in job.docs]
 
 
 @dataclass
@@ -59,6 +78,7 @@ class Stored:
 
     notifications: list[dict[str, Any]]
     published: bool
+    replayed: bool = False  # the notifications an earlier attempt with its key stored
 
 
 class Publisher:
@@ -69,6 +89,9 @@ class Publisher:
         self._last_proposed = 0
         self._script = lua.LeanScript(redis_client, lua.PUBLISH)
         self._jobs: Queue = Queue()
+        self._stored: Queue = Queue()  # _Batch, in insert order
+        self._unpublished = 0  # documents in self._stored or being published
+        self._overflow_logged_at = 0.0
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
         self.outbox = Outbox(config, self.publish, self.stats)
@@ -77,7 +100,8 @@ class Publisher:
     def start(self, relay: bool = True) -> None:
         if self._greenlets:
             return
-        self._greenlets = [gevent.spawn(self._batch_loop), gevent.spawn(self.outbox.writeback_loop)]
+        loops = [self._batch_loop, self._publish_loop, self.outbox.writeback_loop]
+        self._greenlets = [gevent.spawn(loop) for loop in loops]
         if relay:
             self._greenlets.append(gevent.spawn(self.outbox.relay_loop))
 
@@ -86,12 +110,23 @@ class Publisher:
         self._greenlets = []
 
     # -- write path ------------------------------------------------------------------
-    def store(self, docs: list[dict[str, Any]]) -> Stored:
-        """Store ``docs`` (raw MongoDB documents) and publish them; blocks this greenlet."""
+    def store(self, docs: list[dict[str, Any]], budget: RedisBudget | None = None) -> Stored:
+        """Store ``docs`` (raw MongoDB documents) and publish them; blocks this greenlet.
+
+        Waits for the publish only as long as ``budget`` lasts (``PUBLISH_TIMEOUT_SECONDS``
+        from the end of the insert by default). Raises what
+        ``app/store/inserting.py`` raises when the documents were not stored."""
         self.start()
         job = _Job(docs)
         self._jobs.put(job)
-        return job.result.get()
+        job.stored.get()
+        budget = budget or RedisBudget(self.config.PUBLISH_TIMEOUT_SECONDS)
+        published = budget.wait(job.published) is True
+        body = [public_json(d) for d in docs]
+        if not published:  # the relay will publish it, possibly with another cursor
+            for notification in body:
+                notification["seq"] = None
+        return Stored(body, published)
 
     def _batch_loop(self) -> None:
         while True:
@@ -107,31 +142,62 @@ class Publisher:
             except Exception as exc:  # never let the batcher die
                 log.exception("batch failed unexpectedly")
                 for job in jobs:
-                    if not job.result.ready():
-                        job.result.set_exception(StoreUnavailable(str(exc)))
+                    if not job.stored.ready():
+                        job.stored.set_exception(StoreUnavailable(str(exc)))
 
     def _process(self, jobs: list[_Job]) -> None:
-        docs = [doc for job in jobs for doc in job.docs]
-        self.propose_cursors(docs)
-        ids = [d["_id"] for d in docs]
-        marker = outbox_marker(ids, lease_from_now(self.config))  # the lease from now, not from the queueing
-        if not self._insert(jobs, docs, marker):
+        self.propose_cursors([doc for job in jobs for doc in job.docs])
+        stored, markers = [], []
+        for group, outcome in insert_isolated([job.docs for job in jobs], self.config):
+            if isinstance(outcome, Exception):
+                for i in group:
+                    jobs[i].stored.set_exception(outcome)
+                continue
+            markers.append(outcome)
+            stored += [jobs[i] for i in group]
+        if not stored:
             return
         self.stats["batches"] += 1
+        self.stats["stored"] += sum(len(job.docs) for job in stored)
+        metrics.CREATED.inc(sum(len(job.docs) for job in stored))
         if self.config.TEST_CRASH_AFTER_INSERT and not self.config.is_production:
             log.warning("TEST_CRASH_AFTER_INSERT set: exiting between insert and publish")
             os._exit(70)
-        published = self.publish(docs, [marker["_id"]], wake_cleanup=False)
-        if not published:
-            self.outbox.release_leases([marker["_id"]])
-        for job in jobs:
-            body = [public_json(d) for d in job.docs]
-            if not published:  # the relay will publish it, possibly with another cursor
-                for notification in body:
-                    notification["seq"] = None
-            job.result.set(Stored(body, published))
-        if published:  # after the results: the waiting requests answer before the clean-up runs
-            self.outbox.wake_cleanup()
+        batch = _Batch(stored, markers)
+        if self._unpublished + len(batch.docs) <= MAX_UNPUBLISHED_DOCS:
+            self._unpublished += len(batch.docs)
+            self._stored.put(batch)
+        else:  # Redis has not kept up for a while: the markers' leases hand these to the relay
+            if time.monotonic() - self._overflow_logged_at > 10:
+                self._overflow_logged_at = time.monotonic()
+                log.warning("%d notifications wait for Redis; the relay takes newer ones", self._unpublished)
+            for job in stored:
+                job.published.set(False)
+        for job in stored:
+            job.stored.set(None)
+
+    def _publish_loop(self) -> None:
+        """Publish stored batches in order, all that were stored meanwhile in one call."""
+        while True:
+            batches = [self._stored.get()]
+            count = len(batches[0].docs)
+            while count < MAX_BATCH_DOCS and not self._stored.empty():
+                batches.append(self._stored.get_nowait())
+                count += len(batches[-1].docs)
+            markers = [m for batch in batches for m in batch.markers]
+            try:
+                published = self.publish([d for b in batches for d in b.docs], markers, wake_cleanup=False)
+                if not published:
+                    self.outbox.release_leases(markers)
+            except Exception:  # never let the publisher die; the markers stay for the relay
+                log.exception("publish failed unexpectedly")
+                published = False
+            self._unpublished -= count
+            for batch in batches:
+                for job in batch.jobs:
+                    job.published.set(published)
+            if published:  # after the results: the waiting requests answer before the clean-up runs
+                self.outbox.wake_cleanup()
 
     def propose_cursors(self, docs: list[dict[str, Any]]) -> None:
         """Cursors increasing within this worker and close to every other worker's clock."""
@@ -141,34 +207,6 @@ class Publisher:
             last = max(last + 1, now_us)
             doc["seq"] = last
         self._last_proposed = last
-
-    def _insert(self, jobs: list[_Job], docs: list[dict[str, Any]], marker: dict[str, Any]) -> bool:
-        """Insert the marker and then the batch, in order, in one round trip.
-
-        All or nothing: on failure every job fails and whatever part was stored is removed."""
-        try:
-            notifications_collection().insert_many([marker, *docs], ordered=True)
-        except PyMongoError as exc:
-            log.error("MongoDB insert failed: %s", exc)
-            self._forget(marker)
-            for job in jobs:
-                job.result.set_exception(StoreUnavailable("MongoDB did not store the notification"))
-            return False
-        self.stats["stored"] += len(docs)
-        metrics.CREATED.inc(len(docs))
-        return True
-
-    @staticmethod
-    def _forget(marker: dict[str, Any]) -> None:
-        """Nothing half-written: remove whatever part of a failed batch was stored.
-
-        The marker goes last: if this fails, the relay publishes what is left, late."""
-        coll = notifications_collection()
-        try:
-            coll.delete_many({"_id": {"$in": marker["ids"]}})
-            coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
-        except PyMongoError:
-            log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))
 
     # -- publish ---------------------------------------------------------------------
     def publish(self, docs: list[dict[str, Any]], markers: list[Any], wake_cleanup: bool = True) -> bool:

@@ -1,0 +1,55 @@
+"""``POST /api/notifications``: the one create path, for the view and the lean path.
+
+Both serve the request through ``create_notification``, so the rate limit, validation,
+``Idempotency-Key`` and the response are the same whichever path takes it (the lean path,
+``app/api/fastpath.py``, answers most POSTs; the view, ``app/api/views.py``, the rest).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import orjson
+
+from app.access.ratelimit import limiter
+from app.api import validation as v
+from app.extensions import RedisBudget
+from app.store.idempotency import RequestKey
+
+FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data"})
+REPLAYED = ("Idempotent-Replayed", "true")
+
+
+def create_notification(
+    extensions: dict[str, Any],
+    owner: str,
+    idempotency_key: str | None,
+    read_body: Callable[[], tuple[dict[str, Any], bytes]],
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """Count, validate, store and publish one create request: (status, body, headers).
+
+    ``owner`` is the API key's id; ``read_body`` gives the JSON object and its raw bytes.
+    The request waits for Redis (rate limit and publish together) at most
+    ``PUBLISH_TIMEOUT_SECONDS``; past it, a stored notification answers 201 unpublished."""
+    budget = RedisBudget(extensions["config"].PUBLISH_TIMEOUT_SECONDS)
+    limiter(extensions).check_post(owner, budget)
+    key = None if idempotency_key is None else v.idempotency_key(idempotency_key)
+    body, raw = read_body()
+    v.known_fields(body, FIELDS)
+    if "user_id" in body and "user_ids" in body:
+        raise v.invalid("user_ids", "send either user_id or user_ids, not both")
+    users = v.user_ids(body["user_ids"]) if "user_ids" in body else [v.user_id(body.get("user_id"))]
+    stored = extensions["notifications"].create(
+        users,
+        message=v.text(body, "message", 4000, required=True),
+        title=v.text(body, "title", 200, required=False),
+        category=v.text(body, "category", 64, required=False),
+        data=v.data_object(body.get("data")),
+        key=None if key is None else RequestKey.of(owner, key, raw),
+        budget=budget,
+    )
+    headers = [REPLAYED] if stored.replayed else []
+    if "user_ids" in body:
+        return 201, orjson.dumps({"notifications": stored.notifications}), headers
+    return 201, orjson.dumps(stored.notifications[0]), headers
