@@ -7,7 +7,7 @@ path"). This WSGI middleware serves that request with the same steps the view ta
 the same functions: API key (``tokens.check_api_key``), then the one create path
 (``app/api/create.py``: rate limit, validation, ``Idempotency-Key``, store), the error
 body (``errors.error_body``), the request's log line and metrics. The response is the
-view's, header for header (tests/test_lean_api.py sends the same requests through both).
+view's, header for header (tests/test_fastpath.py sends the same requests through both).
 
 Anything unusual goes to Flask untouched, so it keeps the view's behaviour without a copy
 here: a body that is not declared JSON, a chunked body, one over ``MAX_BODY_BYTES`` or
