@@ -18,6 +18,7 @@ from flask import Flask
 from app.config import Config, ConfigError
 from app.delivery.hub import Hub
 from app.extensions import mongo, redis_store, sock
+from app.store.indexes import IndexGuard
 from app.store.notifications import NotificationService
 
 __all__ = ["create_app", "Config", "ConfigError"]
@@ -63,6 +64,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     hub = Hub(config.REDIS_URL, service, config)
     hub.on_reconnect.append(service.publisher.outbox.wake_relay)
     app.extensions["hub"] = hub
+    app.extensions["indexes"] = IndexGuard(config)
 
     for blueprint in (api_views.bp, stream_views.bp, pages.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
@@ -82,8 +84,9 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 
 def start_background(app: Flask) -> None:
-    """Start this worker's greenlets (hub listener, batcher, relay, retention sweeper); once
-    per process, after fork."""
+    """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
+    sweeper); once per process, after fork."""
+    app.extensions["indexes"].start()
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
     app.extensions["hub"].start()
@@ -97,6 +100,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
     app.extensions["notifications"].retention.stop()
+    app.extensions["indexes"].stop()
 
 
 def drain_background(app: Flask, timeout: float = 5.0) -> None:

@@ -51,6 +51,7 @@ class Config:
     PROBE_INTERVAL_SECONDS: float = 5.0
     REDIS_SOCKET_TIMEOUT: float = 5.0
     MONGO_TIMEOUT_MS: int = 5000
+    AUTO_CREATE_INDEXES: int = 1  # a worker creates missing indexes at start (app/store/indexes.py)
     IDEMPOTENCY_TTL_SECONDS: int = 24 * 3600
     KEY_PREFIX: str = "notify:"
     ADMIN_USERNAME: str = ""

@@ -16,7 +16,8 @@ from app.access import apikeys
 from app.access.tokens import mint_token
 from app.errors import ApiError
 from app.store import retention
-from app.store.models import ensure_indexes, notifications_collection
+from app.store.indexes import create_indexes
+from app.store.models import notifications_collection
 from app.store.serialization import iso
 
 keys = AppGroup("keys", help="Publisher API keys stored in MongoDB (hashed at rest).")
@@ -117,8 +118,7 @@ def db_create_indexes() -> None:
     """Create all indexes (and upgrade what an older version left); report the retention."""
     config = current_app.extensions["config"]
     seconds = retention.retention_seconds(config)
-    ensure_indexes()
-    apikeys.ensure_indexes()
+    create_indexes()
     ttl = f"{config.RETENTION_DAYS} days" if seconds else "none (kept forever)"
     click.echo(f"indexes ready; notification retention: {ttl}")
 

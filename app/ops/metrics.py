@@ -67,6 +67,11 @@ REQUEST_LATENCY = Histogram(
 REQUESTS = Counter("notify_http_requests", "HTTP requests answered.", ["endpoint", "method", "status"])
 REDIS_ERRORS = Counter("notify_redis_errors", "Redis commands or connections that failed.", ["where"])
 MONGO_ERRORS = Counter("notify_mongodb_errors", "MongoDB commands or heartbeats that failed.", ["kind"])
+INDEXES_MISSING = Gauge(
+    "notify_mongodb_indexes_missing",
+    "Declared MongoDB indexes the database lacks (AUTO_CREATE_INDEXES off, or creation failed).",
+    multiprocess_mode="livemax",
+)
 HUB_RECONNECTS = Counter("notify_hub_reconnects", "Times a worker's Redis subscriber reconnected.")
 
 # Children bound once: the hot paths only call .inc().

@@ -1,0 +1,112 @@
+"""The indexes every query of the service relies on, checked when a worker starts.
+
+Without them the database scans the collection: the outbox poll (once a second in every
+worker) and every history page then cost time in proportion to the stored notifications,
+and nothing else says so (issue 25). So a worker that starts creates what is missing
+(``AUTO_CREATE_INDEXES``, on by default) and logs their names; with that turned off,
+``/readyz`` fails naming them and ``notify_mongodb_indexes_missing`` counts them until
+``flask --app wsgi db create-indexes`` has run.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import time
+from typing import Any
+
+import gevent
+from mongoengine import Document
+from pymongo.errors import PyMongoError
+
+from app.access.apikeys import ApiKey
+from app.access.apikeys import ensure_indexes as ensure_apikey_indexes
+from app.config import Config
+from app.ops import metrics
+from app.store.models import IdempotencyRecord, Notification, ensure_indexes
+
+log = logging.getLogger(__name__)
+
+DOCUMENTS: tuple[type[Document], ...] = (Notification, IdempotencyRecord, ApiKey)
+RECHECK_SECONDS = 5.0  # /readyz looks again at most this often
+RETRY_SECONDS = 2.0  # a worker that could not reach MongoDB at start tries again
+
+
+def _name(spec: dict[str, Any]) -> str:
+    return spec.get("name") or "_".join(f"{field}_{order}" for field, order in spec["fields"])
+
+
+def missing_indexes() -> list[str]:
+    """``collection.index`` for every declared index the database lacks (by key pattern)."""
+    missing = []
+    for document in DOCUMENTS:
+        coll = document._get_collection()
+        present = {
+            tuple((field, int(order)) for field, order in info["key"])
+            for info in coll.index_information().values()
+        }
+        for spec in document._meta["index_specs"]:
+            if tuple((field, int(order)) for field, order in spec["fields"]) not in present:
+                missing.append(f"{coll.name}.{_name(spec)}")
+    return missing
+
+
+def create_indexes() -> None:
+    """Create every index (and upgrade what an older version left); idempotent."""
+    ensure_indexes()
+    ensure_apikey_indexes()
+
+
+class IndexGuard:
+    """One worker's view of the indexes: made at start if allowed, reported by /readyz."""
+
+    def __init__(self, config: Config) -> None:
+        self.auto = bool(config.AUTO_CREATE_INDEXES)
+        self.missing: list[str] | None = None  # None: not known yet
+        self._checked_at = 0.0
+        self._greenlet: gevent.Greenlet | None = None
+
+    def start(self) -> None:
+        if self._greenlet is None:
+            self._greenlet = gevent.spawn(self._at_start)
+
+    def stop(self) -> None:
+        if self._greenlet is not None:
+            self._greenlet.kill(block=False)
+
+    def _at_start(self) -> None:
+        """Until MongoDB answers once: look, create what is missing (if allowed), say so."""
+        warned = False
+        while True:
+            try:
+                missing = missing_indexes()
+                if missing and self.auto:
+                    create_indexes()
+                    log.warning("created missing MongoDB indexes: %s", ", ".join(missing))
+                    missing = missing_indexes()
+                if missing:
+                    log.error(
+                        "MongoDB indexes missing (AUTO_CREATE_INDEXES is off): %s;"
+                        " run `flask --app wsgi db create-indexes`",
+                        ", ".join(missing),
+                    )
+                self._record(missing)
+                return
+            except PyMongoError as exc:
+                if not warned:
+                    log.warning("could not check MongoDB indexes, retrying: %s", exc)
+                    warned = True
+                gevent.sleep(RETRY_SECONDS)
+
+    def _record(self, missing: list[str]) -> None:
+        self.missing = missing
+        self._checked_at = time.monotonic()
+        metrics.INDEXES_MISSING.set(len(missing))
+
+    def current(self) -> list[str] | None:
+        """The missing indexes, looked up again when the last look is older than
+        ``RECHECK_SECONDS``; None while MongoDB has not answered."""
+        if time.monotonic() - self._checked_at > RECHECK_SECONDS:
+            with contextlib.suppress(PyMongoError):  # /readyz reports MongoDB itself as down
+                self._record(missing_indexes())
+        return self.missing
