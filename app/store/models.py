@@ -8,6 +8,7 @@ indexes and the rarer writes stay declared here.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -88,6 +89,20 @@ class IdempotencyRecord(Document):
 PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0}
 
 
+# SecantusDB (0.7.0b3) checks every candidate document against the whole filter, and an
+# ``$in`` compares with each listed value in turn: a call naming n ids costs n x n
+# comparisons, for a delete or an update under the collection's write lock, which every
+# insert waits for (1.9 s at 1,000 ids, 39 s at 5,000; bench/README.md, "Calls by a list of
+# ids"). So every call by a list of ids names at most this many (under 0.1 s each).
+MAX_IDS_PER_CALL = 100
+
+
+def id_chunks(ids: Sequence[Any]) -> Iterator[list[Any]]:
+    """``ids`` in lists of at most ``MAX_IDS_PER_CALL``, in order."""
+    for start in range(0, len(ids), MAX_IDS_PER_CALL):
+        yield list(ids[start : start + MAX_IDS_PER_CALL])
+
+
 def notifications_collection() -> Collection:
     return Notification._get_collection()
 
@@ -122,8 +137,8 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
             coll.insert_one(outbox_marker(ids, now_us))
         if holder is not None:
             coll.update_one({"_id": holder}, {"$unset": {"outbox": "", "published": ""}})
-    if old_markers:
-        legacy_outbox.delete_many({"_id": {"$in": [m["_id"] for m in old_markers]}})
+    for chunk in id_chunks([m["_id"] for m in old_markers]):
+        legacy_outbox.delete_many({"_id": {"$in": chunk}})
     return sum(len(ids) for ids, _ in batches)
 
 

@@ -36,11 +36,18 @@ from pymongo.errors import PyMongoError
 
 from app.config import Config
 from app.ops import metrics
-from app.store.models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
+from app.store.models import (
+    MAX_IDS_PER_CALL,
+    OUTBOX_USER,
+    PUBLIC_PROJECTION,
+    id_chunks,
+    notifications_collection,
+    outbox_due,
+)
 
 log = logging.getLogger(__name__)
 
-RELAY_BATCH = 200  # markers (batches) claimed per relay pass
+RELAY_BATCH = MAX_IDS_PER_CALL  # markers (batches) claimed per relay pass: one call by ids
 WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
 WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
 
@@ -192,15 +199,16 @@ class Outbox:
         if fixes:  # before the markers go: a marked document is left out of replays meanwhile
             ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
             notifications_collection().bulk_write(ops, ordered=False)
-        if markers:
-            notifications_collection().delete_many({"_id": {"$in": markers}, "user_id": OUTBOX_USER})
+        for chunk in id_chunks(markers):
+            notifications_collection().delete_many({"_id": {"$in": chunk}, "user_id": OUTBOX_USER})
 
     @staticmethod
     def release_leases(markers: list[Any]) -> None:
         """Make markers due at once: their publish failed here, the relay should not wait."""
-        mine = {"_id": {"$in": markers}, "user_id": OUTBOX_USER}
         try:
-            notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
+            for chunk in id_chunks(markers):
+                mine = {"_id": {"$in": chunk}, "user_id": OUTBOX_USER}
+                notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
@@ -238,7 +246,8 @@ class Outbox:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
         ids = [oid for m in claimed for oid in m["ids"]]
-        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        docs = [d for chunk in id_chunks(ids) for d in coll.find({"_id": {"$in": chunk}}, PUBLIC_PROJECTION)]
+        docs.sort(key=lambda doc: doc["_id"])
         if not docs:  # the process died after the marker, before the batch: nothing to publish
             self._record_cleanups(claimed_ids, [])
             return len(markers)

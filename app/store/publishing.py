@@ -33,7 +33,7 @@ from pymongo.errors import PyMongoError
 from app.config import Config
 from app.ops import metrics
 from app.store import lua
-from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
+from app.store.models import OUTBOX_USER, id_chunks, notifications_collection, outbox_marker
 from app.store.outbox import Outbox, lease_from_now
 from app.store.serialization import public_json
 
@@ -165,7 +165,8 @@ class Publisher:
         The marker goes last: if this fails, the relay publishes what is left, late."""
         coll = notifications_collection()
         try:
-            coll.delete_many({"_id": {"$in": marker["ids"]}})
+            for chunk in id_chunks(marker["ids"]):
+                coll.delete_many({"_id": {"$in": chunk}})
             coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
         except PyMongoError:
             log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))

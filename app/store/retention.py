@@ -25,13 +25,13 @@ from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
-from app.store.models import notifications_collection
+from app.store.models import id_chunks, notifications_collection
 
 log = logging.getLogger(__name__)
 
 DAY = 86400
 SWEEP_SECONDS = 60.0
-CHUNK = 5000  # documents per delete: a first pass over years of data stays interruptible
+CHUNK = 5000  # documents per pass (deleted MAX_IDS_PER_CALL at a time): a first pass stays interruptible
 
 
 def retention_seconds(config: Any) -> int:
@@ -53,7 +53,8 @@ def prune(collection: Collection, days: float, now: datetime | None = None) -> i
         ids = [d["_id"] for d in collection.find(below, {"_id": 1}).sort("_id", 1).limit(CHUNK)]
         if not ids:
             return deleted
-        deleted += collection.delete_many({"_id": {"$in": ids}}).deleted_count
+        for chunk in id_chunks(ids):
+            deleted += collection.delete_many({"_id": {"$in": chunk}}).deleted_count
         gevent.sleep(0)  # a long first pass must not starve the worker's streams
 
 
