@@ -87,6 +87,9 @@ def start_background(app: Flask) -> None:
     """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
     sweeper); once per process, after fork."""
     app.extensions["indexes"].start()
+    from app.ops import metrics
+
+    app.extensions["mongo_watch"] = metrics.watch_mongo_calls()
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
     app.extensions["hub"].start()
@@ -101,6 +104,8 @@ def stop_background(app: Flask) -> None:
     app.extensions["notifications"].publisher.stop()
     app.extensions["notifications"].retention.stop()
     app.extensions["indexes"].stop()
+    if "mongo_watch" in app.extensions:
+        app.extensions.pop("mongo_watch").kill(block=False)
 
 
 def drain_background(app: Flask, timeout: float = 5.0) -> None:

@@ -1,20 +1,25 @@
 """Liveness and readiness: ``/healthz`` says the process runs, ``/readyz`` that it can serve.
 
-Ready means MongoDB and Redis answer and MongoDB has every index the queries rely on
-(``app/store/indexes.py``): without them the service would slow as its data grows."""
+Ready means MongoDB and Redis answer, no MongoDB call of this worker has waited longer
+than half of ``MONGO_OP_TIMEOUT_MS`` (``mongodb_oldest_call_seconds``), and MongoDB has
+every index the queries rely on (``app/store/indexes.py``): without them the service
+would slow as its data grows."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import orjson
+import pymongo
 import redis
 from flask import Blueprint, Response, current_app
 from pymongo.errors import PyMongoError
 
 from app.extensions import mongo
+from app.ops import metrics
 
 bp = Blueprint("health", __name__)
+PING_SECONDS = 1.0  # /readyz answers a load balancer's probe in about this, whatever MongoDB does
 
 
 @bp.get("/healthz")
@@ -24,20 +29,28 @@ def healthz() -> Response:
 
 @bp.get("/readyz")
 def readyz() -> Response:
+    config = current_app.extensions["config"]
     checks = {"mongodb": "ok", "redis": "ok", "indexes": "unknown"}
-    body: dict[str, Any] = {"checks": checks}
-    try:
-        mongo.ping()
-    except PyMongoError:
-        checks["mongodb"] = "down"
+    oldest = metrics.oldest_mongo_call()
+    body: dict[str, Any] = {"checks": checks, "mongodb_oldest_call_seconds": round(oldest, 3)}
+    if oldest > config.MONGO_OP_TIMEOUT_MS / 2000:
+        checks["mongodb"] = "stalled"  # a call waits: a ping may answer while a collection is locked
+    else:
+        try:
+            mongo.ping(timeout=PING_SECONDS)
+        except PyMongoError:
+            checks["mongodb"] = "down"
     try:
         current_app.extensions["redis"].ping()
     except redis.RedisError:
         checks["redis"] = "down"
     down = [name for name, state in checks.items() if state == "down"]
     problems = ["down: " + ", ".join(down)] if down else []
+    if checks["mongodb"] == "stalled":
+        problems.append(f"MongoDB stalls: a call has waited {oldest:.1f} s")
     if checks["mongodb"] == "ok":
-        missing = current_app.extensions["indexes"].current()
+        with pymongo.timeout(PING_SECONDS):
+            missing = current_app.extensions["indexes"].current()
         if missing is None:
             problems.append("MongoDB indexes not checked yet")
         elif missing:

@@ -23,13 +23,15 @@ from app.access.apikeys import ApiKey
 from app.access.apikeys import ensure_indexes as ensure_apikey_indexes
 from app.config import Config
 from app.ops import metrics
+from app.ops.mongocalls import long_mongo_calls
 from app.store.models import IdempotencyRecord, Notification, ensure_indexes
 
 log = logging.getLogger(__name__)
 
 DOCUMENTS: tuple[type[Document], ...] = (Notification, IdempotencyRecord, ApiKey)
 RECHECK_SECONDS = 5.0  # /readyz looks again at most this often
-RETRY_SECONDS = 2.0  # a worker that could not reach MongoDB at start tries again
+RETRY_SECONDS = 2.0
+BUILD_SECONDS = 600.0  # a worker that could not reach MongoDB at start tries again
 
 
 def _name(spec: dict[str, Any]) -> str:
@@ -52,9 +54,11 @@ def missing_indexes() -> list[str]:
 
 
 def create_indexes() -> None:
-    """Create every index (and upgrade what an older version left); idempotent."""
-    ensure_indexes()
-    ensure_apikey_indexes()
+    """Create every index (and upgrade what an older version left); idempotent. Building
+    one over many stored notifications outlasts ``MONGO_OP_TIMEOUT_MS``: its own deadline."""
+    with long_mongo_calls(BUILD_SECONDS):
+        ensure_indexes()
+        ensure_apikey_indexes()
 
 
 class IndexGuard:

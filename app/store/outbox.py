@@ -28,11 +28,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
+import pymongo
 import redis
 from gevent.event import Event
 from gevent.event import Event as Wakeup
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from app.config import Config
 from app.ops import metrics
@@ -51,6 +53,8 @@ RELAY_BATCH = MAX_IDS_PER_CALL  # markers (batches) claimed per relay pass: one 
 WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
 WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
 
+CLEANUP_RETRY_SECONDS = 0.5  # a clean-up that MongoDB did not answer is tried again after this
+
 Publish = Callable[[list[dict[str, Any]], list[Any]], bool]  # (docs, markers) -> published?
 
 
@@ -65,6 +69,11 @@ class _Cleanup:
     @property
     def size(self) -> int:
         return len(self.markers) + len(self.fixes)
+
+
+def _transient(exc: PyMongoError) -> bool:
+    """MongoDB did not answer (in time); the same write may succeed once it does."""
+    return isinstance(exc, ConnectionFailure) or exc.timeout
 
 
 def lease_from_now(config: Config) -> int:
@@ -165,14 +174,20 @@ class Outbox:
                 taken = self._take_cleanups()
                 markers = [m for c in taken for m in c.markers]
                 try:
-                    self._record_cleanups(markers, [f for c in taken for f in c.fixes])
+                    with pymongo.timeout(self.config.MONGO_OP_TIMEOUT_MS / 1000):  # one bound per round
+                        self._record_cleanups(markers, [f for c in taken for f in c.fixes])
                 except PyMongoError as exc:
+                    if _transient(exc):  # kept, so the relay does not publish them again meanwhile
+                        self._backlog.extendleft(reversed(taken))
+                        self._inflight_since = None
+                        log.warning("outbox clean-up of %d batches waits for MongoDB: %s", len(markers), exc)
+                        gevent.sleep(CLEANUP_RETRY_SECONDS)
+                        continue
                     log.error("could not clean up %d batches (relay may repeat them): %s", len(markers), exc)
-                finally:
-                    self._pending_markers.difference_update(markers)
-                    self._pending_size -= sum(c.size for c in taken)
-                    self._inflight_since = None
-                    self._writeback_progress.set()
+                self._pending_markers.difference_update(markers)
+                self._pending_size -= sum(c.size for c in taken)
+                self._inflight_since = None
+                self._writeback_progress.set()
             self._drained.set()
 
     def flush(self, timeout: float) -> bool:

@@ -25,6 +25,7 @@ from typing import Any
 
 import gevent
 import orjson
+import pymongo
 import redis
 from gevent.event import AsyncResult
 from gevent.queue import Queue
@@ -51,6 +52,7 @@ class StoreUnavailable(RuntimeError):
 class _Job:
     docs: list[dict[str, Any]]
     result: AsyncResult = field(default_factory=AsyncResult)
+    abandoned: bool = False  # its request stopped waiting: not to be stored any more
 
 
 @dataclass
@@ -91,7 +93,13 @@ class Publisher:
         self.start()
         job = _Job(docs)
         self._jobs.put(job)
-        return job.result.get()
+        try:
+            return job.result.get(timeout=self.config.MONGO_OP_TIMEOUT_MS / 1000)
+        except gevent.Timeout:
+            # MongoDB stalls: answer now. A batch already being inserted may still be
+            # stored; its marker makes the relay publish it, like any unpublished batch.
+            job.abandoned = True
+            raise StoreUnavailable("MongoDB did not store the batch in time") from None
 
     def _batch_loop(self) -> None:
         while True:
@@ -102,6 +110,9 @@ class Publisher:
                 job = self._jobs.get_nowait()
                 jobs.append(job)
                 count += len(job.docs)
+            jobs = [job for job in jobs if not job.abandoned]
+            if not jobs:
+                continue
             try:
                 self._process(jobs)
             except Exception as exc:  # never let the batcher die
@@ -158,16 +169,18 @@ class Publisher:
         metrics.CREATED.inc(len(docs))
         return True
 
-    @staticmethod
-    def _forget(marker: dict[str, Any]) -> None:
+    def _forget(self, marker: dict[str, Any]) -> None:
         """Nothing half-written: remove whatever part of a failed batch was stored.
 
-        The marker goes last: if this fails, the relay publishes what is left, late."""
+        The marker goes last: if this fails, the relay publishes what is left, late. One
+        deadline for all of it, so a stalled database holds the batcher one bound, not one
+        per call."""
         coll = notifications_collection()
         try:
-            for chunk in id_chunks(marker["ids"]):
-                coll.delete_many({"_id": {"$in": chunk}})
-            coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
+            with pymongo.timeout(self.config.MONGO_OP_TIMEOUT_MS / 1000):
+                for chunk in id_chunks(marker["ids"]):
+                    coll.delete_many({"_id": {"$in": chunk}})
+                coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
         except PyMongoError:
             log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))
 

@@ -25,12 +25,16 @@ from bson import ObjectId
 from pymongo.collection import Collection
 from pymongo.errors import PyMongoError
 
+from app.ops.mongocalls import long_mongo_calls
 from app.store.models import id_chunks, notifications_collection
 
 log = logging.getLogger(__name__)
 
 DAY = 86400
 SWEEP_SECONDS = 60.0
+# On SecantusDB a find that no secondary index serves (the ``_id`` range here) reads every
+# stored notification: 26 s at 1,000,000 (bench/README.md). A pass has its own deadline.
+PASS_SECONDS = 300.0
 CHUNK = 5000  # documents per pass (deleted MAX_IDS_PER_CALL at a time): a first pass stays interruptible
 
 
@@ -92,7 +96,8 @@ class Sweeper:
         except redis.RedisError:
             return None  # without the lock every worker would sweep: leave it to the next pass
         try:
-            deleted = prune(notifications_collection(), self.seconds / DAY)
+            with long_mongo_calls(PASS_SECONDS):  # its scan outlasts MONGO_OP_TIMEOUT_MS
+                deleted = prune(notifications_collection(), self.seconds / DAY)
         except PyMongoError as exc:
             log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
             return None
