@@ -62,3 +62,14 @@ def test_readyz_names_missing_indexes_when_creation_is_off(live: Any, stack: Any
     assert sample(metrics, "notify_mongodb_indexes_missing") == len(EXPECTED)
     db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
     assert "user_read_seq" not in db.notifications.index_information()  # it did not create them
+
+
+def test_an_index_made_by_other_means_is_kept_and_the_rest_created(live: Any, stack: Any) -> None:
+    """SecantusDB refuses a create_index whose options differ from the existing index of
+    that name (mongoengine adds ``background: false``): only what is missing is created."""
+    db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
+    db.notifications.create_index([("user_id", 1), ("read", 1), ("seq", 1)], name="user_read_seq")
+    server = live(workers=1)
+    wait_until(lambda: ready(server.url).status_code == 200, timeout=15)
+    created = [line for line in server.log().splitlines() if "created missing MongoDB indexes" in line]
+    assert len(created) == 1 and "idempotency.idem_ttl" in created[0] and "user_read_seq" not in created[0]

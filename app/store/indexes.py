@@ -13,18 +13,23 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
-from typing import Any
 
 import gevent
 from mongoengine import Document
 from pymongo.errors import PyMongoError
 
 from app.access.apikeys import ApiKey
-from app.access.apikeys import ensure_indexes as ensure_apikey_indexes
 from app.config import Config
 from app.ops import metrics
 from app.ops.mongocalls import long_mongo_calls
-from app.store.models import IdempotencyRecord, Notification, ensure_indexes
+from app.store.models import (
+    IdempotencyRecord,
+    Notification,
+    create_missing,
+    ensure_indexes,
+    index_name,
+    missing_specs,
+)
 
 log = logging.getLogger(__name__)
 
@@ -34,31 +39,22 @@ RETRY_SECONDS = 2.0
 BUILD_SECONDS = 600.0  # a worker that could not reach MongoDB at start tries again
 
 
-def _name(spec: dict[str, Any]) -> str:
-    return spec.get("name") or "_".join(f"{field}_{order}" for field, order in spec["fields"])
-
-
 def missing_indexes() -> list[str]:
     """``collection.index`` for every declared index the database lacks (by key pattern)."""
-    missing = []
-    for document in DOCUMENTS:
-        coll = document._get_collection()
-        present = {
-            tuple((field, int(order)) for field, order in info["key"])
-            for info in coll.index_information().values()
-        }
-        for spec in document._meta["index_specs"]:
-            if tuple((field, int(order)) for field, order in spec["fields"]) not in present:
-                missing.append(f"{coll.name}.{_name(spec)}")
-    return missing
+    return [
+        f"{document._get_collection().name}.{index_name(spec)}"
+        for document in DOCUMENTS
+        for spec in missing_specs(document)
+    ]
 
 
 def create_indexes() -> None:
-    """Create every index (and upgrade what an older version left); idempotent. Building
-    one over many stored notifications outlasts ``MONGO_OP_TIMEOUT_MS``: its own deadline."""
+    """Create every missing index (and upgrade what an older version left); idempotent.
+    Building one over many stored notifications outlasts ``MONGO_OP_TIMEOUT_MS``: its own
+    deadline."""
     with long_mongo_calls(BUILD_SECONDS):
         ensure_indexes()
-        ensure_apikey_indexes()
+        create_missing(ApiKey)
 
 
 class IndexGuard:

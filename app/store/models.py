@@ -146,6 +146,30 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
 LEGACY_INDEXES = ("outbox", "outbox_lease", "user_newest", "user_unread", "user_seq")
 
 
+def _key(fields: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((field, int(order)) for field, order in fields)
+
+
+def index_name(spec: dict[str, Any]) -> str:
+    return spec.get("name") or "_".join(f"{field}_{order}" for field, order in spec["fields"])
+
+
+def missing_specs(document: type[Document]) -> list[dict[str, Any]]:
+    """The declared indexes of ``document`` its collection lacks (compared by key)."""
+    coll = document._get_collection()
+    present = {_key(info["key"]) for info in coll.index_information().values()}
+    return [spec for spec in document._meta["index_specs"] if _key(spec["fields"]) not in present]
+
+
+def create_missing(document: type[Document]) -> None:
+    """Create only what is missing: SecantusDB refuses a ``create_index`` whose options
+    differ in any way from the existing index of that name (even mongoengine's
+    ``background: false``), so an index made by other means is left as it is."""
+    coll = document._get_collection()
+    for spec in missing_specs(document):
+        coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
+
+
 def ensure_indexes() -> None:
     """Create every index and upgrade what older versions left; safe to call repeatedly.
 
@@ -153,7 +177,7 @@ def ensure_indexes() -> None:
     version's TTL index on ``created_at`` is dropped here."""
     coll = notifications_collection()
     for document in (Notification, IdempotencyRecord):
-        document.ensure_indexes()
+        create_missing(document)
     legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
     had_outbox = LEGACY_OUTBOX in coll.database.list_collection_names()
     if had_outbox or {"outbox", "outbox_lease"} & set(legacy):  # while their indexes still exist
