@@ -3,7 +3,8 @@
     .venv/bin/python bench/secantus_delete_probe.py mongodb://127.0.0.1:PORT/ [DB] [SIZES]
 
 Against a server whose ``DB.notifications`` (default ``notify``) already holds the stored
-notifications (``bench/growth.py --build N`` makes them once), it inserts SIZE documents
+notifications (``bench/growth.py`` builds them once in ``.devdata/growth/N``, database
+``growth``; start SecantusDB on a copy of that directory), it inserts SIZE documents
 of the reserved outbox user and times, for each comma-separated SIZE (default
 1,10,50,100,200,500,1000,5000), the calls the service makes with such a list: a find, an
 update_many and a delete_many with the outbox clean-up's filter
