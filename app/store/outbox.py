@@ -15,7 +15,9 @@ claiming it first so two instances never race.
 That clean-up must keep up, or leases run out on batches that were in fact published and
 a relay publishes them again. So it is bounded, the batcher holds new batches while it
 lags (``wait_for_room``, for at most one lease), and the relay skips batches whose
-clean-up is pending in its worker.
+clean-up is pending in its worker. A round of clean-up has one deadline
+(``MONGO_OP_TIMEOUT_MS``) and names at most ``MAX_IDS_PER_CALL`` markers per delete; one
+that MongoDB did not answer stays pending and is tried again.
 """
 
 from __future__ import annotations
