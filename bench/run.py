@@ -174,6 +174,9 @@ class Service:
                 pass
             time.sleep(0.2)
         else:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # not left running behind the error
+            self.proc.wait(5)
+            self.log.close()
             raise RuntimeError(f"{kind} did not start in 60s; see {log_path}")
 
     def workers(self) -> list[int]:
