@@ -18,6 +18,7 @@ from flask import Flask
 from app.config import Config, ConfigError
 from app.delivery.hub import Hub
 from app.extensions import mongo, redis_store
+from app.store.indexes import IndexGuard
 from app.store.notifications import NotificationService
 
 __all__ = ["create_app", "Config", "ConfigError"]
@@ -62,6 +63,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     hub = Hub(config.REDIS_URL, service, config)
     hub.on_reconnect.append(service.publisher.outbox.wake_relay)
     app.extensions["hub"] = hub
+    app.extensions["indexes"] = IndexGuard(config)
 
     for blueprint in (api_views.bp, stream_views.bp, pages.bp, health.bp, openapi.bp):
         app.register_blueprint(blueprint)
@@ -84,8 +86,12 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 
 def start_background(app: Flask) -> None:
-    """Start this worker's greenlets (hub listener, batcher, relay, retention sweeper); once
-    per process, after fork."""
+    """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
+    sweeper); once per process, after fork."""
+    app.extensions["indexes"].start()
+    from app.ops import metrics
+
+    app.extensions["mongo_watch"] = metrics.watch_mongo_calls()
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
     app.extensions["hub"].start()
@@ -99,6 +105,9 @@ def stop_background(app: Flask) -> None:
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
     app.extensions["notifications"].retention.stop()
+    app.extensions["indexes"].stop()
+    if "mongo_watch" in app.extensions:
+        app.extensions.pop("mongo_watch").kill(block=False)
 
 
 def drain_background(app: Flask, timeout: float = 5.0) -> None:

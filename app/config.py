@@ -58,7 +58,9 @@ class Config:
     OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/store/outbox.py)
     PROBE_INTERVAL_SECONDS: float = 5.0
     REDIS_SOCKET_TIMEOUT: float = 5.0
-    MONGO_TIMEOUT_MS: int = 5000
+    MONGO_TIMEOUT_MS: int = 5000  # to find and connect to the server
+    MONGO_OP_TIMEOUT_MS: int = 3000  # any one call, whatever the database waits on (pymongo timeoutMS)
+    AUTO_CREATE_INDEXES: int = 1  # a worker creates missing indexes at start (app/store/indexes.py)
     KEY_PREFIX: str = "notify:"
     ADMIN_USERNAME: str = ""
     ADMIN_PASSWORD: str = ""
@@ -115,7 +117,13 @@ class Config:
         """Check ranges always; in production also demand real secrets."""
         if self.APP_ENV not in ("development", "production", "testing"):
             raise ConfigError("APP_ENV must be 'development', 'production' or 'testing'")
-        for name in ("CACHE_TTL_SECONDS", "RECENT_LIMIT", "MAX_BODY_BYTES", "CLIENT_QUEUE_SIZE"):
+        for name in (
+            "CACHE_TTL_SECONDS",
+            "RECENT_LIMIT",
+            "MAX_BODY_BYTES",
+            "CLIENT_QUEUE_SIZE",
+            "MONGO_OP_TIMEOUT_MS",
+        ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
         for origin in self.ALLOWED_ORIGINS:

@@ -15,6 +15,7 @@ from typing import Any
 
 import gevent
 import mongoengine
+import pymongo
 import redis
 from flask import Flask, current_app
 from gevent.event import AsyncResult
@@ -37,13 +38,16 @@ class MongoDB:
             uuidRepresentation="standard",
             serverSelectionTimeoutMS=config.MONGO_TIMEOUT_MS,
             connectTimeoutMS=config.MONGO_TIMEOUT_MS,
-            socketTimeoutMS=max(config.MONGO_TIMEOUT_MS, 10000),
+            # Every call ends within this bound, whatever the database waits on: a caller
+            # gets a 503 at once instead of queueing behind a locked collection (issue 25).
+            timeoutMS=config.MONGO_OP_TIMEOUT_MS,
         )
         app.extensions["mongo"] = self
 
     @staticmethod
-    def ping() -> None:
-        mongoengine.get_db().command("ping")
+    def ping(timeout: float | None = None) -> None:
+        with pymongo.timeout(timeout):
+            mongoengine.get_db().command("ping")
 
 
 class FairQueue:

@@ -163,17 +163,21 @@ class Service:
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
         deadline = time.monotonic() + 60
+        probe = "/readyz" if kind == "ours" else "/healthz"  # ours: once its workers made the indexes
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"{kind} gunicorn exited; see {log_path}")
             try:
-                with urllib.request.urlopen(self.url + "/healthz", timeout=1) as resp:
+                with urllib.request.urlopen(self.url + probe, timeout=1) as resp:
                     if resp.status == 200 and len(self.workers()) == 2:
                         break
             except OSError:
                 pass
             time.sleep(0.2)
         else:
+            os.killpg(self.proc.pid, signal.SIGKILL)  # not left running behind the error
+            self.proc.wait(5)
+            self.log.close()
             raise RuntimeError(f"{kind} did not start in 60s; see {log_path}")
 
     def workers(self) -> list[int]:
@@ -218,7 +222,7 @@ class Bench:
             "SECRET_KEY": SECRET,
             "API_KEYS": API_KEY,
             "REDIS_URL": self.redis_url,
-            "MONGO_URI": f"{self.mongo_url.rstrip('/')}/bench_{tag}",
+            "MONGO_URI": f"{self.mongo_url.rstrip('/')}/{self.args.mongo_db or 'bench_' + tag}",
             "KEY_PREFIX": f"b{tag}:",
             "WEB_CONCURRENCY": "2",
             "HEARTBEAT_SECONDS": str(self.p["heartbeat"]),
@@ -232,12 +236,7 @@ class Bench:
         }
 
     def start(self, kind: str, tag: str) -> Service:
-        env = self.env(tag)
-        if kind == "ours":
-            code = "from app import create_app; from app.store.models import ensure_indexes\n"
-            code += "app = create_app()\nwith app.app_context(): ensure_indexes()"
-            subprocess.run([PY, "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60)
-        return Service(kind, env, self.workdir / f"{kind}-{tag}.log")
+        return Service(kind, self.env(tag), self.workdir / f"{kind}-{tag}.log")
 
     # -- helpers --------------------------------------------------------------------------
     def open(self, svc: Service, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
@@ -626,6 +625,12 @@ def main(argv: list[str]) -> int:
         type=lambda kv: tuple(kv.split("=", 1)),
         help="an extra setting for our service, e.g. --env LEAN_API=0 (repeatable; A/B runs)",
     )
+    parser.add_argument(
+        "--mongo-data", default="", help="SecantusDB data directory to start on (default: a fresh one)"
+    )
+    parser.add_argument(
+        "--mongo-db", default="", help="database every service uses (default: a fresh one per service)"
+    )
     parser.add_argument("--max-minutes", type=float, default=0, help="start no run that would end past this")
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
     parser.add_argument("--note", default="", help="a line for the results (e.g. 'machine shared')")
@@ -635,7 +640,7 @@ def main(argv: list[str]) -> int:
     workdir.mkdir(parents=True, exist_ok=True)
     redis = redis_server()
     redis.argv += ["--maxclients", "19000"]  # Flask-SSE holds one Redis connection per client
-    mongo = mongo_server()
+    mongo = mongo_server(data_dir=Path(args.mongo_data)) if args.mongo_data else mongo_server()
     say(f"starting redis-server and SecantusDB ({workdir})")
     redis.start()
     mongo.start()

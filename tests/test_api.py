@@ -405,4 +405,5 @@ def test_expired_and_forged_tokens_are_refused(client, auth, app):
 def test_health(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200 and ready.get_json()["checks"] == {"mongodb": "ok", "redis": "ok"}
+    assert ready.status_code == 200
+    assert ready.get_json()["checks"] == {"mongodb": "ok", "redis": "ok", "indexes": "ok"}

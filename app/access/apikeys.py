@@ -168,7 +168,3 @@ class ApiKeyChecker:
 def init_app(app: Flask) -> None:
     config = app.extensions["config"]
     app.extensions["api_key_checker"] = ApiKeyChecker(ttl=config.API_KEY_CACHE_SECONDS)
-
-
-def ensure_indexes() -> None:
-    ApiKey.ensure_indexes()

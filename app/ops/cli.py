@@ -15,8 +15,10 @@ from flask.cli import AppGroup, with_appcontext
 from app.access import apikeys
 from app.access.tokens import mint_token
 from app.errors import ApiError
+from app.ops.mongocalls import long_mongo_calls
 from app.store import retention
-from app.store.models import ensure_indexes, notifications_collection
+from app.store.indexes import create_indexes
+from app.store.models import notifications_collection
 from app.store.serialization import iso
 
 keys = AppGroup("keys", help="Publisher API keys stored in MongoDB (hashed at rest).")
@@ -117,8 +119,7 @@ def db_create_indexes() -> None:
     """Create all indexes (and upgrade what an older version left); report the retention."""
     config = current_app.extensions["config"]
     seconds = retention.retention_seconds(config)
-    ensure_indexes()
-    apikeys.ensure_indexes()
+    create_indexes()
     ttl = f"{config.RETENTION_DAYS} days" if seconds else "none (kept forever)"
     click.echo(f"indexes ready; notification retention: {ttl}")
 
@@ -129,7 +130,8 @@ def db_prune(days: float) -> None:
     """Delete notifications older than --days now (the sweeper does it every minute)."""
     if days < 0:
         _fail("--days must not be negative")
-    deleted = retention.prune(notifications_collection(), days)
+    with long_mongo_calls(retention.PASS_SECONDS):
+        deleted = retention.prune(notifications_collection(), days)
     click.echo(f"deleted {deleted} notifications older than {days:g} days")
 
 

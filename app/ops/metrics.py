@@ -36,6 +36,7 @@ from pymongo import monitoring
 from app.access.tokens import bearer_token
 from app.errors import ApiError
 from app.ops.logs import current_request_id, log_event
+from app.ops.mongocalls import MONGO_CALLS
 
 TRANSPORTS = ("sse", "ws")
 
@@ -67,6 +68,16 @@ REQUEST_LATENCY = Histogram(
 REQUESTS = Counter("notify_http_requests", "HTTP requests answered.", ["endpoint", "method", "status"])
 REDIS_ERRORS = Counter("notify_redis_errors", "Redis commands or connections that failed.", ["where"])
 MONGO_ERRORS = Counter("notify_mongodb_errors", "MongoDB commands or heartbeats that failed.", ["kind"])
+INDEXES_MISSING = Gauge(
+    "notify_mongodb_indexes_missing",
+    "Declared MongoDB indexes the database lacks (AUTO_CREATE_INDEXES off, or creation failed).",
+    multiprocess_mode="livemax",
+)
+MONGO_OLDEST_CALL = Gauge(
+    "notify_mongodb_oldest_call_seconds",
+    "Age of the oldest MongoDB call in flight (0 when none); seconds mean the database stalls.",
+    multiprocess_mode="livemax",
+)
 HUB_RECONNECTS = Counter("notify_hub_reconnects", "Times a worker's Redis subscriber reconnected.")
 
 # Children bound once: the hot paths only call .inc().
@@ -133,7 +144,26 @@ def register_mongo_listener() -> None:
     global _listener_registered
     if not _listener_registered:
         monitoring.register(_MongoErrors())
+        monitoring.register(MONGO_CALLS)
         _listener_registered = True
+
+
+def oldest_mongo_call() -> float:
+    """The oldest MongoDB call in flight in this worker, in seconds; also sets the gauge."""
+    age = MONGO_CALLS.oldest_call_seconds()
+    MONGO_OLDEST_CALL.set(age)
+    return age
+
+
+def watch_mongo_calls(interval: float = 0.5) -> gevent.Greenlet:
+    """Keep this worker's ``notify_mongodb_oldest_call_seconds`` current (after fork)."""
+
+    def run() -> None:
+        while True:
+            oldest_mongo_call()
+            gevent.sleep(interval)
+
+    return gevent.spawn(run)
 
 
 def init_app(app: Flask) -> None:
@@ -194,6 +224,7 @@ def metrics() -> Response:
     elif config.is_production:
         raise ApiError(403, "forbidden", "metrics are disabled: set METRICS_TOKEN to enable /metrics")
     DELIVERIES.flush()
+    oldest_mongo_call()
     return Response(generate_latest(registry()), mimetype=CONTENT_TYPE_LATEST)
 
 

@@ -16,11 +16,12 @@ from __future__ import annotations
 import logging
 from typing import Any
 
+import pymongo
 from pymongo.errors import BulkWriteError, ConnectionFailure, ExecutionTimeout, PyMongoError, WTimeoutError
 
 from app.config import Config
 from app.store.idempotency import is_key_taken
-from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
+from app.store.models import OUTBOX_USER, id_chunks, notifications_collection, outbox_marker
 from app.store.outbox import lease_from_now
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,8 @@ def unreachable(exc: BaseException) -> bool:
     """Whether ``exc`` is the database failing rather than the documents being refused."""
     if isinstance(exc, (ConnectionFailure, ExecutionTimeout, WTimeoutError)):
         return True
+    if isinstance(exc, PyMongoError) and exc.timeout:  # MONGO_OP_TIMEOUT_MS passed (pymongo timeoutMS)
+        return True
     if isinstance(exc, BulkWriteError):
         errors = exc.details.get("writeErrors") or []
         return not errors or errors[0].get("code") in UNREACHABLE_CODES
@@ -69,12 +72,13 @@ def insert_isolated(groups: Groups, config: Config) -> Outcomes:
     a server-side check), that request fails and the others are inserted again together;
     otherwise (BSON the driver could not encode), one by one."""
     lease = lease_from_now(config)  # from now, not from the queueing
+    timeout = config.MONGO_OP_TIMEOUT_MS / 1000
     results: Outcomes = []
     pending = list(range(len(groups)))
     while pending:
         docs = [doc for i in pending for doc in groups[i]]
         try:
-            results.append((pending, _insert(docs, lease)))
+            results.append((pending, _insert(docs, lease, timeout)))
             return results
         except StoreUnavailable as exc:
             results.append((pending, exc))
@@ -83,7 +87,7 @@ def insert_isolated(groups: Groups, config: Config) -> Outcomes:
             culprit = _group_of(groups, pending, exc.index)
             if culprit is None:
                 log.warning("batch of %d requests refused (%s); storing them one by one", len(pending), exc)
-                return results + _one_by_one(groups, pending, lease)
+                return results + _one_by_one(groups, pending, lease, timeout)
             results.append(([culprit], exc))
             pending.remove(culprit)
     return results
@@ -101,12 +105,12 @@ def _group_of(groups: Groups, pending: list[int], index: int | None) -> int | No
 
 
 def _one_by_one(
-    groups: list[list[dict[str, Any]]], pending: list[int], lease: int
+    groups: list[list[dict[str, Any]]], pending: list[int], lease: int, timeout: float
 ) -> list[tuple[list[int], Any]]:
     results: list[tuple[list[int], Any]] = []
     for n, i in enumerate(pending):
         try:
-            results.append(([i], _insert(groups[i], lease)))
+            results.append(([i], _insert(groups[i], lease, timeout)))
         except StoreRefused as exc:
             results.append(([i], exc))
         except StoreUnavailable as exc:  # the database went away meanwhile: no use trying the rest
@@ -115,7 +119,7 @@ def _one_by_one(
     return results
 
 
-def _insert(docs: list[dict[str, Any]], lease_until_us: int) -> Any:
+def _insert(docs: list[dict[str, Any]], lease_until_us: int, timeout: float) -> Any:
     """The marker, then ``docs``, in order, in one round trip; the marker's id.
 
     All or nothing when refused: whatever part was stored is removed."""
@@ -126,7 +130,7 @@ def _insert(docs: list[dict[str, Any]], lease_until_us: int) -> Any:
         if unreachable(exc):
             log.error("MongoDB insert failed: %s", exc)
             raise StoreUnavailable("MongoDB did not store the notification") from exc
-        _forget(marker)
+        _forget(marker, timeout)
         index = _refused_index(exc)
         if is_key_taken(exc):
             raise KeyTaken("Idempotency-Key already stored", index) from exc
@@ -144,13 +148,17 @@ def _refused_index(exc: BaseException) -> int | None:
     return None
 
 
-def _forget(marker: dict[str, Any]) -> None:
+def _forget(marker: dict[str, Any], timeout: float) -> None:
     """Nothing half-written: remove whatever part of a refused insert was stored.
 
-    The marker goes last: if this fails, the relay publishes what is left, late."""
+    The marker goes last: if this fails, the relay publishes what is left, late. By lists
+    of at most ``MAX_IDS_PER_CALL`` ids, under one deadline for all of it, so a stalled
+    database holds the batcher one bound, not one per call."""
     coll = notifications_collection()
     try:
-        coll.delete_many({"_id": {"$in": marker["ids"]}})
-        coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
+        with pymongo.timeout(timeout):
+            for chunk in id_chunks(marker["ids"]):
+                coll.delete_many({"_id": {"$in": chunk}})
+            coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
     except PyMongoError:
         log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))

@@ -8,6 +8,7 @@ indexes and the rarer writes stay declared here.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from bson import ObjectId
@@ -83,6 +84,20 @@ LEGACY_IDEMPOTENCY = "idempotency"  # where older versions kept Idempotency-Key 
 PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0, "idem": 0, "idem_hash": 0}
 
 
+# SecantusDB (0.7.0b3) checks every candidate document against the whole filter, and an
+# ``$in`` compares with each listed value in turn: a call naming n ids costs n x n
+# comparisons, for a delete or an update under the collection's write lock, which every
+# insert waits for (1.9 s at 1,000 ids, 39 s at 5,000; bench/README.md, "Calls by a list of
+# ids"). So every call by a list of ids names at most this many (under 0.1 s each).
+MAX_IDS_PER_CALL = 100
+
+
+def id_chunks(ids: Sequence[Any]) -> Iterator[list[Any]]:
+    """``ids`` in lists of at most ``MAX_IDS_PER_CALL``, in order."""
+    for start in range(0, len(ids), MAX_IDS_PER_CALL):
+        yield list(ids[start : start + MAX_IDS_PER_CALL])
+
+
 def notifications_collection() -> Collection:
     return Notification._get_collection()
 
@@ -124,13 +139,37 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
             coll.insert_one(outbox_marker(ids, now_us))
         if holder is not None:
             coll.update_one({"_id": holder}, {"$unset": {"outbox": "", "published": ""}})
-    if old_markers:
-        legacy_outbox.delete_many({"_id": {"$in": [m["_id"] for m in old_markers]}})
+    for chunk in id_chunks([m["_id"] for m in old_markers]):
+        legacy_outbox.delete_many({"_id": {"$in": chunk}})
     return sum(len(ids) for ids, _ in batches)
 
 
 # What older versions created on notifications (dropped by ensure_indexes once it has run).
 LEGACY_INDEXES = ("outbox", "outbox_lease", "user_newest", "user_unread", "user_seq")
+
+
+def _key(fields: Any) -> tuple[tuple[str, int], ...]:
+    return tuple((field, int(order)) for field, order in fields)
+
+
+def index_name(spec: dict[str, Any]) -> str:
+    return spec.get("name") or "_".join(f"{field}_{order}" for field, order in spec["fields"])
+
+
+def missing_specs(document: type[Document]) -> list[dict[str, Any]]:
+    """The declared indexes of ``document`` its collection lacks (compared by key)."""
+    coll = document._get_collection()
+    present = {_key(info["key"]) for info in coll.index_information().values()}
+    return [spec for spec in document._meta["index_specs"] if _key(spec["fields"]) not in present]
+
+
+def create_missing(document: type[Document]) -> None:
+    """Create only what is missing: SecantusDB refuses a ``create_index`` whose options
+    differ in any way from the existing index of that name (even mongoengine's
+    ``background: false``), so an index made by other means is left as it is."""
+    coll = document._get_collection()
+    for spec in missing_specs(document):
+        coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
 
 
 def ensure_indexes() -> None:
@@ -140,7 +179,7 @@ def ensure_indexes() -> None:
     version's TTL index on ``created_at`` is dropped here. The older versions' separate
     ``idempotency`` collection is dropped: a key is kept with its notifications."""
     coll = notifications_collection()
-    Notification.ensure_indexes()
+    create_missing(Notification)
     legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
     collections = coll.database.list_collection_names()
     had_outbox = LEGACY_OUTBOX in collections

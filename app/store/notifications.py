@@ -32,6 +32,7 @@ from app.store.models import (
     OUTBOX_USER,
     PUBLIC_PROJECTION,
     ensure_key_index,
+    id_chunks,
     notifications_collection,
 )
 from app.store.publishing import Publisher, Stored
@@ -199,11 +200,12 @@ class NotificationService:
     # -- read state ------------------------------------------------------------------
     def mark_read(self, user_id: str, ids: list[str] | None) -> int:
         """Mark ``ids`` (or all when None) read; tell every open stream of the user."""
-        query: dict[str, Any] = {"user_id": user_id, "read": False}
-        if ids is not None:
-            query["_id"] = {"$in": [_object_id(i, "ids") for i in ids]}
+        unread: dict[str, Any] = {"user_id": user_id, "read": False}
+        oids = None if ids is None else [_object_id(i, "ids") for i in ids]
+        queries = [unread] if oids is None else [{**unread, "_id": {"$in": c}} for c in id_chunks(oids)]
         try:
-            updated = notifications_collection().update_many(query, {"$set": {"read": True}}).modified_count
+            coll = notifications_collection()
+            updated = sum(coll.update_many(q, {"$set": {"read": True}}).modified_count for q in queries)
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         if updated:

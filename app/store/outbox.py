@@ -15,7 +15,9 @@ claiming it first so two instances never race.
 That clean-up must keep up, or leases run out on batches that were in fact published and
 a relay publishes them again. So it is bounded, the batcher holds new batches while it
 lags (``wait_for_room``, for at most one lease), and the relay skips batches whose
-clean-up is pending in its worker.
+clean-up is pending in its worker. A round of clean-up has one deadline
+(``MONGO_OP_TIMEOUT_MS``) and names at most ``MAX_IDS_PER_CALL`` markers per delete; one
+that MongoDB did not answer stays pending and is tried again.
 """
 
 from __future__ import annotations
@@ -28,21 +30,32 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import gevent
+import pymongo
 import redis
 from gevent.event import Event
 from gevent.event import Event as Wakeup
 from pymongo import UpdateOne
-from pymongo.errors import PyMongoError
+from pymongo.errors import ConnectionFailure, PyMongoError
 
 from app.config import Config
 from app.ops import metrics
-from app.store.models import OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection, outbox_due
+from app.store.models import (
+    MAX_IDS_PER_CALL,
+    OUTBOX_USER,
+    PUBLIC_PROJECTION,
+    id_chunks,
+    notifications_collection,
+    outbox_due,
+)
 
 log = logging.getLogger(__name__)
 
-RELAY_BATCH = 200  # markers (batches) claimed per relay pass
+RELAY_BATCH = MAX_IDS_PER_CALL  # markers (batches) claimed per relay pass: one call by ids
 WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
 WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
+
+CLEANUP_RETRY_SECONDS = 0.5  # a clean-up that MongoDB did not answer is tried again after this
 
 Publish = Callable[[list[dict[str, Any]], list[Any]], bool]  # (docs, markers) -> published?
 
@@ -58,6 +71,11 @@ class _Cleanup:
     @property
     def size(self) -> int:
         return len(self.markers) + len(self.fixes)
+
+
+def _transient(exc: PyMongoError) -> bool:
+    """MongoDB did not answer (in time); the same write may succeed once it does."""
+    return isinstance(exc, ConnectionFailure) or exc.timeout
 
 
 def lease_from_now(config: Config) -> int:
@@ -158,14 +176,20 @@ class Outbox:
                 taken = self._take_cleanups()
                 markers = [m for c in taken for m in c.markers]
                 try:
-                    self._record_cleanups(markers, [f for c in taken for f in c.fixes])
+                    with pymongo.timeout(self.config.MONGO_OP_TIMEOUT_MS / 1000):  # one bound per round
+                        self._record_cleanups(markers, [f for c in taken for f in c.fixes])
                 except PyMongoError as exc:
+                    if _transient(exc):  # kept, so the relay does not publish them again meanwhile
+                        self._backlog.extendleft(reversed(taken))
+                        self._inflight_since = None
+                        log.warning("outbox clean-up of %d batches waits for MongoDB: %s", len(markers), exc)
+                        gevent.sleep(CLEANUP_RETRY_SECONDS)
+                        continue
                     log.error("could not clean up %d batches (relay may repeat them): %s", len(markers), exc)
-                finally:
-                    self._pending_markers.difference_update(markers)
-                    self._pending_size -= sum(c.size for c in taken)
-                    self._inflight_since = None
-                    self._writeback_progress.set()
+                self._pending_markers.difference_update(markers)
+                self._pending_size -= sum(c.size for c in taken)
+                self._inflight_since = None
+                self._writeback_progress.set()
             self._drained.set()
 
     def flush(self, timeout: float) -> bool:
@@ -192,15 +216,16 @@ class Outbox:
         if fixes:  # before the markers go: a marked document is left out of replays meanwhile
             ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
             notifications_collection().bulk_write(ops, ordered=False)
-        if markers:
-            notifications_collection().delete_many({"_id": {"$in": markers}, "user_id": OUTBOX_USER})
+        for chunk in id_chunks(markers):
+            notifications_collection().delete_many({"_id": {"$in": chunk}, "user_id": OUTBOX_USER})
 
     @staticmethod
     def release_leases(markers: list[Any]) -> None:
         """Make markers due at once: their publish failed here, the relay should not wait."""
-        mine = {"_id": {"$in": markers}, "user_id": OUTBOX_USER}
         try:
-            notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
+            for chunk in id_chunks(markers):
+                mine = {"_id": {"$in": chunk}, "user_id": OUTBOX_USER}
+                notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
 
@@ -238,7 +263,8 @@ class Outbox:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
         ids = [oid for m in claimed for oid in m["ids"]]
-        docs = list(coll.find({"_id": {"$in": ids}}, PUBLIC_PROJECTION).sort("_id", 1))
+        docs = [d for chunk in id_chunks(ids) for d in coll.find({"_id": {"$in": chunk}}, PUBLIC_PROJECTION)]
+        docs.sort(key=lambda doc: doc["_id"])
         if not docs:  # the process died after the marker, before the batch: nothing to publish
             self._record_cleanups(claimed_ids, [])
             return len(markers)

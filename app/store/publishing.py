@@ -58,6 +58,7 @@ class _Job:
     docs: list[dict[str, Any]]
     stored: AsyncResult = field(default_factory=AsyncResult)  # None, or the insert's exception
     published: AsyncResult = field(default_factory=AsyncResult)  # True / False once tried
+    abandoned: bool = False  # its request stopped waiting: not to be stored any more
 
 
 @dataclass
@@ -119,7 +120,13 @@ class Publisher:
         self.start()
         job = _Job(docs)
         self._jobs.put(job)
-        job.stored.get()
+        try:
+            job.stored.get(timeout=self.config.MONGO_OP_TIMEOUT_MS / 1000)
+        except gevent.Timeout:
+            # MongoDB stalls: answer now. A batch already being inserted may still be
+            # stored; its marker makes the relay publish it, like any unpublished batch.
+            job.abandoned = True
+            raise StoreUnavailable("MongoDB did not store the batch in time") from None
         budget = budget or RedisBudget(self.config.PUBLISH_TIMEOUT_SECONDS)
         published = budget.wait(job.published) is True
         body = [public_json(d) for d in docs]
@@ -137,6 +144,9 @@ class Publisher:
                 job = self._jobs.get_nowait()
                 jobs.append(job)
                 count += len(job.docs)
+            jobs = [job for job in jobs if not job.abandoned]
+            if not jobs:
+                continue
             try:
                 self._process(jobs)
             except Exception as exc:  # never let the batcher die

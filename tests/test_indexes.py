@@ -1,0 +1,75 @@
+"""A worker started on a database without its indexes: it makes them, or says so."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import requests
+from pymongo import MongoClient
+
+from app.store.models import EITHER_READ, outbox_due
+from tests.support import wait_until
+from tests.test_metrics import sample
+
+# api_keys' unique indexes are made by mongoengine itself when the collection is first used.
+EXPECTED = ["notifications.user_read_seq", "idempotency.idem_ttl"]
+
+
+def ready(url: str) -> requests.Response:
+    return requests.get(url + "/readyz", timeout=5)
+
+
+def winning_stages(plan: dict[str, Any]) -> list[str]:
+    stages = []
+    while plan:
+        stages.append(plan["stage"])
+        plan = plan.get("inputStage") or {}
+    return stages
+
+
+def test_worker_started_without_cli_step_creates_indexes(live: Any, stack: Any) -> None:
+    db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
+    assert db.list_collection_names() == []  # an empty database, no `db create-indexes`
+    server = live(workers=2)
+    wait_until(lambda: ready(server.url).status_code == 200, timeout=15)
+    coll = db.notifications
+    server.notify("ix-user", "hello")
+    poll = coll.find(outbox_due(time.time_ns() // 1000)).explain()["queryPlanner"]["winningPlan"]
+    page = coll.find({"user_id": "ix-user", "read": EITHER_READ}).sort("seq", -1).limit(21)
+    page_plan = page.explain()["queryPlanner"]["winningPlan"]
+    assert "IXSCAN" in winning_stages(poll) and "COLLSCAN" not in winning_stages(poll)
+    assert "IXSCAN" in winning_stages(page_plan) and "COLLSCAN" not in winning_stages(page_plan)
+    created = [line for line in server.log().splitlines() if "created missing MongoDB indexes" in line]
+    assert 1 <= len(created) <= 2  # by the worker(s) that found them missing
+    assert all(name in created[0] for name in EXPECTED), created
+
+    server.stop()
+    again = live(workers=1)
+    wait_until(lambda: ready(again.url).status_code == 200, timeout=15)
+    assert "created missing MongoDB indexes" not in again.log_path.read_text().split("Booting worker")[-1]
+
+
+def test_readyz_names_missing_indexes_when_creation_is_off(live: Any, stack: Any) -> None:
+    server = live(workers=1, AUTO_CREATE_INDEXES="0")
+    wait_until(lambda: "indexes missing" in server.log(), timeout=15)
+    resp = ready(server.url)
+    body = resp.json()
+    assert resp.status_code == 503 and body["checks"]["indexes"] == "missing"
+    assert body["missing_indexes"] == EXPECTED
+    assert "notifications.user_read_seq" in body["error"]["message"]
+    metrics = requests.get(server.url + "/metrics", timeout=5).text
+    assert sample(metrics, "notify_mongodb_indexes_missing") == len(EXPECTED)
+    db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
+    assert "user_read_seq" not in db.notifications.index_information()  # it did not create them
+
+
+def test_an_index_made_by_other_means_is_kept_and_the_rest_created(live: Any, stack: Any) -> None:
+    """SecantusDB refuses a create_index whose options differ from the existing index of
+    that name (mongoengine adds ``background: false``): only what is missing is created."""
+    db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
+    db.notifications.create_index([("user_id", 1), ("read", 1), ("seq", 1)], name="user_read_seq")
+    server = live(workers=1)
+    wait_until(lambda: ready(server.url).status_code == 200, timeout=15)
+    created = [line for line in server.log().splitlines() if "created missing MongoDB indexes" in line]
+    assert len(created) == 1 and "idempotency.idem_ttl" in created[0] and "user_read_seq" not in created[0]
