@@ -301,11 +301,12 @@ def _keyed_post(server, key: str, timeout: float) -> requests.Response:
 
 def test_retries_after_a_mongodb_freeze_end_as_one_notification_per_key(live, own_mongo, stack_on):
     """MongoDB hangs (SIGSTOP) under keyed POSTs. A short freeze: callers time out while
-    their notifications are stored after the thaw. A long one: the driver gives up and the
+    their notifications are stored after the thaw. A long one: past MONGO_OP_TIMEOUT_MS the
     POSTs answer 503. Retried with the same keys (by hand, and by the bundled client), every
     key ends as exactly one notification, delivered once."""
     stack = stack_on(mongo_url=own_mongo.url)
-    server = live(workers=2, on=stack, RELAY_INTERVAL_SECONDS="0.2")
+    # The short freeze (3 s) stays under MONGO_OP_TIMEOUT_MS, the long one passes it.
+    server = live(workers=2, on=stack, RELAY_INTERVAL_SECONDS="0.2", MONGO_OP_TIMEOUT_MS="6000")
     markers = MongoClient(stack.mongo_uri).get_default_database().notifications
     stream = SSEClient(server.url, server.token("fz"))
     outcomes: dict[str, object] = {}
@@ -344,7 +345,7 @@ def test_retries_after_a_mongodb_freeze_end_as_one_notification_per_key(live, ow
     try:
         server.post("/api/notifications", {"user_id": "fz", "message": "warm-up"})
         settled()
-        with frozen(own_mongo):  # shorter than the driver's 10 s socket timeout
+        with frozen(own_mongo):  # shorter than MONGO_OP_TIMEOUT_MS: stored after the thaw
             gevent.joinall([pool.spawn(first_attempt, key, 1) for key in short])
             sends = [pool.spawn(client_send, i) for i in range(2)]
             gevent.sleep(3)  # the client retries meanwhile, each attempt with the same key
@@ -353,7 +354,7 @@ def test_retries_after_a_mongodb_freeze_end_as_one_notification_per_key(live, ow
         client_ids = [send.get(timeout=30) for send in sends]
         assert any(created[key].headers.get("Idempotent-Replayed") == "true" for key in short)
         settled()
-        with frozen(own_mongo):  # longer: the POSTs answer 503 when the driver gives up
+        with frozen(own_mongo):  # longer: the POSTs answer 503 once MONGO_OP_TIMEOUT_MS passed
             gevent.joinall([pool.spawn(first_attempt, key, 30) for key in long], timeout=25)
         assert {outcomes[key] for key in long} == {503}
         retry_until_created(long)
