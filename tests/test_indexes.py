@@ -74,3 +74,18 @@ def test_an_index_made_by_other_means_is_kept_and_the_rest_created(live: Any, st
     created = [line for line in server.log().splitlines() if "created missing MongoDB indexes" in line]
     assert created and all("user_read_seq" not in line for line in created)
     assert any("notifications.idem" in line for line in created)
+
+
+def test_keyed_posts_right_after_start_all_succeed(live: Any, stack: Any) -> None:
+    """The first keyed POSTs race the workers' own index set-up for the ``idem`` index:
+    whichever makes it, none of them fails for it."""
+    import gevent.pool
+
+    server = live(workers=2)  # no wait for /readyz: the set-up may still be running
+    pool = gevent.pool.Pool(16)
+    body = {"user_id": "ix-race", "message": "m"}
+    statuses = pool.map(
+        lambda i: server.post("/api/notifications", body, **{"Idempotency-Key": f"race-{i}"}).status_code,
+        range(32),
+    )
+    assert statuses == [201] * 32

@@ -14,6 +14,7 @@ from typing import Any
 from bson import ObjectId
 from mongoengine import BooleanField, DateTimeField, DictField, Document, IntField, StringField
 from pymongo.collection import Collection
+from pymongo.errors import OperationFailure
 
 KEY_INDEX = "idem"
 
@@ -103,10 +104,9 @@ def notifications_collection() -> Collection:
 
 
 def ensure_key_index() -> None:
-    """The unique ``idem`` index, which ``Idempotency-Key`` relies on (no-op once it exists)."""
-    coll = notifications_collection()
-    if KEY_INDEX not in coll.index_information():  # the dev server refuses a repeated create_index
-        coll.create_index([("idem", 1)], name=KEY_INDEX, unique=True, sparse=True, background=False)
+    """The unique ``idem`` index, which ``Idempotency-Key`` relies on: the worker's index
+    set-up (``app/store/indexes.py``) may not have run yet when the first keyed POST comes."""
+    create_missing(Notification)
 
 
 def outbox_marker(ids: list[Any], lease_until_us: int) -> dict[str, Any]:
@@ -169,7 +169,12 @@ def create_missing(document: type[Document]) -> None:
     ``background: false``), so an index made by other means is left as it is."""
     coll = document._get_collection()
     for spec in missing_specs(document):
-        coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
+        try:
+            coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
+        except OperationFailure:
+            # Another worker (or this one's set-up) made it meanwhile: what counts is that it exists.
+            if _key(spec["fields"]) not in {_key(i["key"]) for i in coll.index_information().values()}:
+                raise
 
 
 def ensure_indexes() -> None:
