@@ -139,16 +139,14 @@ def bool_arg(name: str) -> bool:
 
 def _check_storable(value: Any, path: str, level: int) -> None:
     """Depth, keys and integers of ``data``, anywhere in it, named by path (``data.a[2].b``)."""
+    if isinstance(value, (dict, list)) and level > MAX_DATA_DEPTH:
+        raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
     if isinstance(value, dict):
-        if level > MAX_DATA_DEPTH:
-            raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
         for key, item in value.items():
             if key.startswith("$") or "." in key or "\x00" in key:
                 raise invalid(f"{path}.{key}", "keys must not start with '$' or contain '.' or NUL")
             _check_storable(item, f"{path}.{key}", level + 1)
     elif isinstance(value, list):
-        if level > MAX_DATA_DEPTH:
-            raise invalid(path, f"data must be nested at most {MAX_DATA_DEPTH} levels")
         for index, item in enumerate(value):
             _check_storable(item, f"{path}[{index}]", level + 1)
     elif not _fits_int64(value):

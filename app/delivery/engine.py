@@ -14,20 +14,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Protocol
 
 import gevent
 
 from app.delivery.connection import Conn
 from app.delivery.events import Event
 from app.delivery.session import StreamSession
-from app.delivery.waiting import WHEEL, Alarm, Parked
+from app.delivery.waiting import BURST, WHEEL, Alarm, Parked
 
 log = logging.getLogger(__name__)
 
 NORMAL, GOING_AWAY, PROTOCOL, BAD_DATA, SLOW, TOO_BIG, INTERNAL = 1000, 1001, 1002, 1007, 1008, 1009, 1011
 EXPIRED = 4401
-BURST = 256  # events rendered into one write
 
 
 class End(Exception):
@@ -61,12 +60,7 @@ class Framing(Protocol):
 def pending(session: StreamSession, first: Event, render: Callable[[Event], bytes], out: list[bytes]) -> None:
     """``first`` and whatever else is queued right now: one write for a burst."""
     out.append(render(first))
-    sub = session.sub
-    assert sub is not None
-    while sub.queue and len(out) < BURST:
-        event = session.next(0)
-        if event is None:
-            break
+    while len(out) < BURST and (event := session.take()) is not None:
         out.append(render(event))
 
 
@@ -79,7 +73,7 @@ def _end_of(session: StreamSession) -> End | None:
     return End(SLOW if reason == "slow consumer" else GOING_AWAY, reason)
 
 
-def run(conn: Conn, head: bytes, session: StreamSession, framing: Any, first: list[bytes]) -> None:
+def run(conn: Conn, head: bytes, session: StreamSession, framing: Framing, first: list[bytes]) -> None:
     """Serve one stream until it ends; the session is released whatever happens."""
     sub = session.sub
     assert sub is not None

@@ -10,22 +10,23 @@ reach the client live or from the Redis list with the cursor they are published 
 from __future__ import annotations
 
 import logging
-from datetime import timedelta
 from typing import Any
 
 import orjson
 import redis
-from bson import ObjectId
 from pymongo.errors import PyMongoError
 
 from app.delivery.events import NOTIFICATION, Event
 from app.ops import metrics
-from app.store.models import EITHER_READ, OUTBOX_USER, PUBLIC_PROJECTION, notifications_collection
+from app.store.models import (
+    EITHER_READ,
+    PUBLIC_PROJECTION,
+    notifications_collection,
+    still_marked,
+)
 from app.store.serialization import public_json
 
 log = logging.getLogger(__name__)
-
-MARKER_MARGIN = timedelta(minutes=5)  # clock skew between the instances that made them
 
 
 class ReplayUnavailable(RuntimeError):
@@ -61,19 +62,8 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
 
 
 def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """``docs`` without those of batches still marked in the outbox.
-
-    A batch's marker is made after its documents, so only markers made since the oldest of
-    ``docs`` (less a margin for clocks) can name them; those are few (a marker lives until
-    its publish is cleaned up) and are matched here, not by an ``$in`` of every id, which
-    SecantusDB compares id by id with each marker's list (bench/README.md, "Calls by a
-    list of ids")."""
-    if not docs:
-        return docs
-    oldest = min(d["_id"].generation_time for d in docs) - MARKER_MARGIN
     try:
-        recent = {"user_id": OUTBOX_USER, "_id": {"$gte": ObjectId.from_datetime(oldest)}}
-        pending = {oid for m in notifications_collection().find(recent, {"ids": 1}) for oid in m["ids"]}
+        pending = still_marked(docs)
     except PyMongoError as exc:
         raise ReplayUnavailable(str(exc)) from exc
     return [d for d in docs if d["_id"] not in pending] if pending else docs

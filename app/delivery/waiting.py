@@ -25,6 +25,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+BURST = 256  # events rendered into one write
+
 Render = Callable[[Event], bytes]  # one event's wire bytes
 Frame = Callable[[list[bytes]], bytes]  # a burst's one write
 
@@ -115,7 +117,7 @@ class Parked:
             sub.wakeup.set()
             return
         out: list[bytes] = []
-        while len(out) < 256:
+        while len(out) < BURST:
             event = session.take()
             if event is None:
                 break

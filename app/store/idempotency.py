@@ -18,7 +18,7 @@ from typing import Any
 from pymongo.errors import BulkWriteError, DuplicateKeyError
 
 from app.errors import ApiError
-from app.store.models import OUTBOX_USER, notifications_collection
+from app.store.models import notifications_collection, still_marked
 
 
 @dataclass(frozen=True)
@@ -60,6 +60,4 @@ def stored_under(key: RequestKey, count: int) -> tuple[list[dict[str, Any]], boo
     if first is None or first.get("idem_hash") != key.body_hash:
         raise ApiError(409, "idempotency_conflict", "Idempotency-Key was already used with a different body")
     docs = [found[name] for name in names if name in found]  # all, unless a crash cut the insert
-    ids = [doc["_id"] for doc in docs]
-    pending = coll.find_one({"user_id": OUTBOX_USER, "ids": {"$in": ids}}, {"_id": 1})
-    return docs, pending is None
+    return docs, not still_marked(docs)

@@ -21,8 +21,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, ExecutionTimeout, 
 
 from app.config import Config
 from app.store.idempotency import is_key_taken
-from app.store.models import OUTBOX_USER, id_chunks, notifications_collection, outbox_marker
-from app.store.outbox import lease_from_now
+from app.store.models import OUTBOX_USER, id_chunks, lease_from_now, notifications_collection, outbox_marker
 
 log = logging.getLogger(__name__)
 

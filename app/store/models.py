@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from typing import Any
 
 from bson import ObjectId
@@ -91,6 +92,7 @@ PUBLIC_PROJECTION = {"outbox": 0, "published": 0, "lease_until": 0, "claim": 0, 
 # insert waits for (1.9 s at 1,000 ids, 39 s at 5,000; bench/README.md, "Calls by a list of
 # ids"). So every call by a list of ids names at most this many (under 0.1 s each).
 MAX_IDS_PER_CALL = 100
+MARKER_CLOCK_MARGIN = timedelta(minutes=5)  # skew between the instances that made docs and markers
 
 
 def id_chunks(ids: Sequence[Any]) -> Iterator[list[Any]]:
@@ -112,6 +114,29 @@ def ensure_key_index() -> None:
 def outbox_marker(ids: list[Any], lease_until_us: int) -> dict[str, Any]:
     """The marker of the batch of notifications ``ids`` (see ``OUTBOX_USER``)."""
     return {"_id": ObjectId(), "user_id": OUTBOX_USER, "read": False, "seq": lease_until_us, "ids": ids}
+
+
+def lease_from_now(config: Any) -> int:
+    """A publish lease's deadline, in µs: a marker older than this is due for the relay."""
+    return time.time_ns() // 1000 + int(config.PUBLISH_LEASE_SECONDS * 1_000_000)
+
+
+def still_marked(docs: list[dict[str, Any]]) -> set[Any]:
+    """The ids of ``docs`` whose batch is still marked in the outbox (not published yet,
+    or its cursor being replaced).
+
+    A batch's marker is made after its documents, so only markers made since the oldest
+    of ``docs`` (less a margin for clocks) can name them; those are few (a marker lives
+    until its publish is cleaned up) and are matched here, not by an ``$in`` of every id,
+    which SecantusDB compares id by id with each marker's list (``MAX_IDS_PER_CALL``)."""
+    if not docs:
+        return set()
+    oldest = min(d["_id"].generation_time for d in docs) - MARKER_CLOCK_MARGIN
+    recent = {"user_id": OUTBOX_USER, "_id": {"$gte": ObjectId.from_datetime(oldest)}}
+    wanted = {d["_id"] for d in docs}
+    return {
+        oid for m in notifications_collection().find(recent, {"ids": 1}) for oid in m["ids"] if oid in wanted
+    }
 
 
 def outbox_due(before_us: int) -> dict[str, Any]:

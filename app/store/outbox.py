@@ -36,15 +36,17 @@ import redis
 from gevent.event import Event
 from gevent.event import Event as Wakeup
 from pymongo import UpdateOne
-from pymongo.errors import ConnectionFailure, PyMongoError
+from pymongo.errors import PyMongoError
 
 from app.config import Config
 from app.ops import metrics
+from app.store.inserting import unreachable
 from app.store.models import (
     MAX_IDS_PER_CALL,
     OUTBOX_USER,
     PUBLIC_PROJECTION,
     id_chunks,
+    lease_from_now,
     notifications_collection,
     outbox_due,
 )
@@ -71,16 +73,6 @@ class _Cleanup:
     @property
     def size(self) -> int:
         return len(self.markers) + len(self.fixes)
-
-
-def _transient(exc: PyMongoError) -> bool:
-    """MongoDB did not answer (in time); the same write may succeed once it does."""
-    return isinstance(exc, ConnectionFailure) or exc.timeout
-
-
-def lease_from_now(config: Config) -> int:
-    """A publish lease's deadline, in µs: a marker older than this is due for the relay."""
-    return time.time_ns() // 1000 + int(config.PUBLISH_LEASE_SECONDS * 1_000_000)
 
 
 class Outbox:
@@ -179,7 +171,7 @@ class Outbox:
                     with pymongo.timeout(self.config.MONGO_OP_TIMEOUT_MS / 1000):  # one bound per round
                         self._record_cleanups(markers, [f for c in taken for f in c.fixes])
                 except PyMongoError as exc:
-                    if _transient(exc):  # kept, so the relay does not publish them again meanwhile
+                    if unreachable(exc):  # kept, so the relay does not publish them again meanwhile
                         self._backlog.extendleft(reversed(taken))
                         self._inflight_since = None
                         log.warning("outbox clean-up of %d batches waits for MongoDB: %s", len(markers), exc)
