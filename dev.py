@@ -2,7 +2,7 @@
 """Developer entry point; needs nothing but Python 3.11.
 
     python3 dev.py run              # app + embedded Redis/MongoDB on http://127.0.0.1:8000
-    python3 dev.py test [ARGS...]   # the test suite (ARGS go to pytest)
+    python3 dev.py test [ARGS...]   # the test suite, in parallel processes (ARGS: one pytest)
     python3 dev.py bench [--quick]  # the benchmark vs Flask-SSE (bench/README.md)
 
 Both create/refresh ``.venv`` from requirements-dev.txt and re-run inside it.
@@ -332,6 +332,8 @@ def cmd_test(args: list[str]) -> int:
                 say(f"warning: `{' '.join(cmd)}` failed; those tests fail under CI without them")
                 break
     os.chdir(ROOT)
+    if not args:  # the whole suite: processes sharing a queue of test files (tools/testshards.py)
+        os.execv(VENV_PY, [str(VENV_PY), "-m", "tools.testshards"])
     os.execv(VENV_PY, [str(VENV_PY), "-m", "pytest", *args])
 
 

@@ -13,12 +13,15 @@ from typing import Any
 
 import gevent
 import orjson
+import pytest
 import requests
 from gevent.pool import Pool
 from pymongo import MongoClient
 
 from app.store.models import OUTBOX_USER
 from tests.support import wait_until
+
+pytestmark = pytest.mark.solo
 
 BOUND_MS = 3000  # MONGO_OP_TIMEOUT_MS, the default
 CLIENTS = 32
