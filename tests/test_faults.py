@@ -11,9 +11,9 @@ import orjson
 import pytest
 import redis
 import requests
+from notify_client import NotifyClient
 from pymongo import MongoClient
 
-from app.client import NotifyClient
 from app.store.models import OUTBOX_USER
 from tests.support import SSEClient, WSClient, frozen, wait_until
 from tests.tcp_proxy import TcpProxy

@@ -1,6 +1,6 @@
 """A small typed Python client for services that send notifications (sync, ``requests``-based).
 
-    from app.client import NotifyClient
+    from notify_client import NotifyClient
     with NotifyClient("http://notify.internal:8000", api_key) as notify:
         notify.send("alice", "Your export is ready", title="Export", data={"url": url})
 
@@ -11,7 +11,9 @@ reused on all its retries: a retry after a 503, a timeout or a lost response ret
 notification the first attempt stored, if it stored one, never a second. Any other
 failure raises ``NotifyError`` with the server's status, code, message and field.
 
-Needs only ``requests`` (pinned in requirements-dev.txt; the service itself does not use it).
+Needs only ``requests``. An installable package of its own (``clients/python``):
+``pip install ./clients/python`` or
+``pip install 'notify-client @ git+https://<repo>#subdirectory=clients/python'``.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""app/client.py against a live gunicorn, plus a flaky front proxy for the retry paths."""
+"""notify_client against a live gunicorn, plus a flaky front proxy for the retry paths."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from collections.abc import Iterator
 import pytest
 import requests
 from gevent.pywsgi import WSGIServer
+from notify_client import NotifyClient, NotifyError
 
-from app.client import NotifyClient, NotifyError
 from tests.test_ratelimit import _not_near_window_end
 from tools.devservers import find_free_port
 
