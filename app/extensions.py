@@ -6,12 +6,14 @@ MongoDB and Redis clients connect lazily on first use.
 
 from __future__ import annotations
 
+import logging
 import os
 import queue
 import time
 from collections import deque
 from collections.abc import Callable
 from typing import Any
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import gevent
 import mongoengine
@@ -24,6 +26,24 @@ from redis.retry import Retry
 
 from app.config import Config
 
+log = logging.getLogger(__name__)
+
+
+READ_PREFERENCE_OPTIONS = {"readpreference", "readpreferencetags", "maxstalenessseconds"}
+
+
+def primary_only(uri: str) -> str:
+    """``uri`` without read-preference options: every read goes to the primary, because a
+    replay must see every notification a 201 answered for and a secondary may not have it
+    yet (deploy/README.md)."""
+    parts = urlsplit(uri)
+    query = parse_qsl(parts.query, keep_blank_values=True)
+    kept = [(key, value) for key, value in query if key.lower() not in READ_PREFERENCE_OPTIONS]
+    if len(kept) == len(query):
+        return uri
+    log.warning("MONGO_URI names a read preference; notify reads from the primary only")
+    return urlunsplit(parts._replace(query=urlencode(kept)))
+
 
 class MongoDB:
     """Binds mongoengine's default connection to the app's ``MONGO_URI``."""
@@ -31,7 +51,7 @@ class MongoDB:
     def init_app(self, app: Flask, config: Config) -> None:
         mongoengine.disconnect(alias="default")
         mongoengine.connect(
-            host=config.MONGO_URI,
+            host=primary_only(config.MONGO_URI),
             alias="default",
             connect=False,
             tz_aware=True,

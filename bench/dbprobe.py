@@ -32,7 +32,7 @@ from pymongo import MongoClient, UpdateOne
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from app.store.models import OUTBOX_USER, outbox_marker  # noqa: E402
+from app.store.models import MARKERS, outbox_marker  # noqa: E402
 from tools.devservers import mongo_server  # noqa: E402
 
 UNREAD = ([("user_id", 1), ("read", 1)], {})
@@ -115,7 +115,7 @@ def now_design(db: Any, coll: Any, batch: int, reps: int) -> tuple[float, float]
         markers.append(marker["_id"])
     t1 = time.perf_counter()
     for i in range(0, len(markers), 50):
-        coll.delete_many({"_id": {"$in": markers[i : i + 50]}, "user_id": OUTBOX_USER})
+        coll.delete_many({"_id": {"$in": markers[i : i + 50]}, **MARKERS})
     return insert, time.perf_counter() - t1
 
 

@@ -32,7 +32,7 @@ sys.path.insert(0, str(ROOT))
 
 from pymongo import MongoClient  # noqa: E402
 
-from app.store.models import OUTBOX_USER  # noqa: E402
+from app.store.models import MARKERS  # noqa: E402
 from bench.measure import ProcStats, cpu_seconds, redis_connections_by_pid, speed_probe_ms  # noqa: E402
 from bench.report import results_dir, write_results  # noqa: E402
 from tools.devservers import find_free_port, mongo_server, redis_server  # noqa: E402
@@ -469,7 +469,7 @@ class Bench:
         client: MongoClient = MongoClient(svc.mongo_uri, directConnection=True)
         try:
             coll = client.get_default_database()["notifications"]
-            marked = {"user_id": OUTBOX_USER}  # batches not yet recorded as published
+            marked = MARKERS  # batches not yet recorded as published
             started = time.monotonic()
             while coll.count_documents(marked, limit=1) and time.monotonic() - started < limit:
                 time.sleep(0.1)

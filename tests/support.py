@@ -21,11 +21,12 @@ import websocket
 from bson import ObjectId
 from gevent.event import Event as Wakeup
 
-from app.store.models import OUTBOX_USER, notifications_collection, outbox_marker
+from app.store.models import MARKERS, notifications_collection, outbox_marker
 from app.store.serialization import new_document
 from tools.devservers import find_free_port
 
 ROOT = Path(__file__).resolve().parent.parent
+REAL_USERS = {"user_id": {"$lt": "~"}}  # every notification, no outbox marker (app/store/models.py)
 
 
 def require_tool(present: bool, what: str) -> None:
@@ -351,7 +352,7 @@ def docs_for(user: str, n: int) -> list[dict[str, Any]]:
 def marked(coll: Any, user: str) -> list[dict[str, Any]]:
     """The outbox markers of batches holding any of ``user``'s notifications."""
     ids = [d["_id"] for d in coll.find({"user_id": user}, {"_id": 1})]
-    return list(coll.find({"user_id": OUTBOX_USER, "ids": {"$in": ids}}))
+    return list(coll.find({**MARKERS, "ids": {"$in": ids}}))
 
 
 def wait_until(predicate: Any, timeout: float = 10.0) -> None:

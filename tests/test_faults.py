@@ -14,7 +14,7 @@ import requests
 from notify_client import NotifyClient
 from pymongo import MongoClient
 
-from app.store.models import OUTBOX_USER
+from app.store.models import MARKERS
 from tests.support import SSEClient, WSClient, frozen, wait_until
 from tests.tcp_proxy import TcpProxy
 
@@ -338,7 +338,7 @@ def test_retries_after_a_mongodb_freeze_end_as_one_notification_per_key(live, ow
                     time.sleep(0.2)
 
     def settled() -> None:  # no clean-up of this phase left for a relay
-        wait_until(lambda: markers.count_documents({"user_id": OUTBOX_USER}) == 0, timeout=30)
+        wait_until(lambda: markers.count_documents(MARKERS) == 0, timeout=30)
 
     pool = gevent.pool.Pool()
     short, long = [f"short-{i}" for i in range(4)], [f"long-{i}" for i in range(4)]

@@ -14,7 +14,13 @@ from gevent.event import Event
 
 from app.config import Config, ConfigError
 from app.store import outbox
-from app.store.models import LEGACY_OUTBOX, notifications_collection, outbox_marker
+from app.store.models import (
+    LEGACY_OUTBOX,
+    MARKERS,
+    OUTBOX_PARTITIONS,
+    notifications_collection,
+    outbox_marker,
+)
 
 from .support import docs_for, marked, wait_until
 
@@ -179,6 +185,34 @@ def test_markers_an_older_version_kept_in_the_documents_move_to_the_outbox(app):
         publisher = upgrade_from(app, batch, {**old, **PREVIOUS_INDEXES})
         assert "outbox" not in coll.find_one(batch[0]["_id"])
         relayed_once_adopted(publisher, coll, "wes", batch)
+
+
+def test_markers_spread_over_the_outbox_partitions_and_none_is_a_users(app, client, auth):
+    """On a cluster sharded by user_id, one marker user id would be one hot chunk."""
+    users = {outbox_marker([], 0)["user_id"] for _ in range(400)}
+    assert len(users) == OUTBOX_PARTITIONS
+    for user in users:
+        resp = client.post("/api/notifications", json={"user_id": user, "message": "x"}, headers=auth)
+        assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "user_id"
+    with app.app_context():
+        coll = notifications_collection()
+        coll.insert_many([outbox_marker([], now_us() + 60_000_000) for _ in range(40)])
+        coll.insert_many(docs_for("tilde", 3) + docs_for("zz.top", 3))
+        assert coll.count_documents(MARKERS) == 40  # every marker, no notification
+
+
+def test_a_marker_of_the_single_outbox_user_of_older_versions_is_still_relayed(app):
+    publisher = app.extensions["notifications"].publisher
+    publisher.start(relay=False)  # only the test relays
+    with app.app_context():
+        coll = notifications_collection()
+        batch = docs_for("una", 2)
+        publisher.propose_cursors(batch)
+        legacy = {**outbox_marker([d["_id"] for d in batch], now_us() - 1_000_000), "user_id": "~outbox"}
+        coll.insert_many([legacy, *batch])
+        assert publisher.outbox.relay_once() == 1
+        wait_until(lambda: coll.count_documents({"_id": legacy["_id"]}) == 0)
+        assert publisher.stats["relayed"] == 2
 
 
 def test_a_marker_whose_batch_never_arrived_is_dropped_by_the_relay(app):

@@ -11,7 +11,7 @@ import orjson
 import redis
 
 from app.delivery.replay import events_after
-from app.store.models import OUTBOX_USER, notifications_collection
+from app.store.models import MARKERS, notifications_collection, outbox_marker
 
 from .support import docs_for, marked, store_unpublished, wait_until
 
@@ -73,8 +73,9 @@ def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
         assert marked(notifications_collection(), "zed")
         recent = orjson.loads(service._recent_from_mongo())["notifications"]
         assert [n["user_id"] for n in recent] == ["zed"]
-    resp = client.post("/api/notifications", json={"user_id": OUTBOX_USER, "message": "x"}, headers=auth)
-    assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "user_id"
+    for reserved in ("~outbox", outbox_marker([], 0)["user_id"]):
+        resp = client.post("/api/notifications", json={"user_id": reserved, "message": "x"}, headers=auth)
+        assert resp.status_code == 422 and resp.get_json()["error"]["field"] == "user_id"
 
 
 def test_the_publish_script_is_loaded_again_when_redis_has_forgotten_it(app):
@@ -148,7 +149,7 @@ def assert_stored_once(app: Any, users: list[str], results: list[Any]) -> None:
         assert result.published and all(isinstance(n["seq"], int) for n in result.notifications)
         stored = sorted(str(d["_id"]) for d in coll.find({"user_id": user}))
         assert stored == sorted(n["id"] for n in result.notifications)
-    wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0)  # nothing left half-written
+    wait_until(lambda: coll.count_documents(MARKERS) == 0)  # nothing left half-written
 
 
 def test_a_document_the_store_refuses_fails_only_its_own_request(app, monkeypatch, caplog):
@@ -218,6 +219,6 @@ def test_while_redis_hangs_stored_batches_past_the_bound_go_to_the_relay(make_ap
             assert time.monotonic() - started < 1  # not queued: no wait for the publish
         assert not any(s.published for s in [*queued, overflow])
         coll = notifications_collection()
-        wait_until(lambda: coll.count_documents({"user_id": OUTBOX_USER}) == 0, timeout=20)
+        wait_until(lambda: coll.count_documents(MARKERS) == 0, timeout=20)
         assert publisher.stats["published"] >= 4 and publisher.stats["relayed"] >= 1
         assert all(isinstance(d["seq"], int) for d in coll.find({"user_id": "hal"}))

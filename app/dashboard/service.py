@@ -19,7 +19,7 @@ from pymongo.errors import PyMongoError
 
 from app.delivery.presence import Presence
 from app.errors import ApiError
-from app.store.models import OUTBOX_USER, notifications_collection
+from app.store.models import notifications_collection
 from app.store.notifications import NotificationService
 
 log = logging.getLogger(__name__)
@@ -137,9 +137,10 @@ class DashboardService:
         try:
             rows = notifications_collection().aggregate(
                 [
-                    {"$match": {"user_id": {"$regex": pattern, "$ne": OUTBOX_USER}}},  # not the markers
+                    {"$match": {"user_id": {"$regex": pattern}}},
                     {"$limit": 20000},  # bounds the work for a short, common prefix
                     {"$group": {"_id": "$user_id"}},
+                    {"$match": {"_id": {"$lt": "~"}}},  # not the outbox markers' user ids
                     {"$sort": {"_id": 1}},
                     {"$limit": limit},
                 ]

@@ -21,7 +21,7 @@ from pymongo.errors import BulkWriteError, ConnectionFailure, ExecutionTimeout, 
 
 from app.config import Config
 from app.store.idempotency import is_key_taken
-from app.store.models import OUTBOX_USER, id_chunks, lease_from_now, notifications_collection, outbox_marker
+from app.store.models import MARKERS, id_chunks, lease_from_now, notifications_collection, outbox_marker
 
 log = logging.getLogger(__name__)
 
@@ -158,6 +158,6 @@ def _forget(marker: dict[str, Any], timeout: float) -> None:
         with pymongo.timeout(timeout):
             for chunk in id_chunks(marker["ids"]):
                 coll.delete_many({"_id": {"$in": chunk}})
-            coll.delete_one({"_id": marker["_id"], "user_id": OUTBOX_USER})
+            coll.delete_one({"_id": marker["_id"], **MARKERS})
     except PyMongoError:
         log.error("could not remove up to %d partly stored notifications", len(marker["ids"]))

@@ -7,6 +7,7 @@ indexes and the rarer writes stay declared here.
 
 from __future__ import annotations
 
+import random
 import time
 from collections.abc import Iterator, Sequence
 from datetime import timedelta
@@ -70,12 +71,25 @@ EITHER_READ = {"$in": [False, True]}
 # A stored batch not yet recorded as published is marked by one more document in the
 # same collection, inserted first in the batch's ``insert_many``, so it exists whenever any
 # document of the batch does and costs no round trip of its own; it is deleted once the
-# batch is published (``app/store/outbox.py``). It belongs to a user id no request can name
-# (``app/api/validation.py`` refuses "~"), ``ids`` lists the batch, and its ``seq`` is its
-# lease deadline in microseconds: the relay finds due markers through the one index, as
-# ``{user_id: OUTBOX_USER, read: false, seq: {$lt: now}}``. Only batches in flight have
-# one: a handful at a time, more while Redis is down.
-OUTBOX_USER = "~outbox"
+# batch is published (``app/store/outbox.py``). ``ids`` lists the batch, and its ``seq`` is
+# its lease deadline in microseconds. Only batches in flight have one: a handful at a
+# time, more while Redis is down.
+#
+# A marker's user id starts with "~", above every id a request can name (the ASCII that
+# ``app/api/validation.py`` allows sorts below it), so ``MARKERS`` finds them all through
+# the ``user_read_seq`` index as one range, and ``is_marker`` tells them apart. Each
+# marker takes one of ``OUTBOX_PARTITIONS`` user ids at random: on a cluster sharded by
+# ``user_id`` (deploy/README.md) the markers' inserts and deletes spread over as many
+# chunks instead of one hot key. Older versions' markers (``~outbox``) are in the range.
+OUTBOX_PREFIX = "~outbox:"
+OUTBOX_PARTITIONS = 16
+MARKERS: dict[str, Any] = {"user_id": {"$gte": "~"}}
+
+
+def is_marker(doc: dict[str, Any]) -> bool:
+    return doc["user_id"] >= "~"
+
+
 LEGACY_OUTBOX = "outbox"  # the collection the previous version kept its markers in
 LEGACY_IDEMPOTENCY = "idempotency"  # where older versions kept Idempotency-Key records apart
 
@@ -112,8 +126,9 @@ def ensure_key_index() -> None:
 
 
 def outbox_marker(ids: list[Any], lease_until_us: int) -> dict[str, Any]:
-    """The marker of the batch of notifications ``ids`` (see ``OUTBOX_USER``)."""
-    return {"_id": ObjectId(), "user_id": OUTBOX_USER, "read": False, "seq": lease_until_us, "ids": ids}
+    """The marker of the batch of notifications ``ids`` (see ``MARKERS``)."""
+    user = f"{OUTBOX_PREFIX}{random.randrange(OUTBOX_PARTITIONS):02d}"
+    return {"_id": ObjectId(), "user_id": user, "read": False, "seq": lease_until_us, "ids": ids}
 
 
 def lease_from_now(config: Any) -> int:
@@ -131,17 +146,17 @@ def still_marked(docs: list[dict[str, Any]]) -> set[Any]:
     which SecantusDB compares id by id with each marker's list (``MAX_IDS_PER_CALL``)."""
     if not docs:
         return set()
-    oldest = min(d["_id"].generation_time for d in docs) - MARKER_CLOCK_MARGIN
-    recent = {"user_id": OUTBOX_USER, "_id": {"$gte": ObjectId.from_datetime(oldest)}}
+    oldest = ObjectId.from_datetime(min(d["_id"].generation_time for d in docs) - MARKER_CLOCK_MARGIN)
     wanted = {d["_id"] for d in docs}
-    return {
-        oid for m in notifications_collection().find(recent, {"ids": 1}) for oid in m["ids"] if oid in wanted
-    }
+    markers = notifications_collection().find(MARKERS, {"ids": 1})  # the range alone: an index scan
+    return {oid for m in markers if m["_id"] >= oldest for oid in m["ids"] if oid in wanted}
 
 
 def outbox_due(before_us: int) -> dict[str, Any]:
-    """The query for markers whose lease ran out before ``before_us``."""
-    return {"user_id": OUTBOX_USER, "read": False, "seq": {"$lt": before_us}}
+    """The filter for markers whose lease ran out before ``before_us`` (with ids, for a
+    claim); to find them, scan ``MARKERS`` and test ``seq`` (SecantusDB plans a range
+    with more fields as a collection scan)."""
+    return {**MARKERS, "seq": {"$lt": before_us}}
 
 
 def adopt_legacy_unpublished(coll: Collection) -> int:
@@ -160,7 +175,7 @@ def adopt_legacy_unpublished(coll: Collection) -> int:
     for old in old_markers:
         batches.append((old["ids"], None))
     for ids, holder in batches:
-        if ids and coll.find_one({"user_id": OUTBOX_USER, "ids.0": ids[0]}, {"_id": 1}) is None:
+        if ids and coll.find_one({**MARKERS, "ids.0": ids[0]}, {"_id": 1}) is None:
             coll.insert_one(outbox_marker(ids, now_us))
         if holder is not None:
             coll.update_one({"_id": holder}, {"$unset": {"outbox": "", "published": ""}})

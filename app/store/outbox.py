@@ -42,8 +42,8 @@ from app.config import Config
 from app.ops import metrics
 from app.store.inserting import unreachable
 from app.store.models import (
+    MARKERS,
     MAX_IDS_PER_CALL,
-    OUTBOX_USER,
     PUBLIC_PROJECTION,
     id_chunks,
     lease_from_now,
@@ -209,14 +209,14 @@ class Outbox:
             ops = [UpdateOne({"_id": oid}, {"$set": {"seq": seq}}) for oid, seq in fixes]
             notifications_collection().bulk_write(ops, ordered=False)
         for chunk in id_chunks(markers):
-            notifications_collection().delete_many({"_id": {"$in": chunk}, "user_id": OUTBOX_USER})
+            notifications_collection().delete_many({"_id": {"$in": chunk}, **MARKERS})
 
     @staticmethod
     def release_leases(markers: list[Any]) -> None:
         """Make markers due at once: their publish failed here, the relay should not wait."""
         try:
             for chunk in id_chunks(markers):
-                mine = {"_id": {"$in": chunk}, "user_id": OUTBOX_USER}
+                mine = {"_id": {"$in": chunk}, **MARKERS}
                 notifications_collection().update_many(mine, {"$set": {"seq": time.time_ns() // 1000}})
         except PyMongoError:
             log.error("could not release publish leases; the relay retries once they expire")
@@ -240,17 +240,16 @@ class Outbox:
     def relay_once(self) -> int:
         """Claim and publish batches whose publish lease expired. Returns how many batches."""
         coll = notifications_collection()
-        due = outbox_due(time.time_ns() // 1000)
-        found = [d["_id"] for d in coll.find(due, {"_id": 1}).sort("_id", 1).limit(RELAY_BATCH)]
+        now_us = time.time_ns() // 1000
+        due = outbox_due(now_us)
+        found = sorted(m["_id"] for m in coll.find(MARKERS, {"seq": 1}) if m["seq"] < now_us)[:RELAY_BATCH]
         markers = [oid for oid in found if oid not in self._pending_markers]  # published here
         if not markers:
             return 0
         claim = uuid.uuid4().hex
         change = {"$set": {"seq": lease_from_now(self.config), "claim": claim}}
         coll.update_many({**due, "_id": {"$in": markers}}, change)
-        claimed = list(
-            coll.find({"_id": {"$in": markers}, "user_id": OUTBOX_USER, "claim": claim}, {"ids": 1})
-        )
+        claimed = list(coll.find({"_id": {"$in": markers}, **MARKERS, "claim": claim}, {"ids": 1}))
         if not claimed:
             return len(markers)
         claimed_ids = [m["_id"] for m in claimed]
