@@ -162,6 +162,8 @@ class Hub:
     def confirmed(self, user_id: str, timeout: float) -> bool:
         """Wait until Redis confirmed this worker's subscription to ``user_id``'s channel:
         from then on every event published for the user reaches this worker."""
+        if self._shut_down:  # its streams are closed at once: nothing to wait for
+            return True
         return self.channels.wait_confirmed(self.service.user_channel(user_id), timeout)
 
     def watch(self) -> Subscription:
