@@ -45,7 +45,9 @@ class _Channel:
 
 
 class Channels:
-    def __init__(self, needed: Callable[[str | None], bool], linger: float, on_failure: Callable[[], None]):
+    def __init__(
+        self, needed: Callable[[str | None], bool], linger: float, on_failure: Callable[[], None]
+    ) -> None:
         self._needed = needed  # does a stream (a user's, or a watcher for None) still need it?
         self._linger = linger
         self._on_failure = on_failure  # a write failed: drop the connection (the hub restores)
