@@ -57,6 +57,7 @@ class Config:
     PUBLISH_TIMEOUT_SECONDS: float = 2.0  # a POST waits for Redis this long at most (app/store/publishing.py)
     OUTBOX_CLEANUP_DELAY_SECONDS: float = 0.1  # later batches share the marker delete (app/store/outbox.py)
     PROBE_INTERVAL_SECONDS: float = 5.0
+    UNSUBSCRIBE_LINGER_SECONDS: float = 5.0  # a channel outlives its last stream (app/delivery/channels.py)
     REDIS_SOCKET_TIMEOUT: float = 5.0
     MONGO_TIMEOUT_MS: int = 5000  # to find and connect to the server
     MONGO_OP_TIMEOUT_MS: int = 3000  # any one call, whatever the database waits on (pymongo timeoutMS)
@@ -144,6 +145,8 @@ class Config:
             origin_of(self.PUBLIC_URL)
         if not 0 < self.PUBLISH_TIMEOUT_SECONDS <= 60:
             raise ConfigError("PUBLISH_TIMEOUT_SECONDS must be above 0 and at most 60")
+        if not 0 <= self.UNSUBSCRIBE_LINGER_SECONDS <= 300:
+            raise ConfigError("UNSUBSCRIBE_LINGER_SECONDS must be between 0 and 300")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
         if self.is_production:

@@ -169,7 +169,7 @@ class Service:
                 raise RuntimeError(f"{kind} gunicorn exited; see {log_path}")
             try:
                 with urllib.request.urlopen(self.url + probe, timeout=1) as resp:
-                    if resp.status == 200 and len(self.workers()) == 2:
+                    if resp.status == 200 and len(self.workers()) == int(env.get("WEB_CONCURRENCY", "2")):
                         break
             except OSError:
                 pass

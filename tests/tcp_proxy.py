@@ -2,7 +2,8 @@
 
 A frozen connection stays open but the proxy drops everything the server sends on it:
 exactly the "subscription silently stops delivering while the connection looks healthy"
-failure (seen after Sentinel failovers), which only a loop-back probe can detect.
+failure (seen after Sentinel failovers), which only a loop-back probe can detect. A
+``subscriber_delay`` holds back what subscribers send (their SUBSCRIBE commands) that long.
 """
 
 from __future__ import annotations
@@ -21,8 +22,9 @@ class _Link:
 
 
 class TcpProxy:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, subscriber_delay: float = 0.0) -> None:
         self.upstream_port = upstream_port
+        self.subscriber_delay = subscriber_delay
         self.links: list[_Link] = []
         self.server = StreamServer(("127.0.0.1", 0), self._handle)
 
@@ -66,6 +68,8 @@ class TcpProxy:
                         link.subscriber = True
                     if from_server and link.frozen:
                         continue
+                    if not from_server and link.subscriber and self.subscriber_delay:
+                        gevent.sleep(self.subscriber_delay)
                     dst.sendall(data)
             except OSError:
                 pass

@@ -66,6 +66,24 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
 
 
+def test_replay_takes_a_published_batch_still_marked_from_the_redis_list(app):
+    """Published, its marker not yet removed: MongoDB leaves it out, the Redis list has it.
+    It must be replayed even when an older and a newer notification come from MongoDB."""
+    service = publisher_service(app)
+    with app.app_context():
+        first = service.publisher.store(docs_for("uma", 1)).notifications[0]
+        pending = docs_for("uma", 1)
+        service.publisher.propose_cursors(pending)
+        marker = store_unpublished(pending)
+        assert service.publisher.publish(pending, [])  # published; its marker stays
+        later = service.publisher.store(docs_for("uma", 1)).notifications[0]
+        coll = notifications_collection()
+        wait_until(lambda: [m["_id"] for m in marked(coll, "uma")] == [marker])  # the others' are gone
+        service.redis.lpop(service.key("replay", "uma"))  # the list now starts after the first
+        replayed = events_after(service, "uma", 0, 100, strict=False)
+        assert [e.seq for e in replayed] == [first["seq"], pending[0]["seq"], later["seq"]]
+
+
 def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
     service = publisher_service(app)
     with app.app_context():

@@ -1,4 +1,4 @@
-"""The hub's own reader of subscriber messages: frames split anywhere, both RESP versions, a real Redis."""
+"""The hub's own reader of subscriber frames: split anywhere, both RESP versions, a real Redis."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.delivery.redis_reader import RawPushReader, parse_messages
+from app.delivery.redis_reader import RawPushReader, parse_frames, write_command
 
 
 def bulk(b: bytes) -> bytes:
@@ -26,20 +26,21 @@ def test_every_split_point_gives_the_same_messages_in_order(push: bool) -> None:
     confirm = frame(bulk(b"subscribe"), bulk(b"events"), b":1\r\n", push=push)
     messages = b"".join(frame(bulk(b"message"), bulk(b"events"), bulk(m), push=push) for m in MESSAGES)
     stream = confirm + messages
+    expected = [(b"subscribe", b"events", b"1")] + [(b"message", b"events", m) for m in MESSAGES]
     for cut in range(len(stream) + 1):
         buf = bytearray(stream[:cut])
-        got, used = parse_messages(buf)
+        got, used = parse_frames(buf)
         del buf[:used]
         buf += stream[cut:]
-        rest, used = parse_messages(buf)
-        assert got + rest == MESSAGES and used == len(buf), cut
+        rest, used = parse_frames(buf)
+        assert got + rest == expected and used == len(buf), cut
 
 
 def test_anything_but_a_push_is_a_connection_error() -> None:
     with pytest.raises(redis.ConnectionError):
-        parse_messages(bytearray(b"-ERR wrong\r\n"))
+        parse_frames(bytearray(b"-ERR wrong\r\n"))
     with pytest.raises(redis.ConnectionError):
-        parse_messages(bytearray(b"*1\r\n%1\r\n"))
+        parse_frames(bytearray(b"*1\r\n%1\r\n"))
 
 
 def test_takes_over_a_real_subscription_including_what_redis_py_buffered(redis_srv: Any) -> None:
@@ -53,11 +54,18 @@ def test_takes_over_a_real_subscription_including_what_redis_py_buffered(redis_s
     assert reader is not None
     got: list[bytes] = []
     while len(got) < 3:
-        got += reader.read(5.0)
+        got += [payload for _kind, _channel, payload in reader.read(5.0)]
     client.publish("chan", "later")
     while len(got) < 4:
-        got += reader.read(5.0)
+        got += [payload for _kind, _channel, payload in reader.read(5.0)]
     assert got == [b"m0", b"m1", b"m2", b"later"]
     assert reader.read(0.05) == []
+    write_command(pubsub, "SUBSCRIBE", "other", "third")  # on the socket the reader reads
+    frames: list[tuple[bytes, bytes, bytes]] = []
+    while len(frames) < 2:
+        frames += reader.read(5.0)
+    assert frames == [(b"subscribe", b"other", b"2"), (b"subscribe", b"third", b"3")]
+    client.publish("third", "routed")
+    assert reader.read(5.0) == [(b"message", b"third", b"routed")]
     pubsub.close()
     client.close()

@@ -1,13 +1,23 @@
 """The per-worker real-time hub: ONE Redis subscriber connection, ONE listener greenlet.
 
-The listener reads the shared events channel and routes each message to this worker's
-local subscriptions for that user (and to global watchers such as the dashboard). It
-parses a message once; clients share the resulting ``Event`` and its cached wire forms.
+Events are routed, not broadcast: the worker subscribes the channel of each user it holds
+a stream of (``u:{<user>}``), and the feed channel only while staff watch the dashboard
+overview, so Redis sends it its own users' events and nothing else. The subscriptions
+change on the one subscriber connection the listener reads: a writer greenlet (the only
+one that writes on it) sends SUBSCRIBE / UNSUBSCRIBE for many channels at once, and the
+listener reads their confirmations among the messages. A stream replays only once Redis
+confirmed its user's channel (``confirmed``), so an event published meanwhile is either
+in the replay or arrives live. A user's channel is unsubscribed when the worker's last
+stream of that user closed ``UNSUBSCRIBE_LINGER_SECONDS`` ago (a reconnecting client
+finds it still subscribed). The listener parses a message once; clients share the
+resulting ``Event`` and its cached wire forms.
 
 Redis pub/sub is at-most-once, so the hub makes up for it:
-- after every (re)subscribe it replays, per local user, what was published while it was
-  not listening, before reading any newer message, so each client sees one ordered stream;
-- a loop-back probe every ``PROBE_INTERVAL_SECONDS`` proves the subscription still
+- after every (re)connect it subscribes every channel again, waits for Redis to confirm
+  them all, then replays, per local user, what was published while it was not listening,
+  before delivering any newer message, so each client sees one ordered stream;
+- a loop-back probe every ``PROBE_INTERVAL_SECONDS``, on a channel of this worker's own
+  (the one the connection opens with, always subscribed), proves the connection still
   delivers (a silent one is torn down after two intervals) and marks how far the hub is
   caught up: every event published after a received probe has a cursor larger than the
   probe's time less one publish lease (cursors older than that are replaced at publish).
@@ -31,8 +41,9 @@ from gevent.event import Event as Wakeup
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from app.delivery.channels import Channels
 from app.delivery.events import NOTIFICATION, PROBE, RESET, Event
-from app.delivery.redis_reader import RawPushReader
+from app.delivery.redis_reader import MESSAGE, SUBSCRIBE, UNSUBSCRIBE, Frame, RawPushReader
 from app.delivery.replay import ReplayUnavailable, events_after
 from app.ops import metrics
 
@@ -108,16 +119,25 @@ class Hub:
         self.redis_url = redis_url
         self.service = service
         self.config = config
-        self.channel = service.channel
         self.hub_id = uuid.uuid4().hex[:12]
+        self.channel = service.probe_channel(self.hub_id)  # the connection opens with it
+        self._probe_b = self.channel.encode()
+        self._feed = service.feed_channel
+        self._feed_b = self._feed.encode()
+        self.channels = Channels(self._needed, config.UNSUBSCRIBE_LINGER_SECONDS, self.force_reconnect)
+        self._reader: RawPushReader | None = None
+        self._held: list[tuple[bytes, bytes]] | None = None  # messages read while restoring
         self.users: dict[str, set[Subscription]] = {}
         self.watchers: set[Subscription] = set()
         self.user_last: dict[str, int] = {}
         self.caught_up_us = 0
         self.connected = Wakeup()
-        self.stats = {"messages": 0, "bad_messages": 0, "reconnects": 0, "resynced": 0, "dropped_slow": 0}
+        self.stats = dict.fromkeys(
+            ("received", "messages", "bad_messages", "reconnects", "resynced", "dropped_slow"), 0
+        )
         self.on_reconnect: list[Callable[[], None]] = []
         self._greenlet: gevent.Greenlet | None = None
+        self._writer: gevent.Greenlet | None = None  # the subscription writer (Channels.run)
         self._stopping = False
         self._shut_down = False
         self._probe_sent_at: float | None = None
@@ -127,26 +147,47 @@ class Hub:
 
     # -- registry --------------------------------------------------------------------
     def subscribe(self, user_id: str) -> Subscription:
+        """A subscription to ``user_id``'s events; ``confirmed`` says when they flow."""
         self.start()
         sub = Subscription(user_id, self.config.CLIENT_QUEUE_SIZE)
         if self._shut_down:  # a dying worker still accepts for a moment: send clients on
             sub.close("server shutting down")
-        self.users.setdefault(user_id, set()).add(sub)
+        subs = self.users.get(user_id)
+        if subs is None:
+            subs = self.users[user_id] = set()
+            self.channels.want(self.service.user_channel(user_id), user_id)
+        subs.add(sub)
         return sub
 
+    def confirmed(self, user_id: str, timeout: float) -> bool:
+        """Wait until Redis confirmed this worker's subscription to ``user_id``'s channel:
+        from then on every event published for the user reaches this worker."""
+        if self._shut_down:  # its streams are closed at once: nothing to wait for
+            return True
+        return self.channels.wait_confirmed(self.service.user_channel(user_id), timeout)
+
     def watch(self) -> Subscription:
-        """A subscription to every event on this worker (the support dashboard)."""
+        """A subscription to every new notification (the support dashboard's overview).
+
+        Waits (at most ``REDIS_SOCKET_TIMEOUT``) for the feed channel to be confirmed; the
+        overview is a live view with no replay, so it starts anyway if Redis is slow."""
         self.start()
         sub = Subscription(None, self.config.CLIENT_QUEUE_SIZE * 4)
         if self._shut_down:
             sub.close("server shutting down")
+        if not self.watchers:
+            self.channels.want(self._feed, None)
         self.watchers.add(sub)
+        self.channels.wait_confirmed(self._feed, self.config.REDIS_SOCKET_TIMEOUT)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
         sub.close("closed")
         if sub.user_id is None:
-            self.watchers.discard(sub)
+            if sub in self.watchers:
+                self.watchers.discard(sub)
+                if not self.watchers:
+                    self.channels.release(self._feed)
             return
         subs = self.users.get(sub.user_id)
         if subs is not None:
@@ -154,6 +195,11 @@ class Hub:
             if not subs:
                 del self.users[sub.user_id]
                 self.user_last.pop(sub.user_id, None)
+                self.channels.release(self.service.user_channel(sub.user_id))
+
+    def _needed(self, user_id: str | None) -> bool:
+        """Does a stream on this worker still need the channel of ``user_id`` (None: the feed)?"""
+        return bool(self.watchers) if user_id is None else user_id in self.users
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self.users.values())
@@ -164,7 +210,10 @@ class Hub:
             return
         if self._greenlet is None or self._greenlet.dead:
             self._stopping = False
+            if self._writer is not None:  # one writer only
+                self._writer.kill(block=False)
             self._greenlet = gevent.spawn(self._run)
+            self._writer = gevent.spawn(self.channels.run)
 
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Close every stream (clients reconnect elsewhere) and stop listening for good."""
@@ -175,8 +224,7 @@ class Hub:
                 sub.close(reason)
         for sub in list(self.watchers):
             sub.close(reason)
-        if self._greenlet is not None:
-            self._greenlet.kill(block=False)
+        gevent.killall([g for g in (self._greenlet, self._writer) if g is not None], block=False)
         self._close_pubsub()
 
     def force_reconnect(self) -> None:
@@ -189,6 +237,7 @@ class Hub:
         while not self._stopping:
             try:
                 self._connect()
+                self._restore()
                 if not first:
                     self.stats["reconnects"] += 1
                     metrics.HUB_RECONNECTS.inc()
@@ -196,6 +245,9 @@ class Hub:
                     for callback in self.on_reconnect:
                         callback()
                 first = False
+                held, self._held = self._held or [], None
+                for channel, payload in held:  # after the replay: newer than all of it
+                    self.dispatch(payload, channel == self._feed_b)
                 self._send_probe()
                 backoff = 0.1
                 self._read_loop()
@@ -234,6 +286,8 @@ class Hub:
         self._probe_sent_at = None
 
     def _close_pubsub(self) -> None:
+        self.channels.drop()
+        self._reader = None
         pubsub, self._pubsub = self._pubsub, None
         client, self._client = self._client, None
         for closable in (pubsub, client):
@@ -241,21 +295,25 @@ class Hub:
                 with contextlib.suppress(Exception):  # closing a broken connection
                     closable.close()
 
+    def _read(self, timeout: float) -> list[Frame]:
+        if self._reader is not None:
+            return self._reader.read(timeout)
+        pubsub = self._pubsub
+        if pubsub is None:
+            raise redis.ConnectionError("subscriber connection closed")
+        message = pubsub.get_message(timeout=timeout)
+        if message is None:
+            return []
+        data = message["data"]
+        return [(message["type"].encode(), message["channel"], data if isinstance(data, bytes) else b"")]
+
     def _read_loop(self) -> None:
         interval = self.config.PROBE_INTERVAL_SECONDS
         next_probe = time.monotonic() + interval
-        reader = RawPushReader.take_over(self._pubsub)
         while not self._stopping:
-            pubsub = self._pubsub
-            if pubsub is None:
+            if self._pubsub is None:
                 raise redis.ConnectionError("subscriber connection closed")
-            if reader is not None:
-                for payload in reader.read(min(1.0, interval)):
-                    self.dispatch(payload)
-            else:
-                message = pubsub.get_message(timeout=min(1.0, interval))
-                if message is not None and message.get("type") == "message":
-                    self.dispatch(message["data"])
+            self._handle(self._read(min(1.0, interval)))
             now = time.monotonic()
             if now >= next_probe:
                 next_probe = now + interval
@@ -264,11 +322,31 @@ class Hub:
                 if self._probe_sent_at is None:
                     self._send_probe()
 
+    def _handle(self, frames: list[Frame]) -> None:
+        """Messages to their subscriptions (held while restoring), confirmations to the channels."""
+        received = 0
+        for kind, channel, data in frames:
+            if kind == MESSAGE:
+                if channel == self._probe_b:
+                    self.dispatch(data)
+                    continue
+                received += 1
+                if self._held is not None:
+                    self._held.append((channel, data))
+                else:
+                    self.dispatch(data, channel == self._feed_b)
+            elif kind in (SUBSCRIBE, UNSUBSCRIBE):
+                self.channels.confirmation(channel.decode())
+        if received:
+            self.stats["received"] += received
+            metrics.HUB_RECEIVED.inc(received)
+
     def _send_probe(self) -> None:
         self._probe(keys=[self.channel], args=[self.hub_id])
         self._probe_sent_at = time.monotonic()
 
-    def dispatch(self, raw: bytes) -> None:
+    def dispatch(self, raw: bytes, feed: bool = False) -> None:
+        """One message: to the user's local streams, or (``feed``) to the dashboard watchers."""
         try:
             event = Event.from_wire(raw)
         except (ValueError, UnicodeDecodeError):
@@ -281,7 +359,11 @@ class Hub:
                 self.caught_up_us = event.seq or self.caught_up_us
             return
         self.stats["messages"] += 1
-        self._deliver(event)
+        if feed:
+            for sub in tuple(self.watchers):
+                sub.offer(event)
+        else:
+            self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
         subs = self.users.get(event.user_id)
@@ -295,8 +377,6 @@ class Hub:
                 if sub.closed:  # this event found its queue full: one consumer dropped
                     self.stats["dropped_slow"] += 1
                     metrics.DROPPED_SLOW.inc()
-        for sub in tuple(self.watchers):
-            sub.offer(event)
 
     def _resync(self) -> None:
         """Replay, per local user, what was published while the hub was not listening."""
@@ -313,3 +393,16 @@ class Hub:
             for event in events:
                 self._deliver(event)
             self.stats["resynced"] += len(events)
+
+    def _restore(self) -> None:
+        """After a (re)connect: subscribe every channel this worker needs on the new
+        connection and wait until Redis confirmed them all. Messages read meanwhile are
+        held: the resync must replay the gap before anything newer is delivered."""
+        self._reader = RawPushReader.take_over(self._pubsub)
+        self._held = []
+        self.channels.adopt(self._pubsub)
+        deadline = time.monotonic() + self.config.REDIS_SOCKET_TIMEOUT
+        while self.channels.pending():
+            if time.monotonic() > deadline:
+                raise redis.ConnectionError("subscriptions not confirmed in time")
+            self._handle(self._read(0.2))

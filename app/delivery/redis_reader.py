@@ -1,11 +1,16 @@
-"""Reading a subscriber connection's messages straight off its socket.
+"""Reading a subscriber connection's frames straight off its socket, and writing to it.
 
 redis-py's ``PubSub.get_message`` costs tens of microseconds per message (readiness
-check, generic reply parser, a dict per message), and every worker reads every message
-published anywhere. Once redis-py has connected, authenticated and subscribed, the hub
-reads the socket itself: one ``recv`` for whatever has arrived, then a tight parser for
-the only frames a subscribed connection gets (``message`` pushes, and confirmations it
-skips), RESP2 arrays or RESP3 pushes of bulk strings and integers.
+check, generic reply parser, a dict per message). Once redis-py has connected,
+authenticated and subscribed, the hub reads the socket itself: one ``recv`` for whatever
+has arrived, then a tight parser for the only frames a subscribed connection gets
+(``message`` pushes and ``subscribe`` / ``unsubscribe`` confirmations), RESP2 arrays or
+RESP3 pushes of bulk strings and integers.
+
+The hub changes its subscriptions on that same connection while the listener reads it:
+``write_command`` sends a command packed by redis-py on the connection's socket (gevent
+lets one greenlet write a socket while another waits to read it; the hub has one writer),
+and its confirmation comes back through the reader like any other frame.
 """
 
 from __future__ import annotations
@@ -16,6 +21,8 @@ from typing import Any
 import redis
 
 READ_SIZE = 256 * 1024
+MESSAGE, SUBSCRIBE, UNSUBSCRIBE = b"message", b"subscribe", b"unsubscribe"
+Frame = tuple[bytes, bytes, bytes]  # (kind, channel, payload or subscription count)
 _AGGREGATE = (ord("*"), ord(">"))
 _BULK, _INT, _SIMPLE = ord("$"), ord(":"), ord("+")
 
@@ -37,9 +44,9 @@ class RawPushReader:
             return None
         return cls(sock, stream.read())  # what redis-py already read past the confirmation
 
-    def read(self, timeout: float) -> list[bytes]:
-        """The payloads of the messages that arrive within ``timeout`` (maybe none)."""
-        payloads, used = parse_messages(self.buffer)
+    def read(self, timeout: float) -> list[Frame]:
+        """The frames that arrive within ``timeout`` (maybe none)."""
+        frames, used = parse_frames(self.buffer)
         if not used:  # nothing complete buffered: wait for more
             self.sock.settimeout(timeout)
             try:
@@ -49,15 +56,26 @@ class RawPushReader:
             if not data:
                 raise redis.ConnectionError("Connection closed by server.")
             self.buffer += data
-            payloads, used = parse_messages(self.buffer)
+            frames, used = parse_frames(self.buffer)
         del self.buffer[:used]
-        return payloads
+        return frames
 
 
-def parse_messages(buf: bytearray) -> tuple[list[bytes], int]:
-    """Payloads of the complete ``message`` frames at the start of ``buf``, and the bytes
-    they took. Raises ``redis.ConnectionError`` on anything a subscriber cannot receive."""
-    payloads: list[bytes] = []
+def write_command(pubsub: Any, *args: str | bytes) -> None:
+    """Send one command on ``pubsub``'s connection, never reconnecting (the hub must see a
+    lost connection to resubscribe and replay); its reply is read as a frame."""
+    conn = pubsub.connection
+    sock = getattr(conn, "_sock", None) if conn is not None else None
+    if sock is None:
+        raise redis.ConnectionError("subscriber connection closed")
+    sock.sendall(b"".join(conn.pack_command(*args)))
+
+
+def parse_frames(buf: bytearray) -> tuple[list[Frame], int]:
+    """The complete ``message``, ``subscribe`` and ``unsubscribe`` frames at the start of
+    ``buf`` as (kind, channel, payload or subscription count), and the bytes they took.
+    Raises ``redis.ConnectionError`` on anything a subscriber cannot receive."""
+    frames: list[Frame] = []
     pos, end = 0, len(buf)
     while pos < end:
         start = pos
@@ -86,7 +104,7 @@ def parse_messages(buf: bytearray) -> tuple[list[bytes], int]:
             else:
                 raise redis.ConnectionError(f"unexpected frame on the subscriber connection: {kind!r}")
         if len(items) < count:  # incomplete: wait for the rest
-            return payloads, start
-        if count == 3 and items[0] == b"message":
-            payloads.append(items[2])
-    return payloads, pos
+            return frames, start
+        if count == 3:
+            frames.append((items[0], items[1], items[2]))
+    return frames, pos

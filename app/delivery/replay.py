@@ -5,6 +5,8 @@ step as the PUBLISH, so that list is exact for recent history. Older history com
 MongoDB by ``seq``, leaving out batches still marked in the outbox: those are stored with
 a proposed cursor but not yet published (or their cursor is being replaced), and will
 reach the client live or from the Redis list with the cursor they are published with.
+MongoDB answers only for what is older than the list's first event: a batch published
+but still marked (its clean-up not done yet) is in the list, and must come from there.
 """
 
 from __future__ import annotations
@@ -55,9 +57,10 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
             return None  # older than what is kept, or never issued
         docs = docs[1:]
     docs = _published_only(docs)
+    if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
+        docs = [d for d in docs if d["seq"] < recent[0][0]]
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
-    newest = events[-1].seq if events else cursor
-    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > newest)
+    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > cursor)
     return None if len(events) > limit else events
 
 

@@ -2,7 +2,9 @@
 
 A session owns everything a stream takes: its per-user slot (``MAX_STREAMS_PER_USER``),
 its hub subscription, its gauges and log lines. ``open`` registers with the hub first,
-then reads the replay of what the client missed after its cursor; live events after that
+waits until Redis confirmed the worker's subscription to the user's channel (a 503 after
+``REDIS_SOCKET_TIMEOUT``), then reads the replay of what the client missed after its
+cursor; live events after that
 are deduplicated against the last cursor sent, so the hand-over from replay to live
 neither loses nor repeats an event. Whatever fails while opening gives all of it back
 (``open`` closes on any error), and ``close`` is idempotent, so the one owner of a session
@@ -74,9 +76,11 @@ class StreamSession:
         config = self.hub.config
         self.sub = self.hub.subscribe(user_id)
         self.tracker = metrics.StreamTracker(self.transport, user_id)
-        # Live means "published after this stream opened": make sure this worker's
-        # subscriber is listening before saying so (it may still be connecting).
-        self.hub.connected.wait(config.REDIS_SOCKET_TIMEOUT)
+        # Live means "published after this stream opened": the replay is read only once
+        # Redis confirmed this worker's subscription to the user's channel, so an event
+        # published meanwhile is in the replay or arrives live (deduplicated below).
+        if not self.hub.confirmed(user_id, config.REDIS_SOCKET_TIMEOUT):
+            raise ApiError(503, "unavailable", "cannot subscribe to live notifications now, retry")
         if self.cursor is None:
             return []
         try:

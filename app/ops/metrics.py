@@ -79,6 +79,10 @@ MONGO_OLDEST_CALL = Gauge(
     multiprocess_mode="livemax",
 )
 HUB_RECONNECTS = Counter("notify_hub_reconnects", "Times a worker's Redis subscriber reconnected.")
+HUB_RECEIVED = Counter(
+    "notify_hub_messages_received",
+    "Pub/sub messages the workers' hubs read (loop-back probes excluded): what Redis sent them.",
+)
 
 # Children bound once: the hot paths only call .inc().
 DELIVERED_BY = {t: DELIVERED.labels(t) for t in TRANSPORTS}

@@ -60,6 +60,11 @@ class LeanScript:
             return conn.read_response()
 
 
+# Each notification is published twice: on its user's channel (``u:{<user>}``, which only
+# the workers holding a stream of that user subscribe to) and on the feed channel (the
+# dashboard overview; without a subscriber a PUBLISH costs Redis a dictionary lookup and
+# sends nothing). One PUBLISH per user, never one message for many: on Redis Cluster the
+# user's publish can become an SPUBLISH in the slot of the user's keys.
 # ARGV: prefix, recent limit, replay buffer size, replay buffer TTL, oldest acceptable
 # age (µs), furthest acceptable future (µs), then (user id, proposed cursor, JSON without
 # seq) per notification. Returns the cursors published, in order.
@@ -73,7 +78,7 @@ local max_age = tonumber(ARGV[5])
 local max_ahead = tonumber(ARGV[6])
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local channel = prefix .. 'events'
+local feed = prefix .. 'events'
 local recent = prefix .. 'recent'
 local seqs = {}
 for i = 7, #ARGV, 3 do
@@ -90,7 +95,9 @@ for i = 7, #ARGV, 3 do
   end
   redis.call('SET', ckey, s, 'EX', 2592000)
   local json = '{"seq":' .. s .. ',' .. string.sub(body, 2)
-  redis.call('PUBLISH', channel, 'n\t' .. user .. '\t' .. s .. '\t' .. json)
+  local wire = 'n\t' .. user .. '\t' .. s .. '\t' .. json
+  redis.call('PUBLISH', prefix .. 'u:{' .. user .. '}', wire)
+  redis.call('PUBLISH', feed, wire)
   local rkey = prefix .. 'replay:' .. user
   redis.call('RPUSH', rkey, s .. '\t' .. json)
   redis.call('LTRIM', rkey, -replay_size, -1)

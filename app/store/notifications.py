@@ -65,9 +65,21 @@ class NotificationService:
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
         self._key_index_ready = False
 
+    # Pub/sub channels (the publish script, app/store/lua.py, names them the same way).
+    # A user's channel carries the user's id as a hash tag, so that on Redis Cluster it
+    # lands in one slot with that user's keys once they carry it too.
+    def user_channel(self, user_id: str) -> str:
+        """Every event of one user: subscribed by the workers that hold a stream of theirs."""
+        return f"{self.prefix}u:{{{user_id}}}"
+
     @property
-    def channel(self) -> str:
+    def feed_channel(self) -> str:
+        """Every new notification: subscribed only while staff watch the dashboard overview."""
         return self.prefix + "events"
+
+    def probe_channel(self, hub_id: str) -> str:
+        """One worker's loop-back probe: the channel its subscriber connection opens with."""
+        return f"{self.prefix}probe:{hub_id}"
 
     def key(self, kind: str, user_id: str = "") -> str:
         return f"{self.prefix}{kind}:{user_id}" if user_id else f"{self.prefix}{kind}"
@@ -217,7 +229,7 @@ class NotificationService:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.incr(self.key("ver", user_id))
                 pipe.expire(self.key("ver", user_id), 86400)
-                pipe.publish(self.channel, event.to_wire())
+                pipe.publish(self.user_channel(user_id), event.to_wire())
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("read-state publish failed: %s", exc)
