@@ -4,7 +4,9 @@ The publish script appends every event to a short per-user Redis list in the sam
 step as the PUBLISH, so that list is exact for recent history. Older history comes from
 MongoDB by ``seq``, leaving out batches still marked in the outbox: those are stored with
 a proposed cursor but not yet published (or their cursor is being replaced), and will
-reach the client live or from the Redis list with the cursor they are published with.
+reach the client live or from the Redis list with the cursor they are published with;
+every listed event after the cursor is merged in, so a batch published while its marker
+was still there (a relay that ran while the hub was away) is not missed.
 """
 
 from __future__ import annotations
@@ -56,8 +58,12 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         docs = docs[1:]
     docs = _published_only(docs)
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
-    newest = events[-1].seq if events else cursor
-    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > newest)
+    # A batch left out above for its marker may be published already (its marker not yet
+    # removed, its cursor maybe replaced): then the list has it, with its published cursor.
+    stored = {event.seq for event in events}
+    listed = [_event(user_id, seq, json) for seq, json in recent if seq > cursor and seq not in stored]
+    if listed:
+        events = sorted(events + listed, key=lambda event: event.seq or 0)
     return None if len(events) > limit else events
 
 
