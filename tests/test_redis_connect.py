@@ -75,6 +75,27 @@ def test_command_client_follows_a_failover_and_a_readonly_primary(group: Sentine
     client.close()
 
 
+def test_an_old_primary_fenced_by_min_replicas_is_left_for_the_new_one(group: SentinelGroup) -> None:
+    """With ``min-replicas-to-write 1`` the old primary refuses writes (NOREPLICAS) as soon
+    as its replica is promoted, before the Sentinels demote it: the write is retried on the
+    new primary, not lost there nor failed."""
+    sentinels = tuple(group.addresses.split(","))
+    connector = RedisConnector(
+        Config(REDIS_MODE="sentinel", REDIS_SENTINELS=sentinels, REDIS_SENTINEL_MASTER=group.name)
+    )
+    client = connector.command_client(max_connections=1, retry=Retry(NoBackoff(), 1))
+    old = group.primary_port()
+    redis.Redis(port=old).config_set("min-replicas-to-write", 1)
+    client.set("k", "before")  # the pool's one connection, to the old primary
+    new = group.failover()
+    assert group.role(old) == "master"  # not demoted yet: it would still take writes
+    client.set("k", "after")
+    assert connector.describe(client)["redis_primary"] == f"127.0.0.1:{new}"
+    assert redis.Redis(port=new).get("k") == b"after"
+    assert "errorstat_NOREPLICAS" in redis.Redis(port=old).info("errorstats")
+    client.close()
+
+
 def _post_during(server: Any, user: str, fault: Callable[[], None], posters: int = 2) -> list[dict[str, Any]]:
     """POST to ``user`` from ``posters`` loops while ``fault`` runs, and one second after;
     the notifications answered 201."""
