@@ -66,6 +66,24 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
 
 
+def test_replay_from_mongodb_keeps_a_batch_published_while_still_marked(app):
+    """The relay published a batch whose marker is not removed yet, then a later one went
+    out: the first is left out of the MongoDB part, and is found in the Redis list."""
+    service = publisher_service(app)
+    with app.app_context():
+        coll = notifications_collection()
+        first = service.publisher.store(docs_for("uma", 1)).notifications[0]
+        relayed = docs_for("uma", 1)
+        service.publisher.propose_cursors(relayed)
+        marker = store_unpublished(relayed)
+        assert service.publisher.publish(relayed, [])  # published; its marker stays for now
+        later = service.publisher.store(docs_for("uma", 1)).notifications[0]
+        wait_until(lambda: [m["_id"] for m in marked(coll, "uma")] == [marker])
+        service.redis.ltrim(service.key("replay", "uma"), 1, -1)  # the list no longer reaches cursor 0
+        replayed = events_after(service, "uma", 0, 100, strict=False)
+        assert [e.seq for e in replayed] == [first["seq"], relayed[0]["seq"], later["seq"]]
+
+
 def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):
     service = publisher_service(app)
     with app.app_context():
