@@ -51,14 +51,20 @@ def test_a_cursor_from_a_clock_far_ahead_is_replaced(app):
         wait_until(lambda: coll.find_one({"user_id": "ski"})["seq"] == stored["seq"])
 
 
+def _published_then_marked(service: Any, user: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """A published notification of ``user``; then a batch stored with its cursor and its
+    outbox marker, not published: (the first, the batch, its marker)."""
+    first = service.publisher.store(docs_for(user, 1)).notifications[0]
+    pending = docs_for(user, 1)
+    service.publisher.propose_cursors(pending)
+    return first, pending, store_unpublished(pending)
+
+
 def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
     service = publisher_service(app)
     with app.app_context():
         coll = notifications_collection()
-        first = service.publisher.store(docs_for("tia", 1)).notifications[0]
-        pending = docs_for("tia", 1)
-        service.publisher.propose_cursors(pending)
-        marker = store_unpublished(pending)  # stored with its cursor, not published yet
+        first, _, marker = _published_then_marked(service, "tia")
         later = service.publisher.store(docs_for("tia", 1)).notifications[0]
         wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [marker])  # later's is gone
         service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
@@ -72,10 +78,7 @@ def test_replay_from_mongodb_keeps_a_batch_published_while_still_marked(app):
     service = publisher_service(app)
     with app.app_context():
         coll = notifications_collection()
-        first = service.publisher.store(docs_for("uma", 1)).notifications[0]
-        relayed = docs_for("uma", 1)
-        service.publisher.propose_cursors(relayed)
-        marker = store_unpublished(relayed)
+        first, relayed, marker = _published_then_marked(service, "uma")
         assert service.publisher.publish(relayed, [])  # published; its marker stays for now
         later = service.publisher.store(docs_for("uma", 1)).notifications[0]
         wait_until(lambda: [m["_id"] for m in marked(coll, "uma")] == [marker])
