@@ -33,10 +33,12 @@ STAMP = VENV / ".requirements.sha256"
 # Dev server data and credentials; DEV_DATA_DIR moves them (the tests use a temp dir).
 DEVDATA = Path(os.environ.get("DEV_DATA_DIR") or ROOT / ".devdata")
 CHROMIUM = Path("/usr/bin/chromium")
-# Debian packages the tests drive: the browser tests and the nginx deploy-recipe test.
+# Debian packages the tests drive: the browser tests, the nginx deploy-recipe test and
+# Redis 7 (primaries, replicas and Sentinels for the failover tests).
 TEST_PACKAGES = {
     "chromium": CHROMIUM.exists,
     "nginx-light": lambda: bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists()),
+    "redis-server": lambda: bool(shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()),
 }
 
 
@@ -320,10 +322,10 @@ def print_banner(env: dict[str, str], port: int) -> None:
 
 
 def cmd_test(args: list[str]) -> int:
-    """Run pytest in the venv (installs Chromium and nginx for their tests when possible)."""
+    """Run pytest in the venv (installs Chromium, nginx and redis-server for their tests when possible)."""
     missing = [pkg for pkg, present in TEST_PACKAGES.items() if not present()]
     if missing and os.geteuid() == 0 and shutil.which("apt-get"):
-        say(f"installing {' '.join(missing)} for the browser and proxy tests (apt-get, about a minute) ...")
+        say(f"installing {' '.join(missing)} for the tests that drive them (apt-get, about a minute) ...")
         apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
         for cmd in (["apt-get", "update", "-qq"], ["apt-get", "install", "-y", "-qq", *missing]):
             done = subprocess.run(cmd, env=apt_env, capture_output=True, text=True, check=False)

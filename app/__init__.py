@@ -60,7 +60,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     redis_store.init_app(app, config)
     service = NotificationService(config, app.extensions["redis"])
     app.extensions["notifications"] = service
-    hub = Hub(config.REDIS_URL, service, config)
+    hub = Hub(app.extensions["redis_connector"], service, config)
     hub.on_reconnect.append(service.publisher.outbox.wake_relay)
     app.extensions["hub"] = hub
     app.extensions["indexes"] = IndexGuard(config)

@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
+REDIS_MODES = ("standalone", "sentinel")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -34,6 +35,11 @@ class Config:
     PORT: int = 8000
     MONGO_URI: str = "mongodb://127.0.0.1:27030/notifications"
     REDIS_URL: str = "redis://127.0.0.1:6390/0"
+    REDIS_MODE: str = "standalone"  # or "sentinel" (app/store/redis_connect.py)
+    REDIS_SENTINELS: tuple[str, ...] = ()  # host:port of each Sentinel (sentinel mode)
+    REDIS_SENTINEL_MASTER: str = ""  # the name Sentinel monitors the primary under
+    REDIS_PASSWORD: str = ""  # the primary's and replicas' (sentinel mode; standalone: in REDIS_URL)
+    REDIS_SENTINEL_PASSWORD: str = ""  # the Sentinels' own, when they require one
     SECRET_KEY: str = ""
     API_KEYS: tuple[str, ...] = ()
     CACHE_TTL_SECONDS: int = 120
@@ -149,6 +155,7 @@ class Config:
             raise ConfigError("UNSUBSCRIBE_LINGER_SECONDS must be between 0 and 300")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
+        self._validate_redis_mode()
         if self.is_production:
             missing = [
                 name
@@ -164,6 +171,28 @@ class Config:
                     + " and ".join(missing)
                     + " (dev defaults are not accepted)"
                 )
+
+    def _validate_redis_mode(self) -> None:
+        if self.REDIS_MODE not in REDIS_MODES:
+            raise ConfigError(f"REDIS_MODE={self.REDIS_MODE!r}: must be one of " + ", ".join(REDIS_MODES))
+        if self.REDIS_MODE != "sentinel":
+            return
+        if not self.REDIS_SENTINELS:
+            raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINELS: the Sentinels as host:port,...")
+        self.sentinel_addresses()
+        if not self.REDIS_SENTINEL_MASTER:
+            raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINEL_MASTER: the monitored primary's name")
+
+    def sentinel_addresses(self) -> list[tuple[str, int]]:
+        """``REDIS_SENTINELS`` as (host, port) pairs; a malformed entry is named."""
+        addresses = []
+        for entry in self.REDIS_SENTINELS:
+            host, _, port = entry.rpartition(":")
+            host = host.strip("[]")
+            if not host or not port.isdigit() or not 0 < int(port) < 65536:
+                raise ConfigError(f"REDIS_SENTINELS: {entry!r} is not host:port")
+            addresses.append((host, int(port)))
+        return addresses
 
     def flask_settings(self) -> dict[str, Any]:
         """The subset Flask and its extensions read from ``app.config``."""

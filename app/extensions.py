@@ -25,6 +25,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.config import Config
+from app.store.redis_connect import RedisConnector
 
 log = logging.getLogger(__name__)
 
@@ -164,8 +165,9 @@ class RedisStore:
     POOL_SIZE = 3
 
     def init_app(self, app: Flask, config: Config) -> None:
-        pool = redis.BlockingConnectionPool.from_url(
-            config.REDIS_URL,
+        connector = RedisConnector(config)
+        app.extensions["redis_connector"] = connector
+        app.extensions["redis"] = connector.command_client(
             max_connections=self.POOL_SIZE,
             client_name=f"notify-cmd:{os.getpid()}",
             timeout=config.REDIS_SOCKET_TIMEOUT,
@@ -177,7 +179,6 @@ class RedisStore:
             # restart; no long backoff, so a POST during an outage answers at once.
             retry=Retry(NoBackoff(), 1),
         )
-        app.extensions["redis"] = redis.Redis(connection_pool=pool)
 
     @staticmethod
     def client() -> redis.Redis:

@@ -66,3 +66,47 @@ def test_gunicorn_in_production_without_secrets_exits_with_the_reason() -> None:
     )
     assert done.returncode != 0
     assert "refusing to start in production: set SECRET_KEY and API_KEYS" in done.stdout + done.stderr
+
+
+SENTINEL = {"REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": "n"}
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"REDIS_MODE": "cluster"}, "REDIS_MODE='cluster'"),
+        ({"REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": "notify"}, "REDIS_SENTINELS"),
+        ({"REDIS_MODE": "sentinel", "REDIS_SENTINELS": "10.0.0.1:26379"}, "REDIS_SENTINEL_MASTER"),
+        (
+            {**SENTINEL, "REDIS_SENTINELS": "10.0.0.1:26379,10.0.0.2"},
+            "REDIS_SENTINELS: '10.0.0.2' is not host:port",
+        ),
+        (
+            {**SENTINEL, "REDIS_SENTINELS": "10.0.0.1:99999"},
+            "REDIS_SENTINELS: '10.0.0.1:99999'",
+        ),
+    ],
+    ids=["unknown-mode", "no-sentinels", "no-master-name", "no-port", "port-out-of-range"],
+)
+def test_a_bad_redis_mode_setting_is_refused_naming_the_variable(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError) as refused:
+        create_app(Config.from_env(env))
+    assert named in str(refused.value)
+
+
+def test_sentinel_mode_reads_its_variables() -> None:
+    config = Config.from_env(
+        {
+            "REDIS_MODE": "sentinel",
+            "REDIS_SENTINELS": " 10.0.0.1:26379, sentinel-b:26380 ,[::1]:26381",
+            "REDIS_SENTINEL_MASTER": "notify",
+            "REDIS_PASSWORD": "data-pass",
+            "REDIS_SENTINEL_PASSWORD": "watch-pass",
+        }
+    )
+    config.validate()
+    assert config.sentinel_addresses() == [("10.0.0.1", 26379), ("sentinel-b", 26380), ("::1", 26381)]
+    assert (config.REDIS_PASSWORD, config.REDIS_SENTINEL_PASSWORD) == ("data-pass", "watch-pass")
+    standalone = Config.from_env({})
+    standalone.validate()
+    assert standalone.REDIS_MODE == "standalone"

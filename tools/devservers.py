@@ -13,6 +13,7 @@ import contextlib
 import ctypes
 import importlib.util
 import os
+import random
 import shutil
 import signal
 import socket
@@ -35,6 +36,16 @@ def find_free_port(host: str = "127.0.0.1") -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((host, 0))
         return int(sock.getsockname()[1])
+
+
+def free_port_below(limit: int = 55000, host: str = "127.0.0.1", start: int = 20000) -> int:
+    """A free port under ``limit``: the OS hands out ports up to 60999, and a cluster
+    node's bus port (its port + 10000) must stay under 65536."""
+    for _ in range(200):
+        port = random.randrange(start, limit)
+        if port != SYSTEM_REDIS_PORT and not port_in_use(port, host):
+            return port
+    raise RuntimeError(f"no free port between {start} and {limit} on {host}")
 
 
 def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
@@ -238,8 +249,16 @@ def _data_dir(data_dir: Path | None, prefix: str) -> Path:
     return temp
 
 
-def redis_server(port: int | None = None, data_dir: Path | None = None) -> ManagedServer:
-    """A Redis without persistence (not started): a restart comes back empty."""
+def redis_server(
+    port: int | None = None,
+    data_dir: Path | None = None,
+    replica_of: int | None = None,
+    extra: tuple[str, ...] = (),
+) -> ManagedServer:
+    """A Redis without persistence (not started): a restart comes back empty.
+
+    ``replica_of``: the port of a primary on 127.0.0.1 to replicate; ``extra``: more
+    ``--name value`` arguments (``--min-replicas-to-write``, ...)."""
     port = port or find_free_port()
     if port == SYSTEM_REDIS_PORT:
         raise ValueError(f"refusing port {port}: that is the system Redis")
@@ -254,8 +273,35 @@ def redis_server(port: int | None = None, data_dir: Path | None = None) -> Manag
         "--daemonize", "no",
         "--dir", str(data),
         "--logfile", str(log),
+        *(("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()),
+        *extra,
     ]  # fmt: skip
     return ManagedServer("redis", port, f"redis://127.0.0.1:{port}/0", data, argv, log, _redis_ping)
+
+
+def sentinel_server(
+    primary_port: int,
+    name: str,
+    port: int | None = None,
+    quorum: int = 2,
+    down_after_ms: int = 1000,
+    failover_timeout_ms: int = 3000,
+) -> ManagedServer:
+    """A Redis Sentinel (not started) monitoring the primary on 127.0.0.1:``primary_port``
+    as ``name``. Its config file is its own: Sentinel rewrites it as it learns."""
+    port = port or free_port_below()
+    data = _data_dir(None, "sentinel-")
+    log = data / "sentinel.log"
+    conf = data / "sentinel.conf"
+    conf.write_text(
+        f"port {port}\nbind 127.0.0.1\ndaemonize no\ndir {data}\nlogfile {log}\n"
+        f"sentinel monitor {name} 127.0.0.1 {primary_port} {quorum}\n"
+        f"sentinel down-after-milliseconds {name} {down_after_ms}\n"
+        f"sentinel failover-timeout {name} {failover_timeout_ms}\n"
+        f"sentinel parallel-syncs {name} 1\n"
+    )
+    argv = [redis_server_binary(), str(conf), "--sentinel"]
+    return ManagedServer("sentinel", port, f"redis://127.0.0.1:{port}", data, argv, log, _redis_ping)
 
 
 def mongo_server(port: int | None = None, data_dir: Path | None = None) -> ManagedServer:

@@ -49,6 +49,7 @@ from app.ops import metrics
 
 if TYPE_CHECKING:
     from app.delivery.waiting import Parked
+    from app.store.redis_connect import RedisConnector
 
 log = logging.getLogger(__name__)
 
@@ -115,8 +116,8 @@ class Subscription:
 
 
 class Hub:
-    def __init__(self, redis_url: str, service: Any, config: Any) -> None:
-        self.redis_url = redis_url
+    def __init__(self, connector: RedisConnector, service: Any, config: Any) -> None:
+        self.connector = connector
         self.service = service
         self.config = config
         self.hub_id = uuid.uuid4().hex[:12]
@@ -268,8 +269,7 @@ class Hub:
         # own, silently losing what was published meanwhile. The hub must see every
         # reconnect to replay the gap. The client is kept referenced: when it is
         # garbage-collected redis-py closes its pool, dropping the subscription.
-        self._client = redis.Redis.from_url(
-            self.redis_url,
+        self._client = self.connector.subscriber(
             client_name=f"notify-sub:{os.getpid()}:{self.hub_id}",
             socket_connect_timeout=2.0,
             socket_timeout=self.config.REDIS_SOCKET_TIMEOUT,

@@ -3,7 +3,8 @@
 Ready means MongoDB and Redis answer, no MongoDB call of this worker has waited longer
 than half of ``MONGO_OP_TIMEOUT_MS`` (``mongodb_oldest_call_seconds``), and MongoDB has
 every index the queries rely on (``app/store/indexes.py``): without them the service
-would slow as its data grows."""
+would slow as its data grows. It also names ``REDIS_MODE`` and, with Sentinel, the
+primary this worker's commands go to."""
 
 from __future__ import annotations
 
@@ -40,10 +41,12 @@ def readyz() -> Response:
             mongo.ping(timeout=PING_SECONDS)
         except PyMongoError:
             checks["mongodb"] = "down"
+    client = current_app.extensions["redis"]
     try:
-        current_app.extensions["redis"].ping()
+        client.ping()
     except redis.RedisError:
         checks["redis"] = "down"
+    body.update(current_app.extensions["redis_connector"].describe(client))
     down = [name for name, state in checks.items() if state == "down"]
     problems = ["down: " + ", ".join(down)] if down else []
     if checks["mongodb"] == "stalled":

@@ -170,7 +170,14 @@ def log_format(config: Config) -> str:
 def configure_logging(config: Config) -> None:
     """Install the redacting record factory and one stderr handler on the root logger."""
     _install_factory()
-    add_secrets(*config.api_keys(), config.SECRET_KEY, config.METRICS_TOKEN, config.ADMIN_PASSWORD)
+    add_secrets(
+        *config.api_keys(),
+        config.SECRET_KEY,
+        config.METRICS_TOKEN,
+        config.ADMIN_PASSWORD,
+        config.REDIS_PASSWORD,
+        config.REDIS_SENTINEL_PASSWORD,
+    )
     formatter = JsonFormatter() if log_format(config) == "json" else TextFormatter()
     root = logging.getLogger()
     ours = [h for h in root.handlers if getattr(h, "_notify", False)]

@@ -1,0 +1,111 @@
+"""Where Redis connections come from: the one place that knows ``REDIS_MODE``.
+
+``standalone``: the server at ``REDIS_URL``. ``sentinel``: redis-py's Sentinel client
+asks the Sentinels (``REDIS_SENTINELS``) for the primary of ``REDIS_SENTINEL_MASTER``
+each time it opens a connection, so after a failover every new connection reaches the
+new primary. A connection still open to the old one finds out on its next command:
+
+- the old primary, demoted to a replica, answers a write ``READONLY``; redis-py's
+  ``SentinelManagedConnection`` then drops the connection and raises ``ConnectionError``,
+  which the command client retries once (its ``Retry(NoBackoff(), 1)``, and the publish
+  script's own retry), on a connection to the primary the Sentinels name now;
+- an old primary fenced off by ``min-replicas-to-write`` (its replicas left it for the
+  new primary) answers ``NOREPLICAS``: handled the same way here;
+- the Sentinels demote the old primary with ``CLIENT KILL TYPE normal`` and ``pubsub``,
+  so its subscribers see the connection end and reconnect (the hub then replays).
+
+Both kinds of client come from here: the worker's capped command pool
+(``app/extensions.py``) and the hub's subscriber connection (``app/delivery/hub.py``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+
+from app.config import Config
+
+
+class PrimaryConnection(SentinelManagedConnection):
+    """A connection to whatever the Sentinels name the primary now.
+
+    redis-py 8.1 asks the Sentinels only in ``connect()``; a command sent on a dropped
+    connection (the retry after READONLY, a health-check PING) reconnects through
+    ``connect_check_health`` to the address it used last, the demoted primary, and fails
+    again (redis/redis-py#3874). Here every reconnect goes through ``connect()``. A
+    ``NOREPLICAS`` refusal is taken for "not the primary any more" as READONLY is.
+    """
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:
+            self.connect()
+        super().send_packed_command(command, check_health)
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return super().read_response(*args, **kwargs)
+        except redis.ResponseError as exc:
+            if not str(exc).startswith("NOREPLICAS"):
+                raise
+            self.disconnect()
+            raise redis.ConnectionError(f"the primary refuses writes: {exc}") from None
+
+
+class SentinelBlockingPool(SentinelConnectionPool, redis.BlockingConnectionPool):
+    """redis-py's Sentinel pool on the blocking free list: capped, callers wait their turn."""
+
+
+class RedisConnector:
+    """Builds the command client and the subscriber clients for the configured mode."""
+
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.mode = config.REDIS_MODE
+        self.sentinel: Sentinel | None = None
+        if self.mode == "sentinel":
+            self.sentinel = Sentinel(
+                config.sentinel_addresses(),
+                sentinel_kwargs={
+                    "password": config.REDIS_SENTINEL_PASSWORD or None,
+                    "socket_timeout": min(config.REDIS_SOCKET_TIMEOUT, 2.0),
+                    "socket_connect_timeout": min(config.REDIS_SOCKET_TIMEOUT, 1.0),
+                    # one Sentinel that does not answer: ask the next one, no backoff
+                    "retry": Retry(NoBackoff(), 0),
+                },
+            )
+
+    def command_client(self, **options: Any) -> redis.Redis:
+        """A client on a blocking pool (``max_connections``, ``queue_class``, ... in ``options``)."""
+        if self.sentinel is None:
+            return redis.Redis(
+                connection_pool=redis.BlockingConnectionPool.from_url(self.config.REDIS_URL, **options)
+            )
+        return self._primary(SentinelBlockingPool, options)
+
+    def subscriber(self, **options: Any) -> redis.Redis:
+        """A client of its own for one subscriber connection, made on its first use."""
+        if self.sentinel is None:
+            return redis.Redis.from_url(self.config.REDIS_URL, **options)
+        return self._primary(SentinelConnectionPool, options)
+
+    def _primary(self, pool_class: type[SentinelConnectionPool], options: dict[str, Any]) -> redis.Redis:
+        assert self.sentinel is not None
+        return self.sentinel.master_for(
+            self.config.REDIS_SENTINEL_MASTER,
+            connection_pool_class=pool_class,
+            connection_class=PrimaryConnection,
+            password=self.config.REDIS_PASSWORD or None,
+            **options,
+        )
+
+    def describe(self, client: redis.Redis) -> dict[str, str]:
+        """The mode, and in sentinel mode the primary ``client`` last connected to."""
+        info = {"redis_mode": self.mode}
+        address = getattr(client.connection_pool, "master_address", None)
+        if address:
+            info["redis_primary"] = f"{address[0]}:{address[1]}"
+        return info
