@@ -37,6 +37,7 @@ from pymongo import MongoClient
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from app.store.models import Notification  # noqa: E402
 from bench import run  # noqa: E402
 from bench.secantus_delete_probe import timed  # noqa: E402
 from tools.devservers import mongo_server, redis_server  # noqa: E402
@@ -55,7 +56,8 @@ def build(size: int) -> Path:
     server = mongo_server(data_dir=base).start()
     try:
         coll = MongoClient(server.url, directConnection=True)[DB].notifications
-        coll.create_index([("user_id", 1), ("read", 1), ("seq", 1)], name="user_read_seq")
+        for spec in Notification._meta["index_specs"]:  # the service's indexes, made before the data
+            coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
         now, seq, have = datetime.now(timezone.utc), time.time_ns() // 1000, 0
         while have < size:
             docs = []
