@@ -13,6 +13,12 @@ old and more (0.1 s apart), and times, while a writer inserts 100 notifications 
   its rests: the pass that removes the expired ones, then one with nothing left to remove;
   the count and the longest of each call it sent.
 pymongo only, no service. Prints one JSON line.
+
+    .venv/bin/python bench/retention_probe.py --insert-cost
+
+instead times what the ``created`` index costs an insert: ``insert_many`` of 1,000 and of
+4,000 notifications (four bulk POSTs of 1,000 users batched together) into an empty
+collection with the service's indexes and without ``created``, alternating, 3 times each.
 """
 
 from __future__ import annotations
@@ -100,11 +106,38 @@ def during_writes(url: str, call: Callable[[], Any]) -> dict[str, Any]:
     return {"seconds": round(seconds, 2), "result": result, "slowest_insert_ms": round(writer.slowest * 1000)}
 
 
+def insert_cost() -> dict[str, list[int]]:
+    """ms per insert_many of 1,000 and 4,000, with and without the created index."""
+    server = mongo_server().start()
+    out: dict[str, list[int]] = {}
+    try:
+        db = MongoClient(server.url, directConnection=True).probe
+        for round_no in range(6):
+            with_created = round_no % 2 == 1
+            coll = db[f"n{round_no}"]
+            for spec in Notification._meta["index_specs"]:
+                if with_created or spec["name"] != CREATED_INDEX:
+                    coll.create_index(spec["fields"], **{k: v for k, v in spec.items() if k != "fields"})
+            for n in (1000, 4000):
+                docs = [doc(f"u{i}", datetime.now(timezone.utc)) for i in range(n)]
+                started = time.perf_counter()
+                coll.insert_many(docs)
+                key = f"insert_{n}_{'with' if with_created else 'without'}_created_ms"
+                out.setdefault(key, []).append(round((time.perf_counter() - started) * 1000))
+    finally:
+        server.stop()
+    return out
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--stored", type=int, default=1_000_000)
     parser.add_argument("--expired", type=int, default=10_000)
+    parser.add_argument("--insert-cost", action="store_true", help="what the created index costs an insert")
     args = parser.parse_args(argv)
+    if args.insert_cost:
+        print(json.dumps({"speed_probe_ms": speed_probe_ms(), **insert_cost()}), flush=True)
+        return 0
     out: dict[str, Any] = {"stored": args.stored, "expired": args.expired, "speed_probe_ms": speed_probe_ms()}
     copy = DATA / f"run-{args.stored}"
     shutil.rmtree(copy, ignore_errors=True)

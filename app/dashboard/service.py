@@ -8,7 +8,6 @@ come from the per-worker presence snapshots (app/delivery/presence.py).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +18,7 @@ from pymongo.errors import PyMongoError
 
 from app.delivery.presence import Presence
 from app.errors import ApiError
-from app.store.models import OUTBOX_USER, notifications_collection
+from app.store.models import notifications_collection
 from app.store.notifications import NotificationService
 
 log = logging.getLogger(__name__)
@@ -132,12 +131,17 @@ class DashboardService:
         return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
 
     def search(self, prefix: str, limit: int = 20) -> list[str]:
-        """User ids that start with ``prefix`` (index-backed prefix match), sorted."""
-        pattern = "^" + re.escape(prefix)
+        """User ids that start with ``prefix`` (a valid user id), sorted.
+
+        The prefix is a range on ``user_id``, which the ``(user_id, read, seq)`` index
+        serves on the dev server too; it plans a ``$regex`` (or a ``$ne`` beside the range)
+        as a whole-collection scan. A valid id has no "~", so the range never holds the
+        outbox markers (``OUTBOX_USER``)."""
+        following = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # after every id starting with prefix
         try:
             rows = notifications_collection().aggregate(
                 [
-                    {"$match": {"user_id": {"$regex": pattern, "$ne": OUTBOX_USER}}},  # not the markers
+                    {"$match": {"user_id": {"$gte": prefix, "$lt": following}}},
                     {"$limit": 20000},  # bounds the work for a short, common prefix
                     {"$group": {"_id": "$user_id"}},
                     {"$sort": {"_id": 1}},
