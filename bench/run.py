@@ -229,9 +229,6 @@ class Bench:
             "LOG_LEVEL": "warning",
             # capacity is measured, not the per-key quota (6,000 POSTs/min by default)
             "RATE_LIMIT_POSTS_PER_MINUTE": "0",
-            # The retention sweep (once a minute) is a range on _id: an index scan on MongoDB,
-            # a whole-collection scan on SecantusDB that stalls its inserts (bench/README.md)
-            "RETENTION_DAYS": "0",
             **dict(self.args.env),
         }
 

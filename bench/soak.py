@@ -1,14 +1,22 @@
-"""A bounded soak: two instances, thousands of streams, steady POSTs, for N minutes.
+"""The mixed soak: steady POSTs, bulks and bursts for N minutes while the data grows.
 
-    .venv/bin/python bench/soak.py --minutes 10 --clients 3000 --rate 25
+    .venv/bin/python bench/soak.py [--minutes 30] [--clients 2000] [--rate 200]
+                                   [--bulk-users 1000] [--bulk-every 5] [--burst-every 120]
 
-Starts its own Redis and SecantusDB, two gunicorn instances of the service (2 gevent
-workers each) and load processes on loopback: every user has SSE and WebSocket clients on
-both instances. POSTs alternate between the instances minute by minute. After each minute
-it records every worker's RSS and open file descriptors, the minute's delivery latency,
-and lost / duplicated / stray deliveries per client. Writes ``soak.md`` and ``soak.json`` to
-``$NOTIFY_BENCH_OUT`` (default: the git-ignored .bench-results/). Not part of CI: it runs
-for minutes and wants a quiet machine.
+Starts its own Redis and SecantusDB, one gunicorn instance of the service (2 gevent
+workers, retention on: its sweeper runs every minute) and load processes on loopback
+(``bench/load.py``): ``--clients`` streams, half SSE and half WebSocket, over 200 users;
+single-user POSTs at ``--rate`` per second to those users (open loop); every
+``--bulk-every`` seconds one bulk POST naming ``--bulk-users`` users (the 200 with streams
+among them); every ``--burst-every`` seconds a 10 s burst from 32 keep-alive clients
+(``bench/run.py``'s throughput measure, to users with no stream). At full size (30
+minutes) that stores about 360,000 + 360,000 + 15 bursts of ~20,000 notifications: past
+1,000,000. After every minute it records the delivery p99 of that minute's POSTs and
+bulks, the 503s (and other errors) of every kind of POST, notifications lost, duplicated or
+stray per client, and every worker's RSS and open files. Writes ``soak.md`` and
+``soak.json`` to ``$NOTIFY_BENCH_OUT`` (default: the git-ignored .bench-results/); exits 1
+if anything was lost or answered 503. Not part of CI: it runs for minutes and wants a
+quiet machine.
 """
 
 from __future__ import annotations
@@ -25,11 +33,14 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.measure import speed_probe_ms  # noqa: E402
 from bench.report import results_dir  # noqa: E402
-from bench.run import API_KEY, PY, SECRET, LoadProc, Service, all_call, pcts_ms  # noqa: E402
+from bench.run import API_KEY, SECRET, LoadProc, Service, all_call, pcts_ms, split  # noqa: E402
 from tools.devservers import mongo_server, redis_server  # noqa: E402
 
 RESULTS = results_dir()
+USERS = [f"soak{i}" for i in range(200)]
+BURST_SECONDS = 10.0
 
 
 def worker_stats(pid: int) -> tuple[float, int]:
@@ -41,8 +52,8 @@ def worker_stats(pid: int) -> tuple[float, int]:
     return rss_kb / 1024, len(os.listdir(f"/proc/{pid}/fd"))
 
 
-def start_service(tag: str, redis_url: str, mongo_url: str, workdir: Path) -> Service:
-    env = {
+def service_env(redis_url: str, mongo_url: str) -> dict[str, str]:
+    return {
         "APP_ENV": "production",
         "SECRET_KEY": SECRET,
         "API_KEYS": API_KEY,
@@ -53,119 +64,198 @@ def start_service(tag: str, redis_url: str, mongo_url: str, workdir: Path) -> Se
         "LOG_LEVEL": "warning",
         "RATE_LIMIT_POSTS_PER_MINUTE": "0",
     }
-    import subprocess
 
-    code = "from app import create_app; from app.store.models import ensure_indexes\n"
-    code += "app = create_app()\nwith app.app_context(): ensure_indexes()"
-    subprocess.run([PY, "-c", code], cwd=ROOT, env={**os.environ, **env}, check=True, timeout=60)
-    return Service("ours", env, workdir / f"soak-{tag}.log")
+
+class Soak:
+    def __init__(self, args: argparse.Namespace, svc: Service, workdir: Path) -> None:
+        self.args, self.svc = args, svc
+        self.streams = [LoadProc(f"clients{i}", workdir) for i in range(4)]
+        self.poster, self.bulker, self.burster = (
+            LoadProc(n, workdir) for n in ("poster", "bulker", "burster")
+        )
+        self.bulk_users = USERS + [f"bulk{i}" for i in range(max(args.bulk_users - len(USERS), 0))]
+        self.next_burst = args.burst_every / 2
+
+    def procs(self) -> list[LoadProc]:
+        return [*self.streams, self.poster, self.bulker, self.burster]
+
+    def open(self) -> int:
+        per_user = max(1, self.args.clients // (len(USERS) * 2))
+        modes = ["ours-sse", "ours-sse", "ours-ws", "ours-ws"]
+        groups = split(USERS, 2) * 2
+        cmds = [
+            {
+                "cmd": "open",
+                "mode": mode,
+                "url": self.svc.url,
+                "users": users,
+                "per_user": per_user,
+                "secret": SECRET,
+                "timeout": 300,
+            }
+            for mode, users in zip(modes, groups, strict=True)
+        ]
+        return sum(r["opened"] for r in all_call(self.streams, cmds, timeout=400))
+
+    def minute(self, n: int, started: float) -> dict[str, Any]:
+        """One sample period: rate POSTs throughout, bulks on their ticks, a burst when due."""
+        length, rate = self.args.minute_seconds, self.args.rate
+        count = int(rate * length)
+        self.poster.send(
+            {
+                "cmd": "post_rate",
+                "url": self.svc.url,
+                "users": USERS,
+                "rate": rate,
+                "count": count,
+                "phase": f"m{n}",
+                "key": API_KEY,
+            }
+        )
+        begin, bulks, bulk_statuses, burst = time.monotonic(), [], {}, None
+        while time.monotonic() - begin < length:
+            elapsed = time.monotonic() - started
+            if burst is None and elapsed >= self.next_burst:
+                self.burster.send(
+                    {
+                        "cmd": "throughput",
+                        "url": self.svc.url,
+                        "key": API_KEY,
+                        "users": [f"burst{i}" for i in range(200)],
+                        "clients": 32,
+                        "seconds": BURST_SECONDS,
+                    }
+                )
+                burst, self.next_burst = {}, self.next_burst + self.args.burst_every
+            k = len(bulks)
+            reply = self.bulker.call(
+                {
+                    "cmd": "post_batch",
+                    "url": self.svc.url,
+                    "key": API_KEY,
+                    "user_ids": self.bulk_users,
+                    "phase": f"b{n}",
+                    "k": k,
+                },
+                timeout=120,
+            )
+            bulks.append(k)
+            for status in reply["statuses"]:
+                bulk_statuses[str(status)] = bulk_statuses.get(str(status), 0) + 1
+            time.sleep(max(0.0, begin + len(bulks) * self.args.bulk_every - time.monotonic()))
+        posted = self.poster.recv(timeout=120)
+        if burst is not None:
+            burst = self.burster.recv(timeout=BURST_SECONDS + 90)
+        time.sleep(1.0)  # the last deliveries of the period land
+        singles = all_call(
+            self.streams, [{"cmd": "report", "phase": f"m{n}", "n_posts": count, "users": USERS}] * 4
+        )
+        bulked = all_call(self.streams, [{"cmd": "report", "phase": f"b{n}", "markers": bulks}] * 4)
+        all_call(self.streams, [{"cmd": "reset"}] * 4)
+        latency = sorted(us for r in singles for us in r["latency_us"])
+        bulk_latency = sorted(us for r in bulked for us in r["latency_us"])
+        stats = [worker_stats(pid) for pid in self.svc.workers()]
+        return {
+            "minute": n + 1,
+            "posts": count,
+            "post_errors": posted["errors"],
+            "bulks": len(bulks),
+            "bulk_statuses": bulk_statuses,
+            "burst": {"ok": burst["ok"], "errors": burst["errors"], "per_second": round(burst["per_second"])}
+            if burst
+            else None,
+            "p99_ms": pcts_ms(latency)["p99_ms"],
+            "bulk_p99_ms": pcts_ms(bulk_latency)["p99_ms"],
+            "lost": sum(r["lost"] for r in singles + bulked),
+            "duplicates": sum(r["duplicates"] for r in singles + bulked),
+            "stray": sum(r["stray"] for r in singles),
+            "closed_clients": sum(r["closed"] for r in singles),
+            "accepted": count
+            - sum(posted["errors"].values())
+            + bulk_statuses.get("201", 0) * len(self.bulk_users)
+            + (burst["ok"] if burst else 0),
+            "worker_rss_mb": [round(rss, 1) for rss, _ in stats],
+            "worker_fds": [fds for _, fds in stats],
+        }
 
 
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--minutes", type=int, default=10)
-    parser.add_argument("--clients", type=int, default=3000, help="stream clients in all")
-    parser.add_argument("--users", type=int, default=300)
-    parser.add_argument("--rate", type=float, default=25.0, help="POSTs per second")
+    parser.add_argument("--minutes", type=int, default=30)
+    parser.add_argument("--clients", type=int, default=2000, help="stream clients, half SSE, half WS")
+    parser.add_argument("--rate", type=float, default=200.0, help="single-user POSTs per second")
+    parser.add_argument("--bulk-users", type=int, default=1000, help="users named by each bulk POST")
+    parser.add_argument("--bulk-every", type=float, default=5.0, help="seconds between bulk POSTs")
+    parser.add_argument("--burst-every", type=float, default=120.0, help="seconds between 10 s bursts")
     parser.add_argument("--minute-seconds", type=float, default=60.0, help="length of one sample period")
     args = parser.parse_args(argv)
-    per_user = max(1, args.clients // (args.users * 4))  # 4 groups: SSE/WS x instance A/B
-    users = [f"soak{i}" for i in range(args.users)]
     workdir = Path(tempfile.mkdtemp(prefix="soak-"))
     redis, mongo = redis_server().start(), mongo_server().start()
-    services: list[Service] = []
-    loads: list[LoadProc] = []
     rows: list[dict[str, Any]] = []
-    started = time.time()
+    soak: Soak | None = None
+    svc: Service | None = None
+    started, probe = time.time(), speed_probe_ms()
+    clients = 0
     try:
-        services = [start_service(t, redis.url, mongo.url, workdir) for t in ("a", "b")]
-        loads = [LoadProc(f"clients{i}", workdir) for i in range(4)]
-        poster = LoadProc("poster", workdir)
-        groups = [(svc, mode) for svc in services for mode in ("ours-sse", "ours-ws")]
-        opened = all_call(
-            loads,
-            [
-                {
-                    "cmd": "open",
-                    "mode": mode,
-                    "url": svc.url,
-                    "users": users,
-                    "per_user": per_user,
-                    "secret": SECRET,
-                    "timeout": 300,
-                }
-                for svc, mode in groups
-            ],  # fmt: skip
-        )
-        clients = sum(o["opened"] for o in opened)
-        print(f"[soak] {clients} clients open ({per_user} per user per group); {workdir}", flush=True)
-        count = int(args.rate * args.minute_seconds)
-        for minute in range(args.minutes):
-            svc = services[minute % 2]
-            phase = f"m{minute}"
-            posted = poster.call(
-                {"cmd": "post_rate", "url": svc.url, "users": users, "rate": args.rate, "count": count,
-                 "phase": phase, "key": API_KEY},
-                timeout=args.minute_seconds + 120,
-            )  # fmt: skip
-            time.sleep(1.0)  # let the last deliveries of the minute land
-            reports = all_call(
-                loads, [{"cmd": "report", "phase": phase, "n_posts": count, "users": users}] * 4
-            )
-            for load in loads:
-                load.call({"cmd": "reset"})
-            latency = sorted(us for r in reports for us in r["latency_us"])
-            stats = [worker_stats(pid) for s in services for pid in s.workers()]
-            row = {
-                "minute": minute + 1,
-                "posted_to": "A" if svc is services[0] else "B",
-                "posts": count,
-                "post_errors": sum(posted["errors"].values()),
-                "deliveries": len(latency),
-                "lost": sum(r["lost"] for r in reports),
-                "duplicates": sum(r["duplicates"] for r in reports),
-                "stray": sum(r["stray"] for r in reports),
-                "closed_clients": sum(r["closed"] for r in reports),
-                "latency_ms": pcts_ms(latency),
-                "worker_rss_mb": [round(rss, 1) for rss, _ in stats],
-                "worker_fds": [fds for _, fds in stats],
-            }
-            rows.append(row)
-            print(f"[soak] {json.dumps(row)}", flush=True)
+        svc = Service("ours", service_env(redis.url, mongo.url), workdir / "soak.log")
+        soak = Soak(args, svc, workdir)
+        clients = soak.open()
+        print(f"[soak] {clients} clients open; {workdir}", flush=True)
+        begin = time.monotonic()
+        for n in range(args.minutes):
+            rows.append(soak.minute(n, begin))
+            print(f"[soak] {json.dumps(rows[-1])}", flush=True)
     finally:
-        for proc in loads + ([poster] if "poster" in locals() else []):
+        for proc in soak.procs() if soak else []:
             proc.stop()
-        for svc in services:
+        if svc is not None:
             svc.stop()
         redis.stop()
         mongo.stop()
-    write(rows, args, clients if rows else 0, time.time() - started, argv)
-    return 0 if rows and all(r["lost"] == r["duplicates"] == r["stray"] == 0 for r in rows) else 1
+    write(rows, args, clients, time.time() - started, argv, [probe, speed_probe_ms()])
+    clean = all(
+        r["lost"] == 0 and "HTTP 503" not in r["post_errors"] and "503" not in r["bulk_statuses"]
+        for r in rows
+    )
+    return 0 if rows and clean else 1
 
 
 def write(
-    rows: list[dict[str, Any]], args: argparse.Namespace, clients: int, seconds: float, argv: list[str]
+    rows: list[dict[str, Any]],
+    args: argparse.Namespace,
+    clients: int,
+    seconds: float,
+    argv: list[str],
+    probe: list[float],
 ) -> None:
     RESULTS.mkdir(parents=True, exist_ok=True)
-    command = "python3 bench/soak.py " + " ".join(argv) if argv else "python3 bench/soak.py"
+    command = " ".join([".venv/bin/python bench/soak.py", *argv])
+    stored = sum(r["accepted"] for r in rows)
     (RESULTS / "soak.json").write_text(
-        json.dumps({"command": command, "clients": clients, "rows": rows}, indent=1)
+        json.dumps(
+            {"command": command, "clients": clients, "speed_probe_ms": probe, "stored": stored, "rows": rows},
+            indent=1,
+        )
     )
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     lines = [
-        f"Command: `{command}` · {clients} stream clients (SSE and WS on 2 instances × 2 workers) · "
-        f"{args.rate:g} POST/s · {seconds / 60:.1f} min · {when}",
+        f"`{command}` · {clients} stream clients · {args.rate:g} POST/s · a bulk of {args.bulk_users} "
+        f"every {args.bulk_every:g} s · a {BURST_SECONDS:g} s burst every {args.burst_every:g} s · "
+        f"{seconds / 60:.1f} min · {when} · speed probe {probe[0]:.0f} → {probe[1]:.0f} ms · "
+        f"{stored:,} notifications accepted",
         "",
-        "| minute | POSTs to | deliveries | lost | dup | stray | p50 ms | p99 ms "
-        "| worker RSS MB | worker FDs |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| minute | p99 ms | bulk p99 ms | POST errors | bulks (statuses) | burst ok / errors | lost | dup "
+        "| stray | accepted | worker RSS MB | worker FDs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
-        lat = r["latency_ms"]
+        burst = f"{r['burst']['ok']:,} / {r['burst']['errors']}" if r["burst"] else ""
+        statuses = ", ".join(f"{status}: {n}" for status, n in sorted(r["bulk_statuses"].items()))
         lines.append(
-            f"| {r['minute']} | {r['posted_to']} | {r['deliveries']:,} | {r['lost']} | {r['duplicates']} | "
-            f"{r['stray']} | {lat['p50_ms']} | {lat['p99_ms']} | "
-            f"{' / '.join(map(str, r['worker_rss_mb']))} | {' / '.join(map(str, r['worker_fds']))} |"
+            f"| {r['minute']} | {r['p99_ms']} | {r['bulk_p99_ms']} | {r['post_errors'] or 0} | {r['bulks']} "
+            f"({statuses}) | {burst} | {r['lost']} | {r['duplicates']} | {r['stray']} | "
+            f"{r['accepted']:,} | {' / '.join(map(str, r['worker_rss_mb']))} | "
+            f"{' / '.join(map(str, r['worker_fds']))} |"
         )
     (RESULTS / "soak.md").write_text("\n".join(lines) + "\n")
 

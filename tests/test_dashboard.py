@@ -226,11 +226,11 @@ def test_unknown_and_invalid_users_get_clear_messages(dash: Flask) -> None:
 
 def test_search_finds_users_by_prefix(dash: Flask) -> None:
     client = signed_in(dash)
-    for user in ("erin", "erik", "frank"):
+    for user in ("erin", "erik", "erj", "er", "frank"):
         notify(dash, user, "hello")
     page = client.get("/dashboard/search?q=eri")
     assert b"/dashboard/users/erin" in page.data and b"/dashboard/users/erik" in page.data
-    assert b"frank" not in page.data
+    assert b"frank" not in page.data and b"users/erj" not in page.data and b'users/er"' not in page.data
     assert client.get("/dashboard/search?q=frank").headers["Location"] == "/dashboard/users/frank"
 
 

@@ -8,7 +8,6 @@ come from the per-worker presence snapshots (app/delivery/presence.py).
 from __future__ import annotations
 
 import logging
-import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -132,15 +131,19 @@ class DashboardService:
         return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
 
     def search(self, prefix: str, limit: int = 20) -> list[str]:
-        """User ids that start with ``prefix`` (index-backed prefix match), sorted."""
-        pattern = "^" + re.escape(prefix)
+        """User ids that start with ``prefix`` (a valid user id), sorted.
+
+        The prefix is a range on ``user_id``, which the ``(user_id, read, seq)`` index
+        serves on the dev server too; it plans a ``$regex`` (or a ``$ne`` beside the range)
+        as a whole-collection scan. A valid id has no "~", so the range never holds the
+        outbox markers (``MARKERS``: every id from "~" on)."""
+        following = prefix[:-1] + chr(ord(prefix[-1]) + 1)  # after every id starting with prefix
         try:
             rows = notifications_collection().aggregate(
                 [
-                    {"$match": {"user_id": {"$regex": pattern}}},
+                    {"$match": {"user_id": {"$gte": prefix, "$lt": following}}},
                     {"$limit": 20000},  # bounds the work for a short, common prefix
                     {"$group": {"_id": "$user_id"}},
-                    {"$match": {"_id": {"$lt": "~"}}},  # not the outbox markers' user ids
                     {"$sort": {"_id": 1}},
                     {"$limit": limit},
                 ]

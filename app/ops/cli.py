@@ -15,7 +15,6 @@ from flask.cli import AppGroup, with_appcontext
 from app.access import apikeys
 from app.access.tokens import mint_token
 from app.errors import ApiError
-from app.ops.mongocalls import long_mongo_calls
 from app.store import retention
 from app.store.indexes import create_indexes
 from app.store.models import notifications_collection
@@ -130,8 +129,7 @@ def db_prune(days: float) -> None:
     """Delete notifications older than --days now (the sweeper does it every minute)."""
     if days < 0:
         _fail("--days must not be negative")
-    with long_mongo_calls(retention.PASS_SECONDS):
-        deleted = retention.prune(notifications_collection(), days)
+    deleted = retention.prune(notifications_collection(), days)
     click.echo(f"deleted {deleted} notifications older than {days:g} days")
 
 

@@ -19,6 +19,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 KEY_INDEX = "idem"
+CREATED_INDEX = "created"  # retention walks it (app/store/retention.py)
 
 
 class Notification(Document):
@@ -38,6 +39,9 @@ class Notification(Document):
     same write that stores the notification, so the key can never be recorded without its
     notification or the other way round. Sparse, not partial: the dev server plans no query
     on a partial index, and only documents that have an ``idem`` are in either.
+
+    ``created`` (``created_at``): the retention pass walks it in time windows
+    (``app/store/retention.py``); the dev server serves no range on ``_id``.
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -58,6 +62,7 @@ class Notification(Document):
         "indexes": [
             {"fields": ["user_id", "read", "seq"], "name": "user_read_seq"},
             {"fields": ["idem"], "name": KEY_INDEX, "unique": True, "sparse": True},
+            {"fields": ["created_at"], "name": CREATED_INDEX},
         ],
     }
 
@@ -220,10 +225,14 @@ def create_missing(document: type[Document]) -> None:
 def ensure_indexes() -> None:
     """Create every index and upgrade what older versions left; safe to call repeatedly.
 
-    Retention needs no index: ``app/store/retention.py`` deletes by ``_id`` range, so an older
-    version's TTL index on ``created_at`` is dropped here. The older versions' separate
-    ``idempotency`` collection is dropped: a key is kept with its notifications."""
+    An older version's TTL index on ``created_at`` is dropped first: retention walks the
+    ``created`` index (``app/store/retention.py``), which has the same key and no TTL. The
+    older versions' separate ``idempotency`` collection is dropped: a key is kept with its
+    notifications."""
     coll = notifications_collection()
+    for index in coll.list_indexes():
+        if "expireAfterSeconds" in index and list(index["key"]) == ["created_at"]:
+            coll.drop_index(index["name"])
     create_missing(Notification)
     legacy = [name for name in coll.index_information() if name in LEGACY_INDEXES]
     collections = coll.database.list_collection_names()
@@ -236,6 +245,3 @@ def ensure_indexes() -> None:
         coll.database.drop_collection(LEGACY_OUTBOX)
     for name in legacy:
         coll.drop_index(name)
-    for index in coll.list_indexes():
-        if "expireAfterSeconds" in index and list(index["key"]) == ["created_at"]:
-            coll.drop_index(index["name"])
