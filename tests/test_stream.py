@@ -93,10 +93,10 @@ def test_read_events_reach_every_tab(live):
         ws.wait_count(2)
         ws.send({"type": "read", "ids": [created[0]["id"]]})
         for client in (sse, ws):
-            client.wait_for(lambda c=client: any(e["type"] == "read" for e in c.events))
-            read = [e for e in client.events if e["type"] == "read"][0]
+            client.wait_for(lambda c=client: any(e["type"] == "state" for e in c.events))
+            read = [e for e in client.events if e["type"] == "state"][0]
             body = read["data"] if client is sse else read
-            assert body["ids"] == [created[0]["id"]] and body["unread"] == 1
+            assert body["change"] == "read" and body["ids"] == [created[0]["id"]] and body["unread"] == 1
     finally:
         sse.close()
         ws.close()

@@ -128,7 +128,7 @@ class DashboardService:
         return {"notification": stored.notifications[0], "published": stored.published}
 
     def mark_read(self, user_id: str, ids: list[str] | None) -> dict[str, Any]:
-        updated = self.notifications.mark_read(user_id, ids)
+        updated = self.notifications.change(user_id, "read", ids)
         return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
 
     def search(self, prefix: str, limit: int = 20) -> list[str]:

@@ -234,14 +234,7 @@ def api_send_test(user_id: str) -> Response:
 @bp.post("/api/users/<user_id>/read")
 @security.staff_api
 def api_mark_read(user_id: str) -> Response:
-    body = v.json_body()
-    if body.get("all") is True and "ids" not in body:
-        ids = None
-    else:
-        ids = body.get("ids")
-        if not isinstance(ids, list) or not 1 <= len(ids) <= 1000 or not all(isinstance(i, str) for i in ids):
-            raise v.invalid("ids", 'send {"ids": [...]} (1-1000 ids) or {"all": true}')
-    return json_response(svc().mark_read(_user_id(user_id), ids))
+    return json_response(svc().mark_read(_user_id(user_id), v.id_selection(v.json_body())))
 
 
 # -- streams -------------------------------------------------------------------------

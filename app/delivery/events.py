@@ -15,11 +15,12 @@ from wsproto.frame_protocol import FrameProtocol
 _SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
 
 NOTIFICATION = "notification"
-READ = "read"
+STATE = "state"  # an inbox state change (seen, read, unread, archive, unarchive, delete)
 RESET = "reset"
 PROBE = "probe"
 
-_WIRE_KINDS = {b"n": NOTIFICATION, b"r": READ, b"p": PROBE}
+_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"p": PROBE}
+CURSORED = (NOTIFICATION, STATE)  # kinds whose seq is a place in the user's stream
 _KIND_CODES = {v: k.decode() for k, v in _WIRE_KINDS.items()}
 
 SSE_HEARTBEAT = b": ping\n\n"
@@ -45,6 +46,16 @@ class Event:
         if kind is None or not payload.startswith(b"{"):
             raise ValueError(f"unknown event kind {code!r}")
         return cls(kind, user.decode(), int(seq) if seq else None, payload)
+
+    @classmethod
+    def replayed(cls, user_id: str, seq: int, entry: bytes) -> Event:
+        """An entry of the user's replay list: a notification's JSON, or a kind code and JSON."""
+        if entry.startswith(b"{"):
+            return cls(NOTIFICATION, user_id, seq, entry)
+        kind = _WIRE_KINDS.get(entry[:1])
+        if kind not in CURSORED:
+            raise ValueError(f"unknown replay entry {entry[:20]!r}")
+        return cls(kind, user_id, seq, entry[1:])
 
     def to_wire(self) -> bytes:
         seq = b"" if self.seq is None else str(self.seq).encode()

@@ -15,7 +15,7 @@ import time
 
 from app.access.ratelimit import StreamSlot
 from app.access.tokens import Subscriber
-from app.delivery.events import NOTIFICATION, RESET, Event
+from app.delivery.events import CURSORED, NOTIFICATION, RESET, Event
 from app.delivery.hub import Hub, Subscription
 from app.delivery.replay import ReplayUnavailable, current_cursor, events_after
 from app.errors import ApiError
@@ -118,11 +118,12 @@ class StreamSession:
         return None
 
     def _accept(self, event: Event) -> bool:
-        if event.kind == NOTIFICATION:
+        if event.kind in CURSORED:
             if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
                 return False  # already sent (replay/live hand-over, hub resync)
             self.last_seq = event.seq
-            self.tracker.delivered()  # type: ignore[union-attr]
+            if event.kind == NOTIFICATION:
+                self.tracker.delivered()  # type: ignore[union-attr]
         elif event.kind == RESET:
             self.last_seq = None
         return True

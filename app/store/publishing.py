@@ -219,6 +219,30 @@ class Publisher:
         self._last_proposed = last
 
     # -- publish ---------------------------------------------------------------------
+    def _script_head(self, kind: str) -> list[Any]:
+        return [
+            self.prefix,
+            self.config.RECENT_LIMIT,
+            self.config.REPLAY_BUFFER_SIZE,
+            self.config.REPLAY_BUFFER_TTL_SECONDS,
+            int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
+            MAX_CLOCK_AHEAD_US,
+            kind,
+        ]
+
+    def publish_state(self, user_id: str, payload: bytes) -> int | None:
+        """Publish an inbox state change of ``user_id`` (a JSON object) as the next event of
+        that user's stream: the same script, channel and cursors as notifications, so every
+        client sees changes and notifications in one order, and the user's cached pages and
+        counts are invalidated in the same step. The cursor, or None if Redis failed."""
+        try:
+            (seq,) = self._script([*self._script_head("s"), user_id, "", payload])
+        except redis.RedisError as exc:
+            metrics.redis_error("publish")
+            log.warning("state publish failed: %s", exc)
+            return None
+        return int(seq)
+
     def publish(self, docs: list[dict[str, Any]], markers: list[Any], wake_cleanup: bool = True) -> bool:
         """One Lua call for all ``docs``, in order; then ``markers`` are cleaned up (queued;
         the clean-up greenlet is woken unless ``wake_cleanup`` is False: the caller will).
@@ -228,14 +252,7 @@ class Publisher:
         """
         if not docs:
             return True
-        args: list[Any] = [
-            self.prefix,
-            self.config.RECENT_LIMIT,
-            self.config.REPLAY_BUFFER_SIZE,
-            self.config.REPLAY_BUFFER_TTL_SECONDS,
-            int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
-            MAX_CLOCK_AHEAD_US,
-        ]
+        args = self._script_head("n")
         for doc in docs:
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
