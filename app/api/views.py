@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
@@ -15,6 +16,8 @@ from app.api import validation as v
 from app.store.notifications import NotificationService
 from app.store.serialization import iso
 
+ACK_FIELDS = frozenset({"ids", "connection"})
+CONNECTION_RE = re.compile(r"[A-Za-z0-9_~-]{1,200}")
 STATE_CHANGES = ("read", "seen", "unread", "archive", "unarchive")  # POST .../<change> {"ids"} | {"all"}
 
 bp = Blueprint("api", __name__, url_prefix="/api")
@@ -41,6 +44,25 @@ def create_notification() -> Response:
         lambda: (v.json_body(), request.get_data()),
     )
     return json_response(data, status, **dict(headers))
+
+
+@bp.get("/notifications/<notification_id>")
+@require_api_key
+def notification_trace(notification_id: str) -> Response:
+    return json_response(service().traced(notification_id))
+
+
+@bp.post("/me/ack")
+@require_subscriber
+def my_ack() -> Response:
+    """Receipts of a client that cannot answer on its stream (SSE): ``{"ids", "connection"?}``."""
+    body = v.json_body()
+    v.known_fields(body, ACK_FIELDS)
+    connection = body.get("connection")
+    if connection is not None and not (isinstance(connection, str) and CONNECTION_RE.fullmatch(connection)):
+        raise v.invalid("connection", "must be the id of the stream's `connected` event")
+    ids = v.id_list(body.get("ids"))
+    return json_response({"acked": service().acknowledge(g.subscriber.user_id, ids, connection or "http")})
 
 
 def _for_user(user_id: str) -> str:

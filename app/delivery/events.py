@@ -27,7 +27,7 @@ SSE_HEARTBEAT = b": ping\n\n"
 
 
 class Event:
-    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws", "_ws_frame")
+    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws", "_ws_frame", "_nid")
 
     def __init__(self, kind: str, user_id: str, seq: int | None, payload: bytes) -> None:
         self.kind = kind
@@ -37,6 +37,14 @@ class Event:
         self._sse: bytes | None = None
         self._ws: str | None = None
         self._ws_frame: bytes | None = None
+        self._nid: str | None = None
+
+    def notification_id(self) -> str:
+        """A notification event's id, read from its JSON once (the delivery trace's key)."""
+        if self._nid is None:
+            at = self.payload.find(b'"id":"') + 6
+            self._nid = self.payload[at : at + 24].decode() if at >= 6 else ""
+        return self._nid
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Event:

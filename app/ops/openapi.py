@@ -35,6 +35,7 @@ EXAMPLE_NOTE = {
     "seen": False, "archived": False, "priority": "high",
     "actions": [{"label": "Open the run", "url": "https://ci.example/runs/42"}],
 }  # fmt: skip
+SENT_FIELDS = ["connection", "transport", "instance", "worker", "at", "received_at"]
 ACTION = {
     "type": "object",
     "required": ["label", "url"],
@@ -173,6 +174,42 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"token": {"type": "string"}, "user_id": {"type": "string"},
                        "expires_at": {"type": "string", "format": "date-time"}},
     },
+    "Traced": {
+        "allOf": [_ref("Notification")],
+        "type": "object",
+        "required": ["delivery"],
+        "properties": {"delivery": _ref("Delivery")},
+    },
+    "Delivery": {
+        "type": "object",
+        "description": "What happened to the notification; null where it did not happen (yet). Writes and "
+        "receipts reach it within RECEIPT_FLUSH_SECONDS",
+        "required": ["stored_at", "published_at", "sent", "received_at", "seen_at", "read_at", "archived_at"],
+        "properties": {
+            **{k: {"type": ["string", "null"], "format": "date-time"} for k in (
+                "stored_at", "published_at", "received_at", "seen_at", "read_at", "archived_at")},
+            "sent": {"type": "array", "description": "Each connection it was written to, oldest first",
+                     "items": {"type": "object",
+                               "required": SENT_FIELDS,
+                               "properties": {
+                                   "connection": {"type": "string"}, "transport": {"enum": ["sse", "ws"]},
+                                   "instance": {"type": "string"}, "worker": {"type": "string"},
+                                   "at": {"type": "string", "format": "date-time"},
+                                   "received_at": {"type": ["string", "null"], "format": "date-time"}}}},
+        },
+    },
+    "AckRequest": {
+        "type": "object",
+        "required": ["ids"],
+        "additionalProperties": False,
+        "properties": {
+            "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": v.MAX_IDS},
+            "connection": {"type": "string", "pattern": "^[A-Za-z0-9_~-]{1,200}$",
+                           "description": "The stream's id, from its `connected` event"},
+        },
+        "example": {"ids": ["6650f0c2a1b2c3d4e5f60718"], "connection": "sse~host~1234~1"},
+    },
+    "Acked": {"type": "object", "required": ["acked"], "properties": {"acked": {"type": "integer"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -298,6 +335,15 @@ PATHS: dict[str, Any] = {
             "description": "A retry with the same key and body gets the first response"}])},
     **_inbox_paths("/api/users/{user_id}", "A user's", API_KEY, (401, 404, 422, 503)),
     **_inbox_paths("/api/me", "The subscriber's", SUBSCRIBER, (401, 422, 503)),
+    "/api/notifications/{notification_id}": {"parameters": [NOTIFICATION_PARAM], "get": _op(
+        "A notification with its delivery trace (stored, published, each connection written to, "
+        "received, seen, read, archived)", {"200": _json("Traced", "The notification and its trace")},
+        (401, 404, 422, 503), security=API_KEY)},
+    "/api/me/ack": {"post": _op(
+        "Receipts: the subscriber's client received these notifications (SSE clients; a WebSocket "
+        'client sends `{"type":"ack","ids":[...]}`). Recorded within RECEIPT_FLUSH_SECONDS',
+        {"200": _json("Acked", "How many ids were recorded")}, POST_ERRORS, security=SUBSCRIBER,
+        requestBody=_body("AckRequest"))},
     "/api/recent": {"get": _op(
         "The newest notifications across all users", {"200": _json("NotificationList", "Newest first")},
         (401, 503), security=API_KEY)},
@@ -305,7 +351,8 @@ PATHS: dict[str, Any] = {
         "Mint a subscriber token for one user's stream and /api/me", {"201": _json("Token", "Minted")},
         POST_ERRORS, security=API_KEY, requestBody=_body("TokenRequest"))},
     "/stream": {"get": _op(
-        "Server-Sent Events: `notification` (id = cursor), `state` (an inbox change made anywhere: "
+        "Server-Sent Events: `connected` (the stream's id, for receipts), `notification` (id = cursor), "
+        "`state` (an inbox change made anywhere: "
         "`change`, `ids`, `all` and the counts after it; id = cursor), `reset`, `expired` events",
         {"200": {"description": "An endless event stream", "content": {"text/event-stream": {
             "schema": {"type": "string"},

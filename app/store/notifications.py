@@ -35,6 +35,7 @@ from app.store.models import (
     notifications_collection,
 )
 from app.store.publishing import Publisher, Stored
+from app.store.receipts import Receipts
 from app.store.retention import Sweeper
 from app.store.serialization import new_document, public_json, utc_now_ms
 
@@ -59,6 +60,8 @@ class NotificationService:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self.publisher = Publisher(config, redis_client)
+        self.receipts = Receipts(config, redis_client)
+        self.publisher.on_published = self.receipts.published
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
         self._key_index_ready = False
@@ -246,6 +249,25 @@ class NotificationService:
         for its delivery trace until retention). 404 if it is not theirs or already deleted."""
         if not self.change(user_id, "delete", [notification_id]):
             raise ApiError(404, "not_found", "no such notification in this inbox")
+
+    # -- delivery trace --------------------------------------------------------------
+    def traced(self, notification_id: str) -> dict[str, Any]:
+        """The notification with its delivery record (``app/store/receipts.py``); 404 if none."""
+        oid = _object_id(notification_id, "id")
+        try:
+            doc = notifications_collection().find_one({"_id": oid, "user_id": {"$ne": OUTBOX_USER}})
+            if doc is None:
+                raise ApiError(404, "not_found", "no such notification")
+            return {**public_json(doc), "delivery": self.receipts.trace(doc)}
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def acknowledge(self, user_id: str, ids: list[str], connection: str) -> int:
+        """The client received ``ids`` (recorded in Redis within a second, never per id in MongoDB)."""
+        for i in ids:
+            _object_id(i, "ids")
+        self.receipts.acked(user_id, ids, connection)
+        return len(ids)
 
     # -- recent ----------------------------------------------------------------------
     def recent(self) -> bytes:

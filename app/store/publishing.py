@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class Publisher:
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
         self.outbox = Outbox(config, self.publish, self.stats)
+        # The delivery trace's record of each publish: (ids, when the publish call started).
+        self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, relay: bool = True) -> None:
@@ -259,6 +262,7 @@ class Publisher:
             args.append(doc["user_id"])
             args.append("" if doc.get("seq") is None else doc["seq"])
             args.append(orjson.dumps(body))
+        publishing_at = time.time()  # the message is on the channel before the script returns
         try:
             seqs = self._script(args)
         except redis.RedisError as exc:
@@ -275,6 +279,7 @@ class Publisher:
             self.stats["resequenced"] += len(fixes)
             metrics.RESEQUENCED.inc(len(fixes))
         self.outbox.published(markers, fixes, wake_cleanup)
+        self.on_published([str(doc["_id"]) for doc in docs], publishing_at)
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True
