@@ -213,6 +213,12 @@ def api_history(user_id: str) -> Response:
     )
 
 
+@bp.get("/api/notifications/<notification_id>/trace")
+@security.staff_api
+def api_trace(notification_id: str) -> Response:
+    return json_response(svc().trace(notification_id))
+
+
 @bp.get("/api/users/<user_id>/status")
 @security.staff_api
 def api_status(user_id: str) -> Response:
