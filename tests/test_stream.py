@@ -63,7 +63,8 @@ def test_sse_heartbeat_comment(live):
     resp = requests.get(server.url + "/stream", params={"token": server.token("hb")}, stream=True, timeout=10)
     try:
         lines = resp.iter_lines(decode_unicode=True)
-        seen = [next(lines) for _ in range(6)]
+        # retry and a comment, the `connected` event, then pings
+        seen = [next(lines) for _ in range(9)]
         assert ": ping" in seen
     finally:
         resp.close()

@@ -27,6 +27,7 @@ from pymongo.errors import PyMongoError
 
 from app.ops.mongocalls import long_mongo_calls
 from app.store.models import id_chunks, notifications_collection
+from app.store.receipts import deliveries_collection
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class Sweeper:
         try:
             with long_mongo_calls(PASS_SECONDS):  # its scan outlasts MONGO_OP_TIMEOUT_MS
                 deleted = prune(notifications_collection(), self.seconds / DAY)
+                prune(deliveries_collection(), self.seconds / DAY)  # their traces: keyed by the same ids
         except PyMongoError as exc:
             log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
             return None
