@@ -84,6 +84,7 @@ class Config:
     RECEIPT_FLUSH_SECONDS: float = 1.0  # delivery records to Redis, per worker (app/store/receipts.py)
     RECEIPT_FOLD_SECONDS: float = 2.0  # pending traces into MongoDB, RECEIPT_FOLD_BATCH at a time
     RECEIPT_FOLD_BATCH: int = 500
+    RECEIPT_FOLD_DELAY_SECONDS: float = 10.0  # a trace waits this long in Redis: most are folded once
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property

@@ -22,7 +22,7 @@ def trace(server, nid: str) -> dict:
 
 
 def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app):
-    env = {"RECEIPT_FLUSH_SECONDS": "0.2", "RECEIPT_FOLD_SECONDS": "0.5"}
+    env = {"RECEIPT_FLUSH_SECONDS": "0.2", "RECEIPT_FOLD_SECONDS": "0.5", "RECEIPT_FOLD_DELAY_SECONDS": "1"}
     one, two = live(**env), live(**env)
     token = one.token("traced")
     sse, ws = SSEClient(one.url, token), WSClient(two.url, token)
@@ -74,20 +74,34 @@ def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app):
         ws.close()
 
 
-def test_a_receipt_counts_only_for_the_user_who_sent_it(app, client, auth):
+def test_a_receipt_counts_only_for_the_user_who_sent_it_and_later_ones_merge(make_app, auth):
+    app = make_app(RECEIPT_FOLD_DELAY_SECONDS=0)
+    client = app.test_client()
     nid = client.post(
         "/api/notifications", json={"user_id": "victim", "message": "m"}, headers=auth
     ).get_json()["id"]
     service = app.extensions["notifications"]
     with app.app_context():
+        service.receipts.sent(nid, "ws~h~1~2")
         service.acknowledge("intruder", [nid], "ws~h~1~1")
         service.acknowledge("victim", [nid], "ws~h~1~2")
         service.receipts.flush()
         sent = client.get(f"/api/notifications/{nid}", headers=auth).get_json()["delivery"]
         assert sent["received_at"] is not None
-        service.receipts.fold()
+        assert service.receipts.fold() == 1
         folded = deliveries_collection().find_one({})
-        assert list(folded["received"]) == ["ws~h~1~2"]
+        assert list(folded["received"]) == ["ws~h~1~2"] and folded["published"]
+        service.receipts.sent(nid, "sse~h~1~3")  # a later write: a second fold merges it
+        service.acknowledge("victim", [nid], "sse~h~1~3")
+        service.receipts.flush()
+        assert service.receipts.fold() == 1
+        merged = deliveries_collection().find_one({})
+        assert set(merged["sent"]) == {"ws~h~1~2", "sse~h~1~3"} and set(merged["received"]) == set(
+            merged["sent"]
+        )
+        assert merged["published"] == folded["published"]
+        after = client.get(f"/api/notifications/{nid}", headers=auth).get_json()["delivery"]
+        assert after["received_at"] == sent["received_at"] and len(after["sent"]) == 2
 
 
 def test_ack_and_trace_bad_input(client, auth):

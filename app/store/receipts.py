@@ -4,11 +4,15 @@ received (acknowledged by the client), without a MongoDB write per delivery.
 Each worker buffers what happens in memory (a list append per connection write, per ack,
 per published batch) and writes it to Redis once per ``RECEIPT_FLUSH_SECONDS`` in one
 pipeline: a hash per notification, ``trace:<id>`` (field ``p`` the publish time, ``s:<conn>``
-a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the set
-``trace:pending``. A folder greenlet in every worker takes pending ids (``SPOP``: workers
-share the set, none folds an id twice), reads and deletes their hashes atomically and
-upserts them into the ``deliveries`` collection (its own collection, so the write lock
-notifications' inserts wait for is not taken), ``RECEIPT_FOLD_BATCH`` at a time. The trace
+a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the sorted set
+``trace:pending`` (scored by when it first became pending). A folder greenlet in every
+worker takes ids pending for ``RECEIPT_FOLD_DELAY_SECONDS`` (by then a notification's
+writes and receipts are in, so most are folded once), reads and deletes their hashes
+atomically (a worker that raced another for an id finds it empty) and stores them in the
+``deliveries`` collection (its own collection, so the write lock notifications' inserts
+wait for is not taken), ``RECEIPT_FOLD_BATCH`` at a time: one ``insert_many``, and an
+update only for the few whose record already exists (SecantusDB takes about ten times as
+long for an upsert as for a document of an ``insert_many``: bench/README.md, "Receipts"). The trace
 (``trace``) reads MongoDB plus what is still in Redis.
 
 A receipt names the user who sent it: it counts only for that user's notification (checked
@@ -31,7 +35,7 @@ import redis
 from bson import ObjectId
 from pymongo import UpdateOne
 from pymongo.collection import Collection
-from pymongo.errors import PyMongoError
+from pymongo.errors import BulkWriteError, PyMongoError
 
 from app.store.models import id_chunks, notifications_collection
 
@@ -140,7 +144,7 @@ class Receipts:
             for nid, values in fields.items():
                 pipe.hset(self.key(nid), mapping=values)
                 pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
-            pipe.sadd(self.prefix + PENDING, *fields)
+            pipe.zadd(self.prefix + PENDING, dict.fromkeys(fields, time.time()), nx=True)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("receipts of %d notifications not recorded: %s", len(fields), exc)
@@ -151,26 +155,28 @@ class Receipts:
 
     def fold(self) -> int:
         """Move up to ``RECEIPT_FOLD_BATCH`` pending traces from Redis into MongoDB."""
+        pending = self.prefix + PENDING
+        ripe = time.time() - self.config.RECEIPT_FOLD_DELAY_SECONDS
         try:
-            nids = [
-                n.decode() for n in self.redis.spop(self.prefix + PENDING, self.config.RECEIPT_FOLD_BATCH)
-            ]
+            batch = self.redis.zrangebyscore(
+                pending, "-inf", ripe, start=0, num=self.config.RECEIPT_FOLD_BATCH
+            )
+            nids = [n.decode() for n in batch]
             if not nids:
                 return 0
             pipe = self.redis.pipeline(transaction=True)  # read and delete in one step
+            pipe.zrem(pending, *nids)
             for nid in nids:
                 pipe.hgetall(self.key(nid))
                 pipe.delete(self.key(nid))
-            replies = pipe.execute()[::2]
+            replies = pipe.execute()[1::2]
         except redis.RedisError as exc:
             log.warning("receipt fold skipped: %s", exc)
             return 0
         traces = {nid: _decode(h) for nid, h in zip(nids, replies, strict=True) if h}
         try:
             owners = _owners(list(traces))
-            ops = [_upsert(nid, owners[nid], t) for nid, t in traces.items() if nid in owners]
-            if ops:
-                deliveries_collection().bulk_write(ops, ordered=False)
+            _store({nid: (owners[nid], t) for nid, t in traces.items() if nid in owners})
         except PyMongoError as exc:
             log.warning("receipt fold of %d notifications failed, kept in Redis: %s", len(traces), exc)
             self._put_back(traces)
@@ -186,7 +192,7 @@ class Receipts:
                     pipe.hsetnx(self.key(nid), field, value)
                 pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
             if traces:
-                pipe.sadd(self.prefix + PENDING, *traces)
+                pipe.zadd(self.prefix + PENDING, dict.fromkeys(traces, time.time()), nx=True)
             pipe.execute()
         except redis.RedisError as exc:
             log.warning("receipts of %d notifications lost: %s", len(traces), exc)
@@ -256,16 +262,45 @@ def _split(trace: dict[str, str], user_id: str) -> tuple[int | None, dict[str, i
     return published, sent, received
 
 
-def _upsert(nid: str, user_id: str, trace: dict[str, str]) -> UpdateOne:
+def _record(nid: str, user_id: str, trace: dict[str, str]) -> dict[str, Any]:
+    """The ``deliveries`` document of one trace."""
     published, sent, received = _split(trace, user_id)
-    update: dict[str, Any] = {"$setOnInsert": {"user_id": user_id}}
-    mins = {f"sent.{c}": ms for c, ms in list(sent.items())[:MAX_CONNECTIONS_PER_TRACE]}
-    mins.update({f"received.{c}": ms for c, ms in list(received.items())[:MAX_CONNECTIONS_PER_TRACE]})
+    doc: dict[str, Any] = {
+        "_id": ObjectId(nid),
+        "user_id": user_id,
+        "sent": dict(list(sent.items())[:MAX_CONNECTIONS_PER_TRACE]),
+        "received": dict(list(received.items())[:MAX_CONNECTIONS_PER_TRACE]),
+    }
     if published is not None:
-        mins["published"] = published
-    if mins:
-        update["$min"] = mins
-    return UpdateOne({"_id": ObjectId(nid)}, update, upsert=True)
+        doc["published"] = published
+    return doc
+
+
+def _store(traces: dict[str, tuple[str, dict[str, str]]]) -> None:
+    """New records in one ``insert_many``; those a previous fold stored are merged (the
+    earliest time of each write and receipt wins)."""
+    docs = [_record(nid, user, trace) for nid, (user, trace) in traces.items()]
+    if not docs:
+        return
+    coll = deliveries_collection()
+    try:
+        coll.insert_many(docs, ordered=False)
+        return
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        taken = {docs[e["index"]]["_id"] for e in errors if e.get("code") == 11000}
+        if len(taken) < len(errors):
+            raise
+    merges = []
+    for doc in docs:
+        if doc["_id"] in taken:
+            mins = {f"{part}.{c}": ms for part in ("sent", "received") for c, ms in doc[part].items()}
+            if "published" in doc:
+                mins["published"] = doc["published"]
+            if mins:
+                merges.append(UpdateOne({"_id": doc["_id"]}, {"$min": mins}))
+    if merges:
+        coll.bulk_write(merges, ordered=False)
 
 
 def _merge(folded: dict[str, Any], fresh: dict[str, str], user_id: str) -> dict[str, Any]:
