@@ -261,7 +261,8 @@ def test_states_sync_across_instances_and_transports(live):
             ]
             assert kinds.index(later["id"]) == kinds.index("state") + 3
         assert sse.events[-1]["id"] is not None, "state events carry the stream cursor (Last-Event-ID)"
-        resumed = SSEClient(two.url, token, last_event_id=sse.events[3]["id"])
+        seen_cursor = next(e["id"] for e in sse.events if e["type"] == "state")
+        resumed = SSEClient(two.url, token, last_event_id=seen_cursor)
         try:
             resumed.wait_for(lambda: len(_changes(resumed)) >= 4)
             assert [c["change"] for c in _changes(resumed)] == expected[1:]
