@@ -25,13 +25,12 @@ from app.errors import ApiError
 from app.extensions import RedisBudget
 from app.store import lua
 from app.store.idempotency import RequestKey, stored_under
+from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import (
-    EITHER_READ,
     OUTBOX_USER,
     PUBLIC_PROJECTION,
     ensure_key_index,
-    id_chunks,
     notifications_collection,
 )
 from app.store.publishing import Publisher, Stored
@@ -231,10 +230,10 @@ class NotificationService:
         base = {"user_id": user_id, "deleted_at": None, **match}
         try:
             coll = notifications_collection()
-            updated = sum(coll.update_many(q, update).modified_count for q in _by_ids(base, oids))
+            updated = sum(coll.update_many(q, update).modified_count for q in by_ids(base, oids))
             if updated and change == "read":  # what is read has been seen (kept seen if marked unread)
                 unseen = {"user_id": user_id, "read": True, "seen_at": None}
-                for q in _by_ids(unseen, oids):
+                for q in by_ids(unseen, oids):
                     coll.update_many(q, {"$set": {"seen_at": now}})
         except PyMongoError as exc:
             raise _unavailable(exc) from None
@@ -302,37 +301,6 @@ class NotificationService:
             return orjson.dumps({"notifications": [public_json(d) for d in docs]})
         except PyMongoError as exc:
             raise _unavailable(exc) from None
-
-
-NOW = object()  # in CHANGES: the time of the change
-# What each change matches (besides the user's, not deleted) and sets.
-CHANGES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
-    "seen": ({"read": False, "seen_at": None}, {"$set": {"seen_at": NOW}}),
-    "read": ({"read": False}, {"$set": {"read": True, "read_at": NOW}}),
-    "unread": ({"read": True}, {"$set": {"read": False, "read_at": None}}),
-    "archive": ({"read": EITHER_READ, "archived_at": None}, {"$set": {"archived_at": NOW}}),
-    "unarchive": ({"read": EITHER_READ, "archived_at": {"$ne": None}}, {"$set": {"archived_at": None}}),
-    "delete": ({"read": EITHER_READ}, {"$set": {"deleted_at": NOW}}),
-}
-# Every query names the read state so MongoDB walks the ``user_read_seq`` index.
-INBOX = {"archived_at": None, "deleted_at": None}
-STATE_QUERIES: dict[str | None, dict[str, Any]] = {
-    None: {"read": EITHER_READ, **INBOX},
-    "unread": {"read": False, **INBOX},
-    "read": {"read": True, **INBOX},
-    "archived": {"read": EITHER_READ, "archived_at": {"$ne": None}, "deleted_at": None},
-}
-# A notification read is seen (``public_json``): unseen are the unread never seen.
-COUNT_QUERIES = {
-    "unseen": {"read": False, "seen_at": None, **INBOX},
-    "unread": {"read": False, **INBOX},
-    "total": {"read": EITHER_READ, **INBOX},
-}
-
-
-def _by_ids(query: dict[str, Any], oids: list[ObjectId] | None) -> list[dict[str, Any]]:
-    """``query``, or one query per chunk of ``oids`` (``MAX_IDS_PER_CALL``)."""
-    return [query] if oids is None else [{**query, "_id": {"$in": c}} for c in id_chunks(oids)]
 
 
 def _object_id(value: str, field: str) -> ObjectId:

@@ -44,6 +44,7 @@ log = logging.getLogger(__name__)
 PENDING = "trace:pending"
 TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
 MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
+MAX_BUFFERED = 500_000  # records a worker holds between flushes (Redis away, flusher not started)
 
 
 def deliveries_collection() -> Collection:
@@ -88,14 +89,17 @@ class Receipts:
         return f"{transport}~{self.instance.replace('.', '_')}~{self.worker}~{next(self._ids)}"
 
     def sent(self, nid: str, connection: str) -> None:
-        self._sent.append((nid, connection, time.time()))
+        if len(self._sent) < MAX_BUFFERED:
+            self._sent.append((nid, connection, time.time()))
 
     def acked(self, user_id: str, nids: list[str], connection: str) -> None:
         now = time.time()
-        self._acks.extend((user_id, nid, connection, now) for nid in nids)
+        if len(self._acks) < MAX_BUFFERED:
+            self._acks.extend((user_id, nid, connection, now) for nid in nids)
 
     def published(self, nids: list[str], at: float) -> None:
-        self._published.append((nids, at))
+        if len(self._published) < MAX_BUFFERED:
+            self._published.append((nids, at))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
