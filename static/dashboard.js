@@ -46,7 +46,8 @@
     if (n.actions && n.actions.length) {
       var links = el("div", "notif-actions");
       n.actions.forEach(function (action) {
-        var url = new URL(action.url, window.location.href);
+        var url;
+        try { url = new URL(action.url, window.location.href); } catch (err) { return; }
         if (url.protocol !== "http:" && url.protocol !== "https:") return; // the service refuses others too
         var link = el("a", null, action.label);
         link.href = url.href;

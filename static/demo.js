@@ -68,7 +68,8 @@
     const actions = li.querySelector('.item-actions');
     (n.actions || []).forEach((action) => {
       // The service accepts only http(s) and relative URLs; checked again before it is a link.
-      const url = new URL(action.url, location.href);
+      let url;
+      try { url = new URL(action.url, location.href); } catch (err) { return; }
       if (url.protocol !== 'http:' && url.protocol !== 'https:') return;
       const a = document.createElement('a');
       a.href = url.href;

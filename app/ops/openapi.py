@@ -43,8 +43,9 @@ ACTION = {
     "properties": {
         "label": {"type": "string", "minLength": 1, "maxLength": v.MAX_ACTION_LABEL},
         "url": {"type": "string", "minLength": 1, "maxLength": v.MAX_ACTION_URL,
-                "description": "An http(s) URL, or a relative one (not `//host`); no spaces, control "
-                "characters or backslashes"},
+                "pattern": v.ACTION_URL_RE.pattern,
+                "description": "An http(s) URL, or a path on the page's own site (`/...`, not `//host`); "
+                "no spaces, control characters or backslashes"},
     },
 }  # fmt: skip
 PRIORITY = {"enum": list(v.PRIORITIES), "description": "How prominently a client shows it"}
