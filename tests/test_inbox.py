@@ -145,7 +145,7 @@ def test_state_change_bad_input(client, auth, path, body, field):
 
 @pytest.mark.parametrize(
     "query, field",
-    [("state=new", "state"), ("state=read&unread=true", "unread"), ("category=" + "c" * 65, "category")],
+    [("state=new", "state"), ("state=read&unread=maybe", "unread"), ("category=" + "c" * 65, "category")],
 )
 def test_history_filters_bad_input(client, auth, query, field):
     resp = client.get(f"/api/me/notifications?{query}", headers=me(client, auth, "q"))
@@ -271,3 +271,12 @@ def test_states_sync_across_instances_and_transports(live):
     finally:
         sse.close()
         ws.close()
+
+
+def test_unread_narrows_any_state(client, auth):
+    ids = send(client, auth, "narrow", 3)
+    client.post("/api/users/narrow/archive", json={"ids": ids[:2]}, headers=auth)
+    client.post("/api/users/narrow/read", json={"ids": [ids[0]]}, headers=auth)
+    assert listed(client, auth, "/api/users/narrow", "?state=archived&unread=true") == [ids[1]]
+    assert listed(client, auth, "/api/users/narrow", "?unread=true") == [ids[2]]
+    assert listed(client, auth, "/api/users/narrow", "?state=read&unread=true") == []

@@ -199,14 +199,10 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
 
 
 def state_arg() -> str | None:
-    """``state=unread|read|archived`` (or the older ``unread=true``); None: the inbox."""
+    """``state=unread|read|archived``; None: the inbox."""
     state = single_arg("state") or None
     if state is not None and state not in STATES:
         raise invalid("state", "must be one of " + ", ".join(STATES))
-    if bool_arg("unread"):
-        if state not in (None, "unread"):
-            raise invalid("unread", "unread=true is state=unread: send one of them")
-        state = "unread"
     return state
 
 

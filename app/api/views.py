@@ -79,7 +79,7 @@ def _history(user_id: str) -> Response:
     category = v.single_arg("category")
     if category is not None and len(category) > 64:
         raise v.invalid("category", "must be at most 64 characters")
-    body, hit = service().history(user_id, limit, before, v.state_arg(), category)
+    body, hit = service().history(user_id, limit, before, v.state_arg(), category, v.bool_arg("unread"))
     return json_response(body, **{"X-Cache": "HIT" if hit else "MISS"})
 
 

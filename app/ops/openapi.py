@@ -205,7 +205,7 @@ SCHEMAS: dict[str, Any] = {
         "additionalProperties": False,
         "properties": {
             "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": v.MAX_IDS},
-            "connection": {"type": "string", "pattern": "^[A-Za-z0-9_~-]{1,200}$",
+            "connection": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_~-]{1,200}$",
                            "description": "The stream's id, from its `connected` event"},
         },
         "example": {"ids": ["6650f0c2a1b2c3d4e5f60718"], "connection": "sse~host~1234~1"},
@@ -272,7 +272,7 @@ HISTORY_PARAMS = [
     {"name": "category", "in": "query", "schema": {"type": "string", "maxLength": 64},
      "description": "Only this category"},
     {"name": "unread", "in": "query", "schema": {"type": "boolean", "default": False},
-     "description": "`true`: the same as `state=unread`"},
+     "description": "`true`: only the unread ones (`state=unread` for the inbox)"},
 ]
 CURSOR_PARAMS = [
     {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},

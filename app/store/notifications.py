@@ -134,17 +134,21 @@ class NotificationService:
         before: str | None = None,
         state: str | None = None,
         category: str | None = None,
+        unread: bool = False,
     ) -> tuple[bytes, bool]:
         """A page of the user's notifications, newest first. Returns (JSON body, cache hit).
 
         ``state`` None is the inbox (all but archived), else ``unread``, ``read`` or
-        ``archived``; deleted ones are never listed."""
+        ``archived``; deleted ones are never listed. ``unread`` keeps only unread ones of those
+        (none of ``read``)."""
         query = {"user_id": user_id, **STATE_QUERIES[state]}
+        if unread:
+            query["read"] = False if state != "read" else {"$in": []}
         if category is not None:
             query["category"] = category
         if before is not None:
             return self._history_page(user_id, query, limit, _object_id(before, "before")), False
-        suffix = f":page:{limit}:{state or ''}:{category if category is not None else '*'}"
+        suffix = f":page:{limit}:{state or ''}:{int(unread)}:{category if category is not None else '*'}"
         return self._cached(user_id, suffix, lambda: self._history_page(user_id, query, limit, None))
 
     def _history_page(
@@ -210,7 +214,7 @@ class NotificationService:
 
     def cache_status(self, user_id: str, limit: int = 50) -> CacheStatus:
         """Whether the user's first inbox page is cached now, and for how long still."""
-        suffix = f":page:{limit}::*"
+        suffix = f":page:{limit}::0:*"
         try:
             version, value, ttl = self._cache_get(
                 keys=[self.key("ver", user_id)], args=[self.key("cache", user_id) + ":", suffix]
