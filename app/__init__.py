@@ -94,6 +94,7 @@ def start_background(app: Flask) -> None:
     app.extensions["mongo_watch"] = metrics.watch_mongo_calls()
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
+    app.extensions["notifications"].receipts.start()
     app.extensions["hub"].start()
     from app import dashboard
 
@@ -105,6 +106,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
     app.extensions["notifications"].retention.stop()
+    app.extensions["notifications"].receipts.stop()
     app.extensions["indexes"].stop()
     if "mongo_watch" in app.extensions:
         app.extensions.pop("mongo_watch").kill(block=False)
@@ -118,6 +120,7 @@ def drain_background(app: Flask, timeout: float = 5.0) -> None:
     ``OUTBOX_CLEANUP_DELAY_SECONDS``)."""
     if not app.extensions["notifications"].publisher.outbox.flush(timeout):
         log.warning("outbox clean-up not finished at exit; the relay will repeat it")
+    app.extensions["notifications"].receipts.flush()  # the last second's delivery records
 
 
 def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:

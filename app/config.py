@@ -88,6 +88,10 @@ class Config:
     RETENTION_DAYS: int = 30
     API_KEY_CACHE_SECONDS: float = 30.0
     PROXY_HOPS: int = 0
+    RECEIPT_FLUSH_SECONDS: float = 1.0  # delivery records to Redis, per worker (app/store/receipts.py)
+    RECEIPT_FOLD_SECONDS: float = 2.0  # pending traces into MongoDB, RECEIPT_FOLD_BATCH at a time
+    RECEIPT_FOLD_BATCH: int = 500
+    RECEIPT_FOLD_DELAY_SECONDS: float = 10.0  # a trace waits this long in Redis: most are folded once
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -130,6 +134,9 @@ class Config:
             "MAX_BODY_BYTES",
             "CLIENT_QUEUE_SIZE",
             "MONGO_OP_TIMEOUT_MS",
+            "RECEIPT_FLUSH_SECONDS",
+            "RECEIPT_FOLD_SECONDS",
+            "RECEIPT_FOLD_BATCH",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

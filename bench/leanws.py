@@ -18,10 +18,15 @@ TEXT, CLOSE, PING, CONTINUATION = 0x1, 0x8, 0x9, 0x0
 
 
 def masked_frame(opcode: int, payload: bytes) -> bytes:
-    """A client frame (clients must mask), payloads under 126 bytes (control frames)."""
+    """A client frame (clients must mask), payloads under 64 KiB (control frames, receipts)."""
     mask = os.urandom(4)
     body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload))
-    return bytes([0x80 | opcode, 0x80 | len(payload)]) + mask + body
+    size = (
+        bytes([0x80 | len(payload)])
+        if len(payload) < 126
+        else bytes([0x80 | 126]) + struct.pack("!H", len(payload))
+    )
+    return bytes([0x80 | opcode]) + size + mask + body
 
 
 class WSClient(StreamClient):

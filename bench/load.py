@@ -35,10 +35,15 @@ CONNECT_HOLD = 30.0
 class Conn:
     """One stream client: which user it follows and which markers it has received."""
 
-    __slots__ = ("user", "seen", "task", "open", "closed", "close_code", "error")
+    __slots__ = ("user", "seen", "task", "open", "closed", "close_code", "error", "acks", "client", "token",
+                 "connection")  # fmt: skip
 
     def __init__(self, user: str) -> None:
         self.user = user
+        self.acks: list[str] = []  # ids received since this client's last receipt
+        self.client: Any = None
+        self.token = ""
+        self.connection = ""  # an SSE stream's id (its ``connected`` event)
         self.seen: dict[tuple[str, int], int] = {}
         self.task: asyncio.Task[None] | None = None
         self.open = False
@@ -54,6 +59,9 @@ class Load:
         # (phase, marker) -> [receipts, sent_ns, first_ns, last_ns]
         self.markers: dict[tuple[str, int], list[int]] = {}
         self.mode = "ours-sse"
+        self.ack = False  # clients acknowledge what arrived, as notify.js does (once a second)
+        self.ack_task: asyncio.Task[None] | None = None
+        self.ack_stats = {"frames": 0, "posts": 0, "ids": 0, "failed": 0}
 
     # -- receipt ----------------------------------------------------------------------
     def received(self, conn: Conn, payload: bytes) -> None:
@@ -66,6 +74,11 @@ class Load:
             if doc.get("type") != "notification":
                 return
             doc = doc["notification"]
+        elif "connection" in doc:
+            conn.connection = doc["connection"]
+            return
+        if self.ack and "id" in doc:
+            conn.acks.append(doc["id"])
         data = doc if self.mode == "peer-sse" else doc.get("data")
         if not isinstance(data, dict) or "k" not in data:
             return
@@ -85,6 +98,7 @@ class Load:
         try:
             async with sem:
                 client = await leansse.SSEClient.connect(url, lambda payload: self.received(conn, payload))
+                conn.client = client
                 await asyncio.wait({asyncio.ensure_future(client.head_seen.wait())}, timeout=hold)
             await client.head_seen.wait()
             if client.status != 200:
@@ -104,6 +118,7 @@ class Load:
         try:
             async with sem:
                 client = await leanws.WSClient.connect(url, lambda payload: self.received(conn, payload))
+                conn.client = client
                 await client.head_seen.wait()
             if client.status != 101:
                 conn.error = f"HTTP {client.status}" if client.status else "closed before a response"
@@ -121,6 +136,9 @@ class Load:
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """Open ``per_user`` streams for each user; returns once all are open or failed."""
         self.mode = cmd["mode"]
+        self.ack = bool(cmd.get("ack"))
+        if self.ack and self.ack_task is None:
+            self.ack_task = asyncio.create_task(self.ack_loop(cmd["url"]))
         signer = URLSafeSerializer(cmd.get("secret", "x"), salt=TOKEN_SALT)
         exp = int(time.time()) + 7200
         sem = asyncio.Semaphore(cmd.get("concurrency", 100))
@@ -130,6 +148,7 @@ class Load:
             token = signer.dumps({"u": user, "exp": exp})
             for _ in range(cmd["per_user"]):
                 conn = Conn(user)
+                conn.token = token
                 if self.mode == "peer-sse":
                     coro = self.sse(conn, f"{base}/stream?channel={user}", sem, 0.02)
                 elif self.mode == "ours-sse":
@@ -153,6 +172,38 @@ class Load:
             "errors": sorted({c.error for c in new if c.error})[:5],
             "seconds": round(time.monotonic() - started, 3),
         }
+
+    async def ack_loop(self, url: str, every: float = 1.0, posters: int = 8) -> None:
+        """Once a second, each client acknowledges what arrived: a frame on its WebSocket,
+        or one ``POST /api/me/ack`` per SSE stream (``posters`` keep-alive connections)."""
+        pool = [rawhttp.Connection(url) for _ in range(posters)]
+        while True:
+            await asyncio.sleep(every)
+            due = [c for c in self.conns if c.acks and c.open and not c.closed]
+            posts = []
+            for conn in due:
+                ids, conn.acks = conn.acks[:1000], conn.acks[1000:]
+                self.ack_stats["ids"] += len(ids)
+                if self.mode == "ours-ws":
+                    frame = orjson.dumps({"type": "ack", "ids": ids})
+                    conn.client.transport.write(leanws.masked_frame(leanws.TEXT, frame))
+                    self.ack_stats["frames"] += 1
+                else:
+                    body = orjson.dumps(
+                        {"ids": ids, **({"connection": conn.connection} if conn.connection else {})}
+                    )
+                    headers = {"Authorization": f"Bearer {conn.token}", "Content-Type": "application/json"}
+                    posts.append(rawhttp.request_bytes(url, "/api/me/ack", body, headers))
+
+            async def send(http: rawhttp.Connection, requests: list[bytes]) -> None:
+                for request in requests:
+                    try:
+                        status, _ = await http.send(request)
+                        self.ack_stats["posts" if status == 200 else "failed"] += 1
+                    except OSError:
+                        self.ack_stats["failed"] += 1
+
+            await asyncio.gather(*(send(http, posts[i::posters]) for i, http in enumerate(pool)))
 
     def count(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """How many live clients have received at least one marker of ``phase``."""
@@ -186,6 +237,7 @@ class Load:
             "clients": len(self.conns),
             "closed": sum(1 for c in self.conns if c.closed),
             "close_codes": sorted({c.close_code for c in self.conns if c.close_code is not None}),
+            "acks": dict(self.ack_stats),
         }
 
     def reset(self) -> dict[str, Any]:

@@ -240,7 +240,7 @@ class Bench:
         groups = split(users, len(self.loads))
         cmds = [
             {"cmd": "open", "mode": mode, "url": svc.url, "users": g, "per_user": per_user,
-             "secret": SECRET, "timeout": 300}
+             "secret": SECRET, "timeout": 300, "ack": self.args.ack}
             for g in groups
         ]  # fmt: skip
         replies = all_call(self.loads, cmds, timeout=400)
@@ -320,6 +320,10 @@ class Bench:
             "lost": sum(r["lost"] for r in reps),
             "duplicates": sum(r["duplicates"] for r in reps),
             "stray": sum(r["stray"] for r in reps),
+            "acks": {
+                k: sum(r["acks"][k] for r in reps if "acks" in r)
+                for k in ("frames", "posts", "ids", "failed")
+            },
             **pcts_ms(samples),
             "hist_ms": [round(s / 1000, 3) for s in samples[:: max(1, len(samples) // 5000)]],
         }
@@ -594,6 +598,11 @@ def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(prog="dev.py bench", description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="small sizes, a minute: for developing")
     parser.add_argument(
+        "--ack",
+        action="store_true",
+        help="clients acknowledge what arrived once a second (receipts: WS frames, SSE POSTs)",
+    )
+    parser.add_argument(
         "--runs", type=int, default=None, help="repeat the whole run N times (default 3, quick 1)"
     )
     parser.add_argument("--only", choices=("ours", "peer"), default=None)
@@ -658,6 +667,7 @@ def main(argv: list[str]) -> int:
             "load_avg_at_end": os.getloadavg(),
             "speed_probe_ms": [speed_at_start, speed_probe_ms()],
             "note": args.note,
+            "ack": args.ack,
             "env": dict(args.env),
             "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},
         }

@@ -39,21 +39,69 @@
     }
     head.appendChild(el("strong", "notif-title", n.title || "(no title)"));
     if (n.category) head.appendChild(el("span", "tag", n.category));
+    if (n.priority && n.priority !== "normal") head.appendChild(el("span", "tag priority-" + n.priority, n.priority));
     li.appendChild(head);
     li.appendChild(el("p", "notif-message", n.message));
     if (n.data && Object.keys(n.data).length) li.appendChild(el("code", "notif-data", JSON.stringify(n.data)));
+    if (n.actions && n.actions.length) {
+      var links = el("div", "notif-actions");
+      n.actions.forEach(function (action) {
+        var url;
+        try { url = new URL(action.url, window.location.href); } catch (err) { return; }
+        if (url.protocol !== "http:" && url.protocol !== "https:") return; // the service refuses others too
+        var link = el("a", null, action.label);
+        link.href = url.href;
+        link.rel = "noopener noreferrer";
+        links.appendChild(link);
+      });
+      li.appendChild(links);
+    }
     var meta = el("div", "notif-meta");
     var time = el("time", null, n.created_at);
     time.setAttribute("datetime", n.created_at || "");
     meta.appendChild(time);
     if (known) meta.appendChild(el("span", "notif-state", n.read ? "read" : "unread"));
+    if (n.archived) meta.appendChild(el("span", "notif-state", "archived"));
     if (opts.actions && !n.read) {
       var button = el("button", "mark-read link", "Mark read");
       button.type = "button";
       meta.appendChild(button);
     }
+    if (opts.actions) {
+      var trace = el("button", "show-trace link", "Delivery");
+      trace.type = "button";
+      meta.appendChild(trace);
+    }
     li.appendChild(meta);
     return li;
+  }
+
+  /* The delivery record as a timeline, with the verdict first (text nodes only). */
+  function renderTrace(li, data) {
+    var old = li.querySelector(".trace");
+    if (old) old.parentNode.removeChild(old);
+    var box = el("div", "trace");
+    box.appendChild(el("p", "trace-verdict", data.verdict));
+    var steps = el("ol", "timeline");
+    var d = data.delivery;
+    function step(label, at) {
+      var item = el("li", at ? "done" : "pending");
+      item.appendChild(el("span", "step", label));
+      item.appendChild(el("time", null, at || "—"));
+      steps.appendChild(item);
+    }
+    step("stored", d.stored_at);
+    step("published", d.published_at);
+    d.sent.forEach(function (s) {
+      step("written to " + s.transport + " on " + s.instance + " (worker " + s.worker + ")", s.at);
+      step("received on that " + s.transport + " connection", s.received_at);
+    });
+    step("received", d.received_at);
+    step("seen", d.seen_at);
+    step("read", d.read_at);
+    step("archived", d.archived_at);
+    box.appendChild(steps);
+    li.appendChild(box);
   }
 
   function prepend(list, item, max) {
@@ -242,8 +290,8 @@
         prepend(feed, notificationItem(n, { actions: true }), 100);
         show(byId("live-empty"), false);
       },
-      read: function (data) {
-        markItemsRead(data.all ? null : data.ids || []);
+      state: function (data) {
+        if (data.change === "read") markItemsRead(data.all ? null : data.ids || []);
         renderUnread(data.unread);
       },
       reset: function () { feed.insertBefore(el("li", "notice", "Some events were missed: reload the history."), feed.firstChild); },
@@ -261,6 +309,18 @@
     document.addEventListener("click", function (e) {
       var target = e.target;
       if (!(target instanceof HTMLElement)) return;
+      if (target.classList.contains("show-trace")) {
+        var item = target.closest("li");
+        fetch(page.dataset.trace.replace("__ID__", encodeURIComponent(item.dataset.id)), {
+          credentials: "same-origin", headers: { "Accept": "application/json" }
+        }).then(function (resp) {
+          if (resp.status === 401) { window.location.reload(); }
+          return resp.json();
+        }).then(function (data) {
+          if (!data.delivery) throw new Error((data.error && data.error.message) || "trace unavailable");
+          renderTrace(item, data);
+        }).catch(function (err) { window.alert(err.message); });
+      }
       if (target.classList.contains("mark-read")) {
         var li = target.closest("li");
         target.disabled = true;

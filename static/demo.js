@@ -12,7 +12,7 @@
   const params = new URLSearchParams(location.search);
   const state = (window.demoState = {
     status: 'idle', transport: document.body.dataset.transport || 'sse', unread: null,
-    received: [], messages: [], history: [], statuses: [], errors: [],
+    received: [], messages: [], history: [], statuses: [], errors: [], changes: [], counts: null,
   });
   let client = null;
 
@@ -62,7 +62,24 @@
     li.querySelector('.item-message').textContent = n.message;
     const meta = [n.created_at ? new Date(n.created_at).toLocaleString() : '', n.category, n.seq != null ? '#' + n.seq : ''];
     li.querySelector('.item-meta').textContent = meta.filter(Boolean).join(' · ');
+    const priority = n.priority || 'normal';
+    li.classList.add('priority-' + priority);
+    li.querySelector('.item-priority').textContent = priority === 'normal' ? '' : priority;
+    const actions = li.querySelector('.item-actions');
+    (n.actions || []).forEach((action) => {
+      // The service accepts only http(s) and relative URLs; checked again before it is a link.
+      let url;
+      try { url = new URL(action.url, location.href); } catch (err) { return; }
+      if (url.protocol !== 'http:' && url.protocol !== 'https:') return;
+      const a = document.createElement('a');
+      a.href = url.href;
+      a.textContent = action.label;
+      a.rel = 'noopener noreferrer';
+      actions.appendChild(a);
+    });
     li.querySelector('.mark-read').addEventListener('click', () => markRead([n.id]));
+    li.querySelector('.archive').addEventListener('click', () => act(client.archive([n.id])));
+    li.querySelector('.delete').addEventListener('click', () => act(client.remove(n.id)));
     if (n.user_id) $('user').textContent = 'for ' + n.user_id;
     $('empty').hidden = true;
     return li;
@@ -71,6 +88,21 @@
   function showRead(ids, all) {
     document.querySelectorAll('#notifications .item').forEach((li) => {
       if (all || ids.indexOf(li.dataset.id) >= 0) li.classList.replace('unread', 'read');
+    });
+  }
+
+  function act(done) {
+    done.catch((err) => { state.errors.push(String(err)); log('failed: ' + err.message); });
+  }
+
+  /** A change made anywhere (this tab, another, a phone): the list follows it. */
+  function showState(c) {
+    state.changes.push(c.change);
+    if (c.change === 'read') showRead(c.ids, c.all);
+    document.querySelectorAll('#notifications .item').forEach((li) => {
+      if (!c.all && c.ids.indexOf(li.dataset.id) < 0) return;
+      if (c.change === 'unread') li.classList.replace('read', 'unread');
+      if (c.change === 'archive' || c.change === 'delete') li.remove();
     });
   }
 
@@ -103,10 +135,11 @@
         state.received.push(n.id);
         state.messages.push(n.message);
           },
-      onRead(r) {
-        showRead(r.ids, r.all);
-        log('read: ' + (r.all ? 'all' : r.ids.length + ' ids') + ', unread ' + r.unread);
+      onState(c) {
+        showState(c);
+        log(c.change + ': ' + (c.all ? 'all' : c.ids.length + ' ids') + ', unread ' + c.unread);
       },
+      onCounts(counts) { state.counts = counts; },
       onReset(r) {
         log('reset (' + (r.reason || 'no reason') + '): reloading history');
           },

@@ -6,15 +6,22 @@
  *     token: '...',                  // subscriber token from POST /api/tokens
  *     transport: 'sse',              // or 'ws'
  *     getToken: async () => '...',   // optional: a fresh token when the current one expires
- *     onNotification(n, meta) {}, onRead(r) {}, onReset(r) {}, onHistory(list) {},
- *     onStatus(status, info) {}, onUnread(count) {}, onError(err) {},
+ *     onNotification(n, meta) {}, onState(change) {}, onReset(r) {}, onHistory(list) {},
+ *     onStatus(status, info) {}, onUnread(count) {}, onCounts(counts) {}, onError(err) {},
+ *     ack: true,                     // tell the service what arrived (batched, once a second at most)
  *   });
- *   client.markRead([id]); client.markAllRead(); client.setTransport('ws'); client.close();
+ *   client.markRead([id]); client.markAllRead(); client.markSeen();  // the badge: all seen
+ *   client.markUnread([id]); client.archive([id]); client.unarchive([id]); client.remove(id);
+ *   client.setTransport('ws'); client.close();
  *
  * Without a cursor it first loads the newest page of history (onHistory) and resumes after its
  * newest cursor, so nothing created meanwhile is lost. It keeps the last cursor, reconnects
  * itself after any drop (capped exponential backoff with jitter, resuming with last_event_id),
- * drops notifications whose id it has already seen, and keeps an unread count.
+ * drops notifications whose id it has already seen, and keeps the inbox counts
+ * ({unseen, unread, total}) in step with every state change made anywhere (onState: the
+ * change, its ids or all, and the counts after it), in the same cursor order as notifications.
+ * Receipts: the ids of notifications that arrived are acknowledged in one message per
+ * second at most (a WebSocket frame, or POST /api/me/ack for SSE).
  * Statuses: loading, connecting, open, reconnecting, refreshing, unauthorized, closed.
  */
 (function (root) {
@@ -30,16 +37,20 @@
     minDelay: 500, // ms, first reconnect delay
     maxDelay: 15000, // ms, cap of the exponential backoff
     seenLimit: 2000, // notification ids remembered to drop duplicates
+    ack: true, // acknowledge what arrived (delivery receipts)
+    ackInterval: 1000, // ms: at most one acknowledgement per this
   };
   const NOOP = function () {};
-  const CALLBACKS = ['onNotification', 'onRead', 'onReset', 'onHistory', 'onStatus', 'onUnread', 'onError'];
+  const CALLBACKS = ['onNotification', 'onState', 'onReset', 'onHistory', 'onStatus', 'onUnread', 'onCounts', 'onError'];
+  const CHANGES = ['read', 'seen', 'unread', 'archive', 'unarchive'];
+  const MAX_ACK_IDS = 1000;
   const WS_TOKEN_EXPIRED = 4401;
 
   class AuthError extends Error {}
 
   /** The cursor as the server wrote it: JSON.parse would round integers above 2^53. */
   function wsCursor(text, parsed) {
-    const match = /^\{"type":"notification","id":(\d+)[,}]/.exec(text);
+    const match = /^\{"type":"(?:notification","id|state","seq)":(\d+)[,}]/.exec(text);
     return match ? match[1] : String(parsed);
   }
 
@@ -53,6 +64,10 @@
       this.transport = opts.transport === 'ws' ? 'ws' : 'sse';
       this.cursor = opts.cursor == null || opts.cursor === '' ? null : String(opts.cursor);
       this.unread = null;
+      this.counts = null; // {unseen, unread, total} once known
+      this._acks = [];
+      this._ackTimer = null;
+      this._connection = null; // the SSE stream's id, named in its receipts
       this.status = 'idle';
       this.stats = { received: 0, duplicates: 0, disconnects: 0, reconnects: 0, resets: 0 };
       this._seen = new Set();
@@ -68,14 +83,35 @@
     }
 
     // -- public API ---------------------------------------------------------------------
-    markRead(ids) {
-      ids = Array.from(ids || []);
-      if (!ids.length) return Promise.resolve({ updated: 0 });
-      return this._sendRead({ type: 'read', ids: ids }, { ids: ids });
+    markRead(ids) { return this.change('read', ids); }
+
+    markAllRead() { return this.change('read', null); }
+
+    /** The inbox was shown: clears the unseen badge (all, or the given ids). */
+    markSeen(ids) { return this.change('seen', ids || null); }
+
+    markUnread(ids) { return this.change('unread', ids); }
+
+    archive(ids) { return this.change('archive', ids); }
+
+    unarchive(ids) { return this.change('unarchive', ids); }
+
+    /** Delete one notification from the user's inbox (and counts). */
+    remove(id) {
+      return this._fetch('/api/me/notifications/' + encodeURIComponent(id), { method: 'DELETE' });
     }
 
-    markAllRead() {
-      return this._sendRead({ type: 'read', all: true }, { all: true });
+    /** One of CHANGES for ``ids`` (an array), or for all when ``ids`` is null. */
+    change(change, ids) {
+      if (CHANGES.indexOf(change) < 0) return Promise.reject(new Error('unknown change ' + change));
+      const body = ids == null ? { all: true } : { ids: Array.from(ids) };
+      if (body.ids && !body.ids.length) return Promise.resolve({ updated: 0 });
+      const ws = this._source;
+      if (this.transport === 'ws' && ws && ws.readyState === 1) {
+        ws.send(JSON.stringify(Object.assign({ type: change }, body)));
+        return Promise.resolve({ sent: true });
+      }
+      return this._fetch('/api/me/' + change, { method: 'POST', body: JSON.stringify(body) });
     }
 
     history(before) {
@@ -84,8 +120,10 @@
       return this._fetch(path);
     }
 
-    refreshUnread() {
-      return this._fetch('/api/me/unread-count').then((body) => this._setUnread(body.unread));
+    refreshUnread() { return this.refreshCounts(); }
+
+    refreshCounts() {
+      return this._fetch('/api/me/counts').then((body) => this._setCounts(body));
     }
 
     setTransport(transport) {
@@ -102,6 +140,7 @@
     close() {
       this._closed = true;
       clearTimeout(this._timer);
+      this._flushAcks();
       this._drop();
       if (typeof root.removeEventListener === 'function') root.removeEventListener('online', this._online);
       this._setStatus('closed');
@@ -152,7 +191,8 @@
       const mine = (fn) => (event) => { if (this._source === es) fn(event); };
       es.onopen = mine(() => this._isOpen());
       es.addEventListener('notification', mine((e) => this._notification(JSON.parse(e.data), e.lastEventId)));
-      es.addEventListener('read', mine((e) => this._read(JSON.parse(e.data))));
+      es.addEventListener('connected', mine((e) => { this._connection = JSON.parse(e.data).connection || null; }));
+      es.addEventListener('state', mine((e) => this._state(JSON.parse(e.data), e.lastEventId)));
       es.addEventListener('reset', mine((e) => this._reset(JSON.parse(e.data))));
       es.addEventListener('expired', mine(() => this._expired()));
       // EventSource would retry on its own, without backoff; we close it and retry ourselves.
@@ -172,7 +212,7 @@
         let frame;
         try { frame = JSON.parse(event.data); } catch (err) { this._call('onError', err); return; }
         if (frame.type === 'notification') this._notification(frame.notification, wsCursor(event.data, frame.id));
-        else if (frame.type === 'read') this._read(frame);
+        else if (frame.type === 'state') this._state(frame, wsCursor(event.data, frame.seq));
         else if (frame.type === 'reset') this._reset(frame);
         else if (frame.type === 'error') this._call('onError', new Error(frame.code + ': ' + frame.message));
       };
@@ -267,13 +307,43 @@
       if (this._seen.has(n.id)) { this.stats.duplicates += 1; return; }
       this._remember(n.id);
       this.stats.received += 1;
-      if (!n.read && this.unread != null) this._setUnread(this.unread + 1);
+      this._ack(n.id);
+      if (this.counts) {
+        const c = this.counts;
+        this._setCounts({ unseen: c.unseen + (n.seen ? 0 : 1), unread: c.unread + (n.read ? 0 : 1), total: c.total + 1 });
+      }
       this._call('onNotification', n, { cursor: cursor || null });
     }
 
-    _read(body) {
-      if (typeof body.unread === 'number') this._setUnread(body.unread);
-      this._call('onRead', { ids: body.ids || [], all: !!body.all, unread: body.unread });
+    _state(body, cursor) {
+      if (cursor) this.cursor = cursor;
+      if (typeof body.unread === 'number') this._setCounts(body);
+      this._call('onState', {
+        change: body.change, ids: body.ids || [], all: !!body.all,
+        unseen: body.unseen, unread: body.unread, total: body.total,
+      });
+    }
+
+    _ack(id) {
+      if (!this.opts.ack) return;
+      this._acks.push(id);
+      if (this._acks.length >= MAX_ACK_IDS) this._flushAcks();
+      else if (!this._ackTimer) this._ackTimer = setTimeout(() => this._flushAcks(), this.opts.ackInterval);
+    }
+
+    /** One receipt for everything that arrived since the last: a frame, or one POST. */
+    _flushAcks() {
+      clearTimeout(this._ackTimer);
+      this._ackTimer = null;
+      const ids = this._acks.splice(0, MAX_ACK_IDS);
+      if (!ids.length) return;
+      const ws = this._source;
+      if (this.transport === 'ws' && ws && ws.readyState === 1) {
+        ws.send(JSON.stringify({ type: 'ack', ids: ids }));
+        return;
+      }
+      const body = this._connection ? { ids: ids, connection: this._connection } : { ids: ids };
+      this._fetch('/api/me/ack', { method: 'POST', body: JSON.stringify(body) }).catch((err) => this._call('onError', err));
     }
 
     async _reset(body) {
@@ -300,10 +370,12 @@
       if (this._seen.size > this.opts.seenLimit) this._seen.delete(this._seen.values().next().value);
     }
 
-    _setUnread(count) {
-      if (typeof count !== 'number' || count < 0) return;
-      this.unread = count;
-      this._call('onUnread', count);
+    _setCounts(body) {
+      if (!body || typeof body.unread !== 'number' || body.unread < 0) return;
+      this.counts = { unseen: body.unseen, unread: body.unread, total: body.total };
+      this.unread = body.unread;
+      this._call('onCounts', this.counts);
+      this._call('onUnread', body.unread);
     }
 
     _setStatus(status, info) {
@@ -317,15 +389,6 @@
       } catch (err) {
         if (name !== 'onError') this._call('onError', err);
       }
-    }
-
-    _sendRead(frame, body) {
-      const ws = this._source;
-      if (this.transport === 'ws' && ws && ws.readyState === 1) {
-        ws.send(JSON.stringify(frame));
-        return Promise.resolve({ sent: true });
-      }
-      return this._fetch('/api/me/read', { method: 'POST', body: JSON.stringify(body) });
     }
 
     async _fetch(path, init) {

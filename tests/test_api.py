@@ -23,7 +23,11 @@ def test_create_returns_the_stored_notification(client, auth):
     )
     assert resp.status_code == 201
     body = resp.get_json()
-    assert set(body) == {"id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"}
+    assert set(body) == {
+        *("id", "seq", "user_id", "title", "message", "category", "data", "created_at"),
+        *("read", "seen", "archived", "priority", "actions"),
+    }
+    assert (body["seen"], body["archived"], body["priority"], body["actions"]) == (False, False, "normal", [])
     assert body["user_id"] == "alice" and body["message"] == "hi" and body["data"] == {"k": 1}
     assert body["read"] is False and body["created_at"].endswith("Z") and isinstance(body["seq"], int)
     history = client.get("/api/users/alice/notifications", headers=auth).get_json()
@@ -63,7 +67,7 @@ def test_create_for_many_users(client, auth):
         ({"user_ids": [f"u{i}" for i in range(1001)], "message": "x"}, "user_ids"),
         ({"user_ids": ["ok", "not ok"], "message": "x"}, "user_ids"),
         ({"user_id": "a", "user_ids": ["b"], "message": "x"}, "user_ids"),
-        ({"user_id": "a", "message": "x", "priority": "high"}, "priority"),
+        ({"user_id": "a", "message": "x", "priority": "urgent"}, "priority"),
         ({"user_ids": ["a"], "message": "x", "user": "b"}, "user"),
         ({"user_id": "a", "message": "x", "data": {"n": 2**63}}, "data.n"),
         ({"user_id": "a", "message": "x", "data": {"n": 2**64 - 1}}, "data.n"),

@@ -452,3 +452,44 @@ def test_start_background_bootstraps_the_admin_account(dash: Flask) -> None:
         gevent.sleep(0.05)
     with dash.app_context():
         assert [u.username for u in staff.all_users()] == [ADMIN]
+
+
+# -- delivery trace --------------------------------------------------------------------
+def test_trace_timeline_data_and_verdict(dash: Flask) -> None:
+    client = signed_in(dash)
+    with dash.app_context():
+        service = dash.extensions["notifications"]
+        created = service.create(
+            ["erin"], "m", priority="high", actions=[{"label": "Open", "url": "/runs/1"}]
+        ).notifications[0]
+    page = client.get("/dashboard/users/erin")
+    assert b"priority-high" in page.data and b'href="/runs/1"' in page.data and b"show-trace" in page.data
+    assert client.get("/dashboard/api/notifications/6650f0c2a1b2c3d4e5f60718/trace").status_code == 404
+    with dash.app_context():
+        service.receipts.sent(created["id"], "ws~host~1~1")
+        service.receipts.sent(created["id"], "sse~host~1~2")
+        service.receipts.sent(created["id"], "ws~host~2~3")
+        service.acknowledge("erin", [created["id"]], "ws~host~1~1")
+        service.acknowledge("erin", [created["id"]], "sse~host~1~2")
+        service.receipts.flush()
+    body = client.get(f"/dashboard/api/notifications/{created['id']}/trace").json
+    received_at = body["delivery"]["received_at"]
+    assert body["verdict"] == f"received by 2 of 3 connections at {received_at[11:19]}; not yet read"
+    with dash.app_context():
+        service.change("erin", "read", [created["id"]])
+    body = client.get(f"/dashboard/api/notifications/{created['id']}/trace").json
+    assert body["verdict"].endswith("; read at " + body["delivery"]["read_at"][11:19])
+
+
+def test_verdict_in_plain_words() -> None:
+    from app.dashboard.service import verdict
+
+    base = {"stored_at": "2026-12-07T10:42:00.000Z", "published_at": None, "sent": [], "received_at": None,
+            "seen_at": None, "read_at": None, "archived_at": None}  # fmt: skip
+    assert verdict(base) == "stored, not yet published (or its record is not in yet); not yet read"
+    published = {**base, "published_at": "2026-12-07T10:42:00.100Z"}
+    assert verdict(published).startswith("published at 10:42:00; no open connection received it")
+    one = {**published, "sent": [{"received_at": None}], "seen_at": "2026-12-07T10:43:00.000Z"}
+    assert verdict(one) == "sent to 1 connection, no receipt yet; seen at 10:43:00, not yet read"
+    archived = {**one, "archived_at": "2026-12-07T11:00:00.000Z"}
+    assert verdict(archived).endswith("; archived at 11:00:00")

@@ -74,7 +74,7 @@ def test_bulk_send_relay_mark_read_and_retention_stay_under_the_cap(
         assert coll.count_documents({"user_id": "~outbox"}) == 0
 
         ids = [str(d["_id"]) for d in relayed]
-        assert service.mark_read("relay-user", ids) == 1000
+        assert service.change("relay-user", "read", ids) == 1000
 
         coll.insert_many([backdated("old-user", 40, f"old{i}") for i in range(1000)])
         assert retention.prune(coll, 30) == 1000

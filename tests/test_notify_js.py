@@ -174,3 +174,41 @@ def test_harness_reports_console_errors(make_page):  # noqa: F811
     assert probe.console_errors[0] == "on purpose"
     assert any("uncaught" in e for e in probe.unexpected_errors())
     probe.console_errors.clear()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_receipts_states_priority_and_actions_in_the_browser(page, live, transport):  # noqa: F811
+    """notify.js acknowledges what arrived (the trace shows it received on that connection),
+    follows a change made elsewhere, and the demo renders priority and safe action links."""
+    server = live(RECEIPT_FLUSH_SECONDS="0.2")
+    open_demo(page, server, "carol", transport)
+    actions = [{"label": "Open", "url": "/runs/7"}, {"label": "Docs", "url": "https://docs.example/x"}]
+    resp = server.post(
+        "/api/notifications", {"user_id": "carol", "message": "m", "priority": "high", "actions": actions}
+    )
+    note = resp.json()
+    wait_received(page, [note["id"]])
+    item = page.locator(f'li[data-id="{note["id"]}"]')
+    assert "priority-high" in item.get_attribute("class").split()
+    assert item.locator(".item-actions a").evaluate_all("as => as.map(a => a.href)") == [
+        server.url + "/runs/7",
+        "https://docs.example/x",
+    ]
+    key = {"Authorization": f"Bearer {server.stack.api_key}"}
+
+    def received() -> bool:
+        delivery = requests.get(
+            f"{server.url}/api/notifications/{note['id']}", headers=key, timeout=5
+        ).json()["delivery"]
+        return any(s["transport"] == transport and s["received_at"] for s in delivery["sent"])
+
+    deadline = 20
+    for _ in range(deadline * 4):
+        if received():
+            break
+        page.wait_for_timeout(250)
+    assert received(), "the client's receipt reached the trace"
+    assert server.post("/api/users/carol/archive", {"ids": [note["id"]]}).status_code == 200
+    wait(page, "window.demoState.changes.includes('archive')")
+    assert page.locator(f'li[data-id="{note["id"]}"]').count() == 0
+    wait(page, "window.demoState.counts && window.demoState.counts.total === 0")

@@ -10,6 +10,7 @@ from pymongo import MongoClient, monitoring
 from app.config import Config, ConfigError
 from app.store import retention
 from app.store.models import CREATED_INDEX, MAX_IDS_PER_CALL, ensure_indexes, notifications_collection
+from app.store.receipts import deliveries_collection
 from app.store.retention import DAY, prune, retention_seconds
 
 from .support import SSEClient, Stack, backdated
@@ -42,9 +43,12 @@ def test_the_sweeper_deletes_what_expired_once_per_pass_in_the_deployment(make_a
     with app.app_context():
         coll = notifications_collection()
         sweeper.redis.delete(sweeper.lock_key)
-        coll.insert_many([backdated("sw", d, "old" if d > 30 else "kept") for d in (40, 31, 29)])
+        docs = [backdated("sw", d, "old" if d > 30 else "kept") for d in (40, 31, 29)]
+        coll.insert_many(docs)
+        deliveries_collection().insert_many([{"_id": d["_id"], "user_id": "sw"} for d in docs])
         assert sweeper.sweep_once() == 2
         assert [d["message"] for d in coll.find({"user_id": "sw"})] == ["kept"]
+        assert [d["_id"] for d in deliveries_collection().find()] == [docs[2]["_id"]], "their traces too"
         assert other_worker.sweep_once() is None  # the lock: one sweep a minute in the deployment
     assert make_app(RETENTION_DAYS=0).extensions["notifications"].retention.seconds == 0  # kept forever
 

@@ -17,7 +17,7 @@ from app.api import validation as v
 from app.extensions import RedisBudget
 from app.store.idempotency import RequestKey
 
-FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data"})
+FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data", "priority", "actions"})
 REPLAYED = ("Idempotent-Replayed", "true")
 
 
@@ -46,6 +46,8 @@ def create_notification(
         title=v.text(body, "title", 200, required=False),
         category=v.text(body, "category", 64, required=False),
         data=v.data_object(body.get("data")),
+        priority=v.priority(body.get("priority")),
+        actions=v.actions(body.get("actions")),
         key=None if key is None else RequestKey.of(owner, key, raw),
         budget=budget,
     )

@@ -23,6 +23,19 @@ MAX_USER_IDS = 1000
 MAX_DATA_BYTES = 8 * 1024
 MAX_DATA_DEPTH = 32  # objects and lists, ``data`` itself included
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
+PRIORITIES = ("low", "normal", "high")
+MAX_ACTIONS = 3
+MAX_ACTION_LABEL = 64
+MAX_ACTION_URL = 2048
+MAX_IDS = 1000  # ids one call may name (stored calls take them MAX_IDS_PER_CALL at a time)
+STATES = ("unread", "read", "archived")
+# An action's URL: http(s) with a host, or a path on the page's own site ("/x", not "//host").
+# Nothing a browser runs (javascript:, data:) or reads as another host (//, backslashes);
+# the same pattern is the OpenAPI description's.
+_URL_CHAR = "[^\\x00-\\x20\\x7f\\\\]"
+ACTION_URL_RE = re.compile(
+    "^(?:[Hh][Tt][Tt][Pp][Ss]?://[^/?#\\x00-\\x20\\x7f\\\\]+|/[^/\\x00-\\x20\\x7f\\\\]|/$)" + _URL_CHAR + "*$"
+)
 
 
 def json_body() -> dict[str, Any]:
@@ -67,8 +80,9 @@ def idempotency_key(value: str) -> str:
     return value
 
 
-def text(body: dict[str, Any], field: str, max_len: int, *, required: bool) -> str:
-    value = body.get(field)
+def text(body: dict[str, Any], name: str, max_len: int, *, required: bool, path: str = "") -> str:
+    value = body.get(name)
+    field = f"{path}.{name}" if path else name
     if value is None:
         if required:
             raise invalid(field, "is required")
@@ -93,11 +107,67 @@ def data_object(value: Any) -> dict[str, Any]:
     return value
 
 
-def known_fields(body: dict[str, Any], allowed: frozenset[str]) -> None:
+def priority(value: Any) -> str:
+    if value is None:
+        return "normal"
+    if value not in PRIORITIES:
+        raise invalid("priority", "must be one of " + ", ".join(PRIORITIES))
+    return value
+
+
+def actions(value: Any) -> list[dict[str, str]]:
+    """Up to ``MAX_ACTIONS`` ``{"label", "url"}``, each URL matching ``ACTION_URL_RE``."""
+    if value is None:
+        return []
+    if not isinstance(value, list) or len(value) > MAX_ACTIONS:
+        raise invalid("actions", f"must be a list of at most {MAX_ACTIONS} actions")
+    out = []
+    for index, item in enumerate(value):
+        path = f"actions[{index}]"
+        if not isinstance(item, dict):
+            raise invalid(path, 'must be an object {"label", "url"}')
+        known_fields(item, ACTION_FIELDS, path)
+        label = text(item, "label", MAX_ACTION_LABEL, required=True, path=path)
+        out.append({"label": label, "url": _action_url(item.get("url"), f"{path}.url")})
+    return out
+
+
+ACTION_FIELDS = frozenset({"label", "url"})
+
+
+def _action_url(value: Any, field: str) -> str:
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_ACTION_URL:
+        raise invalid(field, f"must be a URL of 1-{MAX_ACTION_URL} characters")
+    if not ACTION_URL_RE.fullmatch(value):
+        raise invalid(
+            field,
+            "must be an http(s) URL or a path on this site (/...), with no spaces, control "
+            "characters or backslashes",
+        )
+    return value
+
+
+def id_selection(body: dict[str, Any]) -> list[str] | None:
+    """``{"ids": [...]}`` (1-``MAX_IDS`` strings) or ``{"all": true}`` (None)."""
+    if body.get("all") is True and "ids" not in body:
+        return None
+    if "ids" in body and "all" not in body:
+        return id_list(body["ids"])
+    raise invalid("ids", 'send {"ids": [...]} or {"all": true}')
+
+
+def id_list(ids: Any) -> list[str]:
+    if not isinstance(ids, list) or not 1 <= len(ids) <= MAX_IDS or not all(isinstance(i, str) for i in ids):
+        raise invalid("ids", f"must be a list of 1-{MAX_IDS} notification ids")
+    return ids
+
+
+def known_fields(body: dict[str, Any], allowed: frozenset[str], path: str = "") -> None:
     """Refuse a field the request does not define: a typo must not be a silent loss."""
     for name in body:
         if name not in allowed:
-            raise invalid(name, "unknown field (allowed: " + ", ".join(sorted(allowed)) + ")")
+            field = f"{path}.{name}" if path else name
+            raise invalid(field, "unknown field (allowed: " + ", ".join(sorted(allowed)) + ")")
 
 
 def user_ids(value: Any) -> list[str]:
@@ -126,6 +196,14 @@ def int_arg(name: str, default: int, low: int, high: int) -> int:
     if not re.fullmatch(r"-?[0-9]{1,19}", raw) or not low <= int(raw) <= high:
         raise invalid(name, f"must be an integer from {low} to {high}")
     return int(raw)
+
+
+def state_arg() -> str | None:
+    """``state=unread|read|archived``; None: the inbox."""
+    state = single_arg("state") or None
+    if state is not None and state not in STATES:
+        raise invalid("state", "must be one of " + ", ".join(STATES))
+    return state
 
 
 def bool_arg(name: str) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -13,6 +15,10 @@ from app.api import create
 from app.api import validation as v
 from app.store.notifications import NotificationService
 from app.store.serialization import iso
+
+ACK_FIELDS = frozenset({"ids", "connection"})
+CONNECTION_RE = re.compile(r"[A-Za-z0-9_~-]{1,200}")
+STATE_CHANGES = ("read", "seen", "unread", "archive", "unarchive")  # POST .../<change> {"ids"} | {"all"}
 
 bp = Blueprint("api", __name__, url_prefix="/api")
 
@@ -40,23 +46,84 @@ def create_notification() -> Response:
     return json_response(data, status, **dict(headers))
 
 
-@bp.get("/users/<user_id>/notifications")
+@bp.get("/notifications/<notification_id>")
 @require_api_key
-def user_history(user_id: str) -> Response:
-    return _history(v.user_id(user_id))
+def notification_trace(notification_id: str) -> Response:
+    return json_response(service().traced(notification_id))
 
 
-@bp.get("/users/<user_id>/unread-count")
-@require_api_key
-def user_unread(user_id: str) -> Response:
-    user_id = v.user_id(user_id)
+@bp.post("/me/ack")
+@require_subscriber
+def my_ack() -> Response:
+    """Receipts of a client that cannot answer on its stream (SSE): ``{"ids", "connection"?}``."""
+    body = v.json_body()
+    v.known_fields(body, ACK_FIELDS)
+    connection = body.get("connection")
+    if connection is not None and not (isinstance(connection, str) and CONNECTION_RE.fullmatch(connection)):
+        raise v.invalid("connection", "must be the id of the stream's `connected` event")
+    ids = v.id_list(body.get("ids"))
+    return json_response({"acked": service().acknowledge(g.subscriber.user_id, ids, connection or "http")})
+
+
+def _for_user(user_id: str) -> str:
+    return v.user_id(user_id)
+
+
+def _for_me() -> str:
+    return g.subscriber.user_id
+
+
+def _history(user_id: str) -> Response:
+    limit = v.int_arg("limit", 50, 1, 100)
+    before = v.single_arg("before") or None
+    category = v.single_arg("category")
+    if category is not None and len(category) > 64:
+        raise v.invalid("category", "must be at most 64 characters")
+    body, hit = service().history(user_id, limit, before, v.state_arg(), category, v.bool_arg("unread"))
+    return json_response(body, **{"X-Cache": "HIT" if hit else "MISS"})
+
+
+def _unread(user_id: str) -> Response:
     return json_response({"user_id": user_id, "unread": service().unread_count(user_id)})
 
 
-@bp.post("/users/<user_id>/read")
-@require_api_key
-def user_mark_read(user_id: str) -> Response:
-    return _mark_read(v.user_id(user_id))
+def _counts(user_id: str) -> Response:
+    return json_response(service().counts(user_id))
+
+
+def _delete(user_id: str, notification_id: str) -> Response:
+    service().delete(user_id, notification_id)
+    return json_response({"deleted": notification_id})
+
+
+def _changer(change: str) -> Callable[[str], Response]:
+    def apply(user_id: str) -> Response:
+        ids = v.id_selection(v.json_body())
+        return json_response({"updated": service().change(user_id, change, ids)})
+
+    return apply
+
+
+def _route(rule: str, name: str, action: Callable[..., Response], method: str) -> None:
+    """``action`` for a service (``/users/<user_id>...``, API key) and for the subscriber
+    (``/me...``, token): one behaviour, two ways to name the user."""
+
+    def for_user(user_id: str, **kwargs: str) -> Response:
+        return action(_for_user(user_id), **kwargs)
+
+    def for_me(**kwargs: str) -> Response:
+        return action(_for_me(), **kwargs)
+
+    bp.add_url_rule("/users/<user_id>" + rule, "user_" + name, require_api_key(for_user), methods=[method])
+    bp.add_url_rule("/me" + rule, "my_" + name, require_subscriber(for_me), methods=[method])
+
+
+_route("/notifications", "history", _history, "GET")
+_route("/unread-count", "unread", _unread, "GET")
+_route("/counts", "counts", _counts, "GET")
+_route("/notifications/<notification_id>", "delete", _delete, "DELETE")
+for _change in STATE_CHANGES:
+    _route("/" + _change, "mark_" + _change, _changer(_change), "POST")
 
 
 @bp.get("/recent")
@@ -79,42 +146,3 @@ def create_token() -> Response:
     token, expires_at = mint_token(user_id, ttl)
     expires = iso(datetime.fromtimestamp(expires_at, timezone.utc))
     return json_response({"token": token, "user_id": user_id, "expires_at": expires}, 201)
-
-
-@bp.get("/me/notifications")
-@require_subscriber
-def my_history() -> Response:
-    return _history(g.subscriber.user_id)
-
-
-@bp.get("/me/unread-count")
-@require_subscriber
-def my_unread() -> Response:
-    user_id = g.subscriber.user_id
-    return json_response({"user_id": user_id, "unread": service().unread_count(user_id)})
-
-
-@bp.post("/me/read")
-@require_subscriber
-def my_mark_read() -> Response:
-    return _mark_read(g.subscriber.user_id)
-
-
-def _history(user_id: str) -> Response:
-    limit = v.int_arg("limit", 50, 1, 100)
-    before = v.single_arg("before") or None
-    body, hit = service().history(user_id, limit, before, v.bool_arg("unread"))
-    return json_response(body, **{"X-Cache": "HIT" if hit else "MISS"})
-
-
-def _mark_read(user_id: str) -> Response:
-    body = v.json_body()
-    if body.get("all") is True and "ids" not in body:
-        ids = None
-    elif "ids" in body and "all" not in body:
-        ids = body["ids"]
-        if not isinstance(ids, list) or not 1 <= len(ids) <= 1000 or not all(isinstance(i, str) for i in ids):
-            raise v.invalid("ids", "must be a list of 1-1000 notification ids")
-    else:
-        raise v.invalid("ids", 'send {"ids": [...]} or {"all": true}')
-    return json_response({"updated": service().mark_read(user_id, ids)})

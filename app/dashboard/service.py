@@ -127,8 +127,13 @@ class DashboardService:
         return {"notification": stored.notifications[0], "published": stored.published}
 
     def mark_read(self, user_id: str, ids: list[str] | None) -> dict[str, Any]:
-        updated = self.notifications.mark_read(user_id, ids)
+        updated = self.notifications.change(user_id, "read", ids)
         return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
+
+    def trace(self, notification_id: str) -> dict[str, Any]:
+        """A notification, its delivery record and the record in plain words."""
+        traced = self.notifications.traced(notification_id)
+        return {**traced, "verdict": verdict(traced["delivery"])}
 
     def search(self, prefix: str, limit: int = 20) -> list[str]:
         """User ids that start with ``prefix`` (a valid user id), sorted.
@@ -151,3 +156,34 @@ class DashboardService:
             return [row["_id"] for row in rows]
         except PyMongoError as exc:
             raise ApiError(503, "unavailable", "the notification store is unavailable, retry later") from exc
+
+
+def _clock(iso_time: str) -> str:
+    return iso_time[11:19]  # HH:MM:SS of an ISO 8601 UTC time
+
+
+def verdict(delivery: dict[str, Any]) -> str:
+    """``received by 2 of 3 connections at 10:42:01; not yet read`` (times UTC)."""
+    sent = delivery["sent"]
+    if delivery["published_at"] is None and not sent:
+        parts = ["stored, not yet published (or its record is not in yet)"]
+    elif not sent:
+        parts = ["published at " + _clock(delivery["published_at"]) + "; no open connection received it"]
+    else:
+        got = [s for s in sent if s["received_at"]]
+        noun = "connection" if len(sent) == 1 else "connections"
+        if got:
+            parts = [f"received by {len(got)} of {len(sent)} {noun} at {_clock(delivery['received_at'])}"]
+        elif delivery["received_at"]:
+            parts = [f"sent to {len(sent)} {noun}; received at {_clock(delivery['received_at'])}"]
+        else:
+            parts = [f"sent to {len(sent)} {noun}, no receipt yet"]
+    if delivery["read_at"]:
+        parts.append("read at " + _clock(delivery["read_at"]))
+    elif delivery["seen_at"]:
+        parts.append("seen at " + _clock(delivery["seen_at"]) + ", not yet read")
+    else:
+        parts.append("not yet read")
+    if delivery["archived_at"]:
+        parts.append("archived at " + _clock(delivery["archived_at"]))
+    return "; ".join(parts)

@@ -213,6 +213,12 @@ def api_history(user_id: str) -> Response:
     )
 
 
+@bp.get("/api/notifications/<notification_id>/trace")
+@security.staff_api
+def api_trace(notification_id: str) -> Response:
+    return json_response(svc().trace(notification_id))
+
+
 @bp.get("/api/users/<user_id>/status")
 @security.staff_api
 def api_status(user_id: str) -> Response:
@@ -234,14 +240,7 @@ def api_send_test(user_id: str) -> Response:
 @bp.post("/api/users/<user_id>/read")
 @security.staff_api
 def api_mark_read(user_id: str) -> Response:
-    body = v.json_body()
-    if body.get("all") is True and "ids" not in body:
-        ids = None
-    else:
-        ids = body.get("ids")
-        if not isinstance(ids, list) or not 1 <= len(ids) <= 1000 or not all(isinstance(i, str) for i in ids):
-            raise v.invalid("ids", 'send {"ids": [...]} (1-1000 ids) or {"all": true}')
-    return json_response(svc().mark_read(_user_id(user_id), ids))
+    return json_response(svc().mark_read(_user_id(user_id), v.id_selection(v.json_body())))
 
 
 # -- streams -------------------------------------------------------------------------

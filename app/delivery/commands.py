@@ -1,7 +1,10 @@
-"""What a client may say on its WebSocket: read receipts, ``{"type": "read", ...}``.
+"""What a client may say on its WebSocket: inbox state changes and delivery receipts.
 
-Anything else gets an error frame and the stream goes on: one bad frame never ends a
-client's stream, let alone another's.
+``{"type": <change>, "ids": [...]}`` or ``{"type": <change>, "all": true}`` for a change
+of ``CHANGES`` (as ``POST /api/me/<change>``), ``{"type": "delete", "ids": [...]}``, and
+``{"type": "ack", "ids": [...]}``: the client received those notifications (recorded in
+Redis in batches, ``app/store/receipts.py``). Anything else gets an error frame and the
+stream goes on: one bad frame never ends a client's stream, let alone another's.
 """
 
 from __future__ import annotations
@@ -10,33 +13,39 @@ from typing import Any
 
 import orjson
 
+from app.api import validation as v
 from app.errors import ApiError
 
-MAX_IDS = 1000
-EXPECTED = 'expected {"type": "read", "ids": [...]} or {"type": "read", "all": true}'
+CHANGES = ("read", "seen", "unread", "archive", "unarchive")
+EXPECTED = (
+    'expected {"type": "read"|"seen"|"unread"|"archive"|"unarchive", "ids": [...]} or {..., "all": true}, '
+    '{"type": "delete", "ids": [...]} or {"type": "ack", "ids": [...]}'
+)
 
 
 def _error(code: str, message: str) -> str:
     return orjson.dumps({"type": "error", "code": code, "message": message}).decode()
 
 
-def handle(data: str | bytes, user_id: str, service: Any) -> str | None:
-    """Act on one client message; the reply to send, if any."""
+def handle(data: str | bytes, user_id: str, service: Any, ack: Any = None) -> str | None:
+    """Act on one client message; the reply to send, if any. ``ack(ids)`` records receipts."""
     if isinstance(data, bytes):
         return _error("unsupported", "binary frames are not supported")
     try:
         frame = orjson.loads(data)
     except orjson.JSONDecodeError:
         return _error("malformed_json", "frame is not valid JSON")
-    if not isinstance(frame, dict) or frame.get("type") != "read":
+    kind = frame.get("type") if isinstance(frame, dict) else None
+    if kind not in (*CHANGES, "delete", "ack"):
         return _error("unknown_type", EXPECTED)
-    ids = frame.get("ids")
-    if frame.get("all") is True and ids is None:
-        ids = None
-    elif not (isinstance(ids, list) and 1 <= len(ids) <= MAX_IDS and all(isinstance(i, str) for i in ids)):
-        return _error("invalid_field", f"ids: must be a list of 1-{MAX_IDS} notification ids")
+    body = {k: val for k, val in frame.items() if k != "type"}
     try:
-        service.mark_read(user_id, ids)
+        if kind in CHANGES:
+            service.change(user_id, kind, v.id_selection(body))
+        elif kind == "delete":
+            service.change(user_id, "delete", v.id_list(body.get("ids")))
+        elif ack is not None:
+            ack(v.id_list(body.get("ids")))
     except ApiError as exc:
         return _error(exc.code, exc.message)
     return None

@@ -15,18 +15,19 @@ from wsproto.frame_protocol import FrameProtocol
 _SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
 
 NOTIFICATION = "notification"
-READ = "read"
+STATE = "state"  # an inbox state change (seen, read, unread, archive, unarchive, delete)
 RESET = "reset"
 PROBE = "probe"
 
-_WIRE_KINDS = {b"n": NOTIFICATION, b"r": READ, b"p": PROBE}
+_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"p": PROBE}
+CURSORED = (NOTIFICATION, STATE)  # kinds whose seq is a place in the user's stream
 _KIND_CODES = {v: k.decode() for k, v in _WIRE_KINDS.items()}
 
 SSE_HEARTBEAT = b": ping\n\n"
 
 
 class Event:
-    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws", "_ws_frame")
+    __slots__ = ("kind", "user_id", "seq", "payload", "_sse", "_ws", "_ws_frame", "_nid")
 
     def __init__(self, kind: str, user_id: str, seq: int | None, payload: bytes) -> None:
         self.kind = kind
@@ -36,6 +37,14 @@ class Event:
         self._sse: bytes | None = None
         self._ws: str | None = None
         self._ws_frame: bytes | None = None
+        self._nid: str | None = None
+
+    def notification_id(self) -> str:
+        """A notification event's id, read from its JSON once (the delivery trace's key)."""
+        if self._nid is None:
+            at = self.payload.find(b'"id":"') + 6
+            self._nid = self.payload[at : at + 24].decode() if at >= 6 else ""
+        return self._nid
 
     @classmethod
     def from_wire(cls, raw: bytes) -> Event:
@@ -45,6 +54,16 @@ class Event:
         if kind is None or not payload.startswith(b"{"):
             raise ValueError(f"unknown event kind {code!r}")
         return cls(kind, user.decode(), int(seq) if seq else None, payload)
+
+    @classmethod
+    def replayed(cls, user_id: str, seq: int, entry: bytes) -> Event:
+        """An entry of the user's replay list: a notification's JSON, or a kind code and JSON."""
+        if entry.startswith(b"{"):
+            return cls(NOTIFICATION, user_id, seq, entry)
+        kind = _WIRE_KINDS.get(entry[:1])
+        if kind not in CURSORED:
+            raise ValueError(f"unknown replay entry {entry[:20]!r}")
+        return cls(kind, user_id, seq, entry[1:])
 
     def to_wire(self) -> bytes:
         seq = b"" if self.seq is None else str(self.seq).encode()

@@ -42,7 +42,7 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.delivery.channels import Channels
-from app.delivery.events import NOTIFICATION, PROBE, RESET, Event
+from app.delivery.events import CURSORED, PROBE, RESET, Event
 from app.delivery.redis_reader import MESSAGE, SUBSCRIBE, UNSUBSCRIBE, Frame, RawPushReader
 from app.delivery.replay import ReplayUnavailable, events_after
 from app.ops import metrics
@@ -368,7 +368,7 @@ class Hub:
     def _deliver(self, event: Event) -> None:
         subs = self.users.get(event.user_id)
         if subs:
-            if event.kind == NOTIFICATION and event.seq is not None:
+            if event.kind in CURSORED and event.seq is not None:
                 self.user_last[event.user_id] = event.seq
             for sub in tuple(subs):
                 if sub.closed:  # ending already (its stream unsubscribes it): nothing to count

@@ -1,5 +1,10 @@
 """What a stream missed: events after a cursor, from Redis first and MongoDB after.
 
+Inbox state changes share the cursors and the Redis list; MongoDB keeps no events, only
+the notifications as they are now, so a client resuming from older than the list gets
+the notifications with their current state (and a cursor that names a state change the
+list no longer holds gets a reset: the client reloads its inbox).
+
 The publish script appends every event to a short per-user Redis list in the same atomic
 step as the PUBLISH, so that list is exact for recent history. Older history comes from
 MongoDB by ``seq``, leaving out batches still marked in the outbox: those are stored with
@@ -56,7 +61,7 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         if not docs or docs[0]["seq"] != cursor:
             return None  # older than what is kept, or never issued
         docs = docs[1:]
-    docs = _published_only(docs)
+    docs = _published_only([d for d in docs if d.get("deleted_at") is None])  # deleted by the user
     if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
         docs = [d for d in docs if d["seq"] < recent[0][0]]
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
@@ -97,5 +102,5 @@ def _recent(service: Any, user_id: str) -> tuple[list[tuple[int, bytes]], int | 
     return parsed, int(counter) if counter is not None else None
 
 
-def _event(user_id: str, seq: int, json: bytes) -> Event:
-    return Event(NOTIFICATION, user_id, seq, json)
+def _event(user_id: str, seq: int, entry: bytes) -> Event:
+    return Event.replayed(user_id, seq, entry)

@@ -17,7 +17,7 @@ import time
 
 from app.access.ratelimit import StreamSlot
 from app.access.tokens import Subscriber
-from app.delivery.events import NOTIFICATION, RESET, Event
+from app.delivery.events import CURSORED, NOTIFICATION, RESET, Event
 from app.delivery.hub import Hub, Subscription
 from app.delivery.replay import ReplayUnavailable, current_cursor, events_after
 from app.errors import ApiError
@@ -44,7 +44,17 @@ def parse_cursor(raw: str | None, field: str) -> int | None:
 class StreamSession:
     """Resume, then live, in cursor order; the owner of the stream's slot and subscription."""
 
-    __slots__ = ("hub", "transport", "subscriber", "cursor", "last_seq", "sub", "slot", "tracker")
+    __slots__ = (
+        "hub",
+        "transport",
+        "subscriber",
+        "cursor",
+        "last_seq",
+        "sub",
+        "slot",
+        "tracker",
+        "connection",
+    )
 
     def __init__(
         self,
@@ -53,6 +63,7 @@ class StreamSession:
         cursor: int | None,
         transport: str = "sse",
         slot: StreamSlot | None = None,
+        traced: bool = False,
     ) -> None:
         self.hub = hub
         self.transport = transport
@@ -62,6 +73,8 @@ class StreamSession:
         self.sub: Subscription | None = None
         self.slot = slot  # this stream's place under MAX_STREAMS_PER_USER
         self.tracker: metrics.StreamTracker | None = None
+        # A client's own stream (not a staff viewer's): its writes go into the delivery trace.
+        self.connection = hub.service.receipts.connection(transport) if traced else None
 
     def open(self) -> list[Event]:
         """Subscribe, then read the replay; on any failure everything taken is given back."""
@@ -94,6 +107,10 @@ class StreamSession:
             return [Event.reset(user_id, current, "unknown or expired cursor: reload history")]
         self.last_seq = events[-1].seq if events else self.cursor
         self.tracker.replayed(len(events))
+        if self.connection is not None:
+            for event in events:
+                if event.kind == NOTIFICATION:
+                    self.hub.service.receipts.sent(event.notification_id(), self.connection)
         return events
 
     def next(self, timeout: float | None) -> Event | None:
@@ -122,11 +139,14 @@ class StreamSession:
         return None
 
     def _accept(self, event: Event) -> bool:
-        if event.kind == NOTIFICATION:
+        if event.kind in CURSORED:
             if self.last_seq is not None and event.seq is not None and event.seq <= self.last_seq:
                 return False  # already sent (replay/live hand-over, hub resync)
             self.last_seq = event.seq
-            self.tracker.delivered()  # type: ignore[union-attr]
+            if event.kind == NOTIFICATION:
+                self.tracker.delivered()  # type: ignore[union-attr]
+                if self.connection is not None:
+                    self.hub.service.receipts.sent(event.notification_id(), self.connection)
         elif event.kind == RESET:
             self.last_seq = None
         return True

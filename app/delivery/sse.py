@@ -63,8 +63,14 @@ class SseFraming:
         return END_OF_BODY
 
 
+def hello(connection: str | None) -> bytes:
+    """``event: connected`` naming the stream: an SSE client names it in its receipts
+    (``POST /api/me/ack``), so the trace can say which connection received what."""
+    return b'event: connected\ndata: {"connection":"%s"}\n\n' % (connection or "").encode()
+
+
 def response(session: StreamSession, initial: list[Event], heartbeat: float, retry_ms: int) -> Response:
     """The 200 head now; the stream, with the replay first, once detached."""
-    first = [preamble(retry_ms), *[e.sse() for e in initial]]
+    first = [preamble(retry_ms), hello(session.connection), *[e.sse() for e in initial]]
     args = (session, SseFraming(heartbeat), first)
     return Handoff(engine.run, "200 OK", args, mimetype="text/event-stream", headers=HEADERS)

@@ -44,7 +44,7 @@ def _cursor() -> int | None:
 def _session(subscriber: Subscriber, cursor: int | None, transport: str) -> StreamSession:
     """A session holding a slot (429 if none is left), owned by this request for now."""
     slot = stream_slot(subscriber.user_id)
-    session = StreamSession(_hub(), subscriber, cursor, transport, slot)
+    session = StreamSession(_hub(), subscriber, cursor, transport, slot, traced=True)
     g.stream_session = session
     g.stream_user = subscriber.user_id
     return session
@@ -84,7 +84,9 @@ def websocket_stream() -> Response:
     require_socket(request.environ)
     session = _session(subscriber, cursor, "ws")
     config = current_app.extensions["config"]
-    on_message = partial(commands.handle, user_id=subscriber.user_id, service=session.hub.service)
+    service = session.hub.service
+    ack = partial(service.acknowledge, subscriber.user_id, connection=session.connection)
+    on_message = partial(commands.handle, user_id=subscriber.user_id, service=service, ack=ack)
     return websocket.response(session, accept, on_message, config, time.monotonic())
 
 

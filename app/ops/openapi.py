@@ -32,7 +32,23 @@ EXAMPLE_NOTE = {
     "id": "6650f0c2a1b2c3d4e5f60718", "seq": 1764172800000001, "user_id": "alice",
     "title": "Build finished", "message": "main is green", "category": "ci",
     "data": {"run": 42}, "created_at": "2026-11-26T16:00:00.000Z", "read": False,
+    "seen": False, "archived": False, "priority": "high",
+    "actions": [{"label": "Open the run", "url": "https://ci.example/runs/42"}],
 }  # fmt: skip
+SENT_FIELDS = ["connection", "transport", "instance", "worker", "at", "received_at"]
+ACTION = {
+    "type": "object",
+    "required": ["label", "url"],
+    "additionalProperties": False,
+    "properties": {
+        "label": {"type": "string", "minLength": 1, "maxLength": v.MAX_ACTION_LABEL},
+        "url": {"type": "string", "minLength": 1, "maxLength": v.MAX_ACTION_URL,
+                "pattern": v.ACTION_URL_RE.pattern,
+                "description": "An http(s) URL, or a path on the page's own site (`/...`, not `//host`); "
+                "no spaces, control characters or backslashes"},
+    },
+}  # fmt: skip
+PRIORITY = {"enum": list(v.PRIORITIES), "description": "How prominently a client shows it"}
 
 # Dense on purpose: the document reads best close to its JSON shape.
 # fmt: off
@@ -54,7 +70,8 @@ SCHEMAS: dict[str, Any] = {
     },
     "Notification": {
         "type": "object",
-        "required": ["id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read"],
+        "required": ["id", "seq", "user_id", "title", "message", "category", "data", "created_at", "read",
+                     "seen", "archived", "priority", "actions"],
         "properties": {
             "id": {"type": "string", "pattern": "^[0-9a-f]{24}$"},
             "seq": {"type": ["integer", "null"], "description": "Cursor; null in a 201 if Redis was down"},
@@ -65,6 +82,10 @@ SCHEMAS: dict[str, Any] = {
             "data": {"type": "object"},
             "created_at": {"type": "string", "format": "date-time"},
             "read": {"type": "boolean"},
+            "seen": {"type": "boolean", "description": "Shown in an inbox (or read): not unseen any more"},
+            "archived": {"type": "boolean"},
+            "priority": PRIORITY,
+            "actions": {"type": "array", "items": ACTION, "maxItems": v.MAX_ACTIONS},
         },
         "example": EXAMPLE_NOTE,
     },
@@ -108,23 +129,35 @@ SCHEMAS: dict[str, Any] = {
             "title": {"type": ["string", "null"], "maxLength": 200},
             "category": {"type": ["string", "null"], "maxLength": 64},
             "data": {"anyOf": [_ref("Data"), {"type": "null"}]},
+            "priority": {"anyOf": [PRIORITY, {"type": "null"}], "default": "normal"},
+            "actions": {"anyOf": [{"type": "array", "items": ACTION, "maxItems": v.MAX_ACTIONS},
+                                  {"type": "null"}]},
         },
         "additionalProperties": False,
         "oneOf": [{"required": ["user_id"]}, {"required": ["user_ids"]}],
         "example": {"user_id": "alice", "title": "Build finished", "message": "main is green",
                     "category": "ci", "data": {"run": 42}},
     },
-    "ReadRequest": {
+    "Selection": {
         "type": "object",
         "description": 'Either `{"ids": [...]}` or `{"all": true}`.',
         "oneOf": [
             {"type": "object", "required": ["ids"], "properties": {
-                "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": 1000}, "all": False}},
+                "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": v.MAX_IDS},
+                "all": False}},
             {"type": "object", "required": ["all"], "properties": {"all": {"const": True}, "ids": False}},
         ],
         "example": {"ids": ["6650f0c2a1b2c3d4e5f60718"]},
     },
-    "ReadResult": {"type": "object", "required": ["updated"], "properties": {"updated": {"type": "integer"}}},
+    "ChangeResult": {"type": "object", "required": ["updated"],
+                     "properties": {"updated": {"type": "integer"}}},
+    "Deleted": {"type": "object", "required": ["deleted"], "properties": {"deleted": OBJECT_ID}},
+    "Counts": {
+        "type": "object",
+        "description": "The inbox (not archived, not deleted): unseen (never shown nor read), unread, all",
+        "required": ["unseen", "unread", "total"],
+        "properties": {k: {"type": "integer", "minimum": 0} for k in ("unseen", "unread", "total")},
+    },
     "UnreadCount": {
         "type": "object",
         "required": ["user_id", "unread"],
@@ -142,6 +175,42 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"token": {"type": "string"}, "user_id": {"type": "string"},
                        "expires_at": {"type": "string", "format": "date-time"}},
     },
+    "Traced": {
+        "allOf": [_ref("Notification")],
+        "type": "object",
+        "required": ["delivery"],
+        "properties": {"delivery": _ref("Delivery")},
+    },
+    "Delivery": {
+        "type": "object",
+        "description": "What happened to the notification; null where it did not happen (yet). Writes and "
+        "receipts reach it within RECEIPT_FLUSH_SECONDS",
+        "required": ["stored_at", "published_at", "sent", "received_at", "seen_at", "read_at", "archived_at"],
+        "properties": {
+            **{k: {"type": ["string", "null"], "format": "date-time"} for k in (
+                "stored_at", "published_at", "received_at", "seen_at", "read_at", "archived_at")},
+            "sent": {"type": "array", "description": "Each connection it was written to, oldest first",
+                     "items": {"type": "object",
+                               "required": SENT_FIELDS,
+                               "properties": {
+                                   "connection": {"type": "string"}, "transport": {"enum": ["sse", "ws"]},
+                                   "instance": {"type": "string"}, "worker": {"type": "string"},
+                                   "at": {"type": "string", "format": "date-time"},
+                                   "received_at": {"type": ["string", "null"], "format": "date-time"}}}},
+        },
+    },
+    "AckRequest": {
+        "type": "object",
+        "required": ["ids"],
+        "additionalProperties": False,
+        "properties": {
+            "ids": {"type": "array", "items": OBJECT_ID, "minItems": 1, "maxItems": v.MAX_IDS},
+            "connection": {"type": ["string", "null"], "pattern": "^[A-Za-z0-9_~-]{1,200}$",
+                           "description": "The stream's id, from its `connected` event"},
+        },
+        "example": {"ids": ["6650f0c2a1b2c3d4e5f60718"], "connection": "sse~host~1234~1"},
+    },
+    "Acked": {"type": "object", "required": ["acked"], "properties": {"acked": {"type": "integer"}}},
     "Health": {"type": "object", "required": ["status"], "properties": {"status": {"const": "ok"}}},
     "Ready": {
         "type": "object",
@@ -203,8 +272,12 @@ HISTORY_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "before", "in": "query", "schema": {**OBJECT_ID, "pattern": "^([0-9a-fA-F]{24})?$"},
      "description": "`next` from the previous page"},
+    {"name": "state", "in": "query", "schema": {"enum": list(v.STATES)},
+     "description": "`unread` or `read` (of the inbox), `archived`; absent: the inbox (all but archived)"},
+    {"name": "category", "in": "query", "schema": {"type": "string", "maxLength": 64},
+     "description": "Only this category"},
     {"name": "unread", "in": "query", "schema": {"type": "boolean", "default": False},
-     "description": "`true` for unread only"},
+     "description": "`true`: only the unread ones (`state=unread` for the inbox)"},
 ]
 CURSOR_PARAMS = [
     {"name": "last_event_id", "in": "query", "schema": {"type": "string", "pattern": "^[0-9]{1,19}$"},
@@ -219,6 +292,41 @@ def _history_op(summary: str, security: list, errors: tuple[int, ...]) -> dict[s
     return _op(summary, HISTORY_OK, errors, security=security, parameters=HISTORY_PARAMS)
 
 
+NOTIFICATION_PARAM = {"name": "notification_id", "in": "path", "required": True, "schema": OBJECT_ID}
+CHANGE_TEXT = {
+    "read": "Mark notifications read (and seen)",
+    "seen": "Mark notifications seen: the inbox was shown (clears the unseen badge, not the unread count)",
+    "unread": "Mark notifications unread again (they stay seen)",
+    "archive": "Archive notifications: out of the inbox and its counts, listed with `state=archived`",
+    "unarchive": "Bring archived notifications back to the inbox",
+}
+
+
+def _inbox_paths(base: str, whose: str, security: list, errors: tuple[int, ...]) -> dict[str, Any]:
+    """The inbox operations, the same for a service (``/api/users/{user_id}``) and the
+    subscriber (``/api/me``); every change reaches each open stream of the user as a
+    ``state`` event."""
+    param = {"parameters": [USER_PARAM]} if "{user_id}" in base else {}
+    paths: dict[str, Any] = {
+        f"{base}/notifications": {
+            **param, "get": _history_op(f"{whose} inbox, newest first", security, errors)},
+        f"{base}/unread-count": {**param, "get": _op(
+            f"{whose} unread count (of the inbox)", {"200": _json("UnreadCount", "Count")}, errors,
+            security=security)},
+        f"{base}/counts": {**param, "get": _op(
+            f"{whose} inbox counts", {"200": _json("Counts", "Counts")}, errors, security=security)},
+        f"{base}/notifications/{{notification_id}}": {
+            "parameters": [*param.get("parameters", []), NOTIFICATION_PARAM], "delete": _op(
+                f"Delete one of {whose.lower()} notifications: out of the inbox, its counts and replays",
+                {"200": _json("Deleted", "Deleted")}, (*errors, 404), security=security)},
+    }
+    for change, text in CHANGE_TEXT.items():
+        paths[f"{base}/{change}"] = {**param, "post": _op(
+            f"{text} ({whose.lower()})", {"200": _json("ChangeResult", "How many changed")},
+            (*POST_ERRORS, *errors), security=security, requestBody=_body("Selection"))}
+    return paths
+
+
 PATHS: dict[str, Any] = {
     "/api/notifications": {"post": _op(
         "Create a notification for one user (201 Notification) or many (201 NotificationList)",
@@ -231,29 +339,27 @@ PATHS: dict[str, Any] = {
         parameters=[{"name": "Idempotency-Key", "in": "header", "schema": {
             "type": "string", "pattern": "^[\\x21-\\x7e]{1,255}$"},
             "description": "A retry with the same key and body gets the first response"}])},
-    "/api/users/{user_id}/notifications": {"parameters": [USER_PARAM], "get": _history_op(
-        "A user's notification history, newest first", API_KEY, (401, 404, 422, 503))},
-    "/api/users/{user_id}/unread-count": {"parameters": [USER_PARAM], "get": _op(
-        "A user's unread count", {"200": _json("UnreadCount", "Count")}, (401, 404, 422, 503),
-        security=API_KEY)},
-    "/api/users/{user_id}/read": {"parameters": [USER_PARAM], "post": _op(
-        "Mark some or all of a user's notifications read", {"200": _json("ReadResult", "How many changed")},
-        (*POST_ERRORS, 404), security=API_KEY, requestBody=_body("ReadRequest"))},
+    **_inbox_paths("/api/users/{user_id}", "A user's", API_KEY, (401, 404, 422, 503)),
+    **_inbox_paths("/api/me", "The subscriber's", SUBSCRIBER, (401, 422, 503)),
+    "/api/notifications/{notification_id}": {"parameters": [NOTIFICATION_PARAM], "get": _op(
+        "A notification with its delivery trace (stored, published, each connection written to, "
+        "received, seen, read, archived)", {"200": _json("Traced", "The notification and its trace")},
+        (401, 404, 422, 503), security=API_KEY)},
+    "/api/me/ack": {"post": _op(
+        "Receipts: the subscriber's client received these notifications (SSE clients; a WebSocket "
+        'client sends `{"type":"ack","ids":[...]}`). Recorded within RECEIPT_FLUSH_SECONDS',
+        {"200": _json("Acked", "How many ids were recorded")}, POST_ERRORS, security=SUBSCRIBER,
+        requestBody=_body("AckRequest"))},
     "/api/recent": {"get": _op(
         "The newest notifications across all users", {"200": _json("NotificationList", "Newest first")},
         (401, 503), security=API_KEY)},
     "/api/tokens": {"post": _op(
         "Mint a subscriber token for one user's stream and /api/me", {"201": _json("Token", "Minted")},
         POST_ERRORS, security=API_KEY, requestBody=_body("TokenRequest"))},
-    "/api/me/notifications": {"get": _history_op("The subscriber's history", SUBSCRIBER, (401, 422, 503))},
-    "/api/me/unread-count": {"get": _op(
-        "The subscriber's unread count", {"200": _json("UnreadCount", "Count")}, (401, 503),
-        security=SUBSCRIBER)},
-    "/api/me/read": {"post": _op(
-        "Mark the subscriber's notifications read", {"200": _json("ReadResult", "How many changed")},
-        POST_ERRORS, security=SUBSCRIBER, requestBody=_body("ReadRequest"))},
     "/stream": {"get": _op(
-        "Server-Sent Events: `notification` (id = cursor), `read`, `reset`, `expired` events",
+        "Server-Sent Events: `connected` (the stream's id, for receipts), `notification` (id = cursor), "
+        "`state` (an inbox change made anywhere: "
+        "`change`, `ids`, `all` and the counts after it; id = cursor), `reset`, `expired` events",
         {"200": {"description": "An endless event stream", "content": {"text/event-stream": {
             "schema": {"type": "string"},
             "example": 'retry: 2000\n\nid: 1764172800000001\nevent: notification\ndata: {"id":"..."}\n\n'}}}},
@@ -262,8 +368,10 @@ PATHS: dict[str, Any] = {
             "description": "Sent by EventSource on reconnect; same as last_event_id"}])},
     "/ws": {"get": _op(
         "WebSocket (GET with Upgrade: websocket). Server frames: "
-        '`{"type":"notification","id":cursor,"notification":{...}}`, `read`, `reset`, `error`. '
-        'Client frames: `{"type":"read","ids":[...]}` or `{"type":"read","all":true}`. Close codes: '
+        '`{"type":"notification","id":cursor,"notification":{...}}`, '
+        '`{"type":"state","seq":cursor,"change",...}`, `reset`, `error`. Client frames: '
+        '`{"type":"read"|"seen"|"unread"|"archive"|"unarchive","ids":[...]}` (or `"all":true`), '
+        '`{"type":"delete","ids":[...]}`, `{"type":"ack","ids":[...]}` (receipts). Close codes: '
         "1008 slow consumer, 1009 frame too large, 4401 token expired.",
         {"101": {"description": "Switching Protocols"}}, (401, 403, 429), security=STREAM_AUTH,
         parameters=CURSOR_PARAMS)},

@@ -62,12 +62,15 @@ class LeanScript:
 
 # Each notification is published twice: on its user's channel (``u:{<user>}``, which only
 # the workers holding a stream of that user subscribe to) and on the feed channel (the
-# dashboard overview; without a subscriber a PUBLISH costs Redis a dictionary lookup and
-# sends nothing). One PUBLISH per user, never one message for many: on Redis Cluster the
-# user's publish can become an SPUBLISH in the slot of the user's keys.
+# dashboard overview, which shows new notifications only, so state events skip it;
+# without a subscriber a PUBLISH costs Redis a dictionary lookup and sends nothing). One
+# PUBLISH per user, never one message for many: on Redis Cluster the user's publish can
+# become an SPUBLISH in the slot of the user's keys.
 # ARGV: prefix, recent limit, replay buffer size, replay buffer TTL, oldest acceptable
-# age (µs), furthest acceptable future (µs), then (user id, proposed cursor, JSON without
-# seq) per notification. Returns the cursors published, in order.
+# age (µs), furthest acceptable future (µs), the events' kind ('n' notifications, 's' an
+# inbox state change: on the same channel, cursors and replay list, not in the recent list
+# or the per-second counts), then (user id, proposed cursor or '', JSON without seq) per
+# event. Returns the cursors published, in order.
 PUBLISH = r"""
 redis.replicate_commands()
 local prefix = ARGV[1]
@@ -76,12 +79,14 @@ local replay_size = tonumber(ARGV[3])
 local replay_ttl = tonumber(ARGV[4])
 local max_age = tonumber(ARGV[5])
 local max_ahead = tonumber(ARGV[6])
+local kind = ARGV[7]
+local notes = kind == 'n'
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local feed = prefix .. 'events'
 local recent = prefix .. 'recent'
 local seqs = {}
-for i = 7, #ARGV, 3 do
+for i = 8, #ARGV, 3 do
   local user = ARGV[i]
   local s = ARGV[i + 1]
   local body = ARGV[i + 2]
@@ -95,23 +100,25 @@ for i = 7, #ARGV, 3 do
   end
   redis.call('SET', ckey, s, 'EX', 2592000)
   local json = '{"seq":' .. s .. ',' .. string.sub(body, 2)
-  local wire = 'n\t' .. user .. '\t' .. s .. '\t' .. json
+  local wire = kind .. '\t' .. user .. '\t' .. s .. '\t' .. json
   redis.call('PUBLISH', prefix .. 'u:{' .. user .. '}', wire)
-  redis.call('PUBLISH', feed, wire)
+  if notes then redis.call('PUBLISH', feed, wire) end
   local rkey = prefix .. 'replay:' .. user
-  redis.call('RPUSH', rkey, s .. '\t' .. json)
+  redis.call('RPUSH', rkey, s .. '\t' .. (notes and '' or kind) .. json)
   redis.call('LTRIM', rkey, -replay_size, -1)
   redis.call('EXPIRE', rkey, replay_ttl)
-  redis.call('LPUSH', recent, json)
+  if notes then redis.call('LPUSH', recent, json) end
   local vkey = prefix .. 'ver:' .. user
   redis.call('INCR', vkey)
   redis.call('EXPIRE', vkey, 86400)
   seqs[#seqs + 1] = s
 end
-redis.call('LTRIM', recent, 0, recent_limit - 1)
-local skey = prefix .. 'stats:' .. t[1]
-redis.call('INCRBY', skey, #seqs)
-redis.call('EXPIRE', skey, 3700)
+if notes then
+  redis.call('LTRIM', recent, 0, recent_limit - 1)
+  local skey = prefix .. 'stats:' .. t[1]
+  redis.call('INCRBY', skey, #seqs)
+  redis.call('EXPIRE', skey, 3700)
+end
 return seqs
 """
 

@@ -21,22 +21,21 @@ from bson.errors import InvalidId
 from pymongo.errors import PyMongoError
 
 from app.config import Config
-from app.delivery.events import READ, Event
 from app.errors import ApiError
 from app.extensions import RedisBudget
 from app.store import lua
 from app.store.idempotency import RequestKey, stored_under
+from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import (
-    EITHER_READ,
     OUTBOX_PARTITIONS,
     PUBLIC_PROJECTION,
     ensure_key_index,
-    id_chunks,
     is_marker,
     notifications_collection,
 )
 from app.store.publishing import Publisher, Stored
+from app.store.receipts import Receipts
 from app.store.retention import Sweeper
 from app.store.serialization import new_document, public_json, utc_now_ms
 
@@ -61,6 +60,8 @@ class NotificationService:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self.publisher = Publisher(config, redis_client)
+        self.receipts = Receipts(config, redis_client)
+        self.publisher.on_published = self.receipts.published
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
         self._key_index_ready = False
@@ -94,12 +95,15 @@ class NotificationService:
         data: dict[str, Any] | None = None,
         key: RequestKey | None = None,
         budget: RedisBudget | None = None,
+        priority: str = "normal",
+        actions: list[dict[str, str]] | None = None,
     ) -> Stored:
         """Store one notification per user (MongoDB first), then publish them.
 
         With ``key``, an earlier attempt's notifications are the answer if it stored them."""
         now = utc_now_ms()
-        docs = [new_document(u, message, title, category, data or {}, now) for u in user_ids]
+        fields = (message, title, category, data or {}, now, priority, actions)
+        docs = [new_document(u, *fields) for u in user_ids]
         if key is not None:
             self._ensure_key_index()
             key.mark(docs)
@@ -137,27 +141,43 @@ class NotificationService:
 
     # -- history ---------------------------------------------------------------------
     def history(
-        self, user_id: str, limit: int = 50, before: str | None = None, unread: bool = False
+        self,
+        user_id: str,
+        limit: int = 50,
+        before: str | None = None,
+        state: str | None = None,
+        category: str | None = None,
+        unread: bool = False,
     ) -> tuple[bytes, bool]:
-        """A page of the user's notifications, newest first. Returns (JSON body, cache hit)."""
-        if before is not None:
-            return self._history_page(user_id, limit, _object_id(before, "before"), unread), False
-        suffix = f":page:{limit}:{int(unread)}"
-        return self._cached(user_id, suffix, lambda: self._history_page(user_id, limit, None, unread))
+        """A page of the user's notifications, newest first. Returns (JSON body, cache hit).
 
-    def _history_page(self, user_id: str, limit: int, before: ObjectId | None, unread: bool) -> bytes:
+        ``state`` None is the inbox (all but archived), else ``unread``, ``read`` or
+        ``archived``; deleted ones are never listed. ``unread`` keeps only unread ones of those
+        (none of ``read``)."""
+        query = {"user_id": user_id, **STATE_QUERIES[state]}
+        if unread:
+            query["read"] = False if state != "read" else {"$in": []}
+        if category is not None:
+            query["category"] = category
+        if before is not None:
+            return self._history_page(user_id, query, limit, _object_id(before, "before")), False
+        suffix = f":page:{limit}:{state or ''}:{int(unread)}:{category if category is not None else '*'}"
+        return self._cached(user_id, suffix, lambda: self._history_page(user_id, query, limit, None))
+
+    def _history_page(
+        self, user_id: str, query: dict[str, Any], limit: int, before: ObjectId | None
+    ) -> bytes:
         """Newest first by cursor (the ``user_read_seq`` index); ``before`` names the page's end.
 
         A ``before`` that names none of the user's notifications (expired, or never theirs)
         has nothing before it: an empty page."""
-        query: dict[str, Any] = {"user_id": user_id, "read": False if unread else EITHER_READ}
         coll = notifications_collection()
         try:
             if before is not None:
                 last = coll.find_one({"_id": before, "user_id": user_id}, {"seq": 1})
                 if last is None or last.get("seq") is None:
                     return orjson.dumps({"notifications": [], "next": None})
-                query["seq"] = {"$lt": last["seq"]}
+                query = {**query, "seq": {"$lt": last["seq"]}}
             docs = list(coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).limit(limit + 1))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
@@ -165,13 +185,19 @@ class NotificationService:
         nxt = str(page[-1]["_id"]) if len(docs) > limit else None
         return orjson.dumps({"notifications": [public_json(d) for d in page], "next": nxt})
 
-    def unread_count(self, user_id: str) -> int:
-        body, _ = self._cached(user_id, ":unread", lambda: b"%d" % self._count_unread(user_id))
-        return int(body)
+    def counts(self, user_id: str) -> dict[str, int]:
+        """``{"unseen", "unread", "total"}`` of the user's inbox (cached like history pages)."""
+        body, _ = self._cached(user_id, ":counts", lambda: orjson.dumps(self._count(user_id)))
+        return orjson.loads(body)
 
-    def _count_unread(self, user_id: str) -> int:
+    def unread_count(self, user_id: str) -> int:
+        return self.counts(user_id)["unread"]
+
+    def _count(self, user_id: str) -> dict[str, int]:
         try:
-            return notifications_collection().count_documents({"user_id": user_id, "read": False})
+            coll = notifications_collection()
+            counts = COUNT_QUERIES.items()
+            return {name: coll.count_documents({"user_id": user_id, **q}) for name, q in counts}
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
@@ -200,8 +226,8 @@ class NotificationService:
         return value if value is not None else int(version)
 
     def cache_status(self, user_id: str, limit: int = 50) -> CacheStatus:
-        """Whether the user's first history page is cached now, and for how long still."""
-        suffix = f":page:{limit}:0"
+        """Whether the user's first inbox page is cached now, and for how long still."""
+        suffix = f":page:{limit}::0:*"
         try:
             version, value, ttl = self._cache_get(
                 keys=[self.key("ver", user_id)], args=[self.key("cache", user_id) + ":", suffix]
@@ -210,30 +236,54 @@ class NotificationService:
             return CacheStatus(False, None, None)
         return CacheStatus(value is not None, int(ttl) if value is not None else None, int(version))
 
-    # -- read state ------------------------------------------------------------------
-    def mark_read(self, user_id: str, ids: list[str] | None) -> int:
-        """Mark ``ids`` (or all when None) read; tell every open stream of the user."""
-        unread: dict[str, Any] = {"user_id": user_id, "read": False}
+    # -- inbox states ----------------------------------------------------------------
+    def change(self, user_id: str, change: str, ids: list[str] | None) -> int:
+        """Apply ``change`` (a key of ``CHANGES``) to ``ids`` (or all when None); tell every
+        open stream of the user, on every instance, as the next event of their stream."""
         oids = None if ids is None else [_object_id(i, "ids") for i in ids]
-        queries = [unread] if oids is None else [{**unread, "_id": {"$in": c}} for c in id_chunks(oids)]
+        match, update = CHANGES[change]
+        now = utc_now_ms()
+        update = {"$set": {k: now if v is NOW else v for k, v in update["$set"].items()}}
+        base = {"user_id": user_id, "deleted_at": None, **match}
         try:
             coll = notifications_collection()
-            updated = sum(coll.update_many(q, {"$set": {"read": True}}).modified_count for q in queries)
+            updated = sum(coll.update_many(q, update).modified_count for q in by_ids(base, oids))
+            if updated and change == "read":  # what is read has been seen (kept seen if marked unread)
+                unseen = {"user_id": user_id, "read": True, "seen_at": None}
+                for q in by_ids(unseen, oids):
+                    coll.update_many(q, {"$set": {"seen_at": now}})
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         if updated:
-            unread = self._count_unread(user_id)
-            payload = orjson.dumps({"ids": ids or [], "all": ids is None, "unread": unread})
-            event = Event(READ, user_id, None, payload)
-            try:
-                pipe = self.redis.pipeline(transaction=False)
-                pipe.incr(self.key("ver", user_id))
-                pipe.expire(self.key("ver", user_id), 86400)
-                pipe.publish(self.user_channel(user_id), event.to_wire())
-                pipe.execute()
-            except redis.RedisError as exc:
-                log.warning("read-state publish failed: %s", exc)
+            counts = self._count(user_id)
+            body = {"change": change, "ids": ids or [], "all": ids is None, **counts}
+            self.publisher.publish_state(user_id, orjson.dumps(body))
         return updated
+
+    def delete(self, user_id: str, notification_id: str) -> None:
+        """The user deletes one notification: out of their inbox, counts and replays (kept
+        for its delivery trace until retention). 404 if it is not theirs or already deleted."""
+        if not self.change(user_id, "delete", [notification_id]):
+            raise ApiError(404, "not_found", "no such notification in this inbox")
+
+    # -- delivery trace --------------------------------------------------------------
+    def traced(self, notification_id: str) -> dict[str, Any]:
+        """The notification with its delivery record (``app/store/receipts.py``); 404 if none."""
+        oid = _object_id(notification_id, "id")
+        try:
+            doc = notifications_collection().find_one({"_id": oid})
+            if doc is None or is_marker(doc):
+                raise ApiError(404, "not_found", "no such notification")
+            return {**public_json(doc), "delivery": self.receipts.trace(doc)}
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
+    def acknowledge(self, user_id: str, ids: list[str], connection: str) -> int:
+        """The client received ``ids`` (recorded in Redis within a second, never per id in MongoDB)."""
+        for i in ids:
+            _object_id(i, "ids")
+        self.receipts.acked(user_id, ids, connection)
+        return len(ids)
 
     # -- recent ----------------------------------------------------------------------
     def recent(self) -> bytes:

@@ -29,6 +29,7 @@ from __future__ import annotations
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -96,6 +97,8 @@ class Publisher:
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
         self.outbox = Outbox(config, self.publish, self.stats)
+        # The delivery trace's record of each publish: (ids, when the publish call started).
+        self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, relay: bool = True) -> None:
@@ -219,6 +222,30 @@ class Publisher:
         self._last_proposed = last
 
     # -- publish ---------------------------------------------------------------------
+    def _script_head(self, kind: str) -> list[Any]:
+        return [
+            self.prefix,
+            self.config.RECENT_LIMIT,
+            self.config.REPLAY_BUFFER_SIZE,
+            self.config.REPLAY_BUFFER_TTL_SECONDS,
+            int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
+            MAX_CLOCK_AHEAD_US,
+            kind,
+        ]
+
+    def publish_state(self, user_id: str, payload: bytes) -> int | None:
+        """Publish an inbox state change of ``user_id`` (a JSON object) as the next event of
+        that user's stream: the same script, channel and cursors as notifications, so every
+        client sees changes and notifications in one order, and the user's cached pages and
+        counts are invalidated in the same step. The cursor, or None if Redis failed."""
+        try:
+            (seq,) = self._script([*self._script_head("s"), user_id, "", payload])
+        except redis.RedisError as exc:
+            metrics.redis_error("publish")
+            log.warning("state publish failed: %s", exc)
+            return None
+        return int(seq)
+
     def publish(self, docs: list[dict[str, Any]], markers: list[Any], wake_cleanup: bool = True) -> bool:
         """One Lua call for all ``docs``, in order; then ``markers`` are cleaned up (queued;
         the clean-up greenlet is woken unless ``wake_cleanup`` is False: the caller will).
@@ -228,20 +255,14 @@ class Publisher:
         """
         if not docs:
             return True
-        args: list[Any] = [
-            self.prefix,
-            self.config.RECENT_LIMIT,
-            self.config.REPLAY_BUFFER_SIZE,
-            self.config.REPLAY_BUFFER_TTL_SECONDS,
-            int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
-            MAX_CLOCK_AHEAD_US,
-        ]
+        args = self._script_head("n")
         for doc in docs:
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
             args.append(doc["user_id"])
             args.append("" if doc.get("seq") is None else doc["seq"])
             args.append(orjson.dumps(body))
+        publishing_at = time.time()  # the message is on the channel before the script returns
         try:
             seqs = self._script(args)
         except redis.RedisError as exc:
@@ -258,6 +279,7 @@ class Publisher:
             self.stats["resequenced"] += len(fixes)
             metrics.RESEQUENCED.inc(len(fixes))
         self.outbox.published(markers, fixes, wake_cleanup)
+        self.on_published([str(doc["_id"]) for doc in docs], publishing_at)
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True

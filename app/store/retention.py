@@ -36,6 +36,7 @@ from pymongo.errors import PyMongoError
 
 from app.ops.mongocalls import long_mongo_calls
 from app.store.models import id_chunks, notifications_collection
+from app.store.receipts import deliveries_collection
 
 log = logging.getLogger(__name__)
 
@@ -63,11 +64,16 @@ def next_window(width: timedelta, found: int) -> timedelta:
 
 
 def prune(
-    collection: Collection, days: float, now: datetime | None = None, between: Any = gevent.sleep
+    collection: Collection,
+    days: float,
+    now: datetime | None = None,
+    between: Any = gevent.sleep,
+    traces: Collection | None = None,
 ) -> int:
     """Delete notifications created more than ``days`` ago; returns how many.
 
-    ``between(seconds)`` is called after each window with how long the window took."""
+    ``between(seconds)`` is called after each window with how long the window took; the
+    delivery traces in ``traces``, keyed by the notifications' ids, go with them."""
     hi = (now or datetime.now(timezone.utc)) - timedelta(days=days)
     width, deleted = FIRST_WINDOW, 0
     while hi > EPOCH:
@@ -78,6 +84,8 @@ def prune(
             ids = [d["_id"] for d in collection.find(window, {"_id": 1})]
         for chunk in id_chunks(ids):
             deleted += collection.delete_many({"_id": {"$in": chunk}}).deleted_count
+            if traces is not None:
+                traces.delete_many({"_id": {"$in": chunk}})
         hi, width = lo, next_window(width, len(ids))
         between(time.monotonic() - started)  # a backlog takes half the database's time at most
     return deleted
@@ -117,7 +125,8 @@ class Sweeper:
         except redis.RedisError:
             return None  # without the lock every worker would sweep: leave it to the next pass
         try:
-            deleted = prune(notifications_collection(), self.seconds / DAY, between=self._rest)
+            traces = deliveries_collection()
+            deleted = prune(notifications_collection(), self.seconds / DAY, between=self._rest, traces=traces)
         except PyMongoError as exc:
             log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
             return None

@@ -35,8 +35,14 @@ def new_document(
     category: str,
     data: dict[str, Any],
     created_at: datetime,
+    priority: str = "normal",
+    actions: list[dict[str, str]] | None = None,
 ) -> dict[str, Any]:
-    """A raw notification document; the publisher gives it its cursor."""
+    """A raw notification document; the publisher gives it its cursor.
+
+    The inbox states (``seen_at``, ``read_at``, ``archived_at``, ``deleted_at``) are absent
+    until they happen: a query for ``None`` matches a missing field, so older documents
+    need no migration."""
     doc = {
         "_id": ObjectId(),
         "user_id": user_id,
@@ -47,6 +53,8 @@ def new_document(
         "created_at": created_at,
         "read": False,
         "seq": None,
+        "priority": priority,
+        "actions": actions or [],
     }
     return doc
 
@@ -62,4 +70,8 @@ def public_json(doc: dict[str, Any]) -> dict[str, Any]:
         "data": doc.get("data") or {},
         "created_at": iso(doc["created_at"]),
         "read": bool(doc.get("read", False)),
+        "seen": bool(doc.get("read") or doc.get("seen_at")),  # reading it is seeing it
+        "archived": doc.get("archived_at") is not None,
+        "priority": doc.get("priority") or "normal",
+        "actions": doc.get("actions") or [],
     }

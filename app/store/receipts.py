@@ -1,0 +1,319 @@
+"""Delivery receipts: when a notification was published, written to each connection, and
+received (acknowledged by the client), without a MongoDB write per delivery.
+
+Each worker buffers what happens in memory (a list append per connection write, per ack,
+per published batch) and writes it to Redis once per ``RECEIPT_FLUSH_SECONDS`` in one
+pipeline: a hash per notification, ``trace:<id>`` (field ``p`` the publish time, ``s:<conn>``
+a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the sorted set
+``trace:pending`` (scored by when it first became pending). A folder greenlet in every
+worker takes ids pending for ``RECEIPT_FOLD_DELAY_SECONDS`` (by then a notification's
+writes and receipts are in, so most are folded once), reads and deletes their hashes
+atomically (a worker that raced another for an id finds it empty) and stores them in the
+``deliveries`` collection (its own collection, so the write lock notifications' inserts
+wait for is not taken), ``RECEIPT_FOLD_BATCH`` at a time: one ``insert_many``, and an
+update only for the few whose record already exists (SecantusDB takes about ten times as
+long for an upsert as for a document of an ``insert_many``: bench/README.md, "Receipts"). The trace
+(``trace``) reads MongoDB plus what is still in Redis.
+
+A receipt names the user who sent it: it counts only for that user's notification (checked
+when folded and when read), so nobody can mark another user's notification received.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import os
+import socket
+import time
+from collections import defaultdict
+from datetime import datetime, timezone
+from typing import Any
+
+import gevent
+import redis
+from bson import ObjectId
+from pymongo import UpdateOne
+from pymongo.collection import Collection
+from pymongo.errors import BulkWriteError, PyMongoError
+
+from app.store.models import id_chunks, notifications_collection
+
+log = logging.getLogger(__name__)
+
+PENDING = "trace:pending"
+TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
+MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
+MAX_BUFFERED = 500_000  # records a worker holds between flushes (Redis away, flusher not started)
+
+
+def deliveries_collection() -> Collection:
+    return notifications_collection().database["deliveries"]
+
+
+def _ms(ts: float) -> int:
+    return int(ts * 1000)
+
+
+def _iso(ms: int | None) -> str | None:
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
+class Receipts:
+    """This worker's buffer of delivery records, its flusher and its share of the folding."""
+
+    def __init__(self, config: Any, redis_client: redis.Redis) -> None:
+        self.config = config
+        self.redis = redis_client
+        self.prefix = config.KEY_PREFIX
+        self.instance = socket.gethostname()
+        self.worker = str(os.getpid())
+        self._ids = itertools.count(1)
+        self._sent: list[tuple[str, str, float]] = []  # (notification id, connection, time)
+        self._acks: list[tuple[str, str, str, float]] = []  # (user, notification id, connection, time)
+        self._published: list[tuple[list[str], float]] = []
+        self._greenlets: list[gevent.Greenlet] = []
+        self.stats = {"flushed": 0, "folded": 0}
+
+    def key(self, nid: str) -> str:
+        return f"{self.prefix}trace:{nid}"
+
+    # -- recording (hot path: appends only) ----------------------------------------------
+    def connection(self, transport: str) -> str:
+        """A new connection's id: transport, instance, worker and a number, ``.`` free (a
+        MongoDB field name)."""
+        self.worker = str(os.getpid())  # after fork
+        return f"{transport}~{self.instance.replace('.', '_')}~{self.worker}~{next(self._ids)}"
+
+    def sent(self, nid: str, connection: str) -> None:
+        if len(self._sent) < MAX_BUFFERED:
+            self._sent.append((nid, connection, time.time()))
+
+    def acked(self, user_id: str, nids: list[str], connection: str) -> None:
+        now = time.time()
+        if len(self._acks) < MAX_BUFFERED:
+            self._acks.extend((user_id, nid, connection, now) for nid in nids)
+
+    def published(self, nids: list[str], at: float) -> None:
+        if len(self._published) < MAX_BUFFERED:
+            self._published.append((nids, at))
+
+    # -- lifecycle -----------------------------------------------------------------------
+    def start(self) -> None:
+        if not self._greenlets:
+            self._greenlets = [gevent.spawn(self._flush_loop), gevent.spawn(self._fold_loop)]
+
+    def stop(self) -> None:
+        gevent.killall(self._greenlets, block=False)
+        self._greenlets = []
+
+    def _flush_loop(self) -> None:
+        while True:
+            gevent.sleep(self.config.RECEIPT_FLUSH_SECONDS)
+            try:
+                self.flush()
+            except Exception:  # never let the flusher die; what was taken is lost, logged
+                log.exception("receipt flush failed")
+
+    def _fold_loop(self) -> None:
+        while True:
+            gevent.sleep(self.config.RECEIPT_FOLD_SECONDS)
+            try:
+                while self.fold() >= self.config.RECEIPT_FOLD_BATCH:
+                    gevent.sleep(0)
+            except Exception:
+                log.exception("receipt fold failed")
+
+    # -- Redis ---------------------------------------------------------------------------
+    def flush(self) -> int:
+        """Everything buffered, to Redis in one pipeline; returns how many records."""
+        sent, self._sent = self._sent, []
+        acks, self._acks = self._acks, []
+        published, self._published = self._published, []
+        fields: dict[str, dict[str, str]] = defaultdict(dict)
+        for nids, ts in published:
+            for nid in nids:
+                fields[nid]["p"] = str(_ms(ts))
+        for nid, conn, ts in sent:
+            fields[nid].setdefault("s:" + conn, str(_ms(ts)))
+        for user, nid, conn, ts in acks:
+            fields[nid].setdefault(f"r:{conn}", f"{_ms(ts)} {user}")
+        if not fields:
+            return 0
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for nid, values in fields.items():
+                pipe.hset(self.key(nid), mapping=values)
+                pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
+            pipe.zadd(self.prefix + PENDING, dict.fromkeys(fields, time.time()), nx=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("receipts of %d notifications not recorded: %s", len(fields), exc)
+            return 0
+        records = len(sent) + len(acks) + sum(len(n) for n, _ in published)
+        self.stats["flushed"] += records
+        return records
+
+    def fold(self) -> int:
+        """Move up to ``RECEIPT_FOLD_BATCH`` pending traces from Redis into MongoDB."""
+        pending = self.prefix + PENDING
+        ripe = time.time() - self.config.RECEIPT_FOLD_DELAY_SECONDS
+        try:
+            batch = self.redis.zrangebyscore(
+                pending, "-inf", ripe, start=0, num=self.config.RECEIPT_FOLD_BATCH
+            )
+            nids = [n.decode() for n in batch]
+            if not nids:
+                return 0
+            pipe = self.redis.pipeline(transaction=True)  # read and delete in one step
+            pipe.zrem(pending, *nids)
+            for nid in nids:
+                pipe.hgetall(self.key(nid))
+                pipe.delete(self.key(nid))
+            replies = pipe.execute()[1::2]
+        except redis.RedisError as exc:
+            log.warning("receipt fold skipped: %s", exc)
+            return 0
+        traces = {nid: _decode(h) for nid, h in zip(nids, replies, strict=True) if h}
+        try:
+            owners = _owners(list(traces))
+            _store({nid: (owners[nid], t) for nid, t in traces.items() if nid in owners})
+        except PyMongoError as exc:
+            log.warning("receipt fold of %d notifications failed, kept in Redis: %s", len(traces), exc)
+            self._put_back(traces)
+            return 0
+        self.stats["folded"] += len(traces)
+        return len(nids)
+
+    def _put_back(self, traces: dict[str, dict[str, str]]) -> None:
+        try:
+            pipe = self.redis.pipeline(transaction=False)
+            for nid, values in traces.items():
+                for field, value in values.items():
+                    pipe.hsetnx(self.key(nid), field, value)
+                pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
+            if traces:
+                pipe.zadd(self.prefix + PENDING, dict.fromkeys(traces, time.time()), nx=True)
+            pipe.execute()
+        except redis.RedisError as exc:
+            log.warning("receipts of %d notifications lost: %s", len(traces), exc)
+
+    # -- the trace -----------------------------------------------------------------------
+    def trace(self, doc: dict[str, Any]) -> dict[str, Any]:
+        """The delivery record of the notification ``doc`` (its stored document)."""
+        nid = str(doc["_id"])
+        folded = deliveries_collection().find_one({"_id": doc["_id"]}) or {}
+        try:
+            fresh = _decode(self.redis.hgetall(self.key(nid)))
+        except redis.RedisError as exc:
+            log.warning("trace of %s read from MongoDB only: %s", nid, exc)
+            fresh = {}
+        merged = _merge(folded, fresh, doc["user_id"])
+        sent = [
+            {**_describe(conn), "at": _iso(ms), "received_at": _iso(merged["received"].get(conn))}
+            for conn, ms in sorted(merged["sent"].items(), key=lambda item: item[1])
+        ]
+        received = list(merged["received"].values())
+        return {
+            "stored_at": _iso_dt(doc["created_at"]),
+            "published_at": _iso(merged["published"]),
+            "sent": sent,
+            "received_at": _iso(min(received)) if received else None,
+            "seen_at": _iso_dt(doc.get("seen_at") or doc.get("read_at")),
+            "read_at": _iso_dt(doc.get("read_at")) if doc.get("read") else None,
+            "archived_at": _iso_dt(doc.get("archived_at")),
+        }
+
+
+def _iso_dt(value: datetime | None) -> str | None:
+    if value is None:
+        return None
+    return _iso(int(value.replace(tzinfo=timezone.utc).timestamp() * 1000))
+
+
+def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:
+    return {k.decode(): v.decode() for k, v in raw.items()}
+
+
+def _describe(conn: str) -> dict[str, str]:
+    transport, instance, worker, _ = [*conn.split("~"), "", "", ""][:4]
+    return {"connection": conn, "transport": transport, "instance": instance, "worker": worker}
+
+
+def _owners(nids: list[str]) -> dict[str, str]:
+    oids = [ObjectId(n) for n in nids if ObjectId.is_valid(n)]
+    out: dict[str, str] = {}
+    for chunk in id_chunks(oids):
+        for doc in notifications_collection().find({"_id": {"$in": chunk}}, {"user_id": 1}):
+            out[str(doc["_id"])] = doc["user_id"]
+    return out
+
+
+def _split(trace: dict[str, str], user_id: str) -> tuple[int | None, dict[str, int], dict[str, int]]:
+    """(publish time, writes by connection, receipts by connection) of a Redis hash; only
+    receipts sent by ``user_id`` count."""
+    published = int(trace["p"]) if "p" in trace else None
+    sent = {f[2:]: int(v) for f, v in trace.items() if f.startswith("s:")}
+    received = {}
+    for field, value in trace.items():
+        if field.startswith("r:"):
+            ms, _, user = value.partition(" ")
+            if user == user_id:
+                received[field[2:]] = int(ms)
+    return published, sent, received
+
+
+def _record(nid: str, user_id: str, trace: dict[str, str]) -> dict[str, Any]:
+    """The ``deliveries`` document of one trace."""
+    published, sent, received = _split(trace, user_id)
+    doc: dict[str, Any] = {
+        "_id": ObjectId(nid),
+        "user_id": user_id,
+        "sent": dict(list(sent.items())[:MAX_CONNECTIONS_PER_TRACE]),
+        "received": dict(list(received.items())[:MAX_CONNECTIONS_PER_TRACE]),
+    }
+    if published is not None:
+        doc["published"] = published
+    return doc
+
+
+def _store(traces: dict[str, tuple[str, dict[str, str]]]) -> None:
+    """New records in one ``insert_many``; those a previous fold stored are merged (the
+    earliest time of each write and receipt wins)."""
+    docs = [_record(nid, user, trace) for nid, (user, trace) in traces.items()]
+    if not docs:
+        return
+    coll = deliveries_collection()
+    try:
+        coll.insert_many(docs, ordered=False)
+        return
+    except BulkWriteError as exc:
+        errors = exc.details["writeErrors"]
+        taken = {docs[e["index"]]["_id"] for e in errors if e.get("code") == 11000}
+        if len(taken) < len(errors):
+            raise
+    merges = []
+    for doc in docs:
+        if doc["_id"] in taken:
+            mins = {f"{part}.{c}": ms for part in ("sent", "received") for c, ms in doc[part].items()}
+            if "published" in doc:
+                mins["published"] = doc["published"]
+            if mins:
+                merges.append(UpdateOne({"_id": doc["_id"]}, {"$min": mins}))
+    if merges:
+        coll.bulk_write(merges, ordered=False)
+
+
+def _merge(folded: dict[str, Any], fresh: dict[str, str], user_id: str) -> dict[str, Any]:
+    published, sent, received = _split(fresh, user_id)
+    out_sent = {**sent, **folded.get("sent", {})}
+    out_received = {**received, **folded.get("received", {})}
+    for conn, ms in sent.items():
+        out_sent[conn] = min(ms, out_sent[conn])
+    for conn, ms in received.items():
+        out_received[conn] = min(ms, out_received[conn])
+    times = [t for t in (published, folded.get("published")) if t is not None]
+    return {"published": min(times) if times else None, "sent": out_sent, "received": out_received}
