@@ -23,6 +23,13 @@
  * Receipts: the ids of notifications that arrived are acknowledged in one message per
  * second at most (a WebSocket frame, or POST /api/me/ack for SSE).
  * Statuses: loading, connecting, open, reconnecting, refreshing, unauthorized, closed.
+ *
+ * A drop-in inbox, the same script: <notify-inbox token="..." url="https://notify.example"
+ * transport="ws" limit="20"></notify-inbox> renders a bell with the unseen badge and a popover list
+ * (mark read / unread, archive, load more, actions as links, empty and offline states),
+ * keyboard accessible (Enter/Space opens, Escape closes), themed by CSS variables
+ * (--notify-accent, --notify-bg, --notify-fg, --notify-badge-bg, --notify-width, ...) and
+ * ::part(bell|badge|panel). Set element.getToken = async () => '...' to refresh tokens.
  */
 (function (root) {
   'use strict';
@@ -406,6 +413,252 @@
       return body;
     }
   }
+
+
+  // -- <notify-inbox>: a drop-in inbox (bell, unseen badge, popover list) --------------------
+  const INBOX_CSS = `
+    :host { position: relative; display: inline-block; font: var(--notify-font, 14px/1.4 system-ui, sans-serif);
+      color: var(--notify-fg, #1f2328); }
+    button { font: inherit; cursor: pointer; }
+    .bell { position: relative; border: 0; background: transparent; padding: 6px; border-radius: 6px;
+      color: var(--notify-bell, currentColor); }
+    .bell:focus-visible, .panel button:focus-visible, .panel a:focus-visible {
+      outline: 2px solid var(--notify-accent, #0969da); outline-offset: 2px; }
+    .badge { position: absolute; top: 0; right: 0; min-width: 16px; padding: 0 4px; border-radius: 8px;
+      background: var(--notify-badge-bg, #cf222e); color: var(--notify-badge-fg, #fff); font-size: 11px;
+      line-height: 16px; text-align: center; }
+    .badge[hidden] { display: none; }
+    .panel { position: absolute; right: 0; z-index: var(--notify-z, 1000); width: var(--notify-width, 340px);
+      max-height: var(--notify-height, 420px); overflow: auto; margin-top: 4px; border-radius: 8px;
+      background: var(--notify-bg, #fff); border: 1px solid var(--notify-border, #d0d7de);
+      box-shadow: 0 8px 24px rgba(0, 0, 0, .15); }
+    .panel[hidden] { display: none; }
+    header { display: flex; justify-content: space-between; align-items: center; padding: 8px 12px;
+      border-bottom: 1px solid var(--notify-border, #d0d7de); font-weight: 600; }
+    .status { padding: 6px 12px; background: var(--notify-warn-bg, #fff8c5); font-size: 12px; }
+    .status[hidden] { display: none; }
+    ul { list-style: none; margin: 0; padding: 0; }
+    li { padding: 8px 12px; border-bottom: 1px solid var(--notify-border, #d0d7de); }
+    li.unread { background: var(--notify-unread-bg, #f6f8fa); }
+    li.high .title::before { content: "! "; color: var(--notify-badge-bg, #cf222e); }
+    .title { font-weight: 600; }
+    .meta { color: var(--notify-muted, #656d76); font-size: 12px; }
+    .actions, .tools { display: flex; gap: 8px; flex-wrap: wrap; margin-top: 4px; }
+    .actions a { color: var(--notify-accent, #0969da); }
+    .tools button, header button, .more { border: 0; background: transparent; padding: 0;
+      color: var(--notify-accent, #0969da); font-size: 12px; }
+    .empty { padding: 24px 12px; text-align: center; color: var(--notify-muted, #656d76); }
+    .more { display: block; width: 100%; padding: 8px; }
+    .more[hidden], .empty[hidden] { display: none; }
+  `;
+  const BELL_SVG = '<svg width="20" height="20" viewBox="0 0 24 24" aria-hidden="true" fill="currentColor">' +
+    '<path d="M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22Zm7-6V11a7 7 0 0 0-5.5-6.84V3a1.5 1.5 0 0 0-3 0' +
+    'v1.16A7 7 0 0 0 5 11v5l-2 2v1h18v-1l-2-2Z"/></svg>';
+
+  function relativeTime(iso) {
+    const seconds = Math.round((Date.parse(iso) - Date.now()) / 1000);
+    const units = [['year', 31536000], ['month', 2592000], ['day', 86400], ['hour', 3600], ['minute', 60]];
+    const format = typeof Intl !== 'undefined' && Intl.RelativeTimeFormat ? new Intl.RelativeTimeFormat(undefined, { numeric: 'auto' }) : null;
+    for (const [unit, size] of units) {
+      if (Math.abs(seconds) >= size) return format ? format.format(Math.round(seconds / size), unit) : iso;
+    }
+    return format ? format.format(seconds, 'second') : iso;
+  }
+
+  /** A link target the service validated (http(s) or a root-relative path); anything else is dropped. */
+  function safeHref(url) {
+    return /^(https?:\/\/|\/(?!\/))/i.test(String(url || '')) ? String(url) : null;
+  }
+
+  function defineInbox(HTMLElement, customElements) {
+    class NotifyInbox extends HTMLElement {
+      static get observedAttributes() { return ['token', 'url', 'transport', 'limit']; }
+
+      constructor() {
+        super();
+        this.items = [];
+        this.client = null;
+        this._next = null;
+        const shadow = this.attachShadow({ mode: 'open' });
+        shadow.innerHTML = `<style>${INBOX_CSS}</style>
+          <button class="bell" part="bell" aria-haspopup="true" aria-expanded="false" aria-label="Notifications">
+            ${BELL_SVG}<span class="badge" part="badge" hidden></span></button>
+          <div class="panel" part="panel" role="region" aria-label="Notifications" hidden>
+            <header><span>Notifications</span><button class="all-read" type="button">Mark all read</button></header>
+            <div class="status" role="status" hidden></div>
+            <ul role="list"></ul>
+            <div class="empty">No notifications</div>
+            <button class="more" type="button" hidden>Load more</button>
+          </div>`;
+        this.$ = (selector) => shadow.querySelector(selector);
+        this.$('.bell').addEventListener('click', () => this.toggle());
+        this.$('.all-read').addEventListener('click', () => this.client && this.client.markAllRead());
+        this.$('.more').addEventListener('click', () => this.loadMore());
+        this.$('ul').addEventListener('click', (event) => this._tool(event));
+        // Escape and a click elsewhere close it, wherever the focus went meanwhile
+        this._onKey = (event) => {
+          if (event.key === 'Escape' && this.open) { this.toggle(false); this.$('.bell').focus(); }
+        };
+        this._onClick = (event) => { if (this.open && !event.composedPath().includes(this)) this.toggle(false); };
+      }
+
+      get open() { return !this.$('.panel').hidden; }
+
+      connectedCallback() {
+        document.addEventListener('keydown', this._onKey);
+        document.addEventListener('click', this._onClick);
+        this._connect();
+      }
+
+      disconnectedCallback() {
+        document.removeEventListener('keydown', this._onKey);
+        document.removeEventListener('click', this._onClick);
+        if (this.client) this.client.close();
+        this.client = null;
+      }
+
+      attributeChangedCallback() { if (this.isConnected) this._connect(); }
+
+      toggle(force) {
+        const open = force === undefined ? !this.open : !!force;
+        this.$('.panel').hidden = !open;
+        this.$('.bell').setAttribute('aria-expanded', String(open));
+        if (open) this._place();
+        if (open && this.client && this.client.counts && this.client.counts.unseen) this.client.markSeen();
+        if (open) { const first = this.$('.panel button, .panel a'); if (first) first.focus(); }
+      }
+
+      /** Under the bell, ending at its right edge, unless that would leave the viewport. */
+      _place() {
+        const panel = this.$('.panel');
+        const bell = this.getBoundingClientRect();
+        const fitsLeftward = bell.right - panel.offsetWidth >= 0;
+        panel.style.right = fitsLeftward ? '0' : 'auto';
+        panel.style.left = fitsLeftward ? 'auto' : '0';
+      }
+
+      async loadMore() {
+        if (!this.client || !this._next) return;
+        const page = await this.client.history(this._next);
+        this._next = page.next || null;
+        this._add(page.notifications || [], false);
+      }
+
+      _connect() {
+        const token = this.getAttribute('token');
+        if (!token) return;
+        if (this.client) this.client.close();
+        this.items = [];
+        this.client = root.Notify.connect({
+          url: this.getAttribute('url') || '',
+          token: token,
+          transport: this.getAttribute('transport') || 'sse',
+          historyLimit: Number(this.getAttribute('limit')) || DEFAULTS.historyLimit,
+          getToken: typeof this.getToken === 'function' ? this.getToken : null,
+          onHistory: (list, page) => { this.items = []; this._next = (page && page.next) || null; this._add(list, false); },
+          onNotification: (n) => this._add([n], true),
+          onState: (change) => this._apply(change),
+          onCounts: (counts) => this._badge(counts.unseen),
+          onStatus: (status) => this._status(status),
+          onError: (err) => this.dispatchEvent(new CustomEvent('notify-error', { detail: err })),
+        });
+        this.client.refreshCounts().catch(() => {});
+      }
+
+      _add(list, newest) {
+        const known = new Set(this.items.map((n) => n.id));
+        const fresh = list.filter((n) => n && !known.has(n.id) && !n.archived);
+        this.items = newest ? fresh.concat(this.items) : this.items.concat(fresh);
+        this._render();
+      }
+
+      _apply(change) {
+        const ids = new Set(change.ids);
+        const hit = (n) => change.all || ids.has(n.id);
+        if (change.change === 'archive' || change.change === 'delete') this.items = this.items.filter((n) => !hit(n));
+        this.items.forEach((n) => {
+          if (!hit(n)) return;
+          if (change.change === 'read') { n.read = true; n.seen = true; }
+          if (change.change === 'unread') n.read = false;
+          if (change.change === 'seen') n.seen = true;
+        });
+        if (change.change === 'unarchive' && this.client) this.client.history().then((page) => this._add(page.notifications || [], true));
+        this._render();
+      }
+
+      _badge(unseen) {
+        const badge = this.$('.badge');
+        badge.hidden = !unseen;
+        badge.textContent = unseen > 99 ? '99+' : String(unseen || '');
+        this.$('.bell').setAttribute('aria-label', unseen ? `Notifications, ${unseen} new` : 'Notifications');
+      }
+
+      _status(status) {
+        const box = this.$('.status');
+        const text = { reconnecting: 'Offline: reconnecting…', unauthorized: 'Signed out of notifications',
+          closed: 'Disconnected' }[status];
+        box.hidden = !text;
+        box.textContent = text || '';
+        this.setAttribute('status', status);
+      }
+
+      _render() {
+        const list = this.$('ul');
+        const focused = this.shadowRoot.activeElement;
+        const at = focused && list.contains(focused) ? Array.from(list.children).indexOf(focused.closest('li')) : -1;
+        list.textContent = '';
+        this.items.forEach((n) => list.appendChild(this._item(n)));
+        this.$('.empty').hidden = this.items.length > 0;
+        this.$('.more').hidden = !this._next;
+        if (at >= 0) { // the keyboard stays in the list: the same row's (or the next) first button
+          const row = list.children[Math.min(at, list.children.length - 1)];
+          (row ? row.querySelector('button') : this.$('.all-read')).focus();
+        }
+      }
+
+      _item(n) {
+        const li = document.createElement('li');
+        li.dataset.id = n.id;
+        li.className = (n.read ? 'read' : 'unread') + (n.priority === 'high' ? ' high' : '');
+        const line = (cls, text) => { const el = document.createElement('div'); el.className = cls; el.textContent = text; return el; };
+        if (n.title) li.appendChild(line('title', n.title));
+        li.appendChild(line('message', n.message));
+        const when = line('meta', relativeTime(n.created_at));
+        when.title = new Date(n.created_at).toLocaleString();
+        li.appendChild(when);
+        const actions = document.createElement('div');
+        actions.className = 'actions';
+        (n.actions || []).forEach((a) => {
+          const href = safeHref(a.url);
+          if (!href) return;
+          const link = document.createElement('a');
+          link.href = href; link.textContent = a.label; link.target = '_blank'; link.rel = 'noopener noreferrer';
+          actions.appendChild(link);
+        });
+        if (actions.childNodes.length) li.appendChild(actions);
+        const tools = document.createElement('div');
+        tools.className = 'tools';
+        [[n.read ? 'unread' : 'read', n.read ? 'Mark unread' : 'Mark read'], ['archive', 'Archive']].forEach(([change, label]) => {
+          const button = document.createElement('button');
+          button.type = 'button'; button.dataset.change = change; button.textContent = label;
+          button.setAttribute('aria-label', `${label}: ${n.title || n.message}`);
+          tools.appendChild(button);
+        });
+        li.appendChild(tools);
+        return li;
+      }
+
+      _tool(event) {
+        const button = event.target.closest('button[data-change]');
+        if (!button || !this.client) return;
+        const id = button.closest('li').dataset.id;
+        this.client.change(button.dataset.change, [id]).catch((err) => this.dispatchEvent(new CustomEvent('notify-error', { detail: err })));
+      }
+    }
+    if (!customElements.get('notify-inbox')) customElements.define('notify-inbox', NotifyInbox);
+  }
+
+  if (root.customElements && root.HTMLElement) defineInbox(root.HTMLElement, root.customElements);
 
   root.Notify = {
     connect: (options) => new Client(options),

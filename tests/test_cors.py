@@ -32,16 +32,17 @@ window.client = Notify.connect({{
 
 
 class OtherOrigin:
-    """Serves PAGE (filled per request from the query) on its own port."""
+    """Serves ``template`` (PAGE unless told, filled from ``fill``) on its own port."""
 
-    def __init__(self) -> None:
+    def __init__(self, template: str = PAGE) -> None:
+        self.template = template
         self.server = WSGIServer(("127.0.0.1", 0), self.app, log=None)
         self.server.start()
         self.origin = f"http://127.0.0.1:{self.server.server_port}"
         self.fill: dict[str, str] = {}
 
     def app(self, environ: dict[str, Any], start_response: Callable[..., Any]) -> list[bytes]:
-        body = PAGE.format(**self.fill).encode()
+        body = self.template.format(**self.fill).encode()
         start_response("200 OK", [("Content-Type", "text/html"), ("Content-Length", str(len(body)))])
         return [body]
 

@@ -48,7 +48,7 @@ def test_each_instance_receives_only_its_users_events(live, stack):
         resp = a.post("/api/users/rb0/read", {"ids": [note["id"]]})
         assert resp.status_code == 200 and resp.json()["updated"] == 1
         for client in (tab, clients["rb0"]):
-            client.wait_for(lambda c=client: any(e["type"] == "read" for e in c.events))
+            client.wait_for(lambda c=client: any(e["type"] == "state" for e in c.events))
         assert (received(a), received(b)) == (9, 6)
     finally:
         for client in [*clients.values(), tab]:

@@ -1,0 +1,142 @@
+// Type declarations for static/notify.js (a plain script: it defines window.Notify and the
+// <notify-inbox> element). Reference it with /// <reference path="notify.d.ts" />.
+
+declare namespace Notify {
+  type Transport = 'sse' | 'ws';
+  type Status = 'idle' | 'loading' | 'connecting' | 'open' | 'reconnecting' | 'refreshing' | 'unauthorized' | 'closed';
+  type Priority = 'low' | 'normal' | 'high';
+  type Change = 'read' | 'seen' | 'unread' | 'archive' | 'unarchive';
+
+  interface Action {
+    label: string;
+    /** http(s) with a host, or a path from the root ("/...") */
+    url: string;
+  }
+
+  interface Notification {
+    id: string;
+    /** the user's stream cursor; null while its publish is pending */
+    seq: number | null;
+    user_id: string;
+    title: string;
+    message: string;
+    category: string;
+    data: Record<string, unknown>;
+    created_at: string;
+    read: boolean;
+    seen: boolean;
+    archived: boolean;
+    priority: Priority;
+    actions: Action[];
+  }
+
+  interface Counts {
+    unseen: number;
+    unread: number;
+    total: number;
+  }
+
+  /** A change of inbox state made anywhere (any tab, device, or service), with the counts after it. */
+  interface StateChange extends Partial<Counts> {
+    change: Change | 'delete';
+    ids: string[];
+    all: boolean;
+  }
+
+  interface HistoryPage {
+    notifications: Notification[];
+    /** pass to history() for the next, older page; null at the end */
+    next: string | null;
+  }
+
+  interface Options {
+    /** the service's origin; '' (default) is this page's */
+    url?: string;
+    /** a subscriber token from POST /api/tokens */
+    token: string;
+    transport?: Transport;
+    /** resume after this cursor instead of loading the newest history page first */
+    cursor?: string | number | null;
+    /** called for a fresh token when the current one expired */
+    getToken?: (() => Promise<string>) | null;
+    historyLimit?: number;
+    minDelay?: number;
+    maxDelay?: number;
+    seenLimit?: number;
+    /** acknowledge what arrived (delivery receipts), once per ackInterval ms at most */
+    ack?: boolean;
+    ackInterval?: number;
+    onNotification?(notification: Notification, meta: { cursor: string | null }): void;
+    onState?(change: StateChange): void;
+    onReset?(reset: { reason?: string; cursor: string | null }): void;
+    onHistory?(list: Notification[], page: HistoryPage): void;
+    onStatus?(status: Status, info: Record<string, unknown>): void;
+    onUnread?(count: number): void;
+    onCounts?(counts: Counts): void;
+    onError?(error: Error): void;
+  }
+
+  interface ChangeResult {
+    updated?: number;
+    /** sent as a WebSocket frame: the state event reports the outcome */
+    sent?: boolean;
+  }
+
+  class Client {
+    constructor(options: Options);
+    readonly transport: Transport;
+    readonly status: Status;
+    readonly cursor: string | null;
+    readonly unread: number | null;
+    readonly counts: Counts | null;
+    readonly stats: { received: number; duplicates: number; disconnects: number; reconnects: number; resets: number };
+    markRead(ids: Iterable<string>): Promise<ChangeResult>;
+    markAllRead(): Promise<ChangeResult>;
+    /** the inbox was shown: all (no ids) or the given ones are seen, which clears the badge */
+    markSeen(ids?: Iterable<string> | null): Promise<ChangeResult>;
+    markUnread(ids: Iterable<string>): Promise<ChangeResult>;
+    archive(ids: Iterable<string>): Promise<ChangeResult>;
+    unarchive(ids: Iterable<string>): Promise<ChangeResult>;
+    remove(id: string): Promise<unknown>;
+    change(change: Change, ids: Iterable<string> | null): Promise<ChangeResult>;
+    history(before?: string | null): Promise<HistoryPage>;
+    refreshCounts(): Promise<void>;
+    refreshUnread(): Promise<void>;
+    setTransport(transport: Transport): void;
+    reconnect(options?: { cursor?: string | number | null }): void;
+    close(): void;
+  }
+
+  class AuthError extends Error {}
+
+  function connect(options: Options): Client;
+}
+
+/**
+ * <notify-inbox token="..." url="https://notify.example" transport="sse|ws" limit="20">:
+ * a bell with the unseen badge and a popover inbox. Themed by CSS variables (--notify-accent,
+ * --notify-bg, --notify-fg, --notify-border, --notify-muted, --notify-badge-bg,
+ * --notify-badge-fg, --notify-unread-bg, --notify-warn-bg, --notify-font, --notify-width,
+ * --notify-height, --notify-z) and ::part(bell), ::part(badge), ::part(panel). Its
+ * `status` attribute mirrors the client's status; errors are `notify-error` events.
+ */
+interface NotifyInboxElement extends HTMLElement {
+  readonly client: Notify.Client | null;
+  readonly items: Notify.Notification[];
+  readonly open: boolean;
+  getToken?: () => Promise<string>;
+  toggle(force?: boolean): void;
+  loadMore(): Promise<void>;
+}
+
+interface HTMLElementTagNameMap {
+  'notify-inbox': NotifyInboxElement;
+}
+
+interface HTMLElementEventMap {
+  'notify-error': CustomEvent<Error>;
+}
+
+interface Window {
+  Notify: typeof Notify;
+}

@@ -1,0 +1,108 @@
+"""static/notify.js's <notify-inbox> element in Chromium, on a page of another origin, both
+transports: the unseen badge, the popover by keyboard, mark read, archive, load more,
+actions as links, the empty and offline states. Waits on what the element shows."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import requests
+
+from tests.browser import make_page, page  # noqa: F401
+from tests.test_cors import OtherOrigin
+
+pytestmark = pytest.mark.browser
+
+INBOX_PAGE = """<!doctype html><html><head><meta charset="utf-8"><title>an app with an inbox</title>
+<style>notify-inbox {{ --notify-accent: rgb(1, 2, 3); }}</style>
+<script src="{service}/static/notify.js"></script></head><body>
+<notify-inbox url="{service}" token="{token}" transport="{transport}" limit="2"></notify-inbox>
+</body></html>"""
+
+
+@pytest.fixture
+def site() -> Iterator[OtherOrigin]:
+    other = OtherOrigin(INBOX_PAGE)
+    yield other
+    other.server.stop()
+
+
+def shown(page: Any, selector: str) -> Any:  # noqa: F811
+    """The element's open shadow DOM is what Playwright's CSS selectors pierce."""
+    return page.locator(f"notify-inbox {selector}")
+
+
+def counts(server: Any, user: str) -> dict[str, int]:
+    resp = requests.get(
+        server.url + "/api/me/counts", headers={"Authorization": f"Bearer {server.token(user)}"}, timeout=10
+    )
+    assert resp.status_code == 200
+    return resp.json()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_the_inbox_element_on_another_origin(page, live, site, transport, artifacts):  # noqa: F811
+    server = live(ALLOWED_ORIGINS=site.origin)
+    user = f"ivy-{transport}"
+    oldest = server.notify(user, "the oldest")
+    server.notify(user, "older")
+    action = {"label": "Open the report", "url": "https://example.com/report/7"}
+    resp = server.post(
+        "/api/notifications",
+        {"user_id": user, "title": "Report", "message": "ready", "priority": "high", "actions": [action]},
+    )
+    assert resp.status_code == 201
+    site.fill = {"service": server.url, "token": server.token(user), "transport": transport}
+    page.goto(site.origin + "/")
+    badge = shown(page, ".badge")
+    badge.wait_for()
+    page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'open'")
+    assert badge.text_content() == "3"  # the counts of the whole inbox, not of the page shown
+
+    live_one = server.notify(user, "arrived live")
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 3")
+    assert badge.text_content() == "4"
+    assert shown(page, ".bell").get_attribute("aria-label") == "Notifications, 4 new"
+
+    shown(page, ".bell").focus()
+    page.keyboard.press("Enter")  # a button: the keyboard opens it
+    assert shown(page, ".bell").get_attribute("aria-expanded") == "true"
+    page.wait_for_function(
+        "() => document.querySelector('notify-inbox').shadowRoot.querySelector('.badge').hidden"
+    )
+    assert counts(server, user)["unseen"] == 0
+    messages = shown(page, "li .message").all_text_contents()
+    assert messages == ["arrived live", "ready", "older"], "the newest page of 2, live ones on top"
+    assert shown(page, "li.high .title").text_content() == "Report"
+    link = shown(page, ".actions a")
+    assert link.get_attribute("href") == action["url"] and link.get_attribute("rel") == "noopener noreferrer"
+    assert "rgb(1, 2, 3)" in link.evaluate("a => getComputedStyle(a).color")
+
+    shown(page, ".more").click()
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 4")
+    assert shown(page, "li .message").all_text_contents()[-1] == oldest["message"]
+    assert shown(page, ".more").is_hidden()
+
+    shown(page, f'li[data-id="{live_one["id"]}"] button[data-change="read"]').click()
+    page.locator(f'notify-inbox li.read[data-id="{live_one["id"]}"]').wait_for()
+    assert counts(server, user)["unread"] == 3
+    page.screenshot(path=str(artifacts / f"notify-inbox-{transport}.png"))
+
+    for left in range(3, -1, -1):  # each archive re-renders the list: always the first one
+        shown(page, 'li button[data-change="archive"]').first.click()
+        page.wait_for_function(f"() => document.querySelector('notify-inbox').items.length === {left}")
+    shown(page, ".empty").wait_for()
+    assert counts(server, user)["total"] == 0
+
+    page.keyboard.press("Escape")
+    assert (
+        shown(page, ".panel").is_hidden() and shown(page, ".bell").get_attribute("aria-expanded") == "false"
+    )
+
+    page.allow_console_errors(r"net::ERR_", r"WebSocket connection to .* failed")  # the kill below
+    server.kill()  # the service goes away: the element says so instead of going blank
+    page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'reconnecting'")
+    shown(page, ".bell").click()
+    assert "Offline" in shown(page, ".status").text_content()
