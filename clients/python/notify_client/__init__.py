@@ -31,6 +31,11 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 MAX_RETRY_AFTER = 60.0
 
 
+class Action(TypedDict):
+    label: str
+    url: str  # http(s) with a host, or a path from the root
+
+
 class Notification(TypedDict):
     id: str
     seq: int | None
@@ -41,6 +46,20 @@ class Notification(TypedDict):
     data: dict[str, Any]
     created_at: str
     read: bool
+    seen: bool
+    archived: bool
+    priority: str
+    actions: list[Action]
+
+
+CHANGES = ("read", "seen", "unread", "archive", "unarchive")
+
+
+@dataclass(frozen=True)
+class Counts:
+    unseen: int
+    unread: int
+    total: int
 
 
 @dataclass(frozen=True)
@@ -100,9 +119,11 @@ class NotifyClient:
         title: str = "",
         category: str = "",
         data: dict[str, Any] | None = None,
+        priority: str | None = None,
+        actions: list[Action] | None = None,
         idempotency_key: str | None = None,
     ) -> Notification:
-        body = _payload(message, title, category, data, user_id=user_id)
+        body = _payload(message, title, category, data, priority, actions, user_id=user_id)
         return self._send(body, idempotency_key)
 
     def send_many(
@@ -113,9 +134,11 @@ class NotifyClient:
         title: str = "",
         category: str = "",
         data: dict[str, Any] | None = None,
+        priority: str | None = None,
+        actions: list[Action] | None = None,
         idempotency_key: str | None = None,
     ) -> list[Notification]:
-        body = _payload(message, title, category, data, user_ids=list(user_ids))
+        body = _payload(message, title, category, data, priority, actions, user_ids=list(user_ids))
         return self._send(body, idempotency_key)["notifications"]
 
     def _send(self, body: dict[str, Any], idempotency_key: str | None) -> Any:
@@ -131,23 +154,54 @@ class NotifyClient:
         return Token(data["token"], data["user_id"], data["expires_at"])
 
     def history(
-        self, user_id: str, limit: int = 50, before: str | None = None, unread: bool = False
+        self,
+        user_id: str,
+        limit: int = 50,
+        before: str | None = None,
+        unread: bool = False,
+        state: str | None = None,
+        category: str | None = None,
     ) -> HistoryPage:
+        """A page of the user's inbox, newest first; ``state``: unread, read or archived."""
         params: dict[str, Any] = {"limit": limit}
         if before:
             params["before"] = before
         if unread:
             params["unread"] = "true"
+        if state:
+            params["state"] = state
+        if category is not None:
+            params["category"] = category
         data = self._call("GET", f"/api/users/{_path(user_id)}/notifications", params=params)
         return HistoryPage(data["notifications"], data["next"])
 
     def unread_count(self, user_id: str) -> int:
         return int(self._call("GET", f"/api/users/{_path(user_id)}/unread-count")["unread"])
 
+    def counts(self, user_id: str) -> Counts:
+        data = self._call("GET", f"/api/users/{_path(user_id)}/counts")
+        return Counts(int(data["unseen"]), int(data["unread"]), int(data["total"]))
+
+    def change(self, user_id: str, change: str, ids: Iterable[str] | None = None) -> int:
+        """Apply one inbox change (read, seen, unread, archive, unarchive) to ``ids``, or to
+        every notification of the user when ``ids`` is None; how many changed."""
+        if change not in CHANGES:
+            raise ValueError(f"change must be one of {', '.join(CHANGES)}")
+        body = {"all": True} if ids is None else {"ids": list(ids)}
+        return int(self._call("POST", f"/api/users/{_path(user_id)}/{change}", json=body)["updated"])
+
     def mark_read(self, user_id: str, ids: Iterable[str] | None = None) -> int:
         """Mark ``ids`` read, or every notification of the user when ``ids`` is None."""
-        body = {"all": True} if ids is None else {"ids": list(ids)}
-        return int(self._call("POST", f"/api/users/{_path(user_id)}/read", json=body)["updated"])
+        return self.change(user_id, "read", ids)
+
+    def delete(self, user_id: str, notification_id: str) -> None:
+        """Delete one notification from the user's inbox (kept for its trace until retention)."""
+        self._call("DELETE", f"/api/users/{_path(user_id)}/notifications/{_path(notification_id)}")
+
+    def trace(self, notification_id: str) -> dict[str, Any]:
+        """The notification with its ``delivery`` record: stored, published, each connection
+        it was written to, received, seen, read, archived (``None`` where it did not happen)."""
+        return self._call("GET", f"/api/notifications/{_path(notification_id)}")
 
     # -- plumbing ------------------------------------------------------------------------
     def _call(self, method: str, path: str, **kwargs: Any) -> Any:
@@ -188,9 +242,19 @@ class NotifyClient:
 
 
 def _payload(
-    message: str, title: str, category: str, data: dict[str, Any] | None, **who: Any
+    message: str,
+    title: str,
+    category: str,
+    data: dict[str, Any] | None,
+    priority: str | None,
+    actions: list[Action] | None,
+    **who: Any,
 ) -> dict[str, Any]:
     body: dict[str, Any] = {**who, "message": message}
+    if priority:
+        body["priority"] = priority
+    if actions:
+        body["actions"] = list(actions)
     if title:
         body["title"] = title
     if category:

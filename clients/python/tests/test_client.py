@@ -7,7 +7,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 from gevent.pywsgi import WSGIServer
-from notify_client import NotifyClient, NotifyError
+from notify_client import Counts, NotifyClient, NotifyError
 
 from tests.test_ratelimit import _not_near_window_end
 from tools.devservers import find_free_port
@@ -99,6 +99,32 @@ def test_send_history_unread_mark_read_and_tokens(server):
         bearer = {"Authorization": f"Bearer {token.token}"}
         mine = requests.get(server.url + "/api/me/unread-count", headers=bearer, timeout=5)
         assert mine.json() == {"user_id": "cl-user", "unread": 0}
+
+
+def test_inbox_states_counts_delete_and_trace(server):
+    with _client(server.url, server.stack.api_key) as notify:
+        action = {"label": "Open", "url": "/runs/7"}
+        first = notify.send("cl-ibx", "one", priority="high", actions=[action], category="jobs")
+        second = notify.send("cl-ibx", "two")
+        assert first["priority"] == "high" and first["actions"] == [action]
+        assert notify.counts("cl-ibx") == Counts(unseen=2, unread=2, total=2)
+        assert notify.change("cl-ibx", "seen") == 2
+        assert notify.change("cl-ibx", "archive", [second["id"]]) == 1
+        assert notify.counts("cl-ibx") == Counts(unseen=0, unread=1, total=1)
+        archived = notify.history("cl-ibx", state="archived").notifications
+        assert [n["id"] for n in archived] == [second["id"]]
+        assert [n["id"] for n in notify.history("cl-ibx", category="jobs").notifications] == [first["id"]]
+        assert notify.change("cl-ibx", "unarchive", [second["id"]]) == 1
+        notify.delete("cl-ibx", second["id"])
+        assert notify.counts("cl-ibx").total == 1
+        with pytest.raises(NotifyError) as err:
+            notify.delete("cl-ibx", second["id"])  # already gone from the inbox
+        assert err.value.status == 404
+        with pytest.raises(ValueError):
+            notify.change("cl-ibx", "explode")
+        traced = notify.trace(first["id"])
+        assert traced["id"] == first["id"] and traced["delivery"]["stored_at"]
+        assert traced["delivery"]["seen_at"] and traced["delivery"]["read_at"] is None
 
 
 def test_client_errors_are_typed_and_not_retried(server):
