@@ -11,7 +11,8 @@ route, so whatever the near host sends there vanishes without an error, as when 
 is pulled at the other end, and TCP connections carry on once ``Link.heal`` brings it
 back. Needs root and ``ip`` (Debian's iproute2). ``Network.close`` removes everything
 it created, also after a failed set-up, and ends the processes still running in its
-namespaces.
+namespaces; the names carry the creating process's pid, so a network whose process was
+killed before it could close it is removed by the next one made (``sweep``).
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ class Link:
 class Network:
     """A bridge in the root namespace, hosts on it and links between them."""
 
-    tag: str = field(default_factory=lambda: secrets.token_hex(3))
+    tag: str = field(default_factory=lambda: f"{os.getpid():06x}{secrets.token_hex(1)}")
     subnet: str = ""
     hosts: list[Host] = field(default_factory=list)
     links: list[Link] = field(default_factory=list)
@@ -104,6 +105,7 @@ class Network:
         return f"{self.subnet}.1"
 
     def __enter__(self) -> Self:
+        sweep()
         try:
             self.subnet = _free_subnet()
             ip("link", "add", self.bridge, "type", "bridge")
@@ -151,21 +153,55 @@ class Network:
     def close(self) -> None:
         """End what still runs in the namespaces, then remove them and the bridge."""
         for host in self.hosts:
-            with contextlib.suppress(RuntimeError):
-                for pid in ip("netns", "pids", host.name).split():
-                    with contextlib.suppress(ProcessLookupError):
-                        os.kill(int(pid), signal.SIGKILL)
+            _end_processes(host.name)
         for index, host in enumerate(self.hosts, start=2):
             # The pair by name first: a namespace's devices outlive its name until
             # the kernel frees the namespace, and that can wait.
-            with contextlib.suppress(RuntimeError):
-                ip("link", "del", f"{self.bridge}h{index}")
-            with contextlib.suppress(RuntimeError):
-                ip("netns", "del", host.name)
+            _remove("link", f"{self.bridge}h{index}")
+            _remove("netns", host.name)
         self.hosts.clear()
         self.links.clear()
-        with contextlib.suppress(RuntimeError):
-            ip("link", "del", self.bridge)
+        _remove("link", self.bridge)
+
+
+# What a network names: its namespaces nfy-<host>-<tag>, its bridge nfy<tag> and the
+# bridge's veths nfy<tag>h<n>; a tag starts with its owner's pid in 6 hex digits.
+OWNED = re.compile(r"nfy(?:-[a-z0-9]+-)?([0-9a-f]{6})[0-9a-f]{2}(?:h[0-9]+)?")
+
+
+def sweep() -> None:
+    """Remove what networks of processes that died before closing them left behind."""
+    namespaces = [line.split()[0] for line in ip("netns", "list").splitlines() if line.strip()]
+    devices = [line.split(": ")[1].split("@")[0] for line in ip("-o", "link", "show").splitlines()]
+    for kind, names in (("netns", namespaces), ("link", devices)):
+        for name in names:
+            owned = OWNED.fullmatch(name)
+            if owned and not _alive(int(owned[1], 16)):
+                if kind == "netns":
+                    _end_processes(name)
+                _remove(kind, name)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass
+    return True
+
+
+def _end_processes(namespace: str) -> None:
+    with contextlib.suppress(RuntimeError):
+        for pid in ip("netns", "pids", namespace).split():
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(pid), signal.SIGKILL)
+
+
+def _remove(kind: str, name: str) -> None:
+    with contextlib.suppress(RuntimeError):  # gone already (a veth goes with its peer)
+        ip(kind, "del", name)
 
 
 def _free_subnet() -> str:
