@@ -33,12 +33,14 @@ STAMP = VENV / ".requirements.sha256"
 # Dev server data and credentials; DEV_DATA_DIR moves them (the tests use a temp dir).
 DEVDATA = Path(os.environ.get("DEV_DATA_DIR") or ROOT / ".devdata")
 CHROMIUM = Path("/usr/bin/chromium")
-# Debian packages the tests drive: the browser tests, the nginx deploy-recipe test and
-# Redis 7 (primaries, replicas and Sentinels for the failover tests).
+# Debian packages the tests drive: the browser tests, the nginx deploy-recipe test,
+# Redis 7 (primaries, replicas and Sentinels for the failover tests) and `ip` (network
+# namespaces for the test across hosts, tools/netns.py).
 TEST_PACKAGES = {
     "chromium": CHROMIUM.exists,
     "nginx-light": lambda: bool(shutil.which("nginx") or Path("/usr/sbin/nginx").exists()),
     "redis-server": lambda: bool(shutil.which("redis-server") or Path("/usr/bin/redis-server").exists()),
+    "iproute2": lambda: bool(shutil.which("ip") or Path("/usr/sbin/ip").exists()),
 }
 
 

@@ -103,8 +103,15 @@ def live(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     """Start gunicorn instances of the real app (``wsgi:app``) against this test's stack."""
     servers: list[LiveServer] = []
 
-    def factory(workers: int = 1, on: Stack | None = None, **env: Any) -> LiveServer:
-        server = LiveServer(on or stack, tmp_path / f"gunicorn-{len(servers)}.log", workers, env)
+    def factory(
+        workers: int = 1,
+        on: Stack | None = None,
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+        **env: Any,
+    ) -> LiveServer:
+        log = tmp_path / f"gunicorn-{len(servers)}.log"
+        server = LiveServer(on or stack, log, workers, env, host, prefix)
         servers.append(server)
         return server.start()
 

@@ -76,15 +76,28 @@ class Stack:
 
 
 class LiveServer:
-    """``gunicorn -c gunicorn.conf.py wsgi:app`` as a child process."""
+    """``gunicorn -c gunicorn.conf.py wsgi:app`` as a child process.
 
-    def __init__(self, stack: Stack, log_path: Path, workers: int, env: dict[str, Any]) -> None:
+    ``host``: the address it listens on; ``prefix``: what runs it (``ip netns exec NS``
+    for an instance in a network namespace of its own, tools/netns.py)."""
+
+    def __init__(
+        self,
+        stack: Stack,
+        log_path: Path,
+        workers: int,
+        env: dict[str, Any],
+        host: str = "127.0.0.1",
+        prefix: tuple[str, ...] = (),
+    ) -> None:
         self.stack = stack
         self.log_path = log_path
         self.workers = workers
         self.extra_env = {k: str(v) for k, v in env.items()}
+        self.host = host
+        self.prefix = prefix
         self.port = find_free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"http://{host}:{self.port}"
         self.process: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30) -> LiveServer:
@@ -92,11 +105,11 @@ class LiveServer:
         # a master that exits, and teardown kills.
         metrics = self.log_path.parent / f"metrics-{self.port}"
         env = {**os.environ, **self.stack.env(), "PROMETHEUS_MULTIPROC_DIR": str(metrics), **self.extra_env}
-        env.update(PORT=str(self.port), HOST="127.0.0.1", WEB_CONCURRENCY=str(self.workers))
+        env.update(PORT=str(self.port), HOST=self.host, WEB_CONCURRENCY=str(self.workers))
         env.setdefault("PUBLIC_URL", self.url)  # browsers on this origin may open streams
         self._log = open(self.log_path, "ab")  # noqa: SIM115 - closed in stop() or kill()
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
+            [*self.prefix, sys.executable, "-m", "gunicorn", "-c", "gunicorn.conf.py", "wsgi:app"],
             cwd=ROOT,
             env=env,
             stdout=self._log,

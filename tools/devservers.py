@@ -11,6 +11,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import ctypes
+import errno
 import importlib.util
 import os
 import random
@@ -59,8 +60,9 @@ def port_in_use(port: int, host: str = "127.0.0.1") -> bool:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             sock.bind((host, port))
-        except OSError:
-            return True
+        except OSError as exc:
+            # An address of another network namespace: only the connect above can tell.
+            return exc.errno != errno.EADDRNOTAVAIL
     return False
 
 
@@ -254,20 +256,28 @@ def redis_server(
     data_dir: Path | None = None,
     replica_of: int | None = None,
     extra: tuple[str, ...] = (),
+    bind: tuple[str, ...] = ("127.0.0.1",),
+    prefix: tuple[str, ...] = (),
 ) -> ManagedServer:
     """A Redis without persistence (not started): a restart comes back empty.
 
     ``replica_of``: the port of a primary on 127.0.0.1 to replicate; ``extra``: more
-    ``--name value`` arguments (``--min-replicas-to-write``, ...)."""
+    ``--name value`` arguments (``--min-replicas-to-write``, ...); ``bind``: its
+    addresses, the first one pinged and in its URL (protected mode, which refuses other
+    clients than loopback ones, is off when it listens elsewhere); ``prefix``: what runs
+    it (``ip netns exec NS``)."""
     port = port or find_free_port()
     if port == SYSTEM_REDIS_PORT:
         raise ValueError(f"refusing port {port}: that is the system Redis")
     data = _data_dir(data_dir, "redis-")
     log = data / "redis.log"
+    elsewhere = any(address != "127.0.0.1" for address in bind)
     argv = [
+        *prefix,
         redis_server_binary(),
         "--port", str(port),
-        "--bind", "127.0.0.1",
+        "--bind", *bind,
+        *(("--protected-mode", "no") if elsewhere else ()),
         "--save", "",
         "--appendonly", "no",
         "--daemonize", "no",
@@ -276,7 +286,8 @@ def redis_server(
         *(("--replicaof", "127.0.0.1", str(replica_of)) if replica_of else ()),
         *extra,
     ]  # fmt: skip
-    return ManagedServer("redis", port, f"redis://127.0.0.1:{port}/0", data, argv, log, _redis_ping)
+    url = f"redis://{bind[0]}:{port}/0"
+    return ManagedServer("redis", port, url, data, argv, log, _redis_ping, host=bind[0])
 
 
 def sentinel_server(
@@ -304,9 +315,11 @@ def sentinel_server(
     return ManagedServer("sentinel", port, f"redis://127.0.0.1:{port}", data, argv, log, _redis_ping)
 
 
-def mongo_server(port: int | None = None, data_dir: Path | None = None) -> ManagedServer:
-    """A SecantusDB in standalone mode (not started); data survives restarts."""
-    port = port or find_free_port()
+def mongo_server(
+    port: int | None = None, data_dir: Path | None = None, host: str = "127.0.0.1"
+) -> ManagedServer:
+    """A SecantusDB in standalone mode (not started) listening on ``host``; data survives restarts."""
+    port = port or find_free_port(host)
     data = _data_dir(data_dir, "secantus-")
     data.mkdir(parents=True, exist_ok=True)
     # An explicit (empty) --config turns off auto-discovery of ./secantusd.toml,
@@ -318,13 +331,13 @@ def mongo_server(port: int | None = None, data_dir: Path | None = None) -> Manag
         sys.executable, "-m", "secantus",
         "--standalone",
         "--config", str(config),
-        "--host", "127.0.0.1",
+        "--host", host,
         "--port", str(port),
         "--storage-path", str(data),
         "--log-level", "INFO",
     ]  # fmt: skip
     log = data / "secantus.log"
-    return ManagedServer("mongo", port, f"mongodb://127.0.0.1:{port}/", data, argv, log, _mongo_ping)
+    return ManagedServer("mongo", port, f"mongodb://{host}:{port}/", data, argv, log, _mongo_ping, host=host)
 
 
 @atexit.register
