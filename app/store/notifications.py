@@ -3,7 +3,7 @@
 Views call this; they never touch MongoDB or Redis themselves.
 
 Caching uses versioned keys to make the stale-set race impossible: every change for a
-user bumps ``ver:<user>`` (atomically with the publish), and a reader reads the version
+user bumps ``ver:{<user>}`` (atomically with the publish), and a reader reads the version
 *before* reading MongoDB and writes its result under that version. A reader that raced
 with a writer can only fill a key nobody will read again.
 """
@@ -63,11 +63,14 @@ class NotificationService:
         self.publisher = Publisher(config, redis_client)
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
+        # sharded pub/sub on a cluster: a message goes to the node of its channel's slot only
+        self.publish_command = "SPUBLISH" if config.REDIS_MODE == "cluster" else "PUBLISH"
         self._key_index_ready = False
 
-    # Pub/sub channels (the publish script, app/store/lua.py, names them the same way).
-    # A user's channel carries the user's id as a hash tag, so that on Redis Cluster it
-    # lands in one slot with that user's keys once they carry it too.
+    # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
+    # way). A user's keys and channel carry the user's id as a hash tag, so that on Redis
+    # Cluster they share one slot and each of the user's scripts runs on one node; the
+    # global ones (recent list, stats, feed channel) share the tag ``{all}``.
     def user_channel(self, user_id: str) -> str:
         """Every event of one user: subscribed by the workers that hold a stream of theirs."""
         return f"{self.prefix}u:{{{user_id}}}"
@@ -75,14 +78,15 @@ class NotificationService:
     @property
     def feed_channel(self) -> str:
         """Every new notification: subscribed only while staff watch the dashboard overview."""
-        return self.prefix + "events"
+        return self.key("events")
 
     def probe_channel(self, hub_id: str) -> str:
         """One worker's loop-back probe: the channel its subscriber connection opens with."""
         return f"{self.prefix}probe:{hub_id}"
 
     def key(self, kind: str, user_id: str = "") -> str:
-        return f"{self.prefix}{kind}:{user_id}" if user_id else f"{self.prefix}{kind}"
+        """A user's key (``<kind>:{<user>}``), or with no user a global one (``{all}:<kind>``)."""
+        return f"{self.prefix}{kind}:{{{user_id}}}" if user_id else f"{self.prefix}{{all}}:{kind}"
 
     # -- create ----------------------------------------------------------------------
     def create(
@@ -229,7 +233,7 @@ class NotificationService:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.incr(self.key("ver", user_id))
                 pipe.expire(self.key("ver", user_id), 86400)
-                pipe.publish(self.user_channel(user_id), event.to_wire())
+                pipe.execute_command(self.publish_command, self.user_channel(user_id), event.to_wire())
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("read-state publish failed: %s", exc)

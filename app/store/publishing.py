@@ -41,10 +41,10 @@ from gevent.queue import Queue
 from app.config import Config
 from app.extensions import RedisBudget
 from app.ops import metrics
-from app.store import lua
 from app.store.inserting import StoreUnavailable, insert_isolated
 from app.store.outbox import Outbox
 from app.store.serialization import public_json
+from app.store.sharded import publish_runner
 
 log = logging.getLogger(__name__)
 
@@ -88,7 +88,7 @@ class Publisher:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self._last_proposed = 0
-        self._script = lua.LeanScript(redis_client, lua.PUBLISH)
+        self._script = publish_runner(redis_client, config.REDIS_MODE == "cluster")
         self._jobs: Queue = Queue()
         self._stored: Queue = Queue()  # _Batch, in insert order
         self._unpublished = 0  # documents in self._stored or being published
@@ -228,7 +228,7 @@ class Publisher:
         """
         if not docs:
             return True
-        args: list[Any] = [
+        head: list[Any] = [
             self.prefix,
             self.config.RECENT_LIMIT,
             self.config.REPLAY_BUFFER_SIZE,
@@ -236,14 +236,13 @@ class Publisher:
             int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000),
             MAX_CLOCK_AHEAD_US,
         ]
+        notes = []
         for doc in docs:
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
-            args.append(doc["user_id"])
-            args.append("" if doc.get("seq") is None else doc["seq"])
-            args.append(orjson.dumps(body))
+            notes.append((doc["user_id"], "" if doc.get("seq") is None else doc["seq"], orjson.dumps(body)))
         try:
-            seqs = self._script(args)
+            seqs = self._script(head, notes)
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)
