@@ -1,6 +1,6 @@
 """REDIS_MODE=cluster against a real local Redis Cluster: 3 masters, 3 replicas.
 
-One cluster per test module (``tools/cluster_group.py``); each test has its own key
+One cluster per test session (``redis_cluster`` in tests/conftest.py); each test has its own key
 prefix and database. Keys of one user share the user's hash tag, so every publish script
 runs on one node; a bulk POST to users on every node is published with one pipeline per
 node, and the global keys (recent list, stats) live in the slot of ``{all}``.
@@ -8,7 +8,7 @@ node, and the global keys (recent list, stats) live in the slot of ``{all}``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import pytest
 import redis
@@ -21,10 +21,9 @@ from tools.cluster_group import ClusterGroup
 pytestmark = pytest.mark.slow
 
 
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[ClusterGroup]:
-    with ClusterGroup() as started:
-        yield started
+@pytest.fixture
+def cluster(redis_cluster: ClusterGroup) -> ClusterGroup:
+    return redis_cluster
 
 
 @pytest.fixture

@@ -67,7 +67,8 @@ class LeanScript:
 # list, cache version, the user's channel) touches only keys tagged ``{<user>}``; the
 # global part (recent list, stats, feed channel) only keys tagged ``{all}``. A standalone
 # Redis runs both in one PUBLISH call; on a cluster (``global`` 0) each slot's users are
-# one PUBLISH call on their node, with SPUBLISH, and the global part is one GLOBAL call.
+# one PUBLISH call on their node, and the global part is one GLOBAL call. (PUBLISH on a
+# cluster reaches every node's subscribers; the publish command is an argument.)
 _GLOBAL_PART = r"""
 local function publish_global(prefix, recent_limit, pubcmd, sec, wires)
   local recent = prefix .. '{all}:recent'

@@ -63,8 +63,6 @@ class NotificationService:
         self.publisher = Publisher(config, redis_client)
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
-        # sharded pub/sub on a cluster: a message goes to the node of its channel's slot only
-        self.publish_command = "SPUBLISH" if config.REDIS_MODE == "cluster" else "PUBLISH"
         self._key_index_ready = False
 
     # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
@@ -233,7 +231,8 @@ class NotificationService:
                 pipe = self.redis.pipeline(transaction=False)
                 pipe.incr(self.key("ver", user_id))
                 pipe.expire(self.key("ver", user_id), 86400)
-                pipe.execute_command(self.publish_command, self.user_channel(user_id), event.to_wire())
+                # execute_command: redis-py's cluster pipeline refuses .publish()
+                pipe.execute_command("PUBLISH", self.user_channel(user_id), event.to_wire())
                 pipe.execute()
             except redis.RedisError as exc:
                 log.warning("read-state publish failed: %s", exc)

@@ -18,7 +18,10 @@ new primary. A connection still open to the old one finds out on its next comman
 (comma-separated). It learns the slot map from them, sends each command to the master of
 its key's slot, and on ``MOVED`` (a slot moved, a master replaced by its replica) or
 ``ASK`` (a slot being migrated) refreshes the map and sends the command again. Each node
-gets its own capped pool of command connections.
+gets its own capped pool of command connections. A PUBLISH on a cluster reaches the
+subscribers of every node, so the hub's one subscriber connection goes to any node that
+answers: the seeds in turn, the next one after each reconnect (a node that died, a
+master replaced by its replica, leaves the hub for the next seed, and the hub replays).
 
 Both kinds of client come from here: the worker's capped command pool
 (``app/extensions.py``) and the hub's subscriber connection (``app/delivery/hub.py``).
@@ -73,6 +76,7 @@ class RedisConnector:
         self.config = config
         self.mode = config.REDIS_MODE
         self.sentinel: Sentinel | None = None
+        self._next_seed = 0  # cluster mode: the seed the next subscriber connection goes to
         if self.mode == "sentinel":
             self.sentinel = Sentinel(
                 config.sentinel_addresses(),
@@ -110,6 +114,11 @@ class RedisConnector:
 
     def subscriber(self, **options: Any) -> redis.Redis:
         """A client of its own for one subscriber connection, made on its first use."""
+        if self.mode == "cluster":
+            seeds = self.config.cluster_seeds()
+            host, port = seeds[self._next_seed % len(seeds)]
+            self._next_seed += 1
+            return redis.Redis(host=host, port=port, password=self.config.REDIS_PASSWORD or None, **options)
         if self.sentinel is None:
             return redis.Redis.from_url(self.config.REDIS_URL, **options)
         return self._primary(SentinelConnectionPool, options)

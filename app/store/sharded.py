@@ -12,15 +12,18 @@ cluster client, which refreshes its slot map and sends the call again.
 from __future__ import annotations
 
 import hashlib
+import logging
 from collections import defaultdict
 from collections.abc import Callable
 from typing import Any
 
 import redis
 from redis.crc import key_slot
-from redis.exceptions import NoScriptError
+from redis.exceptions import NoScriptError, RedisClusterException
 
 from app.store import lua
+
+log = logging.getLogger(__name__)
 
 HEAD = 6  # prefix, recent limit, replay size, replay TTL, max age, max ahead
 Run = Callable[[list[Any], list[tuple[Any, Any, Any]]], list[Any]]
@@ -54,14 +57,17 @@ class SlotPublish:
         calls = []
         for indexes in by_slot.values():
             key = f"{prefix}seq:{{{notes[indexes[0]][0]}}}"
-            args = [*head, "SPUBLISH", "0", *(v for i in indexes for v in notes[i])]
+            args = [*head, "PUBLISH", "0", *(v for i in indexes for v in notes[i])]
             calls.append((lua.PUBLISH, key, args))
         seqs: list[Any] = [None] * len(notes)
         wires: list[Any] = [None] * len(notes)
         for indexes, (slot_seqs, slot_wires) in zip(by_slot.values(), self._pipelined(calls), strict=True):
             for i, seq, wire in zip(indexes, slot_seqs, slot_wires, strict=True):
                 seqs[i], wires[i] = seq, wire
-        self._pipelined([(lua.GLOBAL, f"{prefix}{{all}}:recent", [prefix, head[1], "SPUBLISH", *wires])])
+        try:  # the users' part is published: failing now would have the relay publish it twice
+            self._pipelined([(lua.GLOBAL, f"{prefix}{{all}}:recent", [prefix, head[1], "PUBLISH", *wires])])
+        except (redis.RedisError, RedisClusterException) as exc:
+            log.warning("recent list, stats and feed not updated for %d notifications: %s", len(wires), exc)
         return seqs
 
     def _pipelined(self, calls: list[tuple[str, str, list[Any]]]) -> list[Any]:
