@@ -17,7 +17,7 @@ from urllib.parse import urlsplit
 ROOT = Path(__file__).resolve().parent.parent
 DEV_SECRET_KEY = "dev-secret-key-change-me"
 DEV_API_KEY = "dev-api-key"
-REDIS_MODES = ("standalone", "sentinel")
+REDIS_MODES = ("standalone", "sentinel", "cluster")
 _ORIGIN = re.compile(r"https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?|https?://\[[0-9A-Fa-f:.]+\](:[0-9]{1,5})?")
 
 
@@ -35,7 +35,7 @@ class Config:
     PORT: int = 8000
     MONGO_URI: str = "mongodb://127.0.0.1:27030/notifications"
     REDIS_URL: str = "redis://127.0.0.1:6390/0"
-    REDIS_MODE: str = "standalone"  # or "sentinel" (app/store/redis_connect.py)
+    REDIS_MODE: str = "standalone"  # or "sentinel", "cluster" (app/store/redis_connect.py)
     REDIS_SENTINELS: tuple[str, ...] = ()  # host:port of each Sentinel (sentinel mode)
     REDIS_SENTINEL_MASTER: str = ""  # the name Sentinel monitors the primary under
     REDIS_PASSWORD: str = ""  # the primary's and replicas' (sentinel mode; standalone: in REDIS_URL)
@@ -182,6 +182,8 @@ class Config:
     def _validate_redis_mode(self) -> None:
         if self.REDIS_MODE not in REDIS_MODES:
             raise ConfigError(f"REDIS_MODE={self.REDIS_MODE!r}: must be one of " + ", ".join(REDIS_MODES))
+        if self.REDIS_MODE == "cluster":
+            self.cluster_seeds()
         if self.REDIS_MODE != "sentinel":
             return
         if not self.REDIS_SENTINELS:
@@ -200,6 +202,20 @@ class Config:
                 raise ConfigError(f"REDIS_SENTINELS: {entry!r} is not host:port")
             addresses.append((host, int(port)))
         return addresses
+
+    def cluster_seeds(self) -> list[tuple[str, int]]:
+        """``REDIS_URL`` in cluster mode: comma-separated ``redis://host:port`` seed nodes."""
+        seeds = []
+        for entry in self.REDIS_URL.split(","):
+            url = urlsplit(entry.strip())
+            try:
+                port = url.port
+            except ValueError:
+                port = None
+            if url.scheme not in ("redis", "rediss") or not url.hostname or port is None:
+                raise ConfigError(f"REDIS_URL: {entry.strip()!r} is not a redis://host:port seed node")
+            seeds.append((url.hostname, port))
+        return seeds
 
     def flask_settings(self) -> dict[str, Any]:
         """The subset Flask and its extensions read from ``app.config``."""

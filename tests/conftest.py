@@ -23,6 +23,7 @@ from flask.testing import FlaskClient  # noqa: E402
 from app import Config, create_app, stop_background  # noqa: E402
 from app.store.models import ensure_indexes  # noqa: E402
 from tests.support import ExternalServer, LiveServer, Stack  # noqa: E402
+from tools.cluster_group import ClusterGroup  # noqa: E402
 from tools.devservers import ManagedServer, mongo_server, redis_server  # noqa: E402
 
 API_KEY = "test-api-key"
@@ -118,6 +119,21 @@ def live(stack: Stack, tmp_path: Path) -> Iterator[Callable[..., LiveServer]]:
     yield factory
     for server in servers:
         server.kill()  # the test is over: nothing of a shutdown is checked, so nothing is waited for
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[ClusterGroup]:
+    """A local Redis Cluster (3 masters, 3 replicas), started by the first test that needs it."""
+    with ClusterGroup() as started:
+        yield started
+
+
+@pytest.fixture(params=["standalone", "cluster"])
+def redis_mode(request: pytest.FixtureRequest) -> dict[str, str]:
+    """The settings that put a ``live`` server on the session's Redis, or on the cluster."""
+    if request.param == "standalone":
+        return {}
+    return {"REDIS_MODE": "cluster", "REDIS_URL": request.getfixturevalue("redis_cluster").url}
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ def numsub(client: redis.Redis, channel: str) -> int:
 def test_the_feed_is_subscribed_only_while_staff_watch(make_app: Any, stack: Any) -> None:
     hub = make_app(UNSUBSCRIBE_LINGER_SECONDS=0).extensions["hub"]
     r = redis.Redis.from_url(stack.redis_url)
-    feed = f"{stack.prefix}events"
+    feed = f"{stack.prefix}{{all}}:events"
     first, second = hub.watch(), hub.watch()
     assert numsub(r, feed) == 1
     hub.unsubscribe(first)

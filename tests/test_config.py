@@ -74,7 +74,8 @@ SENTINEL = {"REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": "n"}
 @pytest.mark.parametrize(
     ("env", "named"),
     [
-        ({"REDIS_MODE": "cluster"}, "REDIS_MODE='cluster'"),
+        ({"REDIS_MODE": "replicated"}, "REDIS_MODE='replicated'"),
+        ({"REDIS_MODE": "cluster", "REDIS_URL": "redis://a:7000,b:7001"}, "REDIS_URL: 'b:7001' is not"),
         ({"REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": "notify"}, "REDIS_SENTINELS"),
         ({"REDIS_MODE": "sentinel", "REDIS_SENTINELS": "10.0.0.1:26379"}, "REDIS_SENTINEL_MASTER"),
         (
@@ -86,7 +87,14 @@ SENTINEL = {"REDIS_MODE": "sentinel", "REDIS_SENTINEL_MASTER": "n"}
             "REDIS_SENTINELS: '10.0.0.1:99999'",
         ),
     ],
-    ids=["unknown-mode", "no-sentinels", "no-master-name", "no-port", "port-out-of-range"],
+    ids=[
+        "unknown-mode",
+        "cluster-seed-not-a-url",
+        "no-sentinels",
+        "no-master-name",
+        "no-port",
+        "port-out-of-range",
+    ],
 )
 def test_a_bad_redis_mode_setting_is_refused_naming_the_variable(env: dict[str, str], named: str) -> None:
     with pytest.raises(ConfigError) as refused:

@@ -421,7 +421,7 @@ def test_overview_counts_every_worker_and_drops_a_killed_one(live: Callable[...,
         assert stats["online_users"] == 4
         t1 = time.monotonic()
         redis_client = redis.Redis.from_url(server.stack.redis_url)
-        prefix = server.stack.prefix + "presence:"
+        prefix = server.stack.prefix + "{all}:presence:"
         busy = [
             int(w.split(b":")[1])
             for w in redis_client.zrange(prefix + "workers", 0, -1)

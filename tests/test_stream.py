@@ -12,8 +12,8 @@ TRANSPORTS = [SSEClient, WSClient]
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS, ids=["sse", "ws"])
-def test_live_delivery_and_isolation(live, transport):
-    server = live(workers=2)
+def test_live_delivery_and_isolation(live, redis_mode, transport):
+    server = live(workers=2, **redis_mode)
     alice = transport(server.url, server.token("alice"))
     bob = transport(server.url, server.token("bob"))
     try:
@@ -84,8 +84,8 @@ def test_sse_field_injection_yields_one_event(live):
         client.close()
 
 
-def test_read_events_reach_every_tab(live):
-    server = live(workers=2)
+def test_read_events_reach_every_tab(live, redis_mode):
+    server = live(workers=2, **redis_mode)
     token = server.token("reader")
     sse, ws = SSEClient(server.url, token), WSClient(server.url, token)
     try:
@@ -136,8 +136,8 @@ def test_ws_origin_check(live):
 
 
 @pytest.mark.parametrize("transport", TRANSPORTS, ids=["sse", "ws"])
-def test_resume_gets_exactly_what_was_missed(live, transport):
-    server = live(workers=2)
+def test_resume_gets_exactly_what_was_missed(live, redis_mode, transport):
+    server = live(workers=2, **redis_mode)
     token = server.token("resumer")
     first = transport(server.url, token)
     for i in range(3):

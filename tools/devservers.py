@@ -348,3 +348,34 @@ def _stop_all() -> None:
     if os.environ.get("DEVSERVERS_KEEP_DATA") != "1":
         for temp in _temp_dirs:
             shutil.rmtree(temp, ignore_errors=True)
+
+
+class ServerGroup:
+    """Servers started and stopped together (a Sentinel group, a cluster); ``wait`` polls them."""
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self, timeout: float = 30) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
+        """Until ``done()`` is true (a Redis error counts as not yet), or ``TimeoutError``."""
+        import redis  # the dev servers themselves need no client
+
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                if done():
+                    return
+            except redis.RedisError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{what}: not within {timeout:.0f} s")
+            time.sleep(0.05)

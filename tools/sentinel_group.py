@@ -8,13 +8,11 @@ about as long as ``down_after_ms`` plus an election.
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
-from typing import Any, Self
+from typing import Any
 
 import redis
 
-from tools.devservers import ManagedServer, free_port_below, redis_server, sentinel_server
+from tools.devservers import ManagedServer, ServerGroup, free_port_below, redis_server, sentinel_server
 
 
 def _distinct_ports(count: int) -> list[int]:
@@ -26,7 +24,7 @@ def _distinct_ports(count: int) -> list[int]:
     return ports
 
 
-class SentinelGroup:
+class SentinelGroup(ServerGroup):
     def __init__(
         self,
         name: str = "notify",
@@ -43,12 +41,6 @@ class SentinelGroup:
         self.sentinels = [
             sentinel_server(primary, name, port, 2, down_after_ms, failover_timeout_ms) for port in watchers
         ]
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(self, *exc: object) -> None:
-        self.stop()
 
     @property
     def addresses(self) -> str:
@@ -106,18 +98,6 @@ class SentinelGroup:
             if not in_sync:
                 return False
         return True
-
-    def wait(self, done: Callable[[], bool], timeout: float, what: str) -> None:
-        deadline = time.monotonic() + timeout
-        while True:
-            try:
-                if done():
-                    return
-            except redis.RedisError:
-                pass
-            if time.monotonic() > deadline:
-                raise TimeoutError(f"{what}: not within {timeout:.0f} s")
-            time.sleep(0.05)
 
     # -- faults ----------------------------------------------------------------------
     def failover(self, timeout: float = 20) -> int:

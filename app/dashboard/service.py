@@ -1,7 +1,7 @@
 """What the dashboard shows, computed in one place: the views only render it.
 
 Notification rates come from per-second counters the publish script increments
-(``stats:<unix second>``, Redis server time, kept an hour); connections and online users
+(``{all}:stats:<unix second>``, Redis server time, kept an hour); connections and online users
 come from the per-worker presence snapshots (app/delivery/presence.py).
 """
 
@@ -71,7 +71,7 @@ class DashboardService:
     def rates(self) -> dict[str, Any]:
         """Per-second counts of the last hour, read with one MGET (Redis clock)."""
         sec, _ = self.redis.time()
-        keys = [f"{self.prefix}stats:{s}" for s in range(sec - HOUR + 1, sec + 1)]
+        keys = [f"{self.prefix}{{all}}:stats:{s}" for s in range(sec - HOUR + 1, sec + 1)]
         counts = [int(v) if v is not None else 0 for v in self.redis.mget(keys)]
         return {
             "now": sec,

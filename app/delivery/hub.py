@@ -39,6 +39,7 @@ import gevent
 import redis
 from gevent.event import Event as Wakeup
 from redis.backoff import NoBackoff
+from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from app.delivery.channels import Channels
@@ -252,7 +253,7 @@ class Hub:
                 self._send_probe()
                 backoff = 0.1
                 self._read_loop()
-            except (redis.RedisError, OSError, ValueError, AttributeError) as exc:
+            except (redis.RedisError, RedisClusterException, OSError, ValueError, AttributeError) as exc:
                 if not self._stopping:
                     metrics.redis_error("hub")
                     log.warning("hub %s: subscriber connection lost: %s", self.hub_id, exc)

@@ -40,7 +40,7 @@ class Presence:
     def __init__(self, config: Config, redis_client: redis.Redis, hub: Any) -> None:
         self.redis = redis_client
         self.hub = hub
-        self.prefix = config.KEY_PREFIX + "presence:"
+        self.prefix = config.KEY_PREFIX + "{all}:presence:"  # one slot on a cluster: one MULTI
         self.interval = max(float(config.PRESENCE_INTERVAL_SECONDS), 0.05)
         self.worker_id = f"{socket.gethostname()}:{os.getpid()}:{hub.hub_id}"
         self.staff: dict[str, set[Any]] = {}  # user id -> staff subscriptions

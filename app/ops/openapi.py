@@ -219,7 +219,7 @@ SCHEMAS: dict[str, Any] = {
             "status": {"enum": ["ok", "unavailable"]},
             "checks": {"type": "object", "additionalProperties": {"enum": ["ok", "down"]}},
             "error": {"type": "object"},
-            "redis_mode": {"enum": ["standalone", "sentinel"], "description": "REDIS_MODE"},
+            "redis_mode": {"enum": ["standalone", "sentinel", "cluster"], "description": "REDIS_MODE"},
             "redis_primary": {
                 "type": "string",
                 "description": "sentinel mode: host:port of the primary this worker's commands go to",

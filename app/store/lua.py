@@ -64,15 +64,40 @@ class LeanScript:
 # the workers holding a stream of that user subscribe to) and on the feed channel (the
 # dashboard overview, which shows new notifications only, so state events skip it;
 # without a subscriber a PUBLISH costs Redis a dictionary lookup and sends nothing). One
-# PUBLISH per user, never one message for many: on Redis Cluster the user's publish can
-# become an SPUBLISH in the slot of the user's keys.
+# message per user, never one for many. A user's part (cursor, replay
+# list, cache version, the user's channel) touches only keys tagged ``{<user>}``; the
+# global part (recent list, stats, feed channel) only keys tagged ``{all}``. A standalone
+# Redis runs both in one PUBLISH call; on a cluster (``global`` 0) each slot's users are
+# one PUBLISH call on their node, and the global part is one GLOBAL call. (PUBLISH on a
+# cluster reaches every node's subscribers; the publish command is an argument.)
+_GLOBAL_PART = r"""
+local function publish_global(prefix, recent_limit, pubcmd, sec, wires)
+  local recent = prefix .. '{all}:recent'
+  local feed = prefix .. '{all}:events'
+  for _, wire in ipairs(wires) do
+    redis.call(pubcmd, feed, wire)
+    local json = string.match(wire, '^n\t[^\t]*\t[^\t]*\t(.*)$')
+    redis.call('LPUSH', recent, json)
+  end
+  redis.call('LTRIM', recent, 0, recent_limit - 1)
+  local skey = prefix .. '{all}:stats:' .. sec
+  redis.call('INCRBY', skey, #wires)
+  redis.call('EXPIRE', skey, 3700)
+end
+"""
+
 # ARGV: prefix, recent limit, replay buffer size, replay buffer TTL, oldest acceptable
 # age (µs), furthest acceptable future (µs), the events' kind ('n' notifications, 's' an
-# inbox state change: on the same channel, cursors and replay list, not in the recent list
-# or the per-second counts), then (user id, proposed cursor or '', JSON without seq) per
-# event. Returns the cursors published, in order.
-PUBLISH = r"""
+# inbox state change: on the same channel, cursors and replay list, not in the global
+# part), publish command, global (1 / 0), then (user id, proposed cursor or '', JSON
+# without seq) per event. Returns the cursors published, in order, and (global 0) the
+# wire messages for the GLOBAL call (none for state events).
+PUBLISH = (
+    r"""
 redis.replicate_commands()
+"""
+    + _GLOBAL_PART
+    + r"""
 local prefix = ARGV[1]
 local recent_limit = tonumber(ARGV[2])
 local replay_size = tonumber(ARGV[3])
@@ -81,16 +106,17 @@ local max_age = tonumber(ARGV[5])
 local max_ahead = tonumber(ARGV[6])
 local kind = ARGV[7]
 local notes = kind == 'n'
+local pubcmd = ARGV[8]
 local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
-local feed = prefix .. 'events'
-local recent = prefix .. 'recent'
 local seqs = {}
-for i = 8, #ARGV, 3 do
+local wires = {}
+for i = 10, #ARGV, 3 do
   local user = ARGV[i]
   local s = ARGV[i + 1]
   local body = ARGV[i + 2]
-  local ckey = prefix .. 'seq:' .. user
+  local tag = ':{' .. user .. '}'
+  local ckey = prefix .. 'seq' .. tag
   local seq = tonumber(s)
   local last = tonumber(redis.call('GET', ckey) or '0')
   if seq == nil or seq <= last or seq < now_us - max_age or seq > now_us + max_ahead then
@@ -101,26 +127,36 @@ for i = 8, #ARGV, 3 do
   redis.call('SET', ckey, s, 'EX', 2592000)
   local json = '{"seq":' .. s .. ',' .. string.sub(body, 2)
   local wire = kind .. '\t' .. user .. '\t' .. s .. '\t' .. json
-  redis.call('PUBLISH', prefix .. 'u:{' .. user .. '}', wire)
-  if notes then redis.call('PUBLISH', feed, wire) end
-  local rkey = prefix .. 'replay:' .. user
+  redis.call(pubcmd, prefix .. 'u' .. tag, wire)
+  local rkey = prefix .. 'replay' .. tag
   redis.call('RPUSH', rkey, s .. '\t' .. (notes and '' or kind) .. json)
   redis.call('LTRIM', rkey, -replay_size, -1)
   redis.call('EXPIRE', rkey, replay_ttl)
-  if notes then redis.call('LPUSH', recent, json) end
-  local vkey = prefix .. 'ver:' .. user
+  local vkey = prefix .. 'ver' .. tag
   redis.call('INCR', vkey)
   redis.call('EXPIRE', vkey, 86400)
   seqs[#seqs + 1] = s
+  if notes then wires[#wires + 1] = wire end
 end
-if notes then
-  redis.call('LTRIM', recent, 0, recent_limit - 1)
-  local skey = prefix .. 'stats:' .. t[1]
-  redis.call('INCRBY', skey, #seqs)
-  redis.call('EXPIRE', skey, 3700)
+if ARGV[9] == '1' then
+  if notes then publish_global(prefix, recent_limit, pubcmd, t[1], wires) end
+  return {seqs}
 end
-return seqs
+return {seqs, wires}
 """
+)
+
+# The global part on a cluster. KEYS[1]: the recent list (routes the call to its slot).
+# ARGV: prefix, recent limit, publish command, then the wire messages in order.
+GLOBAL = (
+    _GLOBAL_PART
+    + r"""
+local wires = {}
+for i = 4, #ARGV do wires[#wires + 1] = ARGV[i] end
+publish_global(ARGV[1], tonumber(ARGV[2]), ARGV[3], redis.call('TIME')[1], wires)
+return #wires
+"""
+)
 
 # KEYS[1] = version key; ARGV[1] .. version .. ARGV[2] = cache key.
 # Returns {version, cached value or nil, ttl}: the version is read first, so a value

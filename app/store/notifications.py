@@ -3,7 +3,7 @@
 Views call this; they never touch MongoDB or Redis themselves.
 
 Caching uses versioned keys to make the stale-set race impossible: every change for a
-user bumps ``ver:<user>`` (atomically with the publish), and a reader reads the version
+user bumps ``ver:{<user>}`` (atomically with the publish), and a reader reads the version
 *before* reading MongoDB and writes its result under that version. A reader that raced
 with a writer can only fill a key nobody will read again.
 """
@@ -66,9 +66,10 @@ class NotificationService:
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
         self._key_index_ready = False
 
-    # Pub/sub channels (the publish script, app/store/lua.py, names them the same way).
-    # A user's channel carries the user's id as a hash tag, so that on Redis Cluster it
-    # lands in one slot with that user's keys once they carry it too.
+    # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
+    # way). A user's keys and channel carry the user's id as a hash tag, so that on Redis
+    # Cluster they share one slot and each of the user's scripts runs on one node; the
+    # global ones (recent list, stats, feed channel) share the tag ``{all}``.
     def user_channel(self, user_id: str) -> str:
         """Every event of one user: subscribed by the workers that hold a stream of theirs."""
         return f"{self.prefix}u:{{{user_id}}}"
@@ -76,14 +77,15 @@ class NotificationService:
     @property
     def feed_channel(self) -> str:
         """Every new notification: subscribed only while staff watch the dashboard overview."""
-        return self.prefix + "events"
+        return self.key("events")
 
     def probe_channel(self, hub_id: str) -> str:
         """One worker's loop-back probe: the channel its subscriber connection opens with."""
         return f"{self.prefix}probe:{hub_id}"
 
     def key(self, kind: str, user_id: str = "") -> str:
-        return f"{self.prefix}{kind}:{user_id}" if user_id else f"{self.prefix}{kind}"
+        """A user's key (``<kind>:{<user>}``), or with no user a global one (``{all}:<kind>``)."""
+        return f"{self.prefix}{kind}:{{{user_id}}}" if user_id else f"{self.prefix}{{all}}:{kind}"
 
     # -- create ----------------------------------------------------------------------
     def create(

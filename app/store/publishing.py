@@ -42,10 +42,10 @@ from gevent.queue import Queue
 from app.config import Config
 from app.extensions import RedisBudget
 from app.ops import metrics
-from app.store import lua
 from app.store.inserting import StoreUnavailable, insert_isolated
 from app.store.outbox import Outbox
 from app.store.serialization import public_json
+from app.store.sharded import publish_runner
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,7 @@ class Publisher:
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
         self._last_proposed = 0
-        self._script = lua.LeanScript(redis_client, lua.PUBLISH)
+        self._script = publish_runner(redis_client, config.REDIS_MODE == "cluster")
         self._jobs: Queue = Queue()
         self._stored: Queue = Queue()  # _Batch, in insert order
         self._unpublished = 0  # documents in self._stored or being published
@@ -239,7 +239,7 @@ class Publisher:
         client sees changes and notifications in one order, and the user's cached pages and
         counts are invalidated in the same step. The cursor, or None if Redis failed."""
         try:
-            (seq,) = self._script([*self._script_head("s"), user_id, "", payload])
+            (seq,) = self._script(self._script_head("s"), [(user_id, "", payload)])
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("state publish failed: %s", exc)
@@ -255,16 +255,15 @@ class Publisher:
         """
         if not docs:
             return True
-        args = self._script_head("n")
+        head = self._script_head("n")
+        notes = []
         for doc in docs:
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
-            args.append(doc["user_id"])
-            args.append("" if doc.get("seq") is None else doc["seq"])
-            args.append(orjson.dumps(body))
+            notes.append((doc["user_id"], "" if doc.get("seq") is None else doc["seq"], orjson.dumps(body)))
         publishing_at = time.time()  # the message is on the channel before the script returns
         try:
-            seqs = self._script(args)
+            seqs = self._script(head, notes)
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("publish of %d notifications failed, relay will retry: %s", len(docs), exc)

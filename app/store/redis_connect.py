@@ -14,6 +14,15 @@ new primary. A connection still open to the old one finds out on its next comman
 - the Sentinels demote the old primary with ``CLIENT KILL TYPE normal`` and ``pubsub``,
   so its subscribers see the connection end and reconnect (the hub then replays).
 
+``cluster``: redis-py's ``RedisCluster`` on the seed nodes named in ``REDIS_URL``
+(comma-separated). It learns the slot map from them, sends each command to the master of
+its key's slot, and on ``MOVED`` (a slot moved, a master replaced by its replica) or
+``ASK`` (a slot being migrated) refreshes the map and sends the command again. Each node
+gets its own capped pool of command connections. A PUBLISH on a cluster reaches the
+subscribers of every node, so the hub's one subscriber connection goes to any node that
+answers: the seeds in turn, the next one after each reconnect (a node that died, a
+master replaced by its replica, leaves the hub for the next seed, and the hub replays).
+
 Both kinds of client come from here: the worker's capped command pool
 (``app/extensions.py``) and the hub's subscriber connection (``app/delivery/hub.py``).
 """
@@ -24,6 +33,7 @@ from typing import Any
 
 import redis
 from redis.backoff import NoBackoff
+from redis.cluster import ClusterNode, RedisCluster
 from redis.retry import Retry
 from redis.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
@@ -66,6 +76,7 @@ class RedisConnector:
         self.config = config
         self.mode = config.REDIS_MODE
         self.sentinel: Sentinel | None = None
+        self._next_seed = 0  # cluster mode: the seed the next subscriber connection goes to
         if self.mode == "sentinel":
             self.sentinel = Sentinel(
                 config.sentinel_addresses(),
@@ -78,16 +89,36 @@ class RedisConnector:
                 },
             )
 
-    def command_client(self, **options: Any) -> redis.Redis:
-        """A client on a blocking pool (``max_connections``, ``queue_class``, ... in ``options``)."""
+    def command_client(self, **options: Any) -> Any:
+        """A client on a blocking pool (``max_connections``, ``queue_class``, ... in ``options``);
+        on a cluster one such pool per node."""
+        if self.mode == "cluster":
+            options.pop("health_check_interval", None)  # not a cluster client option
+            # redis-py builds each node's pool from connection_pool_class only when the
+            # client is given a URL: the first seed's
+            return RedisCluster(
+                url=self.config.REDIS_URL.split(",")[0].strip(),
+                startup_nodes=self.seeds(),
+                connection_pool_class=redis.BlockingConnectionPool,
+                password=self.config.REDIS_PASSWORD or None,
+                **options,
+            )
         if self.sentinel is None:
             return redis.Redis(
                 connection_pool=redis.BlockingConnectionPool.from_url(self.config.REDIS_URL, **options)
             )
         return self._primary(SentinelBlockingPool, options)
 
+    def seeds(self) -> list[ClusterNode]:
+        return [ClusterNode(host, port) for host, port in self.config.cluster_seeds()]
+
     def subscriber(self, **options: Any) -> redis.Redis:
         """A client of its own for one subscriber connection, made on its first use."""
+        if self.mode == "cluster":
+            seeds = self.config.cluster_seeds()
+            host, port = seeds[self._next_seed % len(seeds)]
+            self._next_seed += 1
+            return redis.Redis(host=host, port=port, password=self.config.REDIS_PASSWORD or None, **options)
         if self.sentinel is None:
             return redis.Redis.from_url(self.config.REDIS_URL, **options)
         return self._primary(SentinelConnectionPool, options)
