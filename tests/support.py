@@ -237,6 +237,21 @@ class StreamClient:
         self.wait_for(lambda: len(self.notifications()) >= n, timeout)
 
 
+def sse_lines(response: requests.Response) -> Any:
+    """The lines of an event stream as they arrive, without their ends.
+
+    Not ``iter_lines``: with a delimiter it yields an extra empty line whenever a chunk
+    ends on one, which splits an event in two (its ``id:`` from its ``data:``)."""
+    pending = b""
+    for chunk in response.iter_content(chunk_size=None):
+        pending += chunk
+        *lines, pending = pending.split(b"\n")
+        for line in lines:
+            yield line.rstrip(b"\r").decode()
+    if pending:
+        yield pending.decode()
+
+
 class SSEClient(StreamClient):
     def __init__(
         self, url: str, token: str, last_event_id: str | None = None, via_query: bool = True
@@ -258,7 +273,7 @@ class SSEClient(StreamClient):
         fields: dict[str, Any] = {}
         data: list[str] = []
         try:
-            for line in self.response.iter_lines(decode_unicode=True, delimiter="\n"):
+            for line in sse_lines(self.response):
                 if line == "":
                     if data or fields:
                         self._frame(fields, data)
