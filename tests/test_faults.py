@@ -17,6 +17,7 @@ from pymongo import MongoClient
 from app.store.models import MARKERS
 from tests.support import SSEClient, WSClient, frozen, wait_until
 from tests.tcp_proxy import TcpProxy
+from tests.test_metrics import sample
 
 pytestmark = pytest.mark.slow
 
@@ -110,6 +111,32 @@ def test_slow_consumer_is_dropped_and_fast_one_keeps_receiving(live):
     finally:
         slow.close()
         fast.close()
+
+
+def test_a_burst_past_the_queue_of_a_waiting_stream_is_caught_up_not_cut_off(live):
+    """A hub that reads many events at once (its resync after a reconnect, the relay after an
+    outage) can fill the queue of a stream that was only waiting: that client is not slow.
+    The stream reads what it missed from the replay: everything once, in cursor order."""
+    a, b = live(workers=1, CLIENT_QUEUE_SIZE="4"), live(workers=1)
+    token = a.token("bursty")
+    clients = [SSEClient(a.url, token), WSClient(a.url, token)]
+    try:
+        expected = [a.notify("bursty", "first")["message"]]
+        for client in clients:
+            client.wait_count(1)
+        with frozen(a):  # thawed, its hub reads the whole burst in one go
+            expected += [b.notify("bursty", f"b{i:02d}")["message"] for i in range(30)]
+        for client in clients:
+            exactly_once(client, expected)
+            cursors = [int(e["id"]) for e in client.notifications()]
+            assert cursors == sorted(cursors)
+            assert not client.closed.is_set()
+        text = requests.get(a.url + "/metrics", timeout=5).text
+        assert sample(text, "notify_stream_catch_ups_total") >= 1
+        assert sample(text, "notify_slow_consumers_dropped_total") == 0
+    finally:
+        for client in clients:
+            client.close()
 
 
 def test_slow_websocket_consumer_gets_1008(live):

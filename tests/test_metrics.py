@@ -178,13 +178,14 @@ def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any])
         return REGISTRY.get_sample_value(name, labels or {}) or 0.0
 
     hub = make_app(CLIENT_QUEUE_SIZE=1).extensions["hub"]
-    sub = hub.subscribe("slow-user")
+    watcher = hub.watch()  # the dashboard's feed has no replay: a full queue is a slow viewer
     assert hub.connected.wait(5)
     dropped = value("notify_slow_consumers_dropped_total")
-    for seq in (1, 2):  # the second overflows a queue of one: the client is dropped
-        hub._deliver(Event(NOTIFICATION, "slow-user", seq, b"{}"))
-    assert sub.closed and sub.reason == "slow consumer"
+    for seq in range(1, 6):  # the fifth overflows its queue of four
+        hub.dispatch(Event(NOTIFICATION, "any-user", seq, b"{}").to_wire(), feed=True)
+    assert watcher.closed and watcher.reason == "slow consumer"
     assert value("notify_slow_consumers_dropped_total") == dropped + 1
+    hub.unsubscribe(watcher)
 
     reconnects = value("notify_hub_reconnects_total")
     errors = value("notify_redis_errors_total", {"where": "hub"})

@@ -11,6 +11,7 @@ from typing import Any
 import gevent
 import pytest
 from gevent.event import Event
+from pymongo.errors import ExecutionTimeout
 
 from app.config import Config, ConfigError
 from app.store import outbox
@@ -70,6 +71,41 @@ def test_each_document_is_written_once_with_its_cursor_and_the_batch_marker_goes
         wait_until(lambda: not marked(coll, "pat"))
         assert publisher.outbox.relay_once() == 0
         assert sorted(r["seq"] for r in coll.find({"user_id": "pat"})) == seqs
+
+
+def test_a_clean_up_that_outlasts_the_bound_goes_on_in_smaller_rounds(app, monkeypatch):
+    """A bulk's replaced cursors may be too many for one round within MONGO_OP_TIMEOUT_MS on a
+    busy database: retried whole, it would never end, the batcher would be held and the
+    relays would publish the batch again and again."""
+    publisher = app.extensions["notifications"].publisher
+    record = publisher.outbox._record_cleanups
+    rounds: list[tuple[int, int]] = []
+
+    def bounded(markers: list[Any], fixes: list[tuple[Any, int]]) -> None:
+        rounds.append((len(markers), len(fixes)))
+        if len(markers) + len(fixes) > 100:  # what this database can do within the bound
+            raise ExecutionTimeout("operation exceeded time limit", 50)
+        if markers:  # the marker goes only with the last cursors, after all the others
+            written = {d["_id"]: d["seq"] for d in coll.find({"user_id": "bulky"})}
+            assert all(written[oid] >= 1000 for oid in written.keys() - {oid for oid, _seq in fixes})
+        record(markers, fixes)
+
+    monkeypatch.setattr(publisher.outbox, "_record_cleanups", bounded)
+    monkeypatch.setattr(outbox, "CLEANUP_RETRY_SECONDS", 0.01)
+    with app.app_context():
+        coll = notifications_collection()
+        docs = docs_for("bulky", 300)
+        for i, doc in enumerate(docs):
+            doc["seq"] = i + 1
+        marker = outbox_marker([d["_id"] for d in docs], now_us() + 100_000_000)
+        coll.insert_many([marker, *docs])
+        publisher.start(relay=False)
+        publisher.outbox.published([marker["_id"]], [(d["_id"], 1000 + i) for i, d in enumerate(docs)], True)
+        wait_until(lambda: coll.count_documents({"_id": marker["_id"]}) == 0)
+        assert sorted(d["seq"] for d in coll.find({"user_id": "bulky"})) == list(range(1000, 1300))
+    assert rounds[0] == (1, 300)  # tried whole first
+    assert [r[0] for r in rounds if sum(r) <= 100][-1] == 1  # the marker in the last round
+    assert sum(f for m, f in rounds if m + f <= 100) == 300  # every cursor once, none lost
 
 
 def test_batcher_holds_new_batches_while_the_clean_up_is_behind(app, stalled, monkeypatch):

@@ -63,11 +63,23 @@ return now
 """
 
 
+SLOW_CONSUMER = "slow consumer"
+
+
 class Subscription:
     """One connected client: a bounded queue the hub fills and the client's greenlet (or,
-    while that waits, its worker's flusher: ``parked``) drains."""
+    while that waits, its worker's flusher: ``parked``) drains.
 
-    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize", "parked")
+    A burst that fills the queue of a stream that was waiting with nothing to send (the
+    relay publishing what a Redis outage held back, a hub's resync after a reconnect) does
+    not make its client slow: the queue is emptied and marked ``behind``, nothing more is
+    queued until the stream has read what it missed from the replay
+    (``app/delivery/session.py``; the replay, read later, holds it all), so memory stays
+    bounded and the client misses nothing. A queue that fills while its stream is busy
+    sending, the dashboard's feed (no replay) and a stream that falls behind again while
+    sending a catch-up are slow consumers: closed, the client resumes from its cursor."""
+
+    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize", "parked", "behind")
 
     def __init__(self, user_id: str | None, maxsize: int) -> None:
         self.user_id = user_id
@@ -80,14 +92,16 @@ class Subscription:
         # Set by a stream while it waits with nothing to send: new events are then written
         # by the worker's flusher (app/delivery/waiting.py) instead of waking the stream.
         self.parked: Parked | None = None
+        # The cursor before the first event dropped from a full queue; None when not behind.
+        self.behind: int | None = None
 
     def offer(self, event: Event) -> None:
-        if self.closed:
+        if self.closed or self.behind is not None:  # behind: its catch-up reads this from the replay
             return
         if self.queue is None:
             self.queue = deque()
         elif len(self.queue) >= self.maxsize:
-            self.close("slow consumer")
+            self._overflow()
             return
         self.queue.append(event)
         parked = self.parked
@@ -96,10 +110,25 @@ class Subscription:
         else:
             self.wakeup.set()
 
+    def _overflow(self) -> None:
+        """Drop the queue for a replay from the first event in it, or close a slow client."""
+        cursored = (e.seq for e in self.queue or () if e.kind in CURSORED and e.seq is not None)
+        first = next(cursored, None)
+        parked = self.parked
+        if self.user_id is None or first is None or parked is None or parked.pending:
+            self.close(SLOW_CONSUMER)  # no replay, or the stream is busy sending: it is slow
+            return
+        self.behind = first - 1
+        self.queue = None
+        self.parked = None  # the stream itself reads the replay
+        self.wakeup.set()
+
     def close(self, reason: str) -> None:
         if not self.closed:
             self.closed = True
             self.reason = reason
+            if reason == SLOW_CONSUMER:
+                metrics.DROPPED_SLOW.inc()
             self.wakeup.set()
 
     def get(self, timeout: float | None) -> Event | None:
@@ -134,9 +163,7 @@ class Hub:
         self.user_last: dict[str, int] = {}
         self.caught_up_us = 0
         self.connected = Wakeup()
-        self.stats = dict.fromkeys(
-            ("received", "messages", "bad_messages", "reconnects", "resynced", "dropped_slow"), 0
-        )
+        self.stats = dict.fromkeys(("received", "messages", "bad_messages", "reconnects", "resynced"), 0)
         self.on_reconnect: list[Callable[[], None]] = []
         self._greenlet: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None  # the subscription writer (Channels.run)
@@ -372,12 +399,7 @@ class Hub:
             if event.kind in CURSORED and event.seq is not None:
                 self.user_last[event.user_id] = event.seq
             for sub in tuple(subs):
-                if sub.closed:  # ending already (its stream unsubscribes it): nothing to count
-                    continue
                 sub.offer(event)
-                if sub.closed:  # this event found its queue full: one consumer dropped
-                    self.stats["dropped_slow"] += 1
-                    metrics.DROPPED_SLOW.inc()
 
     def _resync(self) -> None:
         """Replay, per local user, what was published while the hub was not listening."""

@@ -14,11 +14,12 @@ neither loses nor repeats an event. Whatever fails while opening gives all of it
 from __future__ import annotations
 
 import time
+from collections import deque
 
 from app.access.ratelimit import StreamSlot
 from app.access.tokens import Subscriber
 from app.delivery.events import CURSORED, NOTIFICATION, RESET, Event
-from app.delivery.hub import Hub, Subscription
+from app.delivery.hub import SLOW_CONSUMER, Hub, Subscription
 from app.delivery.replay import ReplayUnavailable, current_cursor, events_after
 from app.errors import ApiError
 from app.ops import metrics
@@ -54,6 +55,7 @@ class StreamSession:
         "slot",
         "tracker",
         "connection",
+        "replayed",
     )
 
     def __init__(
@@ -75,6 +77,7 @@ class StreamSession:
         self.tracker: metrics.StreamTracker | None = None
         # A client's own stream (not a staff viewer's): its writes go into the delivery trace.
         self.connection = hub.service.receipts.connection(transport) if traced else None
+        self.replayed: deque[Event] = deque()  # a catch-up's events, sent before what is queued
 
     def open(self) -> list[Event]:
         """Subscribe, then read the replay; on any failure everything taken is given back."""
@@ -119,19 +122,68 @@ class StreamSession:
         ``timeout=None`` waits for the next wake-up of the subscription (the wheel in
         ``app/delivery/waiting.py`` wakes it for heartbeats, without a timer per wait).
         """
-        assert self.sub is not None
+        sub = self.sub
+        assert sub is not None
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            event = self.sub.get(None if deadline is None else max(deadline - time.monotonic(), 0))
+            if sub.behind is not None and not sub.closed:
+                self._catch_up()
+            if self.replayed:
+                event = self.replayed.popleft()
+                if self._accept(event):
+                    return event
+                continue
+            event = sub.get(None if deadline is None else max(deadline - time.monotonic(), 0))
             if event is None:
+                if sub.behind is not None and not sub.closed:
+                    continue  # woken to catch up
                 return None
             if self._accept(event):
                 return event
 
+    def _catch_up(self) -> None:
+        """The hub dropped this stream's full queue (``Subscription``): read what it held
+        from the replay, after the last event sent. Still sending the previous catch-up's
+        events, the client is slow after all: closed, it resumes from its cursor."""
+        sub = self.sub
+        assert sub is not None and sub.behind is not None
+        cursor = sub.behind if self.last_seq is None else self.last_seq
+        sub.behind = None
+        if self.replayed:
+            self._slow()
+            return
+        user_id, limit = self.subscriber.user_id, self.hub.config.REPLAY_LIMIT
+        try:
+            events = events_after(self.hub.service, user_id, cursor, limit, strict=False)
+        except ReplayUnavailable:
+            self._slow()
+            return
+        metrics.CATCH_UPS.inc()
+        if events is None:
+            metrics.RESETS.inc()
+            events = [Event.reset(user_id, None, "too many missed: reload history")]
+        self.replayed.extend(events)
+
+    def _slow(self) -> None:
+        assert self.sub is not None
+        self.replayed.clear()
+        self.sub.behind = None
+        self.sub.close(SLOW_CONSUMER)
+
     def take(self) -> Event | None:
-        """The next queued event to send, never waiting (the flusher writes parked streams)."""
+        """The next queued event to send, never waiting (the flusher writes parked streams).
+        None once the stream must catch up: it does that itself."""
         sub = self.sub
         assert sub is not None
+        if sub.behind is not None and self.replayed:  # full again before the last catch-up was sent
+            self._slow()
+            return None
+        while self.replayed:
+            event = self.replayed.popleft()
+            if self._accept(event):
+                return event
+        if sub.behind is not None:
+            return None
         while sub.queue:
             event = sub.get(0)  # something is queued: returns at once
             if event is not None and self._accept(event):

@@ -122,7 +122,7 @@ class Parked:
             if event is None:
                 break
             out.append(self.render(event))
-        if sub.queue:  # a long burst: the stream sends the rest
+        if sub.queue or sub.behind is not None:  # a long burst, or a catch-up: the stream sends the rest
             self._wake()
         if not out:
             return

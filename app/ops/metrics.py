@@ -55,6 +55,9 @@ RESEQUENCED = Counter(
 RELAYED = Counter("notify_notifications_relayed", "Published late by the outbox relay (insert-publish gap).")
 REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
 RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")
+CATCH_UPS = Counter(
+    "notify_stream_catch_ups", "Streams whose full queue was dropped and read again from the replay (bursts)."
+)
 DROPPED_SLOW = Counter("notify_slow_consumers_dropped", "Client connections closed for falling behind.")
 OPEN_CONNECTIONS = Gauge(
     "notify_open_connections", "Open stream connections.", ["transport"], multiprocess_mode="livesum"

@@ -17,7 +17,9 @@ a relay publishes them again. So it is bounded, the batcher holds new batches wh
 lags (``wait_for_room``, for at most one lease), and the relay skips batches whose
 clean-up is pending in its worker. A round of clean-up has one deadline
 (``MONGO_OP_TIMEOUT_MS``) and names at most ``MAX_IDS_PER_CALL`` markers per delete; one
-that MongoDB did not answer stays pending and is tried again.
+that MongoDB did not answer stays pending and is tried again, in rounds half as large
+(a busy database may need them smaller to answer within the bound at all), growing back
+once they succeed.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 
 RELAY_BATCH = MAX_IDS_PER_CALL  # markers (batches) claimed per relay pass: one call by ids
 WRITEBACK_BATCH = 1000  # markers cleared / cursors fixed per MongoDB round trip
+MIN_WRITEBACK_ROUND = 25  # a round that outlasted the bound is halved, down to this
 WRITEBACK_BACKLOG_DOCS = 20000  # pending clean-ups beyond which new batches wait (memory bound)
 
 CLEANUP_RETRY_SECONDS = 0.5  # a clean-up that MongoDB did not answer is tried again after this
@@ -83,6 +86,7 @@ class Outbox:
         self._backlog: deque[_Cleanup] = deque()
         self._pending_markers: set[Any] = set()  # published here, marker not yet removed
         self._pending_size = 0
+        self._round_size = WRITEBACK_BATCH  # smaller while rounds outlast MONGO_OP_TIMEOUT_MS
         self._inflight_since: float | None = None
         self._writeback_wakeup = Wakeup()
         self._writeback_progress = Wakeup()
@@ -146,16 +150,33 @@ class Outbox:
     def _note_lag(self) -> None:
         self._lag = max(self._lag, (self._cleanup_age(), self._pending_size))
 
-    def _take_cleanups(self) -> list[_Cleanup]:
+    def _take_cleanups(self, limit: int) -> list[_Cleanup]:
+        """The oldest clean-ups, at most ``limit`` markers and cursors in all. One that is
+        larger alone (a bulk's replaced cursors) gives up the first ``limit`` cursors: its
+        marker goes in a later round, after all of them."""
+        head = self._backlog[0]
+        self._inflight_since = head.queued_at
+        if head.size > limit:
+            part = _Cleanup(head.queued_at, [], head.fixes[:limit])
+            head.fixes = head.fixes[limit:]
+            return [part]
         taken: list[_Cleanup] = []
         size = 0
-        while self._backlog and (not taken or size + self._backlog[0].size <= WRITEBACK_BATCH):
+        while self._backlog and size + self._backlog[0].size <= limit:
             cleanup = self._backlog.popleft()
-            if not taken:
-                self._inflight_since = cleanup.queued_at
             taken.append(cleanup)
             size += cleanup.size
         return taken
+
+    def _put_back(self, taken: list[_Cleanup]) -> None:
+        """Clean-ups MongoDB did not confirm, first again, a split one joined to its rest."""
+        for cleanup in reversed(taken):
+            head = self._backlog[0] if self._backlog else None
+            if head is not None and not cleanup.markers and head.queued_at == cleanup.queued_at:
+                head.fixes = cleanup.fixes + head.fixes
+            else:
+                self._backlog.appendleft(cleanup)
+        self._inflight_since = None
 
     def writeback_loop(self) -> None:
         """Remove markers and record replaced cursors, coalescing batches into bounded writes."""
@@ -165,19 +186,27 @@ class Outbox:
                 self._flush_now.wait(self.config.OUTBOX_CLEANUP_DELAY_SECONDS)
             self._writeback_wakeup.clear()
             while self._backlog:
-                taken = self._take_cleanups()
+                taken = self._take_cleanups(self._round_size)
                 markers = [m for c in taken for m in c.markers]
                 try:
                     with pymongo.timeout(self.config.MONGO_OP_TIMEOUT_MS / 1000):  # one bound per round
                         self._record_cleanups(markers, [f for c in taken for f in c.fixes])
                 except PyMongoError as exc:
                     if unreachable(exc):  # kept, so the relay does not publish them again meanwhile
-                        self._backlog.extendleft(reversed(taken))
-                        self._inflight_since = None
-                        log.warning("outbox clean-up of %d batches waits for MongoDB: %s", len(markers), exc)
+                        self._put_back(taken)
+                        # A busy database may need smaller rounds to fit the bound at all.
+                        self._round_size = max(self._round_size // 2, MIN_WRITEBACK_ROUND)
+                        log.warning(
+                            "outbox clean-up of %d batches waits for MongoDB (next rounds of %d): %s",
+                            len(markers),
+                            self._round_size,
+                            exc,
+                        )
                         gevent.sleep(CLEANUP_RETRY_SECONDS)
                         continue
                     log.error("could not clean up %d batches (relay may repeat them): %s", len(markers), exc)
+                else:
+                    self._round_size = min(self._round_size * 2, WRITEBACK_BATCH)
                 self._pending_markers.difference_update(markers)
                 self._pending_size -= sum(c.size for c in taken)
                 self._inflight_since = None
