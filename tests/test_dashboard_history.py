@@ -219,6 +219,8 @@ def test_a_notification_id_opens_it_on_its_users_page(dash: Flask, finds: Finds)
         ("from=2026-13-01", 422, "from: “2026-13-01” is not a date"),
         ("from=2026-05-02&to=2026-05-01", 422, "the range ends before it starts"),
         ("from=2026-05-02&tz=Mars/Olympus", 422, "is not a time zone"),
+        ("from=2026-05-02&tz=America", 422, "is not a time zone"),
+        ("to=9999-12-31", 422, "a date out of range"),
         ("before=nonsense", 422, "This page link is broken"),
         ("after=" + "b" * 24, 404, "The notification this page started from is gone"),
         ("category=" + "c" * 65, 422, "category: at most 64 characters"),

@@ -140,13 +140,16 @@ def parse_filters(args: Mapping[str, str]) -> Filters:
         raise HistoryError(f"search: at most {MAX_TEXT} characters")
     try:
         zone = ZoneInfo(f.tz) if f.tz else timezone.utc
-    except (ZoneInfoNotFoundError, ValueError):
-        raise HistoryError(f"tz: “{f.tz}” is not a time zone") from None
-    if f.start:
-        f.since = datetime.combine(_day(f.start, "from"), time(), zone).astimezone(timezone.utc)
-    if f.end:
-        next_day = _day(f.end, "to") + timedelta(days=1)
-        f.until = datetime.combine(next_day, time(), zone).astimezone(timezone.utc)
+    except (ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a folder, a name too long
+        raise HistoryError(f"tz: “{f.tz[:64]}” is not a time zone") from None
+    try:
+        if f.start:
+            f.since = datetime.combine(_day(f.start, "from"), time(), zone).astimezone(timezone.utc)
+        if f.end:
+            next_day = _day(f.end, "to") + timedelta(days=1)
+            f.until = datetime.combine(next_day, time(), zone).astimezone(timezone.utc)
+    except OverflowError:
+        raise HistoryError("from / to: a date out of range") from None
     if f.since and f.until and f.since >= f.until:
         raise HistoryError("from: the range ends before it starts")
     return f
