@@ -153,3 +153,5 @@ def test_history_works_without_javascript(
     page.click(".filters.jump button[type=submit]")
     expect(page.page).to_have_url(re.compile(r"at=" + ids[55]))
     assert history_ids(page)[0] == ids[55]
+    expect(page.locator("#history > li").first).to_have_class(re.compile("is-focus"))
+    page.save_screenshot("dashboard-history-nojs-focus", full_page=False)

@@ -199,7 +199,7 @@ class History:
         try:
             doc = notifications_collection().find_one({"_id": ObjectId(notification_id)}, {"user_id": 1})
         except PyMongoError as exc:
-            raise ApiError(503, "unavailable", "the notification store is unavailable, retry later") from exc
+            raise _unavailable() from exc
         return None if doc is None or is_marker(doc) else doc
 
     def page(self, user_id: str, args: Mapping[str, str]) -> HistoryPage:
@@ -211,7 +211,7 @@ class History:
             typed.end, typed.tz, typed.text = args.get("to", ""), args.get("tz", ""), args.get("q", "")
             return HistoryPage(filters=typed, first=False, error=exc.message, status=exc.status)
         except PyMongoError as exc:
-            raise ApiError(503, "unavailable", "the notification store is unavailable, retry later") from exc
+            raise _unavailable() from exc
 
     def _page(self, user_id: str, args: Mapping[str, str]) -> HistoryPage:
         jump = args.get("id", "").strip() or (args.get("q", "").strip() if _is_id(args.get("q", "")) else "")
@@ -307,6 +307,10 @@ class History:
             note["deleted"] = doc.get("deleted_at") is not None
             notes.append(note)
         return HistoryPage(notifications=notes, filters=f, first=first, stopped=stopped)
+
+
+def _unavailable() -> ApiError:
+    return ApiError(503, "unavailable", "the notification store is unavailable, retry later")
 
 
 def _is_id(raw: str) -> bool:
