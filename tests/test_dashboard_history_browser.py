@@ -120,6 +120,10 @@ def test_history_pages_filters_searches_and_merges_live_items(
     page.locator("#history-card h2").scroll_into_view_if_needed()
     page.evaluate("() => document.getElementById('history-card').scrollIntoView()")
     page.save_screenshot("dashboard-history-view", full_page=False)
+    page.set_viewport_size({"width": 390, "height": 844})
+    page.evaluate("() => document.getElementById('history-card').scrollIntoView()")
+    page.save_screenshot("dashboard-history-phone", full_page=False)
+    page.set_viewport_size({"width": 1100, "height": 800})
 
     # An older page does not take live ones (they belong on the newest page).
     page.click("#history-older")
