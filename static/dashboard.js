@@ -42,7 +42,12 @@
     if (n.priority && n.priority !== "normal") head.appendChild(el("span", "tag priority-" + n.priority, n.priority));
     li.appendChild(head);
     li.appendChild(el("p", "notif-message", n.message));
-    if (n.data && Object.keys(n.data).length) li.appendChild(el("code", "notif-data", JSON.stringify(n.data)));
+    if (n.data && Object.keys(n.data).length) {
+      var data = el("details", "notif-data");
+      data.appendChild(el("summary", null, "data"));
+      data.appendChild(el("code", null, JSON.stringify(n.data)));
+      li.appendChild(data);
+    }
     if (n.actions && n.actions.length) {
       var links = el("div", "notif-actions");
       n.actions.forEach(function (action) {
@@ -59,9 +64,11 @@
     var meta = el("div", "notif-meta");
     var time = el("time", null, n.created_at);
     time.setAttribute("datetime", n.created_at || "");
+    time.title = n.created_at || "";
     meta.appendChild(time);
     if (known) meta.appendChild(el("span", "notif-state", n.read ? "read" : "unread"));
     if (n.archived) meta.appendChild(el("span", "notif-state", "archived"));
+    if (n.deleted) meta.appendChild(el("span", "notif-state deleted", "deleted by the user"));
     if (opts.actions && !n.read) {
       var button = el("button", "mark-read link", "Mark read");
       button.type = "button";
@@ -289,6 +296,10 @@
       notification: function (n) {
         prepend(feed, notificationItem(n, { actions: true }), 100);
         show(byId("live-empty"), false);
+        /* static/history.js merges it into the history when it belongs there */
+        document.dispatchEvent(new CustomEvent("dashboard:notification", {
+          detail: { notification: n, build: function () { return notificationItem(n, { actions: true }); } }
+        }));
       },
       state: function (data) {
         if (data.change === "read") markItemsRead(data.all ? null : data.ids || []);
@@ -336,28 +347,6 @@
         markItemsRead(null);
         renderUnread(data.unread);
       }).catch(function (err) { window.alert(err.message); });
-    });
-
-    byId("reload-history").addEventListener("click", function () {
-      fetch(page.dataset.history, { credentials: "same-origin", headers: { "Accept": "application/json" } })
-        .then(function (resp) {
-          if (resp.status === 401) { window.location.reload(); }
-          return resp.json();
-        })
-        .then(function (data) {
-          if (!data.notifications) throw new Error((data.error && data.error.message) || "history unavailable");
-          while (history.firstChild) history.removeChild(history.firstChild);
-          data.notifications.forEach(function (n) { history.appendChild(notificationItem(n, { actions: true })); });
-          show(byId("history-empty"), data.notifications.length === 0);
-          byId("history-source").textContent = data.from_cache ? "loaded from the Redis cache" : "loaded from MongoDB";
-          renderCache(data.cache.cached, data.cache.ttl);
-          renderUnread(data.unread);
-        })
-        .catch(function (err) {
-          var error = byId("status-error");
-          error.textContent = err.message;
-          show(error, true);
-        });
     });
 
     var form = byId("test-form");

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -16,6 +17,7 @@ import orjson
 import redis
 from pymongo.errors import PyMongoError
 
+from app.dashboard.history import History, HistoryPage
 from app.delivery.presence import Presence
 from app.errors import ApiError
 from app.store.models import notifications_collection
@@ -24,6 +26,7 @@ from app.store.notifications import NotificationService
 log = logging.getLogger(__name__)
 
 CHART_SECONDS = 120
+HISTORY_ARGS = ("state", "category", "from", "to", "q", "id", "before", "after", "at")
 HOUR = 3600
 
 
@@ -100,6 +103,20 @@ class DashboardService:
             connections=status["connections"],
             error=status["error"],
         )
+
+    # -- one user's history (support console) ------------------------------------------
+    def history_page(self, user_id: str, args: Mapping[str, str], view: UserView) -> HistoryPage:
+        """The history page the query string asks for. Without filters or a cursor it is
+        ``view``'s page: the user's first inbox page as they are served it (and cached)."""
+        if any(args.get(name, "").strip() for name in HISTORY_ARGS):
+            return History().page(user_id, args)
+        older = view.notifications[-1]["id"] if view.has_more and view.notifications else None
+        return HistoryPage(notifications=view.notifications, older=older, from_cache=view.from_cache)
+
+    def notification_owner(self, notification_id: str) -> str | None:
+        """The user a notification id belongs to, for any user; None if there is none."""
+        doc = History().find(notification_id)
+        return None if doc is None else doc["user_id"]
 
     def user_status(self, user_id: str, limit: int = 50) -> dict[str, Any]:
         """Cache state, unread count and open connections; a part that fails is None."""

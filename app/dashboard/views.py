@@ -29,6 +29,7 @@ from pymongo.errors import PyMongoError
 from app.access.tokens import Subscriber
 from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
+from app.dashboard.history import OBJECT_ID_RE, STATES
 from app.dashboard.service import DashboardService
 from app.delivery import sse
 from app.delivery.session import StreamSession, parse_cursor
@@ -162,6 +163,8 @@ def search() -> Any:
     query = request.args.get("q", "").strip()
     if not query:
         return redirect(url_for("dashboard.overview"))
+    if OBJECT_ID_RE.match(query) and (owner := svc().notification_owner(query)) is not None:
+        return _at_notification(owner, query.lower())
     matches = svc().search(query) if v.USER_ID_RE.match(query) else []
     if query in matches and len(matches) == 1:
         return redirect(url_for("dashboard.user", user_id=query))
@@ -171,9 +174,20 @@ def search() -> Any:
 
 @bp.get("/users/<user_id>")
 @security.staff_page
-def user(user_id: str) -> str:
-    view = svc().user_view(_user_id(user_id))
-    return render_template("dashboard/user.html", view=view)
+def user(user_id: str) -> Any:
+    user_id = _user_id(user_id)
+    view = svc().user_view(user_id)
+    history = svc().history_page(user_id, request.args, view)
+    if history.owner is not None:  # a notification id: its user's page, from it on
+        return _at_notification(history.owner, history.focus)
+    html = render_template("dashboard/user.html", view=view, history=history, states=STATES)
+    return html, history.status
+
+
+def _at_notification(user_id: str, notification_id: str | None) -> Any:
+    return redirect(
+        url_for("dashboard.user", user_id=user_id, at=notification_id, _anchor=f"n-{notification_id}")
+    )
 
 
 @bp.post("/users/<user_id>/test-notification")

@@ -19,6 +19,7 @@ from pymongo.collection import Collection
 from pymongo.errors import OperationFailure
 
 KEY_INDEX = "idem"
+HISTORY_INDEX = "user_read_seq"  # a user's notifications in cursor order, per read state
 CREATED_INDEX = "created"  # retention walks it (app/store/retention.py)
 
 
@@ -60,7 +61,7 @@ class Notification(Document):
         "auto_create_index": False,
         "strict": False,  # an older version's outbox fields may still be on a document
         "indexes": [
-            {"fields": ["user_id", "read", "seq"], "name": "user_read_seq"},
+            {"fields": ["user_id", "read", "seq"], "name": HISTORY_INDEX},
             {"fields": ["idem"], "name": KEY_INDEX, "unique": True, "sparse": True},
             {"fields": ["created_at"], "name": CREATED_INDEX},
         ],

@@ -28,6 +28,7 @@ from app.store.idempotency import RequestKey, stored_under
 from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import (
+    HISTORY_INDEX,
     OUTBOX_PARTITIONS,
     PUBLIC_PROJECTION,
     ensure_key_index,
@@ -176,11 +177,15 @@ class NotificationService:
         coll = notifications_collection()
         try:
             if before is not None:
-                last = coll.find_one({"_id": before, "user_id": user_id}, {"seq": 1})
-                if last is None or last.get("seq") is None:
+                # By _id alone: SecantusDB plans _id beside another field as a collection scan
+                last = coll.find_one({"_id": before}, {"seq": 1, "user_id": 1})
+                if last is None or last["user_id"] != user_id or last.get("seq") is None:
                     return orjson.dumps({"notifications": [], "next": None})
                 query = {**query, "seq": {"$lt": last["seq"]}}
-            docs = list(coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).limit(limit + 1))
+            # Named: with the state fields beside the index's, SecantusDB plans a scan of the
+            # whole collection (every user's notifications) instead
+            cursor = coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).hint(HISTORY_INDEX)
+            docs = list(cursor.limit(limit + 1))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         page = docs[:limit]
