@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Config:
     LOGIN_MAX_DELAY_SECONDS: float = 8.0  # the per-username slow-down's cap (app/dashboard/security.py)
     STAFF_SESSION_SECONDS: int = 12 * 3600
     PRESENCE_INTERVAL_SECONDS: float = 5.0
+    INSTANCE_NAME: str = ""  # this instance in presence and delivery traces; empty: the host name
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
     LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
@@ -93,6 +95,11 @@ class Config:
     RECEIPT_FOLD_BATCH: int = 500
     RECEIPT_FOLD_DELAY_SECONDS: float = 10.0  # a trace waits this long in Redis: most are folded once
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> str:
+        """This instance's name: ``INSTANCE_NAME``, else the host name."""
+        return self.INSTANCE_NAME or socket.gethostname()
 
     @property
     def is_production(self) -> bool:

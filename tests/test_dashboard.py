@@ -7,6 +7,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -338,7 +339,18 @@ class FakeHub:
 
     def __init__(self, hub_id: str, users: dict[str, int]) -> None:
         self.hub_id = hub_id
-        self.users = {u: {object() for _ in range(n)} for u, n in users.items()}
+        self.users = {u: {conn(f"{hub_id}-{u}-{i}") for i in range(n)} for u, n in users.items()}
+
+
+@dataclass(eq=False)
+class FakeSub:
+    connection: str | None
+    since: float = field(default_factory=time.time)
+    closed: bool = False
+
+
+def conn(connection: str | None) -> FakeSub:
+    return FakeSub(connection)
 
 
 def test_presence_sums_workers_excludes_staff_and_forgets_dead_workers(dash: Flask) -> None:
@@ -346,9 +358,7 @@ def test_presence_sums_workers_excludes_staff_and_forgets_dead_workers(dash: Fla
     client = dash.extensions["redis"]
     one = Presence(config, client, FakeHub("w1", {"amy": 2, "bo": 1}))
     two = Presence(config, client, FakeHub("w2", {"amy": 1, "cy": 3}))
-    staff_sub = type("Sub", (), {"user_id": "cy"})()
-    two.hub.users["cy"].add(staff_sub)
-    two.add_staff(staff_sub)
+    two.hub.users["cy"].add(conn(None))  # a staff viewer's stream names no connection
     one.publish_once()
     two.publish_once()
     summary = one.summary()

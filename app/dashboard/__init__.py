@@ -39,9 +39,11 @@ class CookieOnlySessions(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = CookieOnlySessions()
-    presence = Presence(app.extensions["config"], app.extensions["redis"], app.extensions["hub"])
+    hub, notifications = app.extensions["hub"], app.extensions["notifications"]
+    presence = Presence(app.extensions["config"], app.extensions["redis"], hub, notifications.receipts)
+    hub.on_disconnect.append(presence.refresh_soon)
     app.extensions["presence"] = presence
-    app.extensions["dashboard"] = DashboardService(app.extensions["notifications"], presence)
+    app.extensions["dashboard"] = DashboardService(notifications, presence)
     app.extensions["dashboard_bootstrapped"] = False
     from app.dashboard import views  # noqa: F401  (registers the routes on bp)
 

@@ -286,7 +286,6 @@ def user_stream(user_id: str) -> Response:
             session_,
             initial,
             svc(),
-            current_app.extensions["presence"],
             _session_check(),
             config.DASHBOARD_TICK_SECONDS,
             config.SSE_RETRY_MS,
