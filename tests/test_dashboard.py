@@ -149,7 +149,9 @@ def test_state_changing_requests_need_the_csrf_token(dash: Flask) -> None:
     form = "/dashboard/users/carol/test-notification"
     assert client.post(form, data={"message": "hi"}).status_code == 403
     assert client.post("/dashboard/logout").status_code == 403  # still signed in afterwards
-    resp = client.post(form, data={"message": "hi", "csrf_token": token})
+    asked = client.post(form, data={"message": "hi", "csrf_token": token})  # the confirm step first
+    assert asked.status_code == 200 and b'name="confirmed" value="yes"' in asked.data
+    resp = client.post(form, data={"message": "hi", "csrf_token": token, "confirmed": "yes"})
     assert resp.status_code == 302
     sent = client.post(
         "/dashboard/api/users/carol/notifications",

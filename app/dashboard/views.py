@@ -29,6 +29,7 @@ from pymongo.errors import PyMongoError
 from app.access.tokens import Subscriber
 from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
+from app.dashboard.actions import StaffActions, page_user
 from app.dashboard.service import DashboardService
 from app.delivery import sse
 from app.delivery.session import StreamSession, parse_cursor
@@ -106,11 +107,8 @@ def _store_error(err: Exception) -> Response:
     return error_response(503, "unavailable", message) if _is_api() else _html_error(503, message)
 
 
-def _user_id(raw: str) -> str:
-    try:
-        return v.user_id(raw)
-    except ApiError:
-        raise ApiError(404, "not_found", f"{raw!r} is not a valid user id", field="user_id") from None
+def actions() -> StaffActions:
+    return current_app.extensions["staff_actions"]
 
 
 # -- sign in / out -------------------------------------------------------------------
@@ -172,19 +170,24 @@ def search() -> Any:
 @bp.get("/users/<user_id>")
 @security.staff_page
 def user(user_id: str) -> str:
-    view = svc().user_view(_user_id(user_id))
-    return render_template("dashboard/user.html", view=view)
+    user_id = page_user(user_id)
+    view = svc().user_view(user_id)
+    return render_template("dashboard/user.html", view=view, presence=actions().connections(user_id))
 
 
 @bp.post("/users/<user_id>/test-notification")
 @security.staff_page
 def send_test_form(user_id: str) -> Any:
-    user_id = _user_id(user_id)
+    """Without JavaScript: the form's first POST asks for confirmation, the second sends."""
+    user_id = page_user(user_id)
     try:
         body = request.form.to_dict()
-        svc().send_test(
-            user_id, v.text(body, "message", 4000, required=True), v.text(body, "title", 200, required=False)
-        )
+        message = v.text(body, "message", 4000, required=True)
+        title = v.text(body, "title", 200, required=False)
+        if body.get("confirmed") != "yes":
+            page = "dashboard/confirm_send.html"
+            return render_template(page, user_id=user_id, title=title, message=message)
+        actions().send_test(g.staff, user_id, message, title)
         flash("Test notification sent.", "info")
     except ApiError as exc:
         flash(exc.message, "error")
@@ -201,7 +204,7 @@ def api_overview() -> Response:
 @bp.get("/api/users/<user_id>/history")
 @security.staff_api
 def api_history(user_id: str) -> Response:
-    view = svc().user_view(_user_id(user_id))
+    view = svc().user_view(page_user(user_id))
     return json_response(
         {
             "notifications": view.notifications,
@@ -222,15 +225,16 @@ def api_trace(notification_id: str) -> Response:
 @bp.get("/api/users/<user_id>/status")
 @security.staff_api
 def api_status(user_id: str) -> Response:
-    return json_response(svc().user_status(_user_id(user_id)))
+    return json_response(svc().user_status(page_user(user_id)))
 
 
 @bp.post("/api/users/<user_id>/notifications")
 @security.staff_api
 def api_send_test(user_id: str) -> Response:
     body = v.json_body()
-    result = svc().send_test(
-        _user_id(user_id),
+    result = actions().send_test(
+        g.staff,
+        page_user(user_id),
         v.text(body, "message", 4000, required=True),
         v.text(body, "title", 200, required=False),
     )
@@ -240,7 +244,7 @@ def api_send_test(user_id: str) -> Response:
 @bp.post("/api/users/<user_id>/read")
 @security.staff_api
 def api_mark_read(user_id: str) -> Response:
-    return json_response(svc().mark_read(_user_id(user_id), v.id_selection(v.json_body())))
+    return json_response(actions().mark_read(g.staff, page_user(user_id), v.id_selection(v.json_body())))
 
 
 # -- streams -------------------------------------------------------------------------
@@ -275,7 +279,7 @@ def overview_stream() -> Response:
 @bp.get("/api/users/<user_id>/stream")
 @security.staff_api
 def user_stream(user_id: str) -> Response:
-    user_id = _user_id(user_id)
+    user_id = page_user(user_id)
     config = current_app.extensions["config"]
     viewer = Subscriber(user_id, time.time() + config.STAFF_SESSION_SECONDS)
     cursor = parse_cursor(request.headers.get("Last-Event-ID"), "Last-Event-ID")
