@@ -169,6 +169,8 @@ class Config:
             raise ConfigError("UNSUBSCRIBE_LINGER_SECONDS must be between 0 and 300")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
+        if self.INSTANCE_NAME and not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.INSTANCE_NAME):
+            raise ConfigError("INSTANCE_NAME must be 1-100 characters of A-Z a-z 0-9 _ . -")
         self._validate_redis_mode()
         if self.is_production:
             missing = [

@@ -75,8 +75,9 @@ class Presence:
 
     def publish_once(self) -> None:
         """Write this worker's snapshot; rewrites only the users whose connections changed."""
-        conns = {u: orjson.dumps(c) for u, c in self.local_connections().items()}
-        users = {u: len(orjson.loads(c)) for u, c in conns.items()}
+        local = self.local_connections()
+        conns = {u: orjson.dumps(c) for u, c in local.items()}
+        users = {u: len(c) for u, c in local.items()}
         ttl_ms = int(self.interval * 3000)
         wkey, ckey, mkey = (self._key(k, self.worker_id) for k in ("w", "c", "m"))
         meta = {"pid": os.getpid(), "connections": sum(users.values()), "users": len(users)}

@@ -24,6 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
+import re
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -44,7 +45,10 @@ log = logging.getLogger(__name__)
 PENDING = "trace:pending"
 TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
 MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
-MAX_BUFFERED = 500_000  # records a worker holds between flushes (Redis away, flusher not started)
+MAX_BUFFERED = 500_000
+STREAM_ID = re.compile(
+    r"(sse|ws)~[A-Za-z0-9_-]{1,100}~[0-9]{1,10}~[0-9]{1,19}"
+)  # as ``connection`` names one  # records a worker holds between flushes (Redis away, flusher not started)
 
 
 def deliveries_collection() -> Collection:
@@ -92,7 +96,7 @@ class Receipts:
         now = time.time()
         if len(self._acks) < MAX_BUFFERED:
             self._acks.extend((user_id, nid, connection, now) for nid in nids)
-        if nids and len(self._last_receipt) < MAX_BUFFERED:
+        if nids and STREAM_ID.fullmatch(connection) and len(self._last_receipt) < MAX_BUFFERED:
             self._last_receipt[(connection, user_id)] = now
 
     def take_last_receipts(self) -> dict[tuple[str, str], float]:
