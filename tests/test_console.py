@@ -49,9 +49,11 @@ def connection_ids(server: Any, user_id: str) -> dict[str, str]:
     return {c["transport"]: c["id"] for c in resp.json()["connections"]}
 
 
-def test_disconnect_closes_a_connection_on_the_instance_that_holds_it(live: Callable[..., Any]) -> None:
-    one = live(INSTANCE_NAME="one", **STAFF, **FAST)
-    two = live(INSTANCE_NAME="two", **FAST)
+def test_disconnect_closes_a_connection_on_the_instance_that_holds_it(
+    live: Callable[..., Any], redis_mode: dict[str, str]
+) -> None:
+    one = live(INSTANCE_NAME="one", **STAFF, **FAST, **redis_mode)
+    two = live(INSTANCE_NAME="two", **FAST, **redis_mode)
     sse = SSEClient(two.url, two.token("dana"))
     ws = WSClient(one.url, one.token("dana"))
     try:

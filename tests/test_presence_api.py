@@ -43,6 +43,10 @@ def test_presence_lists_each_connection_across_instances(live: Callable[..., Any
         assert by_transport["sse"]["instance"] == "one" and by_transport["ws"]["instance"] == "two"
         assert all(c["worker"].isdigit() and c["since"].endswith("Z") for c in body["connections"])
         assert all(c["last_receipt"] is None for c in body["connections"])
+        schema = requests.get(one.url + "/api/openapi.json", timeout=10).json()["components"]["schemas"]
+        item = schema["Presence"]["properties"]["connections"]["items"]
+        assert set(schema["Presence"]["required"]) == set(body)
+        assert all(set(item["required"]) == set(c) for c in body["connections"])
 
         # Receipts: the WebSocket acks on its stream, the SSE client POSTs to the other instance.
         nid = one.notify("pia", "hello")["id"]
