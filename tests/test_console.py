@@ -166,7 +166,7 @@ def test_api_keys_are_created_listed_and_revoked_in_the_console(live: Callable[.
     key_id = re.search(r"/dashboard/api-keys/([0-9a-f]{24})/revoke", row).group(1)  # type: ignore[union-attr]
     assert staff.post(f"/dashboard/api-keys/{key_id}/revoke").status_code == 302
     listing = staff.get("/dashboard/api-keys").text
-    assert "API key &#39;billing&#39; revoked." in listing and "revoked " in listing
+    assert "API key &#39;billing&#39; revoked: refused here now" in listing and "revoked " in listing
     refused = requests.post(
         server.url + "/api/notifications",
         json={"user_id": "finn", "message": "billed"},

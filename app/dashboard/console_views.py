@@ -10,6 +10,7 @@ from typing import Any
 
 from flask import current_app, flash, g, redirect, render_template, request, url_for
 
+from app.dashboard import audit as audit_log
 from app.dashboard import bp, security
 from app.dashboard.actions import StaffActions, page_user
 from app.errors import ApiError
@@ -48,7 +49,8 @@ def disconnect(user_id: str) -> Any:
 @security.staff_page
 def audit() -> str:
     target = request.args.get("target", "").strip()[:200] or None
-    return render_template("dashboard/audit.html", entries=actions().audit(target), target=target)
+    entries = actions().audit(target)
+    return render_template("dashboard/audit.html", entries=entries, target=target, page_size=audit_log.PAGE)
 
 
 @bp.get("/api-keys")
@@ -75,7 +77,8 @@ def create_api_key() -> Any:
 def revoke_api_key(key_id: str) -> Any:
     try:
         record = actions().revoke_key(g.staff, key_id)
-        flash(f"API key {record.name!r} revoked.", "info")
+        within = current_app.extensions["config"].API_KEY_CACHE_SECONDS
+        flash(f"API key {record.name!r} revoked: refused here now, everywhere within {within:g} s.", "info")
     except ApiError as exc:
         flash(exc.message, "error")
     return redirect(url_for("dashboard.api_keys"))

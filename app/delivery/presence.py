@@ -154,12 +154,12 @@ class Presence:
 
     def _run(self) -> None:
         while True:
+            self._wake.clear()  # before writing: a connection closed meanwhile wakes the next
             try:
                 self.publish_once()
             except redis.RedisError as exc:
                 self._last = self._last_conns = None  # rewrite everything once Redis is back
                 log.warning("presence update failed: %s", exc)
-            self._wake.clear()
             if self._wake.wait(self.interval):
                 gevent.sleep(0.05)  # let the closed streams give their subscriptions back
 
