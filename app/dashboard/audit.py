@@ -1,7 +1,8 @@
 """The audit log: what staff did in the console, who did it and to whom, in MongoDB.
 
 Every staff action that changes something (a test send, marking read, closing a user's
-connection, creating or revoking an API key) is written here before the page answers;
+connection, creating or revoking an API key; key changes made with ``flask keys`` too,
+as ``cli:<login>``) is written here before the page or command answers;
 an action whose entry cannot be written fails with the store error like any other
 MongoDB failure, so nothing a staff member does goes unrecorded. Entries are only ever
 inserted, newest first by ``at`` (an index), or per user (``target``, ``at``).
