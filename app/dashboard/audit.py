@@ -2,10 +2,10 @@
 
 Every staff action that changes something (a test send, marking read, closing a user's
 connection, creating or revoking an API key; key changes made with ``flask keys`` too,
-as ``cli:<login>``) is written here before the page or command answers;
-an action whose entry cannot be written fails with the store error like any other
-MongoDB failure, so nothing a staff member does goes unrecorded. Entries are only ever
-inserted, newest first by ``at`` (an index), or per user (``target``, ``at``).
+as ``cli:<login>``) is written here once it is done, before the page or command
+answers: when the entry cannot be written the answer is the store's 503, so staff are
+never told an action went through that the log does not hold. Entries are only ever
+inserted, and read newest first (index on ``at``) or per user or key (``target``, ``at``).
 """
 
 from __future__ import annotations
