@@ -390,8 +390,8 @@ class Hub:
                     metrics.DROPPED_SLOW.inc()
 
     def _disconnect(self, event: Event) -> None:
-        """Staff asked to close one connection (``presence.disconnect``): it ends here if
-        this worker holds it (every worker holding a stream of the user reads the command)."""
+        """Staff asked to close one connection (``app/dashboard/actions.py``): it ends here
+        if this worker holds it (every worker holding a stream of the user reads the command)."""
         try:
             target = orjson.loads(event.payload).get("connection")
         except orjson.JSONDecodeError:

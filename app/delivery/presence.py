@@ -31,6 +31,7 @@ import redis
 from gevent.event import Event as Wakeup
 
 from app.config import Config
+from app.store.receipts import Receipts
 from app.store.serialization import iso_ms
 
 log = logging.getLogger(__name__)
@@ -47,10 +48,12 @@ class Summary:
 
 
 class Presence:
-    def __init__(self, config: Config, redis_client: redis.Redis, hub: Any, receipts: Any = None) -> None:
+    def __init__(
+        self, config: Config, redis_client: redis.Redis, hub: Any, receipts: Receipts | None = None
+    ) -> None:
         self.redis = redis_client
         self.hub = hub
-        self.receipts = receipts  # app/store/receipts.py: the latest receipt per connection
+        self.receipts = receipts  # the latest receipt per connection
         self.prefix = config.KEY_PREFIX + "{all}:presence:"  # one slot on a cluster: one MULTI
         self.interval = max(float(config.PRESENCE_INTERVAL_SECONDS), 0.05)
         self.instance = config.instance
@@ -127,7 +130,10 @@ class Presence:
             pipe.expire(rkey, RECEIPTS_TTL_SECONDS)
         ended = []
         for user_id, raw in before.items():
-            still = {c[0] for c in orjson.loads(now[user_id])} if user_id in now else set()
+            fresh = now.get(user_id)
+            if fresh == raw:
+                continue
+            still = {c[0] for c in orjson.loads(fresh)} if fresh is not None else set()
             ended += [f"{c[0]} {user_id}" for c in orjson.loads(raw) if c[0] not in still]
         if ended:
             pipe.hdel(rkey, *ended)
@@ -160,8 +166,7 @@ class Presence:
             except redis.RedisError as exc:
                 self._last = self._last_conns = None  # rewrite everything once Redis is back
                 log.warning("presence update failed: %s", exc)
-            if self._wake.wait(self.interval):
-                gevent.sleep(0.05)  # let the closed streams give their subscriptions back
+            self._wake.wait(self.interval)  # a closed connection (``refresh_soon``) ends it early
 
     # -- readers ---------------------------------------------------------------------
     def live_workers(self) -> list[str]:
