@@ -96,6 +96,21 @@ def test_console_in_a_browser(live: Callable[..., Any], make_page: Callable[...,
         page.set_viewport_size({"width": 390, "height": 844})
         page.goto(one.url + "/dashboard/users/gil")
         page.save_screenshot("console-user-phone")
+
+        # Without JavaScript the same form asks on a page of its own.
+        plain = make_page(java_script_enabled=False)
+        plain.goto(one.url + "/dashboard/users/gil")
+        plain.fill("#username", "admin")
+        plain.fill("#password", PASSWORD)
+        plain.click("form button[type=submit]")
+        plain.fill("#test-message", "sent without scripts")
+        plain.click("#test-form button[type=submit]")
+        expect(plain.locator("h1")).to_contain_text("Send this test notification to gil?")
+        plain.save_screenshot("console-confirm-page")
+        plain.click("#confirm-send")
+        expect(plain.page).to_have_url(one.url + "/dashboard/users/gil")
+        expect(plain.locator(".flash-info")).to_have_text("Test notification sent.")
+        expect(plain.locator("#history .notif-message").first).to_have_text("sent without scripts")
     finally:
         sse.close()
         if ws is not None:
