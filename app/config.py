@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -77,6 +78,7 @@ class Config:
     LOGIN_MAX_DELAY_SECONDS: float = 8.0  # the per-username slow-down's cap (app/dashboard/security.py)
     STAFF_SESSION_SECONDS: int = 12 * 3600
     PRESENCE_INTERVAL_SECONDS: float = 5.0
+    INSTANCE_NAME: str = ""  # this instance in presence and delivery traces; empty: the host name
     DASHBOARD_TICK_SECONDS: float = 2.0
     TEST_CRASH_AFTER_INSERT: int = 0
     LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
@@ -93,6 +95,11 @@ class Config:
     RECEIPT_FOLD_BATCH: int = 500
     RECEIPT_FOLD_DELAY_SECONDS: float = 10.0  # a trace waits this long in Redis: most are folded once
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def instance(self) -> str:
+        """This instance's name: ``INSTANCE_NAME``, else the host name."""
+        return self.INSTANCE_NAME or socket.gethostname()
 
     @property
     def is_production(self) -> bool:
@@ -162,6 +169,8 @@ class Config:
             raise ConfigError("UNSUBSCRIBE_LINGER_SECONDS must be between 0 and 300")
         if self.RETENTION_DAYS < 0:
             raise ConfigError("RETENTION_DAYS must be 0 (keep forever) or a number of days")
+        if self.INSTANCE_NAME and not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.INSTANCE_NAME):
+            raise ConfigError("INSTANCE_NAME must be 1-100 characters of A-Z a-z 0-9 _ . -")
         self._validate_redis_mode()
         if self.is_production:
             missing = [

@@ -89,6 +89,7 @@
     if (old) old.parentNode.removeChild(old);
     var box = el("div", "trace");
     box.appendChild(el("p", "trace-verdict", data.verdict));
+    if (data.sent_by) box.appendChild(el("p", "trace-by", "sent from the console by " + data.sent_by));
     var steps = el("ol", "timeline");
     var d = data.delivery;
     function step(label, at) {
@@ -269,6 +270,20 @@
         : "offline";
     }
 
+    /* The connections card, rendered by the server again when the count changed. */
+    function refreshConnections(count) {
+      var card = byId("connections");
+      if (!card || count === null || count === undefined || String(count) === card.dataset.count) return;
+      card.dataset.count = String(count);
+      fetch(card.dataset.refresh, { credentials: "same-origin" }).then(function (resp) {
+        if (!resp.ok) throw new Error("HTTP " + resp.status);
+        return resp.text();
+      }).then(function (html) {
+        var fresh = new DOMParser().parseFromString(html, "text/html").getElementById("connections");
+        if (fresh && byId("connections")) byId("connections").replaceWith(fresh);
+      }).catch(function () { card.dataset.count = ""; });
+    }
+
     function markItemsRead(ids) {
       var all = ids === null;
       [feed, history].forEach(function (list) {
@@ -312,7 +327,10 @@
         show(error, !!data.error);
         if (data.cache) renderCache(data.cache.cached, data.cache.ttl);
         if ("unread" in data) renderUnread(data.unread);
-        if ("connections" in data) renderPresence(data.connections);
+        if ("connections" in data) {
+          renderPresence(data.connections);
+          refreshConnections(data.connections);
+        }
       },
       closed: function () { setLive("reconnecting", "reconnecting…"); }
     });
@@ -349,11 +367,22 @@
       }).catch(function (err) { window.alert(err.message); });
     });
 
+    /* A test send asks first (the form alone, without this script, gets a confirm page). */
     var form = byId("test-form");
+    var confirmBox = byId("test-confirm");
+    var submit = form.querySelector("button[type=submit]");
     form.addEventListener("submit", function (e) {
       e.preventDefault();
+      show(byId("test-result"), false);
+      show(confirmBox, true);
+      submit.disabled = true;
+      byId("test-confirm-send").focus();
+    });
+    function closeConfirm() { show(confirmBox, false); submit.disabled = false; }
+    byId("test-confirm-cancel").addEventListener("click", function () { closeConfirm(); submit.focus(); });
+    byId("test-confirm-send").addEventListener("click", function () {
       var result = byId("test-result");
-      var button = form.querySelector("button[type=submit]");
+      var button = byId("test-confirm-send");
       button.disabled = true;
       postJSON(page.dataset.send, { title: form.elements.title.value, message: form.elements.message.value })
         .then(function (data) {
@@ -365,7 +394,7 @@
           result.className = "form-result error";
           result.textContent = err.message;
         })
-        .then(function () { show(result, true); button.disabled = false; });
+        .then(function () { show(result, true); button.disabled = false; closeConfirm(); });
     });
   }
 

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from app.access.tokens import verify_token
+from app.dashboard import audit
 from app.store.models import notifications_collection
 from tests.support import REAL_USERS
 
@@ -45,6 +46,11 @@ def test_keys_create_list_revoke(app: Any, client: Any) -> None:
     assert "revoked" in run(app, "keys", "list").output
     unknown = run(app, "keys", "revoke", "no-such-key")
     assert unknown.exit_code != 0 and "no API key" in unknown.output
+    assert run(app, "keys", "revoke", "billing").exit_code == 0  # again: nothing more to record
+    with app.app_context():
+        logged = audit.entries("billing")
+    assert [e["action"] for e in logged] == ["api_key_revoke", "api_key_create"]
+    assert all(e["staff"].startswith("cli") for e in logged)
 
 
 def test_send_and_token(app: Any, client: Any) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import socket
 import subprocess
 import sys
 
@@ -118,3 +119,11 @@ def test_sentinel_mode_reads_its_variables() -> None:
     standalone = Config.from_env({})
     standalone.validate()
     assert standalone.REDIS_MODE == "standalone"
+
+
+def test_instance_name_defaults_to_the_host_name_and_is_checked() -> None:
+    assert Config().instance == socket.gethostname()
+    assert Config(INSTANCE_NAME="eu-1.a").instance == "eu-1.a"
+    for bad in ("eu 1", "a:b", "a~b", "x" * 101):
+        with pytest.raises(ConfigError, match="INSTANCE_NAME"):
+            Config(INSTANCE_NAME=bad).validate()

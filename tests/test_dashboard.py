@@ -7,6 +7,7 @@ import re
 import signal
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from typing import Any
 
 import gevent
@@ -148,7 +149,9 @@ def test_state_changing_requests_need_the_csrf_token(dash: Flask) -> None:
     form = "/dashboard/users/carol/test-notification"
     assert client.post(form, data={"message": "hi"}).status_code == 403
     assert client.post("/dashboard/logout").status_code == 403  # still signed in afterwards
-    resp = client.post(form, data={"message": "hi", "csrf_token": token})
+    asked = client.post(form, data={"message": "hi", "csrf_token": token})  # the confirm step first
+    assert asked.status_code == 200 and b'name="confirmed" value="yes"' in asked.data
+    resp = client.post(form, data={"message": "hi", "csrf_token": token, "confirmed": "yes"})
     assert resp.status_code == 302
     sent = client.post(
         "/dashboard/api/users/carol/notifications",
@@ -338,7 +341,18 @@ class FakeHub:
 
     def __init__(self, hub_id: str, users: dict[str, int]) -> None:
         self.hub_id = hub_id
-        self.users = {u: {object() for _ in range(n)} for u, n in users.items()}
+        self.users = {u: {conn(f"{hub_id}-{u}-{i}") for i in range(n)} for u, n in users.items()}
+
+
+@dataclass(eq=False)
+class FakeSub:
+    connection: str | None
+    since: float = field(default_factory=time.time)
+    closed: bool = False
+
+
+def conn(connection: str | None) -> FakeSub:
+    return FakeSub(connection)
 
 
 def test_presence_sums_workers_excludes_staff_and_forgets_dead_workers(dash: Flask) -> None:
@@ -346,9 +360,7 @@ def test_presence_sums_workers_excludes_staff_and_forgets_dead_workers(dash: Fla
     client = dash.extensions["redis"]
     one = Presence(config, client, FakeHub("w1", {"amy": 2, "bo": 1}))
     two = Presence(config, client, FakeHub("w2", {"amy": 1, "cy": 3}))
-    staff_sub = type("Sub", (), {"user_id": "cy"})()
-    two.hub.users["cy"].add(staff_sub)
-    two.add_staff(staff_sub)
+    two.hub.users["cy"].add(conn(None))  # a staff viewer's stream names no connection
     one.publish_once()
     two.publish_once()
     summary = one.summary()

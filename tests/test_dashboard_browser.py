@@ -79,6 +79,7 @@ def test_dashboard_in_a_browser(live: Callable[..., Any], make_page: Callable[..
     # The test form (CSRF-protected fetch); the XSS message shows as text, live and in history.
     page.fill("#test-message", XSS)
     page.click("#test-form button[type=submit]")
+    page.click("#test-confirm-send")
     expect(page.locator("#test-result")).to_have_text("Sent.")
     expect(page.locator("#live-feed .notif-message").first).to_have_text(XSS, timeout=1000)
     assert page.locator("#live-feed script").count() == 0

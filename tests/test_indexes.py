@@ -12,7 +12,13 @@ from tests.support import wait_until
 from tests.test_metrics import sample
 
 # api_keys' unique indexes are made by mongoengine itself when the collection is first used.
-EXPECTED = ["notifications.user_read_seq", "notifications.idem", "notifications.created"]
+EXPECTED = [
+    "notifications.user_read_seq",
+    "notifications.idem",
+    "notifications.created",
+    "audit_log.newest",
+    "audit_log.target_newest",
+]
 
 
 def ready(url: str) -> requests.Response:

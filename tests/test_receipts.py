@@ -135,3 +135,17 @@ def test_an_unreceived_notification_has_nulls_and_no_mongodb_write_per_delivery(
     assert body["delivery"]["sent"] == [] and body["delivery"]["received_at"] is None
     with app.app_context():
         assert deliveries_collection().count_documents({}) == 0, "nothing folded before the flush"
+
+
+def test_the_latest_receipt_per_stream_is_kept_for_presence(app):
+    receipts = app.extensions["notifications"].receipts
+    stream = receipts.connection("ws")
+    nid = "6650f0c2a1b2c3d4e5f60718"
+    receipts.acked("ann", [nid], stream)
+    receipts.acked("ann", [nid], stream)
+    receipts.acked("ann", [nid], "http")  # a receipt naming no stream: nothing to show in presence
+    receipts.acked("ann", [nid], "made~up")
+    receipts.acked("ann", [], stream)
+    taken = receipts.take_last_receipts()
+    assert list(taken) == [(stream, "ann")]
+    assert receipts.take_last_receipts() == {}

@@ -111,4 +111,3 @@ def test_a_thousand_bad_opens_leave_every_count_where_it_was(live, stack):
         assert client.messages() == ["after"]
     finally:
         client.close()
-

@@ -8,11 +8,13 @@ from datetime import datetime, timezone
 from typing import Any
 
 import orjson
+import redis
 from flask import Blueprint, Response, current_app, g, request
 
 from app.access.tokens import mint_token, require_api_key, require_subscriber
 from app.api import create
 from app.api import validation as v
+from app.errors import ApiError
 from app.store.notifications import NotificationService
 from app.store.serialization import iso
 
@@ -124,6 +126,16 @@ _route("/counts", "counts", _counts, "GET")
 _route("/notifications/<notification_id>", "delete", _delete, "DELETE")
 for _change in STATE_CHANGES:
     _route("/" + _change, "mark_" + _change, _changer(_change), "POST")
+
+
+@bp.get("/users/<user_id>/presence")
+@require_api_key
+def user_presence(user_id: str) -> Response:
+    """Whether the user is connected now, each open connection, and when last seen."""
+    try:
+        return json_response(current_app.extensions["presence"].user_presence(v.user_id(user_id)))
+    except redis.RedisError as exc:
+        raise ApiError(503, "unavailable", "presence is unavailable right now, retry") from exc
 
 
 @bp.get("/recent")

@@ -17,6 +17,7 @@ from flask.sessions import SecureCookieSession, SecureCookieSessionInterface
 from pymongo.errors import PyMongoError
 
 from app.dashboard import staff
+from app.dashboard.actions import StaffActions
 from app.dashboard.service import DashboardService
 from app.delivery.presence import Presence
 
@@ -39,11 +40,15 @@ class CookieOnlySessions(SecureCookieSessionInterface):
 
 def init_app(app: Flask) -> None:
     app.session_interface = CookieOnlySessions()
-    presence = Presence(app.extensions["config"], app.extensions["redis"], app.extensions["hub"])
+    hub, notifications = app.extensions["hub"], app.extensions["notifications"]
+    presence = Presence(app.extensions["config"], app.extensions["redis"], hub, notifications.receipts)
+    hub.on_disconnect.append(presence.refresh_soon)
     app.extensions["presence"] = presence
-    app.extensions["dashboard"] = DashboardService(app.extensions["notifications"], presence)
+    app.extensions["dashboard"] = DashboardService(notifications, presence)
+    checker = app.extensions.get("api_key_checker")
+    app.extensions["staff_actions"] = StaffActions(notifications, presence, checker)
     app.extensions["dashboard_bootstrapped"] = False
-    from app.dashboard import views  # noqa: F401  (registers the routes on bp)
+    from app.dashboard import console_views, views  # noqa: F401  (register the routes on bp)
 
     app.register_blueprint(bp)
 

@@ -209,8 +209,9 @@ def staff_api(view: Callable[..., Any]) -> Callable[..., Any]:
 
 # -- login throttling ------------------------------------------------------------------
 def _throttle_keys(username: str, ip: str) -> list[str]:
-    """Failure counters: this (username, address) pair, this address, this username."""
-    prefix = _config().KEY_PREFIX + "loginfail:"
+    """Failure counters: this (username, address) pair, this address, this username; one
+    hash tag, so that on a Redis Cluster the throttle scripts find them in one slot."""
+    prefix = _config().KEY_PREFIX + "{login}:fail:"
     name = staff.normalize_username(username)
     return [
         prefix + "p:" + _digest(f"{name}\n{ip}"),

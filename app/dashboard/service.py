@@ -139,14 +139,6 @@ class DashboardService:
             "error": " ".join(errors) or None,
         }
 
-    def send_test(self, user_id: str, message: str, title: str) -> dict[str, Any]:
-        stored = self.notifications.create([user_id], message=message, title=title, category="test")
-        return {"notification": stored.notifications[0], "published": stored.published}
-
-    def mark_read(self, user_id: str, ids: list[str] | None) -> dict[str, Any]:
-        updated = self.notifications.change(user_id, "read", ids)
-        return {"updated": updated, "unread": self.notifications.unread_count(user_id)}
-
     def trace(self, notification_id: str) -> dict[str, Any]:
         """A notification, its delivery record and the record in plain words."""
         traced = self.notifications.traced(notification_id)

@@ -20,7 +20,6 @@ from app.dashboard.service import DashboardService
 from app.delivery import sse
 from app.delivery.events import NOTIFICATION, Event
 from app.delivery.hub import Hub, Subscription
-from app.delivery.presence import Presence
 from app.delivery.session import StreamSession
 from app.errors import ApiError
 
@@ -86,7 +85,6 @@ def user_frames(
     session: StreamSession,
     initial: list[Event],
     svc: DashboardService,
-    presence: Presence,
     check: StaffCheck,
     tick: float,
     retry_ms: int,
@@ -95,7 +93,6 @@ def user_frames(
     assert session.sub is not None
     sub = session.sub
     user_id = session.subscriber.user_id
-    presence.add_staff(sub)
     try:
         yield sse.preamble(retry_ms)
         for event in initial:
@@ -119,7 +116,6 @@ def user_frames(
             yield frame("status", _status(svc, user_id))
             next_tick = time.monotonic() + tick
     finally:
-        presence.remove_staff(sub)
         session.close()
 
 

@@ -29,6 +29,7 @@ from pymongo.errors import PyMongoError
 from app.access.tokens import Subscriber
 from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
+from app.dashboard.actions import StaffActions, page_user
 from app.dashboard.history import OBJECT_ID_RE, STATES
 from app.dashboard.service import DashboardService
 from app.delivery import sse
@@ -107,11 +108,8 @@ def _store_error(err: Exception) -> Response:
     return error_response(503, "unavailable", message) if _is_api() else _html_error(503, message)
 
 
-def _user_id(raw: str) -> str:
-    try:
-        return v.user_id(raw)
-    except ApiError:
-        raise ApiError(404, "not_found", f"{raw!r} is not a valid user id", field="user_id") from None
+def actions() -> StaffActions:
+    return current_app.extensions["staff_actions"]
 
 
 # -- sign in / out -------------------------------------------------------------------
@@ -175,12 +173,13 @@ def search() -> Any:
 @bp.get("/users/<user_id>")
 @security.staff_page
 def user(user_id: str) -> Any:
-    user_id = _user_id(user_id)
+    user_id = page_user(user_id)
     view = svc().user_view(user_id)
     history = svc().history_page(user_id, request.args, view)
     if history.owner is not None:  # a notification id: its user's page, from it on
         return _at_notification(history.owner, history.focus)
-    html = render_template("dashboard/user.html", view=view, history=history, states=STATES)
+    page = {"view": view, "history": history, "states": STATES, "presence": actions().connections(user_id)}
+    html = render_template("dashboard/user.html", **page)
     return html, history.status
 
 
@@ -193,12 +192,16 @@ def _at_notification(user_id: str, notification_id: str | None) -> Any:
 @bp.post("/users/<user_id>/test-notification")
 @security.staff_page
 def send_test_form(user_id: str) -> Any:
-    user_id = _user_id(user_id)
+    """Without JavaScript: the form's first POST asks for confirmation, the second sends."""
+    user_id = page_user(user_id)
     try:
         body = request.form.to_dict()
-        svc().send_test(
-            user_id, v.text(body, "message", 4000, required=True), v.text(body, "title", 200, required=False)
-        )
+        message = v.text(body, "message", 4000, required=True)
+        title = v.text(body, "title", 200, required=False)
+        if body.get("confirmed") != "yes":
+            page = "dashboard/confirm_send.html"
+            return render_template(page, user_id=user_id, title=title, message=message)
+        actions().send_test(g.staff, user_id, message, title)
         flash("Test notification sent.", "info")
     except ApiError as exc:
         flash(exc.message, "error")
@@ -215,7 +218,7 @@ def api_overview() -> Response:
 @bp.get("/api/users/<user_id>/history")
 @security.staff_api
 def api_history(user_id: str) -> Response:
-    view = svc().user_view(_user_id(user_id))
+    view = svc().user_view(page_user(user_id))
     return json_response(
         {
             "notifications": view.notifications,
@@ -236,15 +239,16 @@ def api_trace(notification_id: str) -> Response:
 @bp.get("/api/users/<user_id>/status")
 @security.staff_api
 def api_status(user_id: str) -> Response:
-    return json_response(svc().user_status(_user_id(user_id)))
+    return json_response(svc().user_status(page_user(user_id)))
 
 
 @bp.post("/api/users/<user_id>/notifications")
 @security.staff_api
 def api_send_test(user_id: str) -> Response:
     body = v.json_body()
-    result = svc().send_test(
-        _user_id(user_id),
+    result = actions().send_test(
+        g.staff,
+        page_user(user_id),
         v.text(body, "message", 4000, required=True),
         v.text(body, "title", 200, required=False),
     )
@@ -254,7 +258,7 @@ def api_send_test(user_id: str) -> Response:
 @bp.post("/api/users/<user_id>/read")
 @security.staff_api
 def api_mark_read(user_id: str) -> Response:
-    return json_response(svc().mark_read(_user_id(user_id), v.id_selection(v.json_body())))
+    return json_response(actions().mark_read(g.staff, page_user(user_id), v.id_selection(v.json_body())))
 
 
 # -- streams -------------------------------------------------------------------------
@@ -289,7 +293,7 @@ def overview_stream() -> Response:
 @bp.get("/api/users/<user_id>/stream")
 @security.staff_api
 def user_stream(user_id: str) -> Response:
-    user_id = _user_id(user_id)
+    user_id = page_user(user_id)
     config = current_app.extensions["config"]
     viewer = Subscriber(user_id, time.time() + config.STAFF_SESSION_SECONDS)
     cursor = parse_cursor(request.headers.get("Last-Event-ID"), "Last-Event-ID")
@@ -300,7 +304,6 @@ def user_stream(user_id: str) -> Response:
             session_,
             initial,
             svc(),
-            current_app.extensions["presence"],
             _session_check(),
             config.DASHBOARD_TICK_SECONDS,
             config.SSE_RETRY_MS,

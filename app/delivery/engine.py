@@ -20,6 +20,7 @@ import gevent
 
 from app.delivery.connection import Conn
 from app.delivery.events import Event
+from app.delivery.hub import DISCONNECTED as DISCONNECTED_REASON
 from app.delivery.session import StreamSession
 from app.delivery.waiting import BURST, WHEEL, Alarm, Parked
 
@@ -27,6 +28,7 @@ log = logging.getLogger(__name__)
 
 NORMAL, GOING_AWAY, PROTOCOL, BAD_DATA, SLOW, TOO_BIG, INTERNAL = 1000, 1001, 1002, 1007, 1008, 1009, 1011
 EXPIRED = 4401
+DISCONNECTED = 4000  # support staff closed this connection (the dashboard's disconnect)
 
 
 class End(Exception):
@@ -70,6 +72,8 @@ def _end_of(session: StreamSession) -> End | None:
         return None
     if reason == "closed":
         return End(NORMAL)
+    if reason == DISCONNECTED_REASON:
+        return End(DISCONNECTED, reason)
     return End(SLOW if reason == "slow consumer" else GOING_AWAY, reason)
 
 

@@ -18,8 +18,9 @@ NOTIFICATION = "notification"
 STATE = "state"  # an inbox state change (seen, read, unread, archive, unarchive, delete)
 RESET = "reset"
 PROBE = "probe"
+DISCONNECT = "disconnect"  # a command to the worker that holds one connection: close it
 
-_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"p": PROBE}
+_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"p": PROBE, b"x": DISCONNECT}
 CURSORED = (NOTIFICATION, STATE)  # kinds whose seq is a place in the user's stream
 _KIND_CODES = {v: k.decode() for k, v in _WIRE_KINDS.items()}
 

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import gevent
+import orjson
 import redis
 from gevent.event import Event as Wakeup
 from redis.backoff import NoBackoff
@@ -43,7 +44,7 @@ from redis.exceptions import RedisClusterException
 from redis.retry import Retry
 
 from app.delivery.channels import Channels
-from app.delivery.events import CURSORED, PROBE, RESET, Event
+from app.delivery.events import CURSORED, DISCONNECT, PROBE, RESET, Event
 from app.delivery.redis_reader import MESSAGE, SUBSCRIBE, UNSUBSCRIBE, Frame, RawPushReader
 from app.delivery.replay import ReplayUnavailable, events_after
 from app.ops import metrics
@@ -55,6 +56,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 MAX_BACKOFF = 5.0
+DISCONNECTED = "disconnected by support staff"  # the close reason of a staff disconnect
 PROBE_SCRIPT = r"""
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
@@ -79,10 +81,25 @@ class Subscription:
     sending, the dashboard's feed (no replay) and a stream that falls behind again while
     sending a catch-up are slow consumers: closed, the client resumes from its cursor."""
 
-    __slots__ = ("user_id", "queue", "wakeup", "closed", "reason", "maxsize", "parked", "behind")
+    __slots__ = (
+        "user_id",
+        "queue",
+        "wakeup",
+        "closed",
+        "reason",
+        "maxsize",
+        "parked",
+        "behind",
+        "connection",
+        "since",
+    )
 
     def __init__(self, user_id: str | None, maxsize: int) -> None:
         self.user_id = user_id
+        # A client's own stream names its connection (presence, receipts, disconnect);
+        # None for a staff viewer's.
+        self.connection: str | None = None
+        self.since = 0.0
         # None while empty: an idle client should not hold a deque block (~760 B) for nothing
         self.queue: deque[Event] | None = None
         self.wakeup = Wakeup()
@@ -165,6 +182,7 @@ class Hub:
         self.connected = Wakeup()
         self.stats = dict.fromkeys(("received", "messages", "bad_messages", "reconnects", "resynced"), 0)
         self.on_reconnect: list[Callable[[], None]] = []
+        self.on_disconnect: list[Callable[[], None]] = []  # a connection closed by staff
         self._greenlet: gevent.Greenlet | None = None
         self._writer: gevent.Greenlet | None = None  # the subscription writer (Channels.run)
         self._stopping = False
@@ -386,6 +404,9 @@ class Hub:
                 self._probe_sent_at = None
                 self.caught_up_us = event.seq or self.caught_up_us
             return
+        if event.kind == DISCONNECT:
+            self._disconnect(event)
+            return
         self.stats["messages"] += 1
         if feed:
             for sub in tuple(self.watchers):
@@ -400,6 +421,19 @@ class Hub:
                 self.user_last[event.user_id] = event.seq
             for sub in tuple(subs):
                 sub.offer(event)
+
+    def _disconnect(self, event: Event) -> None:
+        """Staff asked to close one connection (``app/dashboard/actions.py``): it ends here
+        if this worker holds it (every worker holding a stream of the user reads the command)."""
+        try:
+            target = orjson.loads(event.payload).get("connection")
+        except orjson.JSONDecodeError:
+            return
+        for sub in tuple(self.users.get(event.user_id, ())):
+            if sub.connection is not None and sub.connection == target:
+                sub.close(DISCONNECTED)
+                for callback in self.on_disconnect:
+                    callback()
 
     def _resync(self) -> None:
         """Replay, per local user, what was published while the hub was not listening."""

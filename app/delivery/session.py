@@ -91,6 +91,8 @@ class StreamSession:
         user_id = self.subscriber.user_id
         config = self.hub.config
         self.sub = self.hub.subscribe(user_id)
+        self.sub.connection = self.connection
+        self.sub.since = time.time()
         self.tracker = metrics.StreamTracker(self.transport, user_id)
         # Live means "published after this stream opened": the replay is read only once
         # Redis confirmed this worker's subscription to the user's channel, so an event

@@ -2,9 +2,10 @@
 
 Each write is one HTTP/1.1 chunk (a client reads each burst as it arrives, not per
 buffer); a comment line keeps proxies and the client's timer from closing an idle
-stream; an EventSource can only be told one way a stream ends: ``event: expired`` for
-a token that ran out (the client gets a new token before reconnecting), and the end of
-the chunked body otherwise, which makes it reconnect with its ``Last-Event-ID``.
+stream; an EventSource is told how a stream ends by a last event: ``event: expired`` for
+a token that ran out (the client gets a new token before reconnecting), ``event:
+disconnected`` when support staff closed it; otherwise only by the end of the chunked
+body, which makes it reconnect with its ``Last-Event-ID``.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from app.delivery.events import SSE_HEARTBEAT, Event
 from app.delivery.session import StreamSession
 
 EXPIRED = b'event: expired\ndata: {"reason":"token expired"}\n\n'
+DISCONNECTED = b'event: disconnected\ndata: {"reason":"disconnected by support staff"}\n\n'
 END_OF_BODY = b"0\r\n\r\n"
 STREAM_HEADERS = {
     "Cache-Control": "no-cache",
@@ -60,6 +62,8 @@ class SseFraming:
     def finish(self, end: engine.End | None) -> bytes:
         if end is not None and end.code == engine.EXPIRED:
             return chunk([EXPIRED]) + END_OF_BODY
+        if end is not None and end.code == engine.DISCONNECTED:
+            return chunk([DISCONNECTED]) + END_OF_BODY
         return END_OF_BODY
 
 

@@ -5,6 +5,7 @@ before the upgrade; after it, wsproto parses every client frame (masking, fragme
 control frames, UTF-8, close codes per §7.4) and builds every frame we send. No extension
 is negotiated: permessage-deflate would keep a zlib context of ~300 KB per connection.
 Close codes: 1008 slow consumer or missing pong, 1001 going away, 4401 token expired,
+4000 disconnected by support staff,
 1009 message too big, 1002 protocol error, 1007 invalid UTF-8; a client's close is echoed.
 """
 

@@ -6,6 +6,7 @@ server), so it talks to the same MongoDB and Redis and publishes live like the A
 
 from __future__ import annotations
 
+import getpass
 from typing import NoReturn
 
 import click
@@ -14,6 +15,7 @@ from flask.cli import AppGroup, with_appcontext
 
 from app.access import apikeys
 from app.access.tokens import mint_token
+from app.dashboard import audit
 from app.errors import ApiError
 from app.store import retention
 from app.store.indexes import create_indexes
@@ -28,6 +30,14 @@ def _fail(message: str) -> NoReturn:
     raise click.ClickException(message)
 
 
+def _operator() -> str:
+    """Who ran the command, for the audit log (``cli:<login>``)."""
+    try:
+        return f"cli:{getpass.getuser()}"[:64]
+    except (KeyError, OSError):  # no login name for this uid (a bare container)
+        return "cli"
+
+
 @keys.command("create")
 @click.argument("name")
 def keys_create(name: str) -> None:
@@ -36,6 +46,7 @@ def keys_create(name: str) -> None:
         created = apikeys.create_key(name)
     except apikeys.ApiKeyProblem as exc:
         _fail(str(exc))
+    audit.record(_operator(), "api_key_create", created.record.name, key=str(created.record.id))
     click.echo(f"created API key {created.record.name!r} (id {created.record.id})")
     click.echo("store it now, it is not shown again:")
     click.echo(created.key)
@@ -61,9 +72,13 @@ def keys_list() -> None:
 def keys_revoke(name_or_id: str) -> None:
     """Revoke a key by name or id (other processes stop accepting it within the cache time)."""
     try:
+        record = apikeys.find_key(name_or_id)
+        was_revoked = record.revoked
         record = apikeys.revoke_key(name_or_id, current_app.extensions.get("api_key_checker"))
     except apikeys.ApiKeyProblem as exc:
         _fail(str(exc))
+    if not was_revoked:
+        audit.record(_operator(), "api_key_revoke", record.name, key=str(record.id))
     click.echo(f"revoked API key {record.name!r} (id {record.id})")
 
 

@@ -178,8 +178,35 @@ SCHEMAS: dict[str, Any] = {
     "Traced": {
         "allOf": [_ref("Notification")],
         "type": "object",
-        "required": ["delivery"],
-        "properties": {"delivery": _ref("Delivery")},
+        "required": ["delivery", "sent_by"],
+        "properties": {"delivery": _ref("Delivery"), "sent_by": {
+            "type": ["string", "null"], "description": "The support staff member who sent it from the "
+            "dashboard (a test send); null when a service sent it"}},
+    },
+    "Presence": {
+        "type": "object",
+        "description": "Open connections within about 3 x PRESENCE_INTERVAL_SECONDS (each worker reports "
+        "its own); staff watching the user in the dashboard are not the user",
+        "required": ["user_id", "online", "connections", "last_seen"],
+        "properties": {
+            "user_id": {"type": "string"},
+            "online": {"type": "boolean"},
+            "connections": {"type": "array", "description": "Oldest first", "items": {
+                "type": "object",
+                "required": ["id", "transport", "instance", "worker", "since", "last_receipt"],
+                "properties": {
+                    "id": {"type": "string",
+                           "description": "The stream's id, as in its `connected` event and the trace"},
+                    "transport": {"enum": ["sse", "ws"]},
+                    "instance": {"type": "string", "description": "INSTANCE_NAME, else the host name"},
+                    "worker": {"type": "string", "description": "The worker's process id"},
+                    "since": {"type": "string", "format": "date-time"},
+                    "last_receipt": {"type": ["string", "null"], "format": "date-time",
+                                     "description": "The newest receipt of this connection"}}}},
+            "last_seen": {"type": ["string", "null"], "format": "date-time",
+                          "description": "Now while online; else when the last connection ended; null: "
+                          "never seen (or not in the last 90 days)"},
+        },
     },
     "Delivery": {
         "type": "object",
@@ -345,6 +372,10 @@ PATHS: dict[str, Any] = {
         "A notification with its delivery trace (stored, published, each connection written to, "
         "received, seen, read, archived)", {"200": _json("Traced", "The notification and its trace")},
         (401, 404, 422, 503), security=API_KEY)},
+    "/api/users/{user_id}/presence": {"parameters": [USER_PARAM], "get": _op(
+        "Whether the user is connected: each open connection (transport, instance, worker, since, last "
+        "receipt) across all instances, and when the user was last seen",
+        {"200": _json("Presence", "The user's presence")}, (401, 422, 503), security=API_KEY)},
     "/api/me/ack": {"post": _op(
         "Receipts: the subscriber's client received these notifications (SSE clients; a WebSocket "
         'client sends `{"type":"ack","ids":[...]}`). Recorded within RECEIPT_FLUSH_SECONDS',
@@ -359,7 +390,8 @@ PATHS: dict[str, Any] = {
     "/stream": {"get": _op(
         "Server-Sent Events: `connected` (the stream's id, for receipts), `notification` (id = cursor), "
         "`state` (an inbox change made anywhere: "
-        "`change`, `ids`, `all` and the counts after it; id = cursor), `reset`, `expired` events",
+        "`change`, `ids`, `all` and the counts after it; id = cursor), `reset`, `expired` events; "
+        "`disconnected` when support staff closed the stream",
         {"200": {"description": "An endless event stream", "content": {"text/event-stream": {
             "schema": {"type": "string"},
             "example": 'retry: 2000\n\nid: 1764172800000001\nevent: notification\ndata: {"id":"..."}\n\n'}}}},
@@ -372,7 +404,7 @@ PATHS: dict[str, Any] = {
         '`{"type":"state","seq":cursor,"change",...}`, `reset`, `error`. Client frames: '
         '`{"type":"read"|"seen"|"unread"|"archive"|"unarchive","ids":[...]}` (or `"all":true`), '
         '`{"type":"delete","ids":[...]}`, `{"type":"ack","ids":[...]}` (receipts). Close codes: '
-        "1008 slow consumer, 1009 frame too large, 4401 token expired.",
+        "1008 slow consumer, 1009 frame too large, 4401 token expired, 4000 closed by support staff.",
         {"101": {"description": "Switching Protocols"}}, (401, 403, 429), security=STREAM_AUTH,
         parameters=CURSOR_PARAMS)},
     "/healthz": {"get": _op("Liveness", {"200": _json("Health", "The process runs")}, (), security=[])},

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 
 from app.access.apikeys import ApiKey
 from app.config import Config
+from app.dashboard.audit import AuditEntry
 from app.ops import metrics
 from app.ops.mongocalls import long_mongo_calls
 from app.store.models import (
@@ -32,7 +33,7 @@ from app.store.models import (
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS: tuple[type[Document], ...] = (Notification, ApiKey)
+DOCUMENTS: tuple[type[Document], ...] = (Notification, ApiKey, AuditEntry)
 RECHECK_SECONDS = 5.0  # /readyz looks again at most this often
 RETRY_SECONDS = 2.0
 BUILD_SECONDS = 600.0  # a worker that could not reach MongoDB at start tries again
@@ -54,6 +55,7 @@ def create_indexes() -> None:
     with long_mongo_calls(BUILD_SECONDS):
         ensure_indexes()
         create_missing(ApiKey)
+        create_missing(AuditEntry)
 
 
 class IndexGuard:

@@ -100,13 +100,17 @@ class NotificationService:
         budget: RedisBudget | None = None,
         priority: str = "normal",
         actions: list[dict[str, str]] | None = None,
+        sent_by: str = "",
     ) -> Stored:
         """Store one notification per user (MongoDB first), then publish them.
 
-        With ``key``, an earlier attempt's notifications are the answer if it stored them."""
+        With ``key``, an earlier attempt's notifications are the answer if it stored them.
+        ``sent_by``: the staff member who sent it from the dashboard (shown in its trace)."""
         now = utc_now_ms()
         fields = (message, title, category, data or {}, now, priority, actions)
         docs = [new_document(u, *fields) for u in user_ids]
+        for doc in docs if sent_by else ():
+            doc["sent_by"] = sent_by
         if key is not None:
             self._ensure_key_index()
             key.mark(docs)
@@ -281,7 +285,8 @@ class NotificationService:
             doc = notifications_collection().find_one({"_id": oid})
             if doc is None or is_marker(doc):
                 raise ApiError(404, "not_found", "no such notification")
-            return {**public_json(doc), "delivery": self.receipts.trace(doc)}
+            delivery = self.receipts.trace(doc)
+            return {**public_json(doc), "sent_by": doc.get("sent_by"), "delivery": delivery}
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 

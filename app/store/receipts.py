@@ -24,7 +24,7 @@ from __future__ import annotations
 import itertools
 import logging
 import os
-import socket
+import re
 import time
 from collections import defaultdict
 from datetime import datetime, timezone
@@ -38,13 +38,17 @@ from pymongo.collection import Collection
 from pymongo.errors import BulkWriteError, PyMongoError
 
 from app.store.models import id_chunks, notifications_collection
+from app.store.serialization import iso_ms
 
 log = logging.getLogger(__name__)
 
 PENDING = "trace:pending"
 TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
 MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
-MAX_BUFFERED = 500_000  # records a worker holds between flushes (Redis away, flusher not started)
+MAX_BUFFERED = 500_000
+STREAM_ID = re.compile(
+    r"(sse|ws)~[A-Za-z0-9_-]{1,100}~[0-9]{1,10}~[0-9]{1,19}"
+)  # as ``connection`` names one  # records a worker holds between flushes (Redis away, flusher not started)
 
 
 def deliveries_collection() -> Collection:
@@ -55,13 +59,6 @@ def _ms(ts: float) -> int:
     return int(ts * 1000)
 
 
-def _iso(ms: int | None) -> str | None:
-    if ms is None:
-        return None
-    dt = datetime.fromtimestamp(ms / 1000, timezone.utc)
-    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
-
-
 class Receipts:
     """This worker's buffer of delivery records, its flusher and its share of the folding."""
 
@@ -69,12 +66,15 @@ class Receipts:
         self.config = config
         self.redis = redis_client
         self.prefix = config.KEY_PREFIX
-        self.instance = socket.gethostname()
+        self.instance = config.instance
         self.worker = str(os.getpid())
         self._ids = itertools.count(1)
         self._sent: list[tuple[str, str, float]] = []  # (notification id, connection, time)
         self._acks: list[tuple[str, str, str, float]] = []  # (user, notification id, connection, time)
         self._published: list[tuple[list[str], float]] = []
+        # The latest receipt per connection, for presence (app/delivery/presence.py), which
+        # writes them with its periodic snapshot: no Redis write per receipt.
+        self._last_receipt: dict[tuple[str, str], float] = {}  # (connection, user) -> time
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"flushed": 0, "folded": 0}
 
@@ -96,6 +96,14 @@ class Receipts:
         now = time.time()
         if len(self._acks) < MAX_BUFFERED:
             self._acks.extend((user_id, nid, connection, now) for nid in nids)
+        if nids and STREAM_ID.fullmatch(connection) and len(self._last_receipt) < MAX_BUFFERED:
+            self._last_receipt[(connection, user_id)] = now
+
+    def take_last_receipts(self) -> dict[tuple[str, str], float]:
+        """The latest receipt time of each (connection, user) acknowledged since the last
+        call; the user, as for the trace, because a receipt counts only for its sender."""
+        taken, self._last_receipt = self._last_receipt, {}
+        return taken
 
     def published(self, nids: list[str], at: float) -> None:
         if len(self._published) < MAX_BUFFERED:
@@ -213,15 +221,15 @@ class Receipts:
             fresh = {}
         merged = _merge(folded, fresh, doc["user_id"])
         sent = [
-            {**_describe(conn), "at": _iso(ms), "received_at": _iso(merged["received"].get(conn))}
+            {**_describe(conn), "at": iso_ms(ms), "received_at": iso_ms(merged["received"].get(conn))}
             for conn, ms in sorted(merged["sent"].items(), key=lambda item: item[1])
         ]
         received = list(merged["received"].values())
         return {
             "stored_at": _iso_dt(doc["created_at"]),
-            "published_at": _iso(merged["published"]),
+            "published_at": iso_ms(merged["published"]),
             "sent": sent,
-            "received_at": _iso(min(received)) if received else None,
+            "received_at": iso_ms(min(received)) if received else None,
             "seen_at": _iso_dt(doc.get("seen_at") or doc.get("read_at")),
             "read_at": _iso_dt(doc.get("read_at")) if doc.get("read") else None,
             "archived_at": _iso_dt(doc.get("archived_at")),
@@ -231,7 +239,7 @@ class Receipts:
 def _iso_dt(value: datetime | None) -> str | None:
     if value is None:
         return None
-    return _iso(int(value.replace(tzinfo=timezone.utc).timestamp() * 1000))
+    return iso_ms(int(value.replace(tzinfo=timezone.utc).timestamp() * 1000))
 
 
 def _decode(raw: dict[bytes, bytes]) -> dict[str, str]:

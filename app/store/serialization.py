@@ -28,6 +28,14 @@ def iso(dt: datetime) -> str:
     return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+def iso_ms(ms: int | None) -> str | None:
+    """A time in milliseconds since the epoch as ``iso`` writes it (None stays None)."""
+    if ms is None:
+        return None
+    dt = datetime.fromtimestamp(ms / 1000, timezone.utc)
+    return dt.strftime("%Y-%m-%dT%H:%M:%S.") + f"{ms % 1000:03d}Z"
+
+
 def new_document(
     user_id: str,
     message: str,
