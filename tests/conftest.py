@@ -21,7 +21,7 @@ from flask import Flask  # noqa: E402
 from flask.testing import FlaskClient  # noqa: E402
 
 from app import Config, create_app, stop_background  # noqa: E402
-from app.store.models import ensure_indexes  # noqa: E402
+from app.store.indexes import create_indexes  # noqa: E402
 from tests.support import ExternalServer, LiveServer, Stack  # noqa: E402
 from tools.cluster_group import ClusterGroup  # noqa: E402
 from tools.devservers import ManagedServer, mongo_server, redis_server  # noqa: E402
@@ -75,7 +75,7 @@ def make_app(stack: Stack) -> Iterator[Callable[..., Flask]]:
         config = Config(**{**stack.config_values(), **overrides})
         app = create_app(config)
         with app.app_context():
-            ensure_indexes()
+            create_indexes()
         apps.append(app)
         return app
 

@@ -409,5 +409,5 @@ def test_expired_and_forged_tokens_are_refused(client, auth, app):
 def test_health(client):
     assert client.get("/healthz").get_json() == {"status": "ok"}
     ready = client.get("/readyz")
-    assert ready.status_code == 200
+    assert ready.status_code == 200, ready.get_json()
     assert ready.get_json()["checks"] == {"mongodb": "ok", "redis": "ok", "indexes": "ok"}

@@ -262,6 +262,7 @@ def test_mongodb_killed_and_restarted(live, own_mongo, stack_on):
             headers={"Authorization": f"Bearer {server.stack.api_key}"},
             timeout=10,
         ).json()
+        assert "notifications" in history, history
         assert [n["message"] for n in history["notifications"]][0] == "after"
         assert "lost" not in [n["message"] for n in history["notifications"]]
     finally:

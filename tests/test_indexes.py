@@ -67,6 +67,15 @@ def test_readyz_names_missing_indexes_when_creation_is_off(live: Any, stack: Any
     assert sample(metrics, "notify_mongodb_indexes_missing") == len(EXPECTED)
     db = MongoClient(stack.mongo_uri, directConnection=True).get_database()
     assert "user_read_seq" not in db.notifications.index_information()  # it did not create them
+    # Reads named to the missing index are answered without it (slower), not refused
+    server.notify("ix-none", "still read")
+    history = requests.get(
+        server.url + "/api/users/ix-none/notifications",
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    )
+    assert history.status_code == 200, history.text
+    assert [n["message"] for n in history.json()["notifications"]] == ["still read"]
 
 
 def test_an_index_made_by_other_means_is_kept_and_the_rest_created(live: Any, stack: Any) -> None:

@@ -29,8 +29,8 @@ from app.errors import ApiError
 from app.store.inbox import STATE_QUERIES
 from app.store.models import (
     EITHER_READ,
-    HISTORY_INDEX,
     PUBLIC_PROJECTION,
+    by_history_index,
     is_marker,
     notifications_collection,
 )
@@ -248,13 +248,11 @@ class History:
     ) -> tuple[list[dict[str, Any]], dict[str, Any] | None, bool]:
         """Up to ``page_size + 1`` matches in ``direction`` order; the last document read
         and whether the text search stopped at ``scan_limit`` before finding that many."""
+        find = notifications_collection().find(query, PUBLIC_PROJECTION).sort("seq", direction)
+        return by_history_index(lambda index: self._read(find.clone().hint(index), text))
+
+    def _read(self, cursor: Any, text: str) -> tuple[list[dict[str, Any]], dict[str, Any] | None, bool]:
         want = self.page_size + 1
-        cursor = (
-            notifications_collection()
-            .find(query, PUBLIC_PROJECTION)
-            .sort("seq", direction)
-            .hint(HISTORY_INDEX)
-        )
         if not text:
             docs = list(cursor.limit(want))
             return docs, (docs[-1] if docs else None), False

@@ -28,9 +28,9 @@ from app.store.idempotency import RequestKey, stored_under
 from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import (
-    HISTORY_INDEX,
     OUTBOX_PARTITIONS,
     PUBLIC_PROJECTION,
+    by_history_index,
     ensure_key_index,
     is_marker,
     notifications_collection,
@@ -188,8 +188,8 @@ class NotificationService:
                 query = {**query, "seq": {"$lt": last["seq"]}}
             # Named: with the state fields beside the index's, SecantusDB plans a scan of the
             # whole collection (every user's notifications) instead
-            cursor = coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).hint(HISTORY_INDEX)
-            docs = list(cursor.limit(limit + 1))
+            find = coll.find(query, PUBLIC_PROJECTION).sort("seq", -1).limit(limit + 1)
+            docs = by_history_index(lambda index: list(find.clone().hint(index)))
         except PyMongoError as exc:
             raise _unavailable(exc) from None
         page = docs[:limit]
