@@ -37,7 +37,7 @@ def test_channels_are_confirmed_in_batches_and_written_again_after_a_reconnect(
     users = [f"c{i}" for i in range(700)]  # more than one SUBSCRIBE names
     subs = [hub.subscribe(u) for u in users]
     assert all(hub.confirmed(u, 5) for u in users)
-    assert hub.channels.subscribed() == 700 and numsub(r, f"{stack.prefix}u:{{c699}}") == 1
+    assert hub.subscribed() == 700 and numsub(r, f"{stack.prefix}u:{{c699}}") == 1
     reconnects = hub.stats["reconnects"]
     hub.force_reconnect()
     wait_until(lambda: hub.stats["reconnects"] == reconnects + 1)
@@ -47,4 +47,4 @@ def test_channels_are_confirmed_in_batches_and_written_again_after_a_reconnect(
     assert event is not None and event.seq == 9 and not subs[4].queue
     for sub in subs:
         hub.unsubscribe(sub)
-    assert hub.channels.subscribed() == 700  # the linger (5 s by default) keeps them
+    assert hub.subscribed() == 700  # the linger (5 s by default) keeps them
