@@ -252,6 +252,15 @@ class Hub:
         """Ask the cluster for its slot map again (the command client's, which follows it too)."""
         self.service.redis.nodes_manager.initialize()
 
+    def _link_every_master(self) -> None:
+        """One link per master serving slots, as the slot map says now (a promoted replica
+        gets one even when no channel of this worker is in its slots yet)."""
+        nodes = self.service.redis.nodes_manager.nodes_cache
+        for name in self._serving():
+            node = nodes.get(name)
+            if node is not None:
+                self._link((node.host, node.port))
+
     def _serving(self) -> set[str]:
         """The names of the masters serving at least one slot, as the slot map says."""
         slots = self.service.redis.nodes_manager.slots_cache
@@ -279,6 +288,7 @@ class Hub:
         except (redis.RedisError, RedisClusterException) as exc:
             log.warning("hub %s: cluster slot map not refreshed: %s", self.hub_id, exc)
             return True
+        self._link_every_master()
         if link.name not in self._serving():
             link.retired = True
             if self.links.get(link.name) is link:
@@ -308,6 +318,7 @@ class Hub:
         if not moved:
             return
         self.stats["moved"] += len(moved)
+        log.info("hub %s: %d channels moved from %s", self.hub_id, len(moved), old.name)
         self.hold(users)
         gevent.spawn(self._rehome, moved, users, old.caught_up_us)
 
@@ -318,6 +329,7 @@ class Hub:
             while todo and not self.stopping:
                 try:
                     self._refresh()
+                    self._link_every_master()
                     for name, (owner, lingering) in list(todo.items()):
                         if self.needed(owner):
                             self._where.pop(name, None)  # routed afresh, not to the old link
@@ -345,8 +357,7 @@ class Hub:
         self.stopping = False
         if not self.links:
             if self.cluster:
-                for node in self.service.redis.get_primaries():
-                    self._link((node.host, node.port))
+                self._link_every_master()
             else:
                 self._link(None)
         for link in list(self.links.values()):
@@ -449,12 +460,17 @@ class Hub:
     def resync(self, users: set[str], caught_up_us: int) -> None:
         """Replay, per user, what was published while the hub was not listening."""
         floor = max(caught_up_us - int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000) - 1, 0)
+        # a batch published meanwhile may still be marked in the outbox for a moment: its
+        # clean-up waits OUTBOX_CLEANUP_DELAY_SECONDS, at most a tenth of the lease
+        settle_until = time.monotonic() + self.config.PUBLISH_LEASE_SECONDS / 5
         for user_id in users:
             if user_id not in self.users:
                 continue
             cursor = max(self.user_last.get(user_id, 0), floor)
             try:
-                events = events_after(self.service, user_id, cursor, self.config.REPLAY_LIMIT, strict=False)
+                events = events_after(
+                    self.service, user_id, cursor, self.config.REPLAY_LIMIT, False, settle_until
+                )
             except ReplayUnavailable as exc:
                 log.warning("hub %s: resync for a user failed: %s", self.hub_id, exc)
                 continue

@@ -133,9 +133,13 @@ class RedisConnector:
             **options,
         )
 
-    def describe(self, client: redis.Redis) -> dict[str, str]:
-        """The mode, and in sentinel mode the primary ``client`` last connected to."""
-        info = {"redis_mode": self.mode}
+    def describe(self, client: Any) -> dict[str, Any]:
+        """The mode; in sentinel mode the primary ``client`` last connected to, in cluster
+        mode the masters its slot map names."""
+        info: dict[str, Any] = {"redis_mode": self.mode}
+        if self.mode == "cluster":
+            info["redis_masters"] = sorted(node.name for node in client.get_primaries())
+            return info
         address = getattr(client.connection_pool, "master_address", None)
         if address:
             info["redis_primary"] = f"{address[0]}:{address[1]}"
