@@ -21,8 +21,9 @@ def trace(server, nid: str) -> dict:
     return resp.json()
 
 
-def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app):
+def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app, redis_mode):
     env = {"RECEIPT_FLUSH_SECONDS": "0.2", "RECEIPT_FOLD_SECONDS": "0.5", "RECEIPT_FOLD_DELAY_SECONDS": "1"}
+    env |= redis_mode
     one, two = live(**env), live(**env)
     token = one.token("traced")
     sse, ws = SSEClient(one.url, token), WSClient(two.url, token)
