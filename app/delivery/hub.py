@@ -173,7 +173,7 @@ class Hub:
             left = deadline - time.monotonic()
             if link is not None and link.channels.wait_confirmed(name, max(min(left, 0.5), 0)):
                 return True
-            if name not in self._where or deadline - time.monotonic() <= 0:
+            if deadline - time.monotonic() <= 0:
                 return False
             gevent.sleep(0.02)
 
@@ -221,6 +221,15 @@ class Hub:
 
     # -- which link ------------------------------------------------------------------
     def _want(self, name: str, owner: str | None) -> None:
+        """Subscribe ``name`` on the link of its slot's master; while no master serves the
+        slot (a failover under way), keep trying in the background."""
+        try:
+            self._want_now(name, owner)
+        except (redis.RedisError, RedisClusterException) as exc:
+            log.warning("hub %s: channel not placed yet: %s", self.hub_id, exc)
+            gevent.spawn(self._rehome, {name: (owner, False)}, set(), 0)
+
+    def _want_now(self, name: str, owner: str | None) -> None:
         link = self._where.get(name)
         if link is None or link.retired:
             link = self._route(name)
@@ -333,7 +342,7 @@ class Hub:
                     for name, (owner, lingering) in list(todo.items()):
                         if self.needed(owner):
                             self._where.pop(name, None)  # routed afresh, not to the old link
-                            self._want(name, owner)
+                            self._want_now(name, owner)
                         elif lingering:  # a reconnecting client may still find it subscribed
                             link = self._route(name)
                             link.channels.want(name, owner)
@@ -343,8 +352,9 @@ class Hub:
                     log.warning("hub %s: channels not moved yet: %s", self.hub_id, exc)
                     gevent.sleep(backoff)
                     backoff = min(backoff * 2, 1.0)
+            deadline = time.monotonic() + CATCH_UP_SECONDS
             for user in users:
-                self.confirmed(user, CATCH_UP_SECONDS)
+                self.confirmed(user, max(deadline - time.monotonic(), 0))
             self.resync(users, caught_up_us)
             delivered = True
         finally:
