@@ -8,8 +8,9 @@ on a Redis Cluster pub/sub is sharded (SPUBLISH / SSUBSCRIBE) and the worker has
 subscriber connection per master, each channel subscribed on the connection to the
 master serving its slot (a user's channel carries the user's hash tag, so it is in the
 slot of the user's keys, where the publish script runs). Each connection is a ``Link``
-(app/delivery/links.py: listener, writer, loop-back probe, restore after a reconnect);
-the hub says which channels are needed (``Channels``: many per command, given up
+(app/delivery/links.py: listener, writer, loop-back probe, restore after a reconnect;
+app/delivery/routing.py: which link a channel is on, and moving it); the hub says which
+channels are needed (``Channels``: many per command, given up
 ``UNSUBSCRIBE_LINGER_SECONDS`` after the worker's last stream of that user closed), on
 which link, and routes what the links read. A stream replays only once Redis confirmed
 its user's channel (``confirmed``), so an event published meanwhile is either in the
@@ -41,15 +42,12 @@ from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import gevent
-import redis
 from gevent.event import Event as Wakeup
-from redis.crc import key_slot
-from redis.exceptions import RedisClusterException
 
 from app.delivery.events import CURSORED, PROBE, RESET, Event
 from app.delivery.links import Link
 from app.delivery.replay import ReplayUnavailable, events_after
+from app.delivery.routing import Routing
 from app.ops import metrics
 
 if TYPE_CHECKING:
@@ -64,7 +62,6 @@ local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
 redis.call(ARGV[2], KEYS[1], 'p\t' .. ARGV[1] .. '\t' .. now .. '\t{}')
 return now
 """
-CATCH_UP_SECONDS = 30.0  # how long a moved channel's user waits for its new subscription
 
 
 class Subscription:
@@ -120,7 +117,7 @@ class Subscription:
         return event
 
 
-class Hub:
+class Hub(Routing):
     def __init__(self, connector: RedisConnector, service: Any, config: Any) -> None:
         self.connector = connector
         self.service = service
@@ -166,17 +163,6 @@ class Hub:
             return True
         return self._wait_confirmed(self.service.user_channel(user_id), timeout)
 
-    def _wait_confirmed(self, name: str, timeout: float) -> bool:
-        deadline = time.monotonic() + timeout
-        while True:  # the channel may move to another link meanwhile
-            link = self._where.get(name)
-            left = deadline - time.monotonic()
-            if link is not None and link.channels.wait_confirmed(name, max(min(left, 0.5), 0)):
-                return True
-            if deadline - time.monotonic() <= 0:
-                return False
-            gevent.sleep(0.02)
-
     def watch(self) -> Subscription:
         """A subscription to every new notification (the support dashboard's overview).
 
@@ -218,147 +204,6 @@ class Hub:
     def subscribed(self) -> int:
         """Channels subscribed, or being subscribed, on this worker's links."""
         return sum(link.channels.subscribed() for link in self.links.values())
-
-    # -- which link ------------------------------------------------------------------
-    def _want(self, name: str, owner: str | None) -> None:
-        """Subscribe ``name`` on the link of its slot's master; while no master serves the
-        slot (a failover under way), keep trying in the background."""
-        try:
-            self._want_now(name, owner)
-        except (redis.RedisError, RedisClusterException) as exc:
-            log.warning("hub %s: channel not placed yet: %s", self.hub_id, exc)
-            gevent.spawn(self._rehome, {name: (owner, False)}, set(), 0)
-
-    def _want_now(self, name: str, owner: str | None) -> None:
-        link = self._where.get(name)
-        if link is None or link.retired:
-            link = self._route(name)
-        self._where[name] = link
-        link.channels.want(name, owner)
-
-    def _release(self, name: str) -> None:
-        link = self._where.pop(name, None)
-        if link is not None:
-            link.channels.release(name)
-
-    def _route(self, name: str) -> Link:
-        """The link to the node serving ``name``'s slot (raises if no master serves it)."""
-        if not self.cluster:
-            return self._link(None)
-        node = self.service.redis.nodes_manager.get_node_from_slot(key_slot(name.encode()))
-        return self._link((node.host, node.port))
-
-    def _link(self, node: tuple[str, int] | None) -> Link:
-        name = f"{node[0]}:{node[1]}" if node else "redis"
-        link = self.links.get(name)
-        if link is None or link.retired:
-            link = self.links[name] = Link(self, node)
-            if not self.stopping:
-                link.start()
-        return link
-
-    def _refresh(self) -> None:
-        """Ask the cluster for its slot map again (the command client's, which follows it too)."""
-        self.service.redis.nodes_manager.initialize()
-
-    def _link_every_master(self) -> None:
-        """One link per master serving slots, as the slot map says now (a promoted replica
-        gets one even when no channel of this worker is in its slots yet)."""
-        nodes = self.service.redis.nodes_manager.nodes_cache
-        for name in self._serving():
-            node = nodes.get(name)
-            if node is not None:
-                self._link((node.host, node.port))
-
-    def _serving(self) -> set[str]:
-        """The names of the masters serving at least one slot, as the slot map says."""
-        slots = self.service.redis.nodes_manager.slots_cache
-        return {nodes[0].name for nodes in slots.values() if nodes}
-
-    def probe_channel_for(self, link: Link) -> str:
-        """The loop-back probe channel of ``link``: on a cluster, in a slot its master serves."""
-        if not self.cluster:
-            return self.service.probe_channel(self.hub_id)
-        manager = self.service.redis.nodes_manager
-        for n in range(10_000):
-            name = self.service.probe_channel(f"{{{self.hub_id}.{n}}}")
-            if manager.get_node_from_slot(key_slot(name.encode())).name == link.name:
-                return name
-        raise redis.ConnectionError(f"{link.name} serves no slot")
-
-    def still_serving(self, link: Link) -> bool:
-        """Before a link reconnects (cluster): the slot map refreshed; a link whose node
-        serves no slot is retired and its channels moved; channels whose slot another
-        master serves now move there. False: the link is retired."""
-        if not self.cluster:
-            return True
-        try:
-            self._refresh()
-        except (redis.RedisError, RedisClusterException) as exc:
-            log.warning("hub %s: cluster slot map not refreshed: %s", self.hub_id, exc)
-            return True
-        self._link_every_master()
-        if link.name not in self._serving():
-            link.retired = True
-            if self.links.get(link.name) is link:
-                del self.links[link.name]
-            self.move(link, link.channels.names())
-            return False
-        elsewhere = []
-        for name in link.channels.names():
-            try:
-                if self._route(name) is not link:
-                    elsewhere.append(name)
-            except RedisClusterException:  # a slot no master serves yet: stays, retried
-                continue
-        if elsewhere:
-            self.move(link, elsewhere)
-        return True
-
-    def move(self, old: Link, names: list[str]) -> None:
-        """Channels whose slot ``old``'s node does not serve: subscribed where it is served
-        now, then their users' gap replayed (their live events held until then)."""
-        moved: dict[str, tuple[str | None, bool]] = {}
-        for name in names:
-            got = old.channels.forget(name)
-            if got is not None:
-                moved[name] = got
-        users = {owner for owner, _ in moved.values() if owner is not None and owner in self.users}
-        if not moved:
-            return
-        self.stats["moved"] += len(moved)
-        log.info("hub %s: %d channels moved from %s", self.hub_id, len(moved), old.name)
-        self.hold(users)
-        gevent.spawn(self._rehome, moved, users, old.caught_up_us)
-
-    def _rehome(self, moved: dict[str, tuple[str | None, bool]], users: set[str], caught_up_us: int) -> None:
-        delivered = False
-        try:
-            backoff, todo = 0.05, dict(moved)
-            while todo and not self.stopping:
-                try:
-                    self._refresh()
-                    self._link_every_master()
-                    for name, (owner, lingering) in list(todo.items()):
-                        if self.needed(owner):
-                            self._where.pop(name, None)  # routed afresh, not to the old link
-                            self._want_now(name, owner)
-                        elif lingering:  # a reconnecting client may still find it subscribed
-                            link = self._route(name)
-                            link.channels.want(name, owner)
-                            link.channels.release(name)
-                        del todo[name]
-                except (redis.RedisError, RedisClusterException) as exc:
-                    log.warning("hub %s: channels not moved yet: %s", self.hub_id, exc)
-                    gevent.sleep(backoff)
-                    backoff = min(backoff * 2, 1.0)
-            deadline = time.monotonic() + CATCH_UP_SECONDS
-            for user in users:
-                self.confirmed(user, max(deadline - time.monotonic(), 0))
-            self.resync(users, caught_up_us)
-            delivered = True
-        finally:
-            self.release(users, deliver=delivered)
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
