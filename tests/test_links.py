@@ -1,7 +1,7 @@
 """The hub's subscriber links on a real Redis Cluster (3 masters, 3 replicas): sharded
-pub/sub over one connection per master per worker, a slot moved to another master
-(Redis ends the subscription; a worker with an older slot map gets ``MOVED``), and a
-master killed mid-stream with its replica promoted."""
+pub/sub over one connection per master per worker, every connection dropped mid-stream,
+a slot moved to another master (Redis ends the subscription; a worker with an older slot
+map gets ``MOVED``), and a master killed mid-stream with its replica promoted."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
+import redis
 from redis.crc import key_slot
 
 from tests.failover import failover_under_load
@@ -101,6 +102,30 @@ def test_a_slot_moved_to_another_master_takes_its_subscriptions_along(
             second.close()
     finally:
         first.close()
+
+
+def test_every_subscriber_connection_dropped_mid_stream(live: Any, redis_cluster: ClusterGroup) -> None:
+    """Every master drops the worker's subscriber connections during POSTs: each link
+    subscribes its channels again and replays its users' gap."""
+    cluster = redis_cluster
+    server = live(workers=2, **cluster_env(cluster, PUBLISH_LEASE_SECONDS="3"))
+    pids = {str(pid) for pid in server.worker_pids()}
+
+    def drop() -> int:
+        dropped = 0
+        for port in cluster.master_ports():
+            node = redis.Redis(port=port)
+            for client in cluster.subscribers(port, "notify-sub:"):
+                if client["name"].split(":")[1] in pids:
+                    node.client_kill(client["addr"])
+                    dropped += 1
+        return dropped
+
+    def check(ready: dict[str, Any], dropped: int) -> None:
+        assert dropped == 2 * len(cluster.master_ports())
+        assert_one_link_per_master(cluster, server)
+
+    failover_under_load(server, "so", drop, check)
 
 
 @pytest.fixture

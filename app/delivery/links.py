@@ -121,6 +121,8 @@ class Link:
                 break
             gevent.sleep(backoff * (0.5 + random.random()))
             backoff = min(backoff * 2, MAX_BACKOFF)
+        if self._writer is not None:  # retired or stopping: nothing more to write
+            self._writer.kill(block=False)
 
     def _connect(self) -> None:
         # No hidden retries: redis-py would otherwise reconnect and resubscribe on its
