@@ -66,6 +66,7 @@ def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app, redis_m
         assert trace(one, note["id"])["delivery"] == delivery, "the same trace from MongoDB as from Redis"
 
         ws.send({"type": "read", "ids": [note["id"]]})
+        wait_until(lambda: trace(one, note["id"])["delivery"]["read_at"] is not None)  # then archived
         assert two.post("/api/users/traced/archive", {"ids": [note["id"]]}).status_code == 200
         wait_until(lambda: trace(one, note["id"])["delivery"]["archived_at"] is not None)
         after = trace(one, note["id"])["delivery"]
