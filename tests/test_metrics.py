@@ -182,7 +182,7 @@ def test_hub_reconnects_and_slow_consumers_counted(make_app: Callable[..., Any])
     assert hub.connected.wait(5)
     dropped = value("notify_slow_consumers_dropped_total")
     for seq in range(1, 6):  # the fifth overflows its queue of four
-        hub.dispatch(Event(NOTIFICATION, "any-user", seq, b"{}").to_wire(), feed=True)
+        hub.dispatch(hub._feed_b, Event(NOTIFICATION, "any-user", seq, b"{}").to_wire())
     assert watcher.closed and watcher.reason == "slow consumer"
     assert value("notify_slow_consumers_dropped_total") == dropped + 1
     hub.unsubscribe(watcher)

@@ -21,8 +21,9 @@ def trace(server, nid: str) -> dict:
     return resp.json()
 
 
-def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app):
+def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app, redis_mode):
     env = {"RECEIPT_FLUSH_SECONDS": "0.2", "RECEIPT_FOLD_SECONDS": "0.5", "RECEIPT_FOLD_DELAY_SECONDS": "1"}
+    env |= redis_mode
     one, two = live(**env), live(**env)
     token = one.token("traced")
     sse, ws = SSEClient(one.url, token), WSClient(two.url, token)
@@ -65,6 +66,7 @@ def test_receipts_from_sse_and_websocket_reach_the_trace(live, make_app):
         assert trace(one, note["id"])["delivery"] == delivery, "the same trace from MongoDB as from Redis"
 
         ws.send({"type": "read", "ids": [note["id"]]})
+        wait_until(lambda: trace(one, note["id"])["delivery"]["read_at"] is not None)  # then archived
         assert two.post("/api/users/traced/archive", {"ids": [note["id"]]}).status_code == 200
         wait_until(lambda: trace(one, note["id"])["delivery"]["archived_at"] is not None)
         after = trace(one, note["id"])["delivery"]

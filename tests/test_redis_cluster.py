@@ -31,19 +31,6 @@ def cluster_app(make_app: Callable[..., Flask], cluster: ClusterGroup) -> Flask:
     return make_app(REDIS_MODE="cluster", REDIS_URL=cluster.url)
 
 
-def users_on_every_master(cluster: ClusterGroup, prefix: str, per_master: int = 2) -> list[str]:
-    """User ids whose keys live on each master, ``per_master`` of each."""
-    found: dict[int, list[str]] = {port: [] for port in cluster.master_ports()}
-    i = 0
-    while any(len(users) < per_master for users in found.values()):
-        user = f"u{i}"
-        port = cluster.master_of(f"{prefix}seq:{{{user}}}")
-        if len(found[port]) < per_master:
-            found[port].append(user)
-        i += 1
-    return [user for users in found.values() for user in users]
-
-
 def test_cluster_mode_needs_seed_node_urls() -> None:
     config = Config(REDIS_MODE="cluster", REDIS_URL="redis://a:7000, redis://b:7001")
     config.validate()
@@ -65,7 +52,7 @@ def test_bulk_post_history_cache_and_read_on_a_cluster(
 ) -> None:
     client = cluster_app.test_client()
     prefix = cluster_app.extensions["config"].KEY_PREFIX
-    users = users_on_every_master(cluster, prefix)
+    users = cluster.users_per_master(prefix)
     resp = client.post("/api/notifications", json={"user_ids": users, "message": "hello"}, headers=auth)
     assert resp.status_code == 201, resp.get_json()
     created = resp.get_json()["notifications"]
@@ -93,7 +80,7 @@ def test_the_publish_scripts_are_loaded_again_on_nodes_that_forgot_them(
     cluster_app: Flask, cluster: ClusterGroup, auth: dict[str, str]
 ) -> None:
     client = cluster_app.test_client()
-    users = users_on_every_master(cluster, cluster_app.extensions["config"].KEY_PREFIX, 1)
+    users = cluster.users_per_master(cluster_app.extensions["config"].KEY_PREFIX, 1)
     assert (
         client.post("/api/notifications", json={"user_ids": users, "message": "a"}, headers=auth).status_code
         == 201

@@ -7,21 +7,17 @@ cursor order; commands and the hub's subscriber follow the new primary.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import gevent
-import pymongo
 import pytest
 import redis
-import requests
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from app.config import Config
 from app.store.redis_connect import RedisConnector
-from tests.support import SSEClient, WSClient
+from tests.failover import failover_under_load
 from tools.sentinel_group import SentinelGroup
 
 pytestmark = pytest.mark.slow
@@ -96,72 +92,11 @@ def test_an_old_primary_fenced_by_min_replicas_is_left_for_the_new_one(group: Se
     client.close()
 
 
-def _post_during(server: Any, user: str, fault: Callable[[], None], posters: int = 2) -> list[dict[str, Any]]:
-    """POST to ``user`` from ``posters`` loops while ``fault`` runs, and one second after;
-    the notifications answered 201."""
-    accepted: list[dict[str, Any]] = []
-    stop = gevent.event.Event()
-
-    def loop(n: int) -> None:
-        i = 0
-        while not stop.is_set():
-            try:
-                resp = server.post("/api/notifications", {"user_id": user, "message": f"p{n}-{i:04d}"})
-            except requests.RequestException:
-                resp = None
-            if resp is not None and resp.status_code == 201:
-                accepted.append(resp.json())
-            i += 1
-            gevent.sleep(0.01)
-
-    loops = [gevent.spawn(loop, n) for n in range(posters)]
-    try:
-        gevent.sleep(0.5)
-        fault()
-        gevent.sleep(1.0)
-    finally:
-        stop.set()
-        gevent.joinall(loops, timeout=30, raise_error=True)
-    return accepted
-
-
-def _check_exactly_once_in_order(clients: list[Any], expected: list[str], mongo_uri: str) -> None:
-    for client in clients:
-        try:
-            client.wait_for(lambda c=client: set(expected) <= set(c.messages()), timeout=30)
-        except AssertionError:  # say what is missing, with the cursors it was stored with
-            stored = pymongo.MongoClient(mongo_uri).get_default_database().notifications
-            seqs = {d["message"]: d.get("seq") for d in stored.find({"user_id": "so"})}
-            missing = [(m, seqs.get(m)) for m in sorted(set(expected) - set(client.messages()))]
-            received = [(e["notification"]["message"], e["id"]) for e in client.notifications()]
-            raise AssertionError(f"{type(client).__name__} misses {missing}; received {received}") from None
-    time.sleep(0.5)  # a duplicate would arrive right behind
-    for client in clients:
-        assert sorted(client.messages()) == sorted(expected), "a duplicate or an extra"
-        cursors = [int(e["id"]) for e in client.notifications()]
-        assert cursors == sorted(cursors) and len(set(cursors)) == len(cursors), "not in cursor order"
-
-
 def _failover_under_load(live: Any, group: SentinelGroup, fault: Callable[[], int]) -> None:
-    server = live(workers=2, **sentinel_env(group))
-    token = server.token("so")
-    clients = [transport(server.url, token) for transport in (SSEClient, WSClient, SSEClient, WSClient)]
-    try:
-        expected = [server.notify("so", "before")["message"]]
-        for client in clients:
-            client.wait_count(1)
-        moved: list[int] = []
-        accepted = _post_during(server, "so", lambda: moved.append(fault()))
-        assert len(accepted) > 20, "too few POSTs answered 201"
-        expected += [n["message"] for n in accepted]
-        expected.append(server.notify("so", "after")["message"])
-        _check_exactly_once_in_order(clients, expected, server.stack.mongo_uri)
-        ready = requests.get(server.url + "/readyz", timeout=10).json()
-        assert ready["checks"]["redis"] == "ok"
-        assert ready["redis_mode"] == "sentinel" and ready["redis_primary"] == f"127.0.0.1:{moved[0]}"
-    finally:
-        for client in clients:
-            client.close()
+    def check(ready: dict[str, Any], moved: int) -> None:
+        assert ready["redis_mode"] == "sentinel" and ready["redis_primary"] == f"127.0.0.1:{moved}"
+
+    failover_under_load(live(workers=2, **sentinel_env(group)), "so", fault, check)
 
 
 def test_sentinel_failover_during_posts_and_streams(live: Any, group: SentinelGroup) -> None:

@@ -7,7 +7,7 @@ from typing import Any
 import pytest
 import redis
 
-from app.delivery.redis_reader import RawPushReader, parse_frames, write_command
+from app.delivery.redis_reader import ERROR, RawPushReader, parse_frames, write_command
 
 
 def bulk(b: bytes) -> bytes:
@@ -36,9 +36,27 @@ def test_every_split_point_gives_the_same_messages_in_order(push: bool) -> None:
         assert got + rest == expected and used == len(buf), cut
 
 
-def test_anything_but_a_push_is_a_connection_error() -> None:
+def test_sharded_frames_and_error_replies_are_frames_too() -> None:
+    stream = (
+        frame(bulk(b"ssubscribe"), bulk(b"u:{a}"), b":1\r\n", push=True)
+        + b"-MOVED 15495 127.0.0.1:7002\r\n"
+        + frame(bulk(b"smessage"), bulk(b"u:{a}"), bulk(b"n\ta\t1\t{}"))
+        + frame(bulk(b"sunsubscribe"), bulk(b"u:{a}"), b":0\r\n")
+    )
+    assert parse_frames(bytearray(stream)) == (
+        [
+            (b"ssubscribe", b"u:{a}", b"1"),
+            (ERROR, b"", b"MOVED 15495 127.0.0.1:7002"),
+            (b"smessage", b"u:{a}", b"n\ta\t1\t{}"),
+            (b"sunsubscribe", b"u:{a}", b"0"),
+        ],
+        len(stream),
+    )
+
+
+def test_anything_but_a_push_or_an_error_is_a_connection_error() -> None:
     with pytest.raises(redis.ConnectionError):
-        parse_frames(bytearray(b"-ERR wrong\r\n"))
+        parse_frames(bytearray(b"$3\r\nabc\r\n"))
     with pytest.raises(redis.ConnectionError):
         parse_frames(bytearray(b"*1\r\n%1\r\n"))
 

@@ -102,11 +102,52 @@ class ClusterGroup(ServerGroup):
 
     def master_of(self, key: str) -> int:
         """The port of the master serving ``key``'s slot now."""
-        slot = self.ask(self.master_ports()[0], "CLUSTER", "KEYSLOT", key)
-        for start, end, (_host, port, *_), *_ in self.ask(self.master_ports()[0], "CLUSTER", "SLOTS"):
+        return self.master_of_slot(self.ask(self.master_ports()[0], "CLUSTER", "KEYSLOT", key))
+
+    def master_of_slot(self, slot: int, asking: int | None = None) -> int:
+        """The port of the master serving ``slot``, as the node on ``asking`` sees it."""
+        for start, end, (_host, port, *_), *_ in self.ask(
+            asking or self.master_ports()[0], "CLUSTER", "SLOTS"
+        ):
             if start <= slot <= end:
                 return int(port)
         raise RuntimeError(f"no master serves slot {slot}")
+
+    def users_per_master(self, prefix: str, per_master: int = 2) -> list[str]:
+        """User ids whose keys (``<prefix>seq:{<user>}``) live on each master, ``per_master`` of each."""
+        found: dict[int, list[str]] = {port: [] for port in self.master_ports()}
+        i = 0
+        while any(len(users) < per_master for users in found.values()):
+            user = f"u{i}"
+            port = self.master_of(f"{prefix}seq:{{{user}}}")
+            if len(found[port]) < per_master:
+                found[port].append(user)
+            i += 1
+        return [user for users in found.values() for user in users]
+
+    def subscribers(self, port: int, name_prefix: str) -> list[dict[str, Any]]:
+        """The connections on ``port`` whose client name starts with ``name_prefix``."""
+        with redis.Redis(port=port, socket_timeout=1, decode_responses=True) as r:
+            return [c for c in r.client_list() if c["name"].startswith(name_prefix)]
+
+    def shard_subscribers(self, port: int, channel: str) -> int:
+        """How many connections on ``port`` subscribe the shard channel ``channel``."""
+        return int(self.ask(port, "PUBSUB", "SHARDNUMSUB", channel)[1])
+
+    # -- slot moves ------------------------------------------------------------------
+    def move_slot(self, slot: int, target: int, timeout: float = 20) -> None:
+        """Migrate ``slot`` with its keys to the master on ``target`` (as
+        ``redis-cli --cluster reshard`` does) and wait until every live node agrees."""
+        source = self.master_of_slot(slot)
+        ids = {port: self.ask(port, "CLUSTER", "MYID") for port in self.master_ports()}
+        self.ask(target, "CLUSTER", "SETSLOT", slot, "IMPORTING", ids[source])
+        self.ask(source, "CLUSTER", "SETSLOT", slot, "MIGRATING", ids[target])
+        while keys := self.ask(source, "CLUSTER", "GETKEYSINSLOT", slot, 100):
+            self.ask(source, "MIGRATE", "127.0.0.1", target, "", 0, 5000, "KEYS", *keys)
+        for port in [target, source, *(p for p in ids if p not in (source, target))]:
+            self.ask(port, "CLUSTER", "SETSLOT", slot, "NODE", ids[target])
+        live = [p for p, node in self.nodes.items() if node.alive()]
+        self.wait(lambda: all(self.master_of_slot(slot, p) == target for p in live), timeout, "slot moved")
 
     # -- faults ----------------------------------------------------------------------
     def kill_master(self, port: int, timeout: float = 20) -> int:

@@ -12,6 +12,13 @@ message published on it reaches this worker (``wait_confirmed``).
 
 After a reconnect the hub ``adopt``s the new connection: every channel still needed is
 written again, and the hub waits until none is ``pending`` before it replays the gap.
+
+On a Redis Cluster (``sharded``) the channels are shard channels: SSUBSCRIBE /
+SUNSUBSCRIBE, one command per hash slot (Redis refuses one that names several slots), on
+the connection to the master of those slots. A channel whose slot moves to another node
+is taken off this connection (``forget``) and wanted on that node's; Redis itself ends a
+shard subscription whose slot left its node (a ``sunsubscribe`` nobody asked for), which
+``confirmation`` reports.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ from typing import Any
 import redis
 from gevent.event import Event as Wakeup
 from gevent.lock import Semaphore
+from redis.crc import key_slot
 
 from app.delivery.redis_reader import write_command
 
@@ -46,7 +54,11 @@ class _Channel:
 
 class Channels:
     def __init__(
-        self, needed: Callable[[str | None], bool], linger: float, on_failure: Callable[[], None]
+        self,
+        needed: Callable[[str | None], bool],
+        linger: float,
+        on_failure: Callable[[], None],
+        sharded: bool = False,
     ) -> None:
         self._needed = needed  # does a stream (a user's, or a watcher for None) still need it?
         self._linger = linger
@@ -57,6 +69,8 @@ class Channels:
         self._wakeup = Wakeup()
         self._lock = Semaphore()
         self._pubsub: Any = None  # the connection the writer writes on, once adopted
+        self._sharded = sharded
+        self._commands = ("SSUBSCRIBE", "SUNSUBSCRIBE") if sharded else ("SUBSCRIBE", "UNSUBSCRIBE")
 
     # -- what the hub asks for --------------------------------------------------------
     def want(self, name: str, owner: str | None) -> None:
@@ -85,6 +99,26 @@ class Channels:
         """Channels subscribed, or being subscribed, on the connection."""
         return sum(1 for channel in self._channels.values() if channel.sent)
 
+    def names(self, slot: int | None = None) -> list[str]:
+        """The channels this connection holds or is asked for (those of one hash slot)."""
+        return [n for n in self._channels if slot is None or key_slot(n.encode()) == slot]
+
+    def owners(self) -> set[str]:
+        """The users whose channels are on this connection."""
+        return {c.owner for c in self._channels.values() if c.owner is not None}
+
+    def forget(self, name: str) -> tuple[str | None, bool] | None:
+        """Take ``name`` off this connection, writing nothing (its slot is served elsewhere
+        now): its owner and whether it was only lingering, or None if it was not here."""
+        with self._lock:
+            channel = self._channels.pop(name, None)
+            lingering = self._idle.pop(name, None) is not None
+            self._dirty.discard(name)
+        if channel is None:
+            return None
+        channel.confirmed.clear()
+        return channel.owner, lingering
+
     def pending(self) -> bool:
         """A SUBSCRIBE written whose confirmation has not come back yet."""
         return any(c.sent and not c.confirmed.is_set() for c in self._channels.values())
@@ -107,18 +141,23 @@ class Channels:
         """The connection is gone: nothing more is written until the next ``adopt``."""
         self._pubsub = None
 
-    def confirmation(self, name: str) -> None:
-        """Redis confirmed a SUBSCRIBE or UNSUBSCRIBE of ``name`` (read by the listener)."""
+    def confirmation(self, name: str, unsubscribed: bool) -> bool:
+        """Redis confirmed a (S)SUBSCRIBE or (S)UNSUBSCRIBE of ``name`` (read by the
+        listener). True: Redis ended a confirmed subscription on its own (its slot left
+        the node): the channel must be subscribed where its slot is now."""
         channel = self._channels.get(name)
-        if channel is None or not channel.outstanding:  # the probe's, or of a connection gone
-            return
+        if channel is None:  # the probe's, or of a connection gone
+            return False
+        if not channel.outstanding:
+            return unsubscribed and channel.sent and channel.confirmed.is_set()
         channel.outstanding -= 1
         if channel.outstanding:
-            return
+            return False
         if channel.sent:
             channel.confirmed.set()
         elif not self._wanted(name, channel):
             del self._channels[name]
+        return False
 
     # -- the writer -------------------------------------------------------------------
     def run(self) -> None:
@@ -162,16 +201,27 @@ class Channels:
                     off.append(name)
                 elif not wanted and not channel.outstanding:
                     del self._channels[name]  # asked for and given up before it was written
-            for command, names in (("SUBSCRIBE", on), ("UNSUBSCRIBE", off)):
-                for i in range(0, len(names), CHANNELS_PER_COMMAND):
-                    chunk = names[i : i + CHANNELS_PER_COMMAND]
+            subscribe, unsubscribe = self._commands
+            for command, names in ((subscribe, on), (unsubscribe, off)):
+                for chunk in self._chunks(names):
                     for name in chunk:  # before the write: its confirmation may come at once
                         channel = self._channels[name]
-                        channel.sent = command == "SUBSCRIBE"
+                        channel.sent = command == subscribe
                         channel.outstanding += 1
                         if not channel.sent:
                             channel.confirmed.clear()
                     write_command(pubsub, command, *chunk)
+
+    def _chunks(self, names: list[str]) -> list[list[str]]:
+        """At most ``CHANNELS_PER_COMMAND`` per command; sharded, one slot per command."""
+        groups: list[list[str]] = [names]
+        if self._sharded:
+            by_slot: dict[int, list[str]] = {}
+            for name in names:
+                by_slot.setdefault(key_slot(name.encode()), []).append(name)
+            groups = list(by_slot.values())
+        size = CHANNELS_PER_COMMAND
+        return [group[i : i + size] for group in groups for i in range(0, len(group), size)]
 
     def _wanted(self, name: str, channel: _Channel) -> bool:
         return name in self._idle or self._needed(channel.owner)

@@ -1,52 +1,54 @@
-"""The per-worker real-time hub: ONE Redis subscriber connection, ONE listener greenlet.
+"""The per-worker real-time hub: ONE subscriber connection per Redis node, routing.
 
 Events are routed, not broadcast: the worker subscribes the channel of each user it holds
 a stream of (``u:{<user>}``), and the feed channel only while staff watch the dashboard
-overview, so Redis sends it its own users' events and nothing else. The subscriptions
-change on the one subscriber connection the listener reads: a writer greenlet (the only
-one that writes on it) sends SUBSCRIBE / UNSUBSCRIBE for many channels at once, and the
-listener reads their confirmations among the messages. A stream replays only once Redis
-confirmed its user's channel (``confirmed``), so an event published meanwhile is either
-in the replay or arrives live. A user's channel is unsubscribed when the worker's last
-stream of that user closed ``UNSUBSCRIBE_LINGER_SECONDS`` ago (a reconnecting client
-finds it still subscribed). The listener parses a message once; clients share the
-resulting ``Event`` and its cached wire forms.
+overview, so Redis sends it its own users' events and nothing else. With one Redis
+(standalone, or the primary Sentinel names) the worker has one subscriber connection;
+on a Redis Cluster pub/sub is sharded (SPUBLISH / SSUBSCRIBE) and the worker has one
+subscriber connection per master, each channel subscribed on the connection to the
+master serving its slot (a user's channel carries the user's hash tag, so it is in the
+slot of the user's keys, where the publish script runs). Each connection is a ``Link``
+(app/delivery/links.py: listener, writer, loop-back probe, restore after a reconnect;
+app/delivery/routing.py: which link a channel is on, and moving it); the hub says which
+channels are needed (``Channels``: many per command, given up
+``UNSUBSCRIBE_LINGER_SECONDS`` after the worker's last stream of that user closed), on
+which link, and routes what the links read. A stream replays only once Redis confirmed
+its user's channel (``confirmed``), so an event published meanwhile is either in the
+replay or arrives live. The listener parses a message once; clients share the resulting
+``Event`` and its cached wire forms.
 
 Redis pub/sub is at-most-once, so the hub makes up for it:
-- after every (re)connect it subscribes every channel again, waits for Redis to confirm
-  them all, then replays, per local user, what was published while it was not listening,
-  before delivering any newer message, so each client sees one ordered stream;
-- a loop-back probe every ``PROBE_INTERVAL_SECONDS``, on a channel of this worker's own
-  (the one the connection opens with, always subscribed), proves the connection still
-  delivers (a silent one is torn down after two intervals) and marks how far the hub is
-  caught up: every event published after a received probe has a cursor larger than the
-  probe's time less one publish lease (cursors older than that are replaced at publish).
+- after a link (re)connects it subscribes its channels again, waits for Redis to confirm
+  them all, then replays, per user of those channels, what was published while it was
+  not listening; the users' live messages are held until then, so each client sees one
+  ordered stream;
+- when a channel's slot is served by another master (a failover, a slot migrated: the
+  old node answers SSUBSCRIBE with ``MOVED``, or ends the subscription itself), the hub
+  refreshes the slot map, subscribes the channel on the new master's link, and replays
+  its user's gap the same way;
+- a loop-back probe every ``PROBE_INTERVAL_SECONDS`` on each link, on a channel of its
+  own, proves the connection still delivers (a silent one is torn down after two
+  intervals) and marks how far the link is caught up: every event published after a
+  received probe has a cursor larger than the probe's time less one publish lease
+  (cursors older than that are replaced at publish).
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
-import random
 import time
 import uuid
 from collections import deque
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import gevent
 import orjson
-import redis
 from gevent.event import Event as Wakeup
-from redis.backoff import NoBackoff
-from redis.exceptions import RedisClusterException
-from redis.retry import Retry
 
-from app.delivery.channels import Channels
 from app.delivery.events import CURSORED, DISCONNECT, PROBE, RESET, Event
-from app.delivery.redis_reader import MESSAGE, SUBSCRIBE, UNSUBSCRIBE, Frame, RawPushReader
+from app.delivery.links import Link
 from app.delivery.replay import ReplayUnavailable, events_after
+from app.delivery.routing import Routing
 from app.ops import metrics
 
 if TYPE_CHECKING:
@@ -55,12 +57,11 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-MAX_BACKOFF = 5.0
 DISCONNECTED = "disconnected by support staff"  # the close reason of a staff disconnect
 PROBE_SCRIPT = r"""
 local t = redis.call('TIME')
 local now = string.format('%.0f', tonumber(t[1]) * 1000000 + tonumber(t[2]))
-redis.call('PUBLISH', KEYS[1], 'p\t' .. ARGV[1] .. '\t' .. now .. '\t{}')
+redis.call(ARGV[2], KEYS[1], 'p\t' .. ARGV[1] .. '\t' .. now .. '\t{}')
 return now
 """
 
@@ -162,35 +163,31 @@ class Subscription:
         return event
 
 
-class Hub:
+class Hub(Routing):
     def __init__(self, connector: RedisConnector, service: Any, config: Any) -> None:
         self.connector = connector
         self.service = service
         self.config = config
+        self.cluster = connector.mode == "cluster"
         self.hub_id = uuid.uuid4().hex[:12]
-        self.channel = service.probe_channel(self.hub_id)  # the connection opens with it
-        self._probe_b = self.channel.encode()
         self._feed = service.feed_channel
         self._feed_b = self._feed.encode()
-        self.channels = Channels(self._needed, config.UNSUBSCRIBE_LINGER_SECONDS, self.force_reconnect)
-        self._reader: RawPushReader | None = None
-        self._held: list[tuple[bytes, bytes]] | None = None  # messages read while restoring
+        self.links: dict[str, Link] = {}  # by node name; one ("redis") outside a cluster
+        self._where: dict[str, Link] = {}  # a needed channel -> the link it is subscribed on
+        self._held: dict[str, list[Event]] = {}  # user -> live events held until a replay
+        self._holds: dict[str, int] = {}  # user -> replays under way
         self.users: dict[str, set[Subscription]] = {}
         self.watchers: set[Subscription] = set()
         self.user_last: dict[str, int] = {}
-        self.caught_up_us = 0
         self.connected = Wakeup()
-        self.stats = dict.fromkeys(("received", "messages", "bad_messages", "reconnects", "resynced"), 0)
+        self.stats = dict.fromkeys(
+            ("received", "messages", "bad_messages", "reconnects", "resynced", "moved"), 0
+        )
         self.on_reconnect: list[Callable[[], None]] = []
         self.on_disconnect: list[Callable[[], None]] = []  # a connection closed by staff
-        self._greenlet: gevent.Greenlet | None = None
-        self._writer: gevent.Greenlet | None = None  # the subscription writer (Channels.run)
-        self._stopping = False
+        self.stopping = False
         self._shut_down = False
-        self._probe_sent_at: float | None = None
         self._probe = service.redis.register_script(PROBE_SCRIPT)
-        self._pubsub: Any = None
-        self._client: redis.Redis | None = None
 
     # -- registry --------------------------------------------------------------------
     def subscribe(self, user_id: str) -> Subscription:
@@ -202,7 +199,7 @@ class Hub:
         subs = self.users.get(user_id)
         if subs is None:
             subs = self.users[user_id] = set()
-            self.channels.want(self.service.user_channel(user_id), user_id)
+            self._want(self.service.user_channel(user_id), user_id)
         subs.add(sub)
         return sub
 
@@ -211,7 +208,7 @@ class Hub:
         from then on every event published for the user reaches this worker."""
         if self._shut_down:  # its streams are closed at once: nothing to wait for
             return True
-        return self.channels.wait_confirmed(self.service.user_channel(user_id), timeout)
+        return self._wait_confirmed(self.service.user_channel(user_id), timeout)
 
     def watch(self) -> Subscription:
         """A subscription to every new notification (the support dashboard's overview).
@@ -223,9 +220,9 @@ class Hub:
         if self._shut_down:
             sub.close("server shutting down")
         if not self.watchers:
-            self.channels.want(self._feed, None)
+            self._want(self._feed, None)
         self.watchers.add(sub)
-        self.channels.wait_confirmed(self._feed, self.config.REDIS_SOCKET_TIMEOUT)
+        self._wait_confirmed(self._feed, self.config.REDIS_SOCKET_TIMEOUT)
         return sub
 
     def unsubscribe(self, sub: Subscription) -> None:
@@ -234,7 +231,7 @@ class Hub:
             if sub in self.watchers:
                 self.watchers.discard(sub)
                 if not self.watchers:
-                    self.channels.release(self._feed)
+                    self._release(self._feed)
             return
         subs = self.users.get(sub.user_id)
         if subs is not None:
@@ -242,157 +239,71 @@ class Hub:
             if not subs:
                 del self.users[sub.user_id]
                 self.user_last.pop(sub.user_id, None)
-                self.channels.release(self.service.user_channel(sub.user_id))
+                self._release(self.service.user_channel(sub.user_id))
 
-    def _needed(self, user_id: str | None) -> bool:
+    def needed(self, user_id: str | None) -> bool:
         """Does a stream on this worker still need the channel of ``user_id`` (None: the feed)?"""
         return bool(self.watchers) if user_id is None else user_id in self.users
 
     def connection_count(self) -> int:
         return sum(len(s) for s in self.users.values())
 
+    def subscribed(self) -> int:
+        """Channels subscribed, or being subscribed, on this worker's links."""
+        return sum(link.channels.subscribed() for link in self.links.values())
+
     # -- lifecycle -------------------------------------------------------------------
     def start(self) -> None:
         if self._shut_down:
             return
-        if self._greenlet is None or self._greenlet.dead:
-            self._stopping = False
-            if self._writer is not None:  # one writer only
-                self._writer.kill(block=False)
-            self._greenlet = gevent.spawn(self._run)
-            self._writer = gevent.spawn(self.channels.run)
+        self.stopping = False
+        if not self.links:
+            if self.cluster:
+                self._link_every_master()
+            else:
+                self._link(None)
+        for link in list(self.links.values()):
+            link.start()
 
     def shutdown(self, reason: str = "server shutting down") -> None:
         """Close every stream (clients reconnect elsewhere) and stop listening for good."""
-        self._stopping = True
+        self.stopping = True
         self._shut_down = True
         for subs in list(self.users.values()):
             for sub in list(subs):
                 sub.close(reason)
         for sub in list(self.watchers):
             sub.close(reason)
-        gevent.killall([g for g in (self._greenlet, self._writer) if g is not None], block=False)
-        self._close_pubsub()
+        for link in list(self.links.values()):
+            link.stop()
 
     def force_reconnect(self) -> None:
-        """Drop the subscriber connection; the listener reconnects and resyncs."""
-        self._close_pubsub()
+        """Drop every subscriber connection; each link reconnects and restores."""
+        for link in list(self.links.values()):
+            link.force_reconnect()
 
-    # -- listener --------------------------------------------------------------------
-    def _run(self) -> None:
-        backoff, first = 0.1, True
-        while not self._stopping:
-            try:
-                self._connect()
-                self._restore()
-                if not first:
-                    self.stats["reconnects"] += 1
-                    metrics.HUB_RECONNECTS.inc()
-                    self._resync()
-                    for callback in self.on_reconnect:
-                        callback()
-                first = False
-                held, self._held = self._held or [], None
-                for channel, payload in held:  # after the replay: newer than all of it
-                    self.dispatch(payload, channel == self._feed_b)
-                self._send_probe()
-                backoff = 0.1
-                self._read_loop()
-            except (redis.RedisError, RedisClusterException, OSError, ValueError, AttributeError) as exc:
-                if not self._stopping:
-                    metrics.redis_error("hub")
-                    log.warning("hub %s: subscriber connection lost: %s", self.hub_id, exc)
-            finally:
-                self.connected.clear()
-                self._close_pubsub()
-            if self._stopping:
-                break
-            gevent.sleep(backoff * (0.5 + random.random()))
-            backoff = min(backoff * 2, MAX_BACKOFF)
+    def link_down(self, link: Link) -> None:
+        if not any(other.connected for other in self.links.values() if other is not link):
+            self.connected.clear()
 
-    def _connect(self) -> None:
-        # No hidden retries: redis-py would otherwise reconnect and resubscribe on its
-        # own, silently losing what was published meanwhile. The hub must see every
-        # reconnect to replay the gap. The client is kept referenced: when it is
-        # garbage-collected redis-py closes its pool, dropping the subscription.
-        self._client = self.connector.subscriber(
-            client_name=f"notify-sub:{os.getpid()}:{self.hub_id}",
-            socket_connect_timeout=2.0,
-            socket_timeout=self.config.REDIS_SOCKET_TIMEOUT,
-            socket_keepalive=True,
-            retry=Retry(NoBackoff(), 0),
-        )
-        pubsub = self._client.pubsub()
-        self._pubsub = pubsub
-        pubsub.subscribe(self.channel)
-        reply = pubsub.get_message(timeout=self.config.REDIS_SOCKET_TIMEOUT)
-        if not reply or reply.get("type") != "subscribe":
-            raise redis.ConnectionError("no subscribe confirmation")
-        self.connected.set()
-        self._probe_sent_at = None
+    def reconnected(self, users: set[str], caught_up_us: int) -> None:
+        """A link is back and its channels confirmed: replay its users' gap."""
+        self.stats["reconnects"] += 1
+        metrics.HUB_RECONNECTS.inc()
+        self.resync(users, caught_up_us)
+        for callback in self.on_reconnect:
+            callback()
 
-    def _close_pubsub(self) -> None:
-        self.channels.drop()
-        self._reader = None
-        pubsub, self._pubsub = self._pubsub, None
-        client, self._client = self._client, None
-        for closable in (pubsub, client):
-            if closable is not None:
-                with contextlib.suppress(Exception):  # closing a broken connection
-                    closable.close()
+    # -- delivering ------------------------------------------------------------------
+    def send_probe(self, channel: str, command: str) -> None:
+        self._probe(keys=[channel], args=[self.hub_id, command])
 
-    def _read(self, timeout: float) -> list[Frame]:
-        if self._reader is not None:
-            return self._reader.read(timeout)
-        pubsub = self._pubsub
-        if pubsub is None:
-            raise redis.ConnectionError("subscriber connection closed")
-        message = pubsub.get_message(timeout=timeout)
-        if message is None:
-            return []
-        data = message["data"]
-        return [(message["type"].encode(), message["channel"], data if isinstance(data, bytes) else b"")]
+    def count_received(self, count: int) -> None:
+        self.stats["received"] += count
+        metrics.HUB_RECEIVED.inc(count)
 
-    def _read_loop(self) -> None:
-        interval = self.config.PROBE_INTERVAL_SECONDS
-        next_probe = time.monotonic() + interval
-        while not self._stopping:
-            if self._pubsub is None:
-                raise redis.ConnectionError("subscriber connection closed")
-            self._handle(self._read(min(1.0, interval)))
-            now = time.monotonic()
-            if now >= next_probe:
-                next_probe = now + interval
-                if self._probe_sent_at is not None and now - self._probe_sent_at > 2 * interval:
-                    raise redis.ConnectionError("loop-back probe not received: subscription is silent")
-                if self._probe_sent_at is None:
-                    self._send_probe()
-
-    def _handle(self, frames: list[Frame]) -> None:
-        """Messages to their subscriptions (held while restoring), confirmations to the channels."""
-        received = 0
-        for kind, channel, data in frames:
-            if kind == MESSAGE:
-                if channel == self._probe_b:
-                    self.dispatch(data)
-                    continue
-                received += 1
-                if self._held is not None:
-                    self._held.append((channel, data))
-                else:
-                    self.dispatch(data, channel == self._feed_b)
-            elif kind in (SUBSCRIBE, UNSUBSCRIBE):
-                self.channels.confirmation(channel.decode())
-        if received:
-            self.stats["received"] += received
-            metrics.HUB_RECEIVED.inc(received)
-
-    def _send_probe(self) -> None:
-        self._probe(keys=[self.channel], args=[self.hub_id])
-        self._probe_sent_at = time.monotonic()
-
-    def dispatch(self, raw: bytes, feed: bool = False) -> None:
-        """One message: to the user's local streams, or (``feed``) to the dashboard watchers."""
+    def dispatch(self, channel: bytes, raw: bytes) -> None:
+        """One message: to the user's local streams, or (the feed) to the dashboard watchers."""
         try:
             event = Event.from_wire(raw)
         except (ValueError, UnicodeDecodeError):
@@ -400,25 +311,29 @@ class Hub:
             log.warning("hub %s: ignoring malformed message %r", self.hub_id, raw[:200])
             return
         if event.kind == PROBE:
-            if event.user_id == self.hub_id:
-                self._probe_sent_at = None
-                self.caught_up_us = event.seq or self.caught_up_us
             return
         if event.kind == DISCONNECT:
             self._disconnect(event)
             return
         self.stats["messages"] += 1
-        if feed:
+        if channel == self._feed_b:
             for sub in tuple(self.watchers):
                 sub.offer(event)
         else:
             self._deliver(event)
 
     def _deliver(self, event: Event) -> None:
+        held = self._held.get(event.user_id)
+        if held is not None:  # a replay for the user is under way: after it
+            held.append(event)
+        else:
+            self._offer(event)
+
+    def _offer(self, event: Event) -> None:
         subs = self.users.get(event.user_id)
         if subs:
             if event.kind in CURSORED and event.seq is not None:
-                self.user_last[event.user_id] = event.seq
+                self.user_last[event.user_id] = max(event.seq, self.user_last.get(event.user_id, 0))
             for sub in tuple(subs):
                 sub.offer(event)
 
@@ -435,31 +350,45 @@ class Hub:
                 for callback in self.on_disconnect:
                     callback()
 
-    def _resync(self) -> None:
-        """Replay, per local user, what was published while the hub was not listening."""
-        floor = max(self.caught_up_us - int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000) - 1, 0)
-        for user_id in list(self.users):
+    def hold(self, users: set[str]) -> None:
+        """Hold the users' live events until ``release`` (a replay for them is coming)."""
+        for user in users:
+            self._holds[user] = self._holds.get(user, 0) + 1
+            self._held.setdefault(user, [])
+
+    def release(self, users: set[str], deliver: bool) -> None:
+        """One replay for ``users`` is done (``deliver``: the held events follow it) or
+        failed (they are dropped: the next replay, from the last cursor delivered, has them)."""
+        for user in users:
+            count = self._holds.get(user, 0) - 1
+            if not deliver:
+                self._held[user] = []
+            if count > 0:
+                self._holds[user] = count
+                continue
+            self._holds.pop(user, None)
+            for event in self._held.pop(user, []):
+                self._offer(event)
+
+    def resync(self, users: set[str], caught_up_us: int) -> None:
+        """Replay, per user, what was published while the hub was not listening."""
+        floor = max(caught_up_us - int(self.config.PUBLISH_LEASE_SECONDS * 1_000_000) - 1, 0)
+        # a batch published meanwhile may still be marked in the outbox for a moment: its
+        # clean-up waits OUTBOX_CLEANUP_DELAY_SECONDS, at most a tenth of the lease
+        settle_until = time.monotonic() + self.config.PUBLISH_LEASE_SECONDS / 5
+        for user_id in users:
+            if user_id not in self.users:
+                continue
             cursor = max(self.user_last.get(user_id, 0), floor)
             try:
-                events = events_after(self.service, user_id, cursor, self.config.REPLAY_LIMIT, strict=False)
+                events = events_after(
+                    self.service, user_id, cursor, self.config.REPLAY_LIMIT, False, settle_until
+                )
             except ReplayUnavailable as exc:
                 log.warning("hub %s: resync for a user failed: %s", self.hub_id, exc)
                 continue
             if events is None:
                 events = [Event(RESET, user_id, None, b'{"reason":"too many missed","cursor":null}')]
             for event in events:
-                self._deliver(event)
+                self._offer(event)
             self.stats["resynced"] += len(events)
-
-    def _restore(self) -> None:
-        """After a (re)connect: subscribe every channel this worker needs on the new
-        connection and wait until Redis confirmed them all. Messages read meanwhile are
-        held: the resync must replay the gap before anything newer is delivered."""
-        self._reader = RawPushReader.take_over(self._pubsub)
-        self._held = []
-        self.channels.adopt(self._pubsub)
-        deadline = time.monotonic() + self.config.REDIS_SOCKET_TIMEOUT
-        while self.channels.pending():
-            if time.monotonic() > deadline:
-                raise redis.ConnectionError("subscriptions not confirmed in time")
-            self._handle(self._read(0.2))

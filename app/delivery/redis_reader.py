@@ -4,8 +4,10 @@ redis-py's ``PubSub.get_message`` costs tens of microseconds per message (readin
 check, generic reply parser, a dict per message). Once redis-py has connected,
 authenticated and subscribed, the hub reads the socket itself: one ``recv`` for whatever
 has arrived, then a tight parser for the only frames a subscribed connection gets
-(``message`` pushes and ``subscribe`` / ``unsubscribe`` confirmations), RESP2 arrays or
-RESP3 pushes of bulk strings and integers.
+(``message`` / ``smessage`` pushes, ``subscribe`` / ``unsubscribe`` confirmations and
+their sharded forms, a ``sunsubscribe`` Redis sends itself when a slot leaves its node),
+RESP2 arrays or RESP3 pushes of bulk strings and integers, and error replies (``MOVED``
+to an SSUBSCRIBE whose slot another node serves) as ``(ERROR, b"", message)``.
 
 The hub changes its subscriptions on that same connection while the listener reads it:
 ``write_command`` sends a command packed by redis-py on the connection's socket (gevent
@@ -22,9 +24,14 @@ import redis
 
 READ_SIZE = 256 * 1024
 MESSAGE, SUBSCRIBE, UNSUBSCRIBE = b"message", b"subscribe", b"unsubscribe"
+SMESSAGE, SSUBSCRIBE, SUNSUBSCRIBE = b"smessage", b"ssubscribe", b"sunsubscribe"
+ERROR = b"-"
+MESSAGES = (MESSAGE, SMESSAGE)
+SUBSCRIBED = (SUBSCRIBE, SSUBSCRIBE)
+UNSUBSCRIBED = (UNSUBSCRIBE, SUNSUBSCRIBE)
 Frame = tuple[bytes, bytes, bytes]  # (kind, channel, payload or subscription count)
 _AGGREGATE = (ord("*"), ord(">"))
-_BULK, _INT, _SIMPLE = ord("$"), ord(":"), ord("+")
+_BULK, _INT, _SIMPLE, _ERROR = ord("$"), ord(":"), ord("+"), ord("-")
 
 
 class RawPushReader:
@@ -72,9 +79,9 @@ def write_command(pubsub: Any, *args: str | bytes) -> None:
 
 
 def parse_frames(buf: bytearray) -> tuple[list[Frame], int]:
-    """The complete ``message``, ``subscribe`` and ``unsubscribe`` frames at the start of
-    ``buf`` as (kind, channel, payload or subscription count), and the bytes they took.
-    Raises ``redis.ConnectionError`` on anything a subscriber cannot receive."""
+    """The complete frames at the start of ``buf`` as (kind, channel, payload or
+    subscription count; for an error reply ``ERROR``, empty, its text), and the bytes
+    they took. Raises ``redis.ConnectionError`` on anything a subscriber cannot receive."""
     frames: list[Frame] = []
     pos, end = 0, len(buf)
     while pos < end:
@@ -82,6 +89,10 @@ def parse_frames(buf: bytearray) -> tuple[list[Frame], int]:
         eol = buf.find(b"\r\n", pos)
         if eol < 0:
             break
+        if buf[pos] == _ERROR:
+            frames.append((ERROR, b"", bytes(buf[pos + 1 : eol])))
+            pos = eol + 2
+            continue
         if buf[pos] not in _AGGREGATE:
             raise redis.ConnectionError(f"unexpected reply on the subscriber connection: {bytes(buf[:40])!r}")
         count = int(buf[pos + 1 : eol])

@@ -11,12 +11,18 @@ MongoDB by ``seq``, leaving out batches still marked in the outbox: those are st
 a proposed cursor but not yet published (or their cursor is being replaced), and will
 reach the client live or from the Redis list with the cursor they are published with.
 MongoDB answers only for what is older than the list's first event: a batch published
-but still marked (its clean-up not done yet) is in the list, and must come from there.
+but still marked (its clean-up not done yet) is in the list, and must come from there,
+unless later events pushed it out of the list already (a large batch the relay published
+at once after an outage). So a caller that replays a gap it knows was published
+(``settle``: the hub after a reconnect) asks again while documents of the range are still
+marked, until their clean-up is done or ``settle`` seconds passed (a batch still marked
+then is not published yet, and arrives live with the cursor it gets).
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from typing import Any
 
 import orjson
@@ -40,17 +46,32 @@ class ReplayUnavailable(RuntimeError):
     """Neither Redis nor MongoDB could say what was missed."""
 
 
-def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bool) -> list[Event] | None:
+def events_after(
+    service: Any, user_id: str, cursor: int, limit: int, strict: bool, settle_until: float = 0.0
+) -> list[Event] | None:
     """Notifications of ``user_id`` with ``seq > cursor``, oldest first.
 
     Returns None when the client must reset: more than ``limit`` were missed, or (with
     ``strict``) the cursor names no event we still keep. ``cursor`` 0 means "from the start".
+    Until ``settle_until`` (``time.monotonic()``), asks again while documents of the range
+    are still marked in the outbox.
     """
+    while True:
+        events, marked = _events_after(service, user_id, cursor, limit, strict)
+        if not marked or time.monotonic() >= settle_until:
+            return events
+        time.sleep(0.05)
+
+
+def _events_after(
+    service: Any, user_id: str, cursor: int, limit: int, strict: bool
+) -> tuple[list[Event] | None, bool]:
+    """The events, and whether documents of the range were left out as still marked."""
     recent, counter = _recent(service, user_id)
     if strict and counter is not None and cursor > counter:
-        return None  # a cursor from the future: not one we issued
+        return None, False  # a cursor from the future: not one we issued
     if recent and recent[0][0] <= cursor:
-        return [_event(user_id, seq, json) for seq, json in recent if seq > cursor]
+        return [_event(user_id, seq, json) for seq, json in recent if seq > cursor], False
     since = {"$gte" if strict and cursor else "$gt": cursor}
     query: dict[str, Any] = {"user_id": user_id, "read": EITHER_READ, "seq": since}
     try:
@@ -59,14 +80,15 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         raise ReplayUnavailable(str(exc)) from exc
     if strict and cursor:
         if not docs or docs[0]["seq"] != cursor:
-            return None  # older than what is kept, or never issued
+            return None, False  # older than what is kept, or never issued
         docs = docs[1:]
-    docs = _published_only([d for d in docs if d.get("deleted_at") is None])  # deleted by the user
     if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
         docs = [d for d in docs if d["seq"] < recent[0][0]]
-    events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
+    kept = _published_only([d for d in docs if d.get("deleted_at") is None])  # deleted by the user
+    marked = len(kept) < sum(1 for d in docs if d.get("deleted_at") is None)
+    events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in kept]
     events.extend(_event(user_id, seq, json) for seq, json in recent if seq > cursor)
-    return None if len(events) > limit else events
+    return (None if len(events) > limit else events), marked
 
 
 def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -154,9 +154,11 @@ class StreamSession:
         if self.replayed:
             self._slow()
             return
-        user_id, limit = self.subscriber.user_id, self.hub.config.REPLAY_LIMIT
+        user_id, config = self.subscriber.user_id, self.hub.config
+        # a burst is often the relay's: its batches may stay marked in the outbox a moment
+        settle_until = time.monotonic() + config.PUBLISH_LEASE_SECONDS / 5
         try:
-            events = events_after(self.hub.service, user_id, cursor, limit, strict=False)
+            events = events_after(self.hub.service, user_id, cursor, config.REPLAY_LIMIT, False, settle_until)
         except ReplayUnavailable:
             self._slow()
             return

@@ -4,7 +4,7 @@ Ready means MongoDB and Redis answer, no MongoDB call of this worker has waited 
 than half of ``MONGO_OP_TIMEOUT_MS`` (``mongodb_oldest_call_seconds``), and MongoDB has
 every index the queries rely on (``app/store/indexes.py``): without them the service
 would slow as its data grows. It also names ``REDIS_MODE`` and, with Sentinel, the
-primary this worker's commands go to."""
+primary this worker's commands go to (on a cluster, the masters of its slot map)."""
 
 from __future__ import annotations
 
@@ -15,6 +15,7 @@ import pymongo
 import redis
 from flask import Blueprint, Response, current_app
 from pymongo.errors import PyMongoError
+from redis.exceptions import RedisClusterException
 
 from app.extensions import mongo
 from app.ops import metrics
@@ -44,7 +45,7 @@ def readyz() -> Response:
     client = current_app.extensions["redis"]
     try:
         client.ping()
-    except redis.RedisError:
+    except (redis.RedisError, RedisClusterException):
         checks["redis"] = "down"
     body.update(current_app.extensions["redis_connector"].describe(client))
     down = [name for name, state in checks.items() if state == "down"]

@@ -251,6 +251,11 @@ SCHEMAS: dict[str, Any] = {
                 "type": "string",
                 "description": "sentinel mode: host:port of the primary this worker's commands go to",
             },
+            "redis_masters": {
+                "type": "array",
+                "items": {"type": "string"},
+                "description": "cluster mode: host:port of each master in this worker's slot map",
+            },
         },
     },
 }

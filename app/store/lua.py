@@ -68,8 +68,9 @@ class LeanScript:
 # list, cache version, the user's channel) touches only keys tagged ``{<user>}``; the
 # global part (recent list, stats, feed channel) only keys tagged ``{all}``. A standalone
 # Redis runs both in one PUBLISH call; on a cluster (``global`` 0) each slot's users are
-# one PUBLISH call on their node, and the global part is one GLOBAL call. (PUBLISH on a
-# cluster reaches every node's subscribers; the publish command is an argument.)
+# one PUBLISH call on their node, and the global part is one GLOBAL call. The publish
+# command is an argument: PUBLISH, or on a cluster SPUBLISH (sharded pub/sub: the channel
+# is in the slot of the call's keys, and only that master's subscribers get it).
 _GLOBAL_PART = r"""
 local function publish_global(prefix, recent_limit, pubcmd, sec, wires)
   local recent = prefix .. '{all}:recent'

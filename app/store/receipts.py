@@ -3,11 +3,12 @@ received (acknowledged by the client), without a MongoDB write per delivery.
 
 Each worker buffers what happens in memory (a list append per connection write, per ack,
 per published batch) and writes it to Redis once per ``RECEIPT_FLUSH_SECONDS`` in one
-pipeline: a hash per notification, ``trace:<id>`` (field ``p`` the publish time, ``s:<conn>``
-a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the sorted set
-``trace:pending`` (scored by when it first became pending). A folder greenlet in every
-worker takes ids pending for ``RECEIPT_FOLD_DELAY_SECONDS`` (by then a notification's
-writes and receipts are in, so most are folded once), reads and deletes their hashes
+pipeline: a hash per notification, ``{all}:trace:<id>`` (field ``p`` the publish time,
+``s:<conn>`` a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the
+sorted set ``{all}:trace:pending`` (scored by when it first became pending); on a Redis
+Cluster they share the slot of ``{all}``, so the fold's transaction runs on one master.
+A folder greenlet in every worker takes ids pending for ``RECEIPT_FOLD_DELAY_SECONDS`` (by
+then a notification's writes and receipts are in, so most are folded once), reads and deletes their hashes
 atomically (a worker that raced another for an id finds it empty) and stores them in the
 ``deliveries`` collection (its own collection, so the write lock notifications' inserts
 wait for is not taken), ``RECEIPT_FOLD_BATCH`` at a time: one ``insert_many``, and an
@@ -42,7 +43,7 @@ from app.store.serialization import iso_ms
 
 log = logging.getLogger(__name__)
 
-PENDING = "trace:pending"
+PENDING = "{all}:trace:pending"  # one hash tag with the traces: the fold's transaction is one slot
 TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
 MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
 MAX_BUFFERED = 500_000
@@ -79,7 +80,7 @@ class Receipts:
         self.stats = {"flushed": 0, "folded": 0}
 
     def key(self, nid: str) -> str:
-        return f"{self.prefix}trace:{nid}"
+        return f"{self.prefix}{{all}}:trace:{nid}"
 
     # -- recording (hot path: appends only) ----------------------------------------------
     def connection(self, transport: str) -> str:

@@ -18,10 +18,11 @@ new primary. A connection still open to the old one finds out on its next comman
 (comma-separated). It learns the slot map from them, sends each command to the master of
 its key's slot, and on ``MOVED`` (a slot moved, a master replaced by its replica) or
 ``ASK`` (a slot being migrated) refreshes the map and sends the command again. Each node
-gets its own capped pool of command connections. A PUBLISH on a cluster reaches the
-subscribers of every node, so the hub's one subscriber connection goes to any node that
-answers: the seeds in turn, the next one after each reconnect (a node that died, a
-master replaced by its replica, leaves the hub for the next seed, and the hub replays).
+gets its own capped pool of command connections. Pub/sub is sharded there (SPUBLISH /
+SSUBSCRIBE: a message goes to the subscribers of its channel's slot on the master serving
+it, never over the cluster bus to every node), so the hub opens one subscriber connection
+to each master (``subscriber(node=...)``) and learns which master serves a slot from the
+command client's slot map (``app/delivery/hub.py``).
 
 Both kinds of client come from here: the worker's capped command pool
 (``app/extensions.py``) and the hub's subscriber connection (``app/delivery/hub.py``).
@@ -76,7 +77,6 @@ class RedisConnector:
         self.config = config
         self.mode = config.REDIS_MODE
         self.sentinel: Sentinel | None = None
-        self._next_seed = 0  # cluster mode: the seed the next subscriber connection goes to
         if self.mode == "sentinel":
             self.sentinel = Sentinel(
                 config.sentinel_addresses(),
@@ -112,12 +112,12 @@ class RedisConnector:
     def seeds(self) -> list[ClusterNode]:
         return [ClusterNode(host, port) for host, port in self.config.cluster_seeds()]
 
-    def subscriber(self, **options: Any) -> redis.Redis:
-        """A client of its own for one subscriber connection, made on its first use."""
+    def subscriber(self, node: tuple[str, int] | None = None, **options: Any) -> redis.Redis:
+        """A client of its own for one subscriber connection, made on its first use; on a
+        cluster, to the master ``node``."""
         if self.mode == "cluster":
-            seeds = self.config.cluster_seeds()
-            host, port = seeds[self._next_seed % len(seeds)]
-            self._next_seed += 1
+            assert node is not None, "a cluster subscriber is opened to one master"
+            host, port = node
             return redis.Redis(host=host, port=port, password=self.config.REDIS_PASSWORD or None, **options)
         if self.sentinel is None:
             return redis.Redis.from_url(self.config.REDIS_URL, **options)
@@ -133,9 +133,13 @@ class RedisConnector:
             **options,
         )
 
-    def describe(self, client: redis.Redis) -> dict[str, str]:
-        """The mode, and in sentinel mode the primary ``client`` last connected to."""
-        info = {"redis_mode": self.mode}
+    def describe(self, client: Any) -> dict[str, Any]:
+        """The mode; in sentinel mode the primary ``client`` last connected to, in cluster
+        mode the masters its slot map names."""
+        info: dict[str, Any] = {"redis_mode": self.mode}
+        if self.mode == "cluster":
+            info["redis_masters"] = sorted(node.name for node in client.get_primaries())
+            return info
         address = getattr(client.connection_pool, "master_address", None)
         if address:
             info["redis_primary"] = f"{address[0]}:{address[1]}"

@@ -4,7 +4,10 @@ A standalone Redis (or a Sentinel-managed primary) takes a whole batch in one PU
 (``lua.LeanScript``). A cluster node only runs a script whose keys live in its own slots,
 so there the batch is split: one PUBLISH call per slot of the users' hash tags, all calls
 for one node pipelined (one round trip per node, however many users a bulk POST names),
-then one GLOBAL call for the recent list, the stats and the feed channel. A slot that
+then one GLOBAL call for the recent list, the stats and the feed channel. Pub/sub is
+sharded there: each call SPUBLISHes on channels of its own slot (a user's channel carries
+the user's hash tag, the feed channel ``{all}``), so a message goes to the subscribers on
+the master serving that slot and crosses no cluster bus. A slot that
 moved (``MOVED`` / ``ASK``) or a master replaced by its replica is followed by redis-py's
 cluster client, which refreshes its slot map and sends the call again.
 """
@@ -57,7 +60,7 @@ class SlotPublish:
         calls = []
         for indexes in by_slot.values():
             key = f"{prefix}seq:{{{notes[indexes[0]][0]}}}"
-            args = [*head, "PUBLISH", "0", *(v for i in indexes for v in notes[i])]
+            args = [*head, "SPUBLISH", "0", *(v for i in indexes for v in notes[i])]
             calls.append((lua.PUBLISH, key, args))
         seqs: list[Any] = [None] * len(notes)
         wires: list[Any] = [None] * len(notes)
@@ -69,7 +72,7 @@ class SlotPublish:
         if not notifications:
             return seqs
         try:  # the users' part is published: failing now would have the relay publish it twice
-            self._pipelined([(lua.GLOBAL, f"{prefix}{{all}}:recent", [prefix, head[1], "PUBLISH", *wires])])
+            self._pipelined([(lua.GLOBAL, f"{prefix}{{all}}:recent", [prefix, head[1], "SPUBLISH", *wires])])
         except (redis.RedisError, RedisClusterException) as exc:
             log.warning("recent list, stats and feed not updated for %d notifications: %s", len(wires), exc)
         return seqs
