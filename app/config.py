@@ -238,11 +238,14 @@ class Config:
         if not self.PUSH_ENABLED:
             return
         if self.is_production:
-            for name in ("PUSH_VAPID_PRIVATE_KEY", "PUSH_VAPID_SUBJECT"):
-                if not getattr(self, name):
-                    raise ConfigError(
-                        f"PUSH_ENABLED in production needs {name} (`flask --app wsgi push keys`)"
-                    )
+            if not self.PUSH_VAPID_PRIVATE_KEY:
+                raise ConfigError(
+                    "PUSH_ENABLED in production needs PUSH_VAPID_PRIVATE_KEY (flask --app wsgi push keys)"
+                )
+            if not self.PUSH_VAPID_SUBJECT:
+                raise ConfigError(
+                    "PUSH_ENABLED in production needs PUSH_VAPID_SUBJECT (a mailto: or https: contact)"
+                )
         from app.push.vapid import VapidKeyError, load_keys
 
         try:
