@@ -76,7 +76,8 @@ def test_the_service_worker_shows_a_pushed_notification(make_page, live, push_se
         {"origin": server.url, "registrationId": registration_id, "data": json.dumps(pushed)},
     )
     page.wait_for_function(
-        "async () => (await (await navigator.serviceWorker.getRegistration()).getNotifications()).length === 1"
+        "async () => (await (await navigator.serviceWorker.getRegistration())"
+        ".getNotifications()).length === 1"
     )
     shown = page.evaluate(
         """async () => {

@@ -4,6 +4,7 @@ sizes, unknown fields; each refusal a 422 naming the field."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 from typing import Any
 
@@ -144,3 +145,21 @@ def test_redirects_are_not_followed(push_service):
     )
     assert resp.status_code == 307 and len(push_service.received) == 1
     assert isinstance(resp, requests.Response)
+
+
+def test_a_large_notification_is_shortened_to_fit_a_push():
+    from datetime import datetime, timezone
+
+    from app.push.sender import MAX_PAYLOAD_BYTES, payload_of
+
+    action = {"label": "L" * 64, "url": "https://example.com/" + "p" * 2000}
+    doc = {
+        "_id": "6650f0c2a1b2c3d4e5f60718", "user_id": "u", "title": "T", "message": "é\"" * 2000,
+        "data": {"blob": "x" * 8000}, "actions": [action] * 3, "created_at": datetime.now(timezone.utc),
+    }  # fmt: skip
+    raw = payload_of(doc)
+    body = json.loads(raw)
+    assert len(raw) <= MAX_PAYLOAD_BYTES and body["truncated"] is True and body["data"] == {}
+    assert body["message"] == "" and 1 <= len(body["actions"]) < 3
+    small = json.loads(payload_of({**doc, "message": "hi", "data": {"url": "/x"}, "actions": []}))
+    assert small == {**small, "message": "hi", "data": {"url": "/x"}} and "truncated" not in small

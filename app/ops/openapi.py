@@ -201,9 +201,11 @@ SCHEMAS: dict[str, Any] = {
     },
     "PushSubscribed": {"type": "object", "required": ["subscribed", "id"],
                        "properties": {"subscribed": {"const": True}, "id": {"type": "string"}}},
-    "PushRemoved": {"type": "object", "required": ["removed"], "properties": {"removed": {"type": "boolean"}}},
+    "PushRemoved": {"type": "object", "required": ["removed"],
+                    "properties": {"removed": {"type": "boolean"}}},
     "PushKey": {"type": "object", "required": ["public_key"], "properties": {"public_key": {
-        "type": "string", "description": "The VAPID public key (base64url), PushManager's applicationServerKey"}}},
+        "type": "string",
+        "description": "The VAPID public key (base64url), PushManager's applicationServerKey"}}},
     "Token": {
         "type": "object",
         "required": ["token", "user_id", "expires_at"],

@@ -46,18 +46,24 @@ URGENCY = {"low": "low", "normal": "normal", "high": "high"}
 
 
 def payload_of(doc: dict[str, Any]) -> bytes:
-    """What the service worker shows: the notification without its per-user state."""
+    """What the service worker shows: the notification without its per-user state.
+
+    Past ``MAX_PAYLOAD_BYTES`` it is shortened, in this order, and marked ``truncated``:
+    ``data`` dropped, the message cut, actions dropped from the last."""
     note = public_json(doc)
     body = {k: note[k] for k in ("id", "title", "message", "category", "priority", "actions", "created_at")}
     body["data"] = note["data"]
     raw = orjson.dumps(body)
-    if len(raw) > MAX_PAYLOAD_BYTES:
-        body["data"] = {}
-        body["truncated"] = True
-        over = len(orjson.dumps(body)) - MAX_PAYLOAD_BYTES
-        if over > 0:
-            body["message"] = body["message"].encode()[: max(0, len(body["message"].encode()) - over - 3)]
-            body["message"] = body["message"].decode(errors="ignore") + "…"
+    if len(raw) <= MAX_PAYLOAD_BYTES:
+        return raw
+    body.update(data={}, truncated=True)
+    raw = orjson.dumps(body)
+    while len(raw) > MAX_PAYLOAD_BYTES and (body["message"] or body["actions"]):
+        over = len(raw) - MAX_PAYLOAD_BYTES  # a character is at least one byte: cut that many
+        if body["message"]:
+            body["message"] = body["message"][: max(0, len(body["message"]) - over)]
+        else:
+            body["actions"] = body["actions"][:-1]
         raw = orjson.dumps(body)
     return raw
 
