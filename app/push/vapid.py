@@ -21,6 +21,7 @@ from py_vapid import Vapid
 from app.config import DEV_SECRET_KEY, Config
 
 DEV_SUBJECT = "mailto:notify@localhost"
+_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
 _P256_ORDER = 0xFFFFFFFF00000000FFFFFFFFFFFFFFFFBCE6FAADA7179E84F3B9CAC2FC632551
 
 
@@ -47,9 +48,6 @@ def b64url_decode(text: str) -> bytes:
         return base64.urlsafe_b64decode(text + "=" * (-len(text) % 4))
     except binascii.Error as exc:
         raise ValueError("not base64url") from exc
-
-
-_B64URL = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_=")
 
 
 def public_key_of(private: ec.EllipticCurvePrivateKey) -> str:
