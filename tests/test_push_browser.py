@@ -2,7 +2,8 @@
 worker the service serves, and a push event carrying what the app pushed (captured by the
 test's push service and decrypted with the browser's keys) is shown as a notification
 with its actions. A real PushManager subscription needs the browser vendor's push
-service, which cannot be reached here, so the push is delivered over DevTools."""
+service, which cannot be reached here, so the push is delivered over DevTools, and
+``enablePush`` is shown storing a subscription that PushManager.subscribe hands it."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 import requests
 
 from tests.browser import make_page  # noqa: F401
-from tests.push_service import Browser, PushService
+from tests.push_service import Browser, PushService, unb64url
 from tests.support import wait_until
 
 pytestmark = pytest.mark.browser
@@ -90,3 +91,39 @@ def test_the_service_worker_shows_a_pushed_notification(make_page, live, push_se
     assert shown["actions"] == ["Open the report", "Dismiss"] and shown["requireInteraction"] is True
     assert shown["data"]["urls"] == [a["url"] for a in actions]
     assert shown["data"]["open"] == scope, "a click on the notification opens the app"
+
+
+def test_enable_push_subscribes_with_the_service_key(make_page, live, push_service):  # noqa: F811
+    """``enablePush`` up to the vendor's push service: PushManager.subscribe, which would call
+    it, answers with the test's subscription; the rest is real, down to the push arriving."""
+    server = live(PUSH_ENABLED="1", PUSH_ALLOW_LOCAL_ENDPOINTS="1")
+    browser = Browser(push_service.origin + "/push/enabled")
+    token = server.token("eve")
+    page = make_page(permissions=["notifications"])
+    page.goto(server.url + "/healthz")
+    page.add_script_tag(url=server.url + "/static/notify.js")
+    result = page.evaluate(
+        """async ([token, subscription]) => {
+            let asked = null;
+            PushManager.prototype.getSubscription = async () => null;
+            PushManager.prototype.subscribe = async (options) => {
+                const key = Array.from(new Uint8Array(options.applicationServerKey));
+                asked = { visible: options.userVisibleOnly, key };
+                return { endpoint: subscription.endpoint, toJSON: () => subscription };
+            };
+            const client = new Notify.Client({ url: '', token });
+            await client.enablePush();
+            client.close();
+            return asked;
+        }""",
+        [token, browser.subscription],
+    )
+    key = requests.get(
+        server.url + "/api/me/push-key", headers={"Authorization": f"Bearer {token}"}, timeout=5
+    ).json()["public_key"]
+    assert result["visible"] is True and bytes(result["key"]) == unb64url(key)
+    server.notify("eve", "pushed to the subscription enablePush stored")
+    wait_until(lambda: push_service.received)
+    assert (
+        browser.decrypt(push_service.received[0])["message"] == "pushed to the subscription enablePush stored"
+    )
