@@ -43,7 +43,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["config"] = config
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
-    from app import dashboard, pages
+    from app import dashboard, pages, push
     from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
@@ -82,6 +82,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     ops_cli.register_ops_cli(app)
     dashboard.init_app(app)
     staff_cli.register_cli(app)
+    push.init_app(app)
     return app
 
 
@@ -96,12 +97,16 @@ def start_background(app: Flask) -> None:
     app.extensions["notifications"].retention.start()
     app.extensions["notifications"].receipts.start()
     app.extensions["hub"].start()
-    from app import dashboard
+    from app import dashboard, push
 
     dashboard.start_background(app)
+    push.start_background(app)
 
 
 def stop_background(app: Flask) -> None:
+    from app import push
+
+    push.stop_background(app)
     app.extensions["presence"].stop()
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()

@@ -94,6 +94,18 @@ class Config:
     RECEIPT_FOLD_SECONDS: float = 2.0  # pending traces into MongoDB, RECEIPT_FOLD_BATCH at a time
     RECEIPT_FOLD_BATCH: int = 500
     RECEIPT_FOLD_DELAY_SECONDS: float = 10.0  # a trace waits this long in Redis: most are folded once
+    PUSH_ENABLED: int = 0  # Web Push to users with no live stream (app/push/)
+    PUSH_VAPID_PRIVATE_KEY: str = ""  # base64url P-256 private key (`flask --app wsgi push keys`)
+    PUSH_VAPID_PUBLIC_KEY: str = ""  # its public key; derived from the private key when empty
+    PUSH_VAPID_SUBJECT: str = ""  # mailto: or https: contact the push services may use
+    PUSH_TTL_SECONDS: int = 86400  # how long a push service keeps a push for an offline browser
+    PUSH_PER_USER_PER_MINUTE: int = 30  # pushes per recipient per minute, all instances; 0 disables
+    PUSH_MAX_SUBSCRIPTIONS_PER_USER: int = 10  # the newest are kept
+    PUSH_MAX_ATTEMPTS: int = 4  # per push, for 429 / 5xx / network errors, with backoff
+    PUSH_RETRY_BASE_SECONDS: float = 1.0  # the first backoff; doubled at each attempt
+    PUSH_CONCURRENCY: int = 10  # pushes in flight per worker
+    PUSH_TIMEOUT_SECONDS: float = 10.0  # one request to a push service
+    PUSH_ALLOW_LOCAL_ENDPOINTS: int = 0  # http and private addresses as endpoints (tests; never production)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -172,6 +184,7 @@ class Config:
         if self.INSTANCE_NAME and not re.fullmatch(r"[A-Za-z0-9_.-]{1,100}", self.INSTANCE_NAME):
             raise ConfigError("INSTANCE_NAME must be 1-100 characters of A-Z a-z 0-9 _ . -")
         self._validate_redis_mode()
+        self._validate_push()
         if self.is_production:
             missing = [
                 name
@@ -200,6 +213,45 @@ class Config:
         self.sentinel_addresses()
         if not self.REDIS_SENTINEL_MASTER:
             raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINEL_MASTER: the monitored primary's name")
+
+    def _validate_push(self) -> None:
+        for name in (
+            "PUSH_TTL_SECONDS",
+            "PUSH_MAX_SUBSCRIPTIONS_PER_USER",
+            "PUSH_MAX_ATTEMPTS",
+            "PUSH_CONCURRENCY",
+        ):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive")
+        if self.PUSH_TTL_SECONDS > 28 * 86400:
+            raise ConfigError("PUSH_TTL_SECONDS must be at most 28 days (2419200)")
+        if not 0 < self.PUSH_TIMEOUT_SECONDS <= 60:
+            raise ConfigError("PUSH_TIMEOUT_SECONDS must be above 0 and at most 60")
+        if not 0 <= self.PUSH_RETRY_BASE_SECONDS <= 60:
+            raise ConfigError("PUSH_RETRY_BASE_SECONDS must be between 0 and 60")
+        if self.PUSH_VAPID_SUBJECT and not re.fullmatch(
+            r"mailto:[^@\s]+@[^@\s]+|https://[^\s/]+\S*", self.PUSH_VAPID_SUBJECT
+        ):
+            raise ConfigError("PUSH_VAPID_SUBJECT must be a mailto: address or an https: URL")
+        if self.is_production and self.PUSH_ALLOW_LOCAL_ENDPOINTS:
+            raise ConfigError("PUSH_ALLOW_LOCAL_ENDPOINTS is refused in production (SSRF)")
+        if not self.PUSH_ENABLED:
+            return
+        if self.is_production:
+            if not self.PUSH_VAPID_PRIVATE_KEY:
+                raise ConfigError(
+                    "PUSH_ENABLED in production needs PUSH_VAPID_PRIVATE_KEY (flask --app wsgi push keys)"
+                )
+            if not self.PUSH_VAPID_SUBJECT:
+                raise ConfigError(
+                    "PUSH_ENABLED in production needs PUSH_VAPID_SUBJECT (a mailto: or https: contact)"
+                )
+        from app.push.vapid import VapidKeyError, load_keys
+
+        try:
+            load_keys(self)
+        except VapidKeyError as exc:
+            raise ConfigError(str(exc)) from None
 
     def sentinel_addresses(self) -> list[tuple[str, int]]:
         """``REDIS_SENTINELS`` as (host, port) pairs; a malformed entry is named."""

@@ -34,6 +34,16 @@ def favicon() -> Response:
     return current_app.send_static_file("favicon.ico")
 
 
+@bp.get("/notify-sw.js")
+def push_worker() -> Response:
+    """The Web Push service worker (static/notify-sw.js), at the root so it may control
+    the whole origin; pages of another origin serve a copy from their own."""
+    resp = current_app.send_static_file("notify-sw.js")
+    resp.headers["Service-Worker-Allowed"] = "/"
+    resp.headers["Cache-Control"] = "no-cache"
+    return resp
+
+
 @bp.get("/demo")
 def demo() -> Response:
     transport = request.args.get("transport", "sse")

@@ -105,6 +105,19 @@ declare namespace Notify {
     setTransport(transport: Transport): void;
     reconnect(options?: { cursor?: string | number | null }): void;
     close(): void;
+    /** registers the service worker, asks for permission, subscribes with the service's VAPID
+     *  key and stores the subscription (POST /api/me/push-subscriptions) */
+    enablePush(options?: PushOptions): Promise<PushSubscription>;
+    /** registers the push service worker (default `<url>/notify-sw.js`, of this page's origin) */
+    registerWorker(options?: PushOptions): Promise<ServiceWorkerRegistration>;
+    /** removes this browser's subscription here and on the service; false if there was none */
+    disablePush(options?: { scope?: string }): Promise<boolean>;
+  }
+
+  interface PushOptions {
+    /** the service worker's URL; default `<url>/notify-sw.js` */
+    worker?: string;
+    scope?: string;
   }
 
   class AuthError extends Error {}

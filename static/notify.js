@@ -13,6 +13,7 @@
  *   client.markRead([id]); client.markAllRead(); client.markSeen();  // the badge: all seen
  *   client.markUnread([id]); client.archive([id]); client.unarchive([id]); client.remove(id);
  *   client.setTransport('ws'); client.close();
+ *   client.enablePush();  // Web Push while no tab is open (service worker /notify-sw.js)
  *
  * Without a cursor it first loads the newest page of history (onHistory) and resumes after its
  * newest cursor, so nothing created meanwhile is lost. It keeps the last cursor, reconnects
@@ -54,6 +55,18 @@
   const WS_TOKEN_EXPIRED = 4401;
 
   class AuthError extends Error {}
+
+  function b64url(buffer) {
+    if (!buffer) return '';
+    let text = '';
+    new Uint8Array(buffer).forEach((byte) => { text += String.fromCharCode(byte); });
+    return btoa(text).replace(/\+/g, '-').replace(/\//g, '_').replace(/=+$/, '');
+  }
+
+  function fromB64url(text) {
+    const raw = atob(text.replace(/-/g, '+').replace(/_/g, '/') + '==='.slice((text.length + 3) % 4));
+    return Uint8Array.from(raw, (c) => c.charCodeAt(0));
+  }
 
   /** The cursor as the server wrote it: JSON.parse would round integers above 2^53. */
   function wsCursor(text, parsed) {
@@ -142,6 +155,64 @@
     reconnect(options) {
       if (options && options.cursor !== undefined) this.cursor = options.cursor == null ? null : String(options.cursor);
       this._reconnectNow();
+    }
+
+    /**
+     * Web Push for this user while no tab is open: registers the service worker (default
+     * <url>/notify-sw.js; it must be of this page's origin), asks for notification permission,
+     * subscribes with the service's public VAPID key and stores the subscription. Resolves to
+     * the PushSubscription.
+     */
+    async enablePush(options) {
+      const opts = Object.assign({ worker: this.base + '/notify-sw.js', scope: undefined }, options || {});
+      const registration = await this.registerWorker(opts);
+      if (typeof Notification !== 'undefined' && Notification.permission !== 'granted') {
+        if (await Notification.requestPermission() !== 'granted') throw new Error('notifications are not allowed');
+      }
+      const { public_key: key } = await this._fetch('/api/me/push-key');
+      let subscription = await registration.pushManager.getSubscription();
+      if (subscription && b64url(subscription.options.applicationServerKey) !== key) {
+        await subscription.unsubscribe(); // made with another key: push services would refuse it
+        subscription = null;
+      }
+      if (!subscription) {
+        subscription = await registration.pushManager.subscribe({
+          userVisibleOnly: true, applicationServerKey: fromB64url(key),
+        });
+      }
+      await this._fetch('/api/me/push-subscriptions', { method: 'POST', body: JSON.stringify(subscription) });
+      return subscription;
+    }
+
+    /** Registers the push service worker and resolves once it is active. */
+    async registerWorker(options) {
+      const opts = Object.assign({ worker: this.base + '/notify-sw.js', scope: undefined }, options || {});
+      const nav = root.navigator;
+      if (!nav || !nav.serviceWorker || typeof root.PushManager === 'undefined') {
+        throw new Error('Web Push is not supported here (it needs a secure context and a service worker)');
+      }
+      const registration = await nav.serviceWorker.register(opts.worker, opts.scope ? { scope: opts.scope } : {});
+      const worker = registration.installing || registration.waiting;
+      if (!registration.active && worker) {
+        await new Promise((resolve) => {
+          worker.addEventListener('statechange', () => { if (worker.state === 'activated') resolve(); });
+        });
+      }
+      return registration;
+    }
+
+    /** Stops Web Push for this browser: the subscription is removed here and on the service. */
+    async disablePush(options) {
+      const opts = Object.assign({ scope: undefined }, options || {});
+      const nav = root.navigator;
+      const registration = nav && nav.serviceWorker ? await nav.serviceWorker.getRegistration(opts.scope) : null;
+      const subscription = registration ? await registration.pushManager.getSubscription() : null;
+      if (!subscription) return false;
+      await this._fetch('/api/me/push-subscriptions', {
+        method: 'DELETE', body: JSON.stringify({ endpoint: subscription.endpoint }),
+      });
+      await subscription.unsubscribe();
+      return true;
     }
 
     close() {

@@ -81,6 +81,22 @@ MONGO_OLDEST_CALL = Gauge(
     "Age of the oldest MongoDB call in flight (0 when none); seconds mean the database stalls.",
     multiprocess_mode="livemax",
 )
+PUSH_SENT = Counter("notify_push_sent", "Web Push messages a push service accepted.")
+PUSH_SKIPPED = Counter(
+    "notify_push_skipped",
+    "Notifications not pushed: online (the user has a live stream), rate_limited (per recipient).",
+    ["reason"],
+)
+PUSH_FAILED = Counter(
+    "notify_push_failed",
+    "Web Push messages not sent: refused (4xx), gave_up (retries spent), queue_full, error.",
+    ["reason"],
+)
+PUSH_REMOVED = Counter(
+    "notify_push_subscriptions_removed",
+    "Push subscriptions removed: gone (404/410 from the push service), refused (non-public address).",
+    ["reason"],
+)
 HUB_RECONNECTS = Counter("notify_hub_reconnects", "Times a worker's Redis subscriber reconnected.")
 HUB_RECEIVED = Counter(
     "notify_hub_messages_received",

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, send_from_directory
 
 from app.api import validation as v
 from app.config import Config
+from app.push.endpoints import MAX_ENDPOINT_LENGTH
 
 bp = Blueprint("docs", __name__, url_prefix="/api")
 
@@ -169,6 +170,42 @@ SCHEMAS: dict[str, Any] = {
         "properties": {"user_id": USER_ID, "ttl_seconds": {"type": "integer", "minimum": 1}},
         "example": {"user_id": "alice", "ttl_seconds": 3600},
     },
+    "PushSubscription": {
+        "type": "object",
+        "required": ["endpoint", "keys"],
+        "additionalProperties": False,
+        "description": "A browser's `PushSubscription.toJSON()`. The endpoint must be https:// on a host "
+        "whose every address is public (no loopback, private, link-local, multicast or reserved address); "
+        "checked again before every push",
+        "properties": {
+            "endpoint": {"type": "string", "format": "uri", "maxLength": MAX_ENDPOINT_LENGTH,
+                         "example": "https://fcm.googleapis.com/fcm/send/c1x..."},
+            "expirationTime": {"type": ["number", "null"]},
+            "keys": {
+                "type": "object",
+                "required": ["p256dh", "auth"],
+                "additionalProperties": False,
+                "properties": {
+                    "p256dh": {"type": "string", "pattern": "^[A-Za-z0-9_-]{87}={0,1}$",
+                               "description": "base64url P-256 public key (65 bytes, uncompressed)"},
+                    "auth": {"type": "string", "pattern": "^[A-Za-z0-9_-]{22}(==)?$",
+                             "description": "base64url auth secret (16 bytes)"},
+                },
+            },
+        },
+    },
+    "PushUnsubscribe": {
+        "type": "object",
+        "required": ["endpoint"],
+        "properties": {"endpoint": {"type": "string", "minLength": 1}},
+    },
+    "PushSubscribed": {"type": "object", "required": ["subscribed", "id"],
+                       "properties": {"subscribed": {"const": True}, "id": {"type": "string"}}},
+    "PushRemoved": {"type": "object", "required": ["removed"],
+                    "properties": {"removed": {"type": "boolean"}}},
+    "PushKey": {"type": "object", "required": ["public_key"], "properties": {"public_key": {
+        "type": "string",
+        "description": "The VAPID public key (base64url), PushManager's applicationServerKey"}}},
     "Token": {
         "type": "object",
         "required": ["token", "user_id", "expires_at"],
@@ -386,6 +423,21 @@ PATHS: dict[str, Any] = {
         'client sends `{"type":"ack","ids":[...]}`). Recorded within RECEIPT_FLUSH_SECONDS',
         {"200": _json("Acked", "How many ids were recorded")}, POST_ERRORS, security=SUBSCRIBER,
         requestBody=_body("AckRequest"))},
+    "/api/me/push-key": {"get": _op(
+        "The service's VAPID public key, to subscribe with (404 `push_disabled` while PUSH_ENABLED is off)",
+        {"200": _json("PushKey", "The key")}, (401, 404), security=SUBSCRIBER)},
+    "/api/me/push-subscriptions": {
+        "post": _op(
+            "Store this browser's Web Push subscription for the subscriber: notifications are pushed to it "
+            "while the user has no live stream (TTL PUSH_TTL_SECONDS). The same endpoint is stored once; "
+            "the newest PUSH_MAX_SUBSCRIPTIONS_PER_USER are kept",
+            {"201": _json("PushSubscribed", "Stored")}, (*POST_ERRORS, 404), security=SUBSCRIBER,
+            requestBody=_body("PushSubscription")),
+        "delete": _op(
+            "Remove one of the subscriber's push subscriptions, by endpoint (idempotent)",
+            {"200": _json("PushRemoved", "Whether it was stored")}, (*POST_ERRORS, 404), security=SUBSCRIBER,
+            requestBody=_body("PushUnsubscribe")),
+    },
     "/api/recent": {"get": _op(
         "The newest notifications across all users", {"200": _json("NotificationList", "Newest first")},
         (401, 503), security=API_KEY)},

@@ -23,6 +23,7 @@ from app.config import Config
 from app.dashboard.audit import AuditEntry
 from app.ops import metrics
 from app.ops.mongocalls import long_mongo_calls
+from app.push.subscriptions import PushSubscription
 from app.store.models import (
     Notification,
     create_missing,
@@ -33,7 +34,7 @@ from app.store.models import (
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS: tuple[type[Document], ...] = (Notification, ApiKey, AuditEntry)
+DOCUMENTS: tuple[type[Document], ...] = (Notification, ApiKey, AuditEntry, PushSubscription)
 RECHECK_SECONDS = 5.0  # /readyz looks again at most this often
 RETRY_SECONDS = 2.0
 BUILD_SECONDS = 600.0  # a worker that could not reach MongoDB at start tries again
@@ -56,6 +57,7 @@ def create_indexes() -> None:
         ensure_indexes()
         create_missing(ApiKey)
         create_missing(AuditEntry)
+        create_missing(PushSubscription)
 
 
 class IndexGuard:

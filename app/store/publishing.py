@@ -99,6 +99,8 @@ class Publisher:
         self.outbox = Outbox(config, self.publish, self.stats)
         # The delivery trace's record of each publish: (ids, when the publish call started).
         self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
+        # What else follows a publish (Web Push, app/push/); must not block.
+        self.after_publish: list[Callable[[list[dict[str, Any]]], None]] = []
 
     # -- lifecycle -------------------------------------------------------------------
     def start(self, relay: bool = True) -> None:
@@ -279,6 +281,8 @@ class Publisher:
             metrics.RESEQUENCED.inc(len(fixes))
         self.outbox.published(markers, fixes, wake_cleanup)
         self.on_published([str(doc["_id"]) for doc in docs], publishing_at)
+        for hook in self.after_publish:
+            hook(docs)
         self.stats["published"] += len(docs)
         metrics.PUBLISHED.inc(len(docs))
         return True
