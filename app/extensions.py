@@ -50,7 +50,13 @@ class MongoDB:
     """Binds mongoengine's default connection to the app's ``MONGO_URI``."""
 
     def init_app(self, app: Flask, config: Config) -> None:
-        mongoengine.disconnect(alias="default")
+        try:
+            mongoengine.disconnect(alias="default")
+        except RuntimeError as exc:
+            # An earlier app's client whose lock a killed greenlet left released (gevent):
+            # out of the registry already; the second call forgets the rest of it.
+            log.warning("could not close the previous MongoDB client: %s", exc)
+            mongoengine.disconnect(alias="default")
         mongoengine.connect(
             host=primary_only(config.MONGO_URI),
             alias="default",

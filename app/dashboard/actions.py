@@ -58,7 +58,7 @@ class StaffActions:
         if not self._open(user_id, connection):
             raise ApiError(404, "not_found", "the user has no such open connection", field="connection")
         command = Event(DISCONNECT, user_id, None, orjson.dumps({"connection": connection}))
-        self.notifications.redis.publish(self.notifications.user_channel(user_id), command.to_wire())
+        self.notifications.publish_to_user(user_id, command.to_wire())
         _record(staff, "disconnect", user_id, connection=connection)
         deadline = time.monotonic() + CLOSE_WAIT_SECONDS
         while time.monotonic() < deadline:

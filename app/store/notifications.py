@@ -75,6 +75,15 @@ class NotificationService:
         """Every event of one user: subscribed by the workers that hold a stream of theirs."""
         return f"{self.prefix}u:{{{user_id}}}"
 
+    def publish_to_user(self, user_id: str, wire: bytes) -> None:
+        """A message on the user's channel from outside the publish script (a staff command):
+        SPUBLISH on a cluster, where users' channels are shard channels."""
+        channel = self.user_channel(user_id)
+        if self.config.REDIS_MODE == "cluster":
+            self.redis.spublish(channel, wire)
+        else:
+            self.redis.publish(channel, wire)
+
     @property
     def feed_channel(self) -> str:
         """Every new notification: subscribed only while staff watch the dashboard overview."""
