@@ -43,7 +43,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["config"] = config
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
-    from app import dashboard, pages
+    from app import dashboard, pages, topics
     from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
@@ -80,6 +80,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     body.init_app(app)  # outermost: every reader of a request body is under its deadline
     apikeys.init_app(app)
     ops_cli.register_ops_cli(app)
+    topics.init_app(app)
     dashboard.init_app(app)
     staff_cli.register_cli(app)
     return app
@@ -96,6 +97,7 @@ def start_background(app: Flask) -> None:
     app.extensions["notifications"].retention.start()
     app.extensions["notifications"].receipts.start()
     app.extensions["hub"].start()
+    app.extensions["topics"].start()
     from app import dashboard
 
     dashboard.start_background(app)
@@ -105,6 +107,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["presence"].stop()
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
+    app.extensions["topics"].stop()
     app.extensions["notifications"].retention.stop()
     app.extensions["notifications"].receipts.stop()
     app.extensions["indexes"].stop()
