@@ -116,11 +116,13 @@ def stop_background(app: Flask) -> None:
 
 
 def drain_background(app: Flask, timeout: float = 5.0) -> None:
-    """At worker exit: finish the outbox clean-up of the last publishes now.
+    """At worker exit: hand the fan-out being sent back, finish the outbox clean-up of the
+    last publishes now.
 
     A marker left behind would make a relay publish its batch a second time once the
     lease ran out (gunicorn's ``worker_exit``; the clean-up waits a moment by design,
     ``OUTBOX_CLEANUP_DELAY_SECONDS``)."""
+    app.extensions["topics"].worker.hand_off()  # first: its last page goes into the flush
     if not app.extensions["notifications"].publisher.outbox.flush(timeout):
         log.warning("outbox clean-up not finished at exit; the relay will repeat it")
     app.extensions["notifications"].receipts.flush()  # the last second's delivery records

@@ -36,7 +36,7 @@ from pymongo.errors import DuplicateKeyError, PyMongoError
 from app.config import Config
 from app.errors import ApiError
 from app.extensions import RedisBudget
-from app.store.inserting import KeyTaken, StoreRefused
+from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import ensure_key_index, id_chunks, notifications_collection
 from app.store.publishing import Publisher
 from app.store.serialization import iso, new_document, utc_now_ms
@@ -145,6 +145,7 @@ class FanoutWorker:
         self._wakeup = Event()
         self._greenlet: gevent.Greenlet | None = None
         self._key_index_ready = False
+        self._current: tuple[Any, str] | None = None  # (fan-out id, claim) being sent
 
     def start(self) -> None:
         if self._greenlet is None:
@@ -154,6 +155,21 @@ class FanoutWorker:
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
+
+    def hand_off(self, timeout: float = 2.0) -> None:
+        """At worker exit: stop, and give the fan-out being sent back at once rather than
+        after its lease (a page being stored meanwhile is found by its keys)."""
+        current = self._current
+        if self._greenlet is not None:
+            self._greenlet.kill(block=True, timeout=timeout)
+            self._greenlet = None
+        if current is not None:
+            try:
+                fanouts_collection().update_one(
+                    {"_id": current[0], "claim": current[1]}, {"$set": {"lease_until": 0}}
+                )
+            except PyMongoError as exc:
+                log.warning("fan-out %s not handed off; resumed after its lease: %s", current[0], exc)
 
     def wake(self) -> None:
         """A fan-out was just created here: start it now rather than at the next poll."""
@@ -166,8 +182,8 @@ class FanoutWorker:
             try:
                 while (claimed := self.claim()) is not None:
                     self.run(claimed)
-            except PyMongoError as exc:
-                log.warning("fan-out pass failed, retrying after its lease: %s", exc)
+            except (PyMongoError, StoreUnavailable) as exc:
+                log.warning("fan-out pass failed, retried after its lease: %s", exc)
             except Exception:
                 log.exception("fan-out pass failed unexpectedly")
 
@@ -195,6 +211,13 @@ class FanoutWorker:
 
     def run(self, fanout: dict[str, Any]) -> None:
         """Send ``fanout`` from where it stands to its end, unless its lease is lost."""
+        self._current = (fanout["_id"], fanout["claim"])
+        try:
+            self._send(fanout)
+        finally:
+            self._current = None
+
+    def _send(self, fanout: dict[str, Any]) -> None:
         fid, claim, topic = fanout["_id"], fanout["claim"], fanout["topic"]
         after, done = fanout.get("after", ""), fanout.get("done", 0)
         progress: dict[str, Any] = {}
