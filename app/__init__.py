@@ -129,7 +129,8 @@ def drain_background(app: Flask, timeout: float = 5.0) -> None:
 
 
 def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:
-    """Close every stream as soon as the worker is told to stop (gunicorn SIGTERM).
+    """Close every stream, and hand the fan-out being sent to another worker, as soon as the
+    worker is told to stop (gunicorn SIGTERM).
 
     gunicorn waits ``graceful_timeout`` for open connections; streams never finish on
     their own, so without this a deploy would hang for the whole timeout.
@@ -139,5 +140,6 @@ def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) 
         while alive():
             gevent.sleep(poll)
         app.extensions["hub"].shutdown()
+        app.extensions["topics"].worker.hand_off()  # another worker goes on with it at once
 
     gevent.spawn(watch)

@@ -3,6 +3,7 @@ page by page, once each, resumed by another instance when the one sending it die
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable
 from typing import Any
 
@@ -271,6 +272,47 @@ def test_a_fanout_whose_instance_is_killed_is_finished_by_another(live, app):
         for stream in streams.values():
             stream.wait_for(lambda s=stream: "resumed" in s.messages(), timeout=10)
         assert set(_messages(streams, "resumed").values()) == {1}
+    finally:
+        for stream in streams.values():
+            stream.close()
+
+
+def test_a_worker_told_to_stop_hands_its_fanout_over_without_waiting_for_the_lease(live, app):
+    lease = {"FANOUT_LEASE_SECONDS": "60", "FANOUT_POLL_SECONDS": "0.2"}
+    sender = live(FANOUT_PAGE_SIZE="5", FANOUT_PAGE_INTERVAL_SECONDS="0.15", **lease)
+    survivor = live(FANOUT_PAGE_SIZE="5", **lease)
+    users = [f"h{i:03d}" for i in range(100)]
+    put_subscribers(survivor, "handover", users)
+    fid = sender.post("/api/notifications", {"topic": "handover", "message": "handed"}).json()["id"]
+    wait_until(lambda: _fanout(survivor, fid)["done"] >= 20, timeout=15)
+    sender.stop(signal.SIGTERM)
+    wait_until(lambda: _fanout(survivor, fid)["state"] == "done", timeout=15)  # not after 60 s
+    resumed = [
+        line for line in survivor.log().splitlines() if f"fan-out {fid}" in line and "resuming" in line
+    ]
+    assert len(resumed) == 1 and "resuming after ''" not in resumed[0], survivor.log()
+    assert [u for u in users if len(copies(u)) != 1] == []
+
+
+def test_a_page_stored_by_a_worker_that_died_before_publishing_it_is_sent_once(live, app):
+    """The sending worker dies between a page's insert and its publish: the outbox relay of
+    the other instance publishes that page, whose redo stores nothing more."""
+    lease = {"FANOUT_LEASE_SECONDS": "2", "FANOUT_POLL_SECONDS": "0.2", "PUBLISH_LEASE_SECONDS": "2"}
+    sender = live(FANOUT_PAGE_SIZE="5", TEST_CRASH_AFTER_INSERT="1", **lease)
+    survivor = live(FANOUT_PAGE_SIZE="5", **lease)
+    users = [f"c{i:02d}" for i in range(12)]
+    put_subscribers(survivor, "crash", users)
+    streams = _stream_users(survivor.url, survivor, [users[0], users[11]])
+    try:
+        fid = sender.post("/api/notifications", {"topic": "crash", "message": "once"}).json()["id"]
+        wait_until(lambda: all(len(copies(u)) == 1 for u in users[:5]), timeout=10)
+        sender.kill()  # its restarted worker would die the same way
+        wait_until(lambda: _fanout(survivor, fid)["state"] == "done", timeout=20)
+        assert _fanout(survivor, fid)["done"] == 12
+        assert [u for u in users if len(copies(u)) != 1] == []
+        for stream in streams.values():
+            stream.wait_for(lambda s=stream: "once" in s.messages(), timeout=10)
+        assert set(_messages(streams, "once").values()) == {1}
     finally:
         for stream in streams.values():
             stream.close()
