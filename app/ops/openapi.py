@@ -436,8 +436,10 @@ TOPIC_SCHEMAS: dict[str, Any] = {
     "Unsubscribed": {"type": "object", "required": ["topic", "unsubscribed"], "properties": {
         "topic": {"type": "string"},
         "unsubscribed": {"type": "integer", "minimum": 0, "description": "How many were subscribed"}}},
-    "SubscriberPage": {"type": "object", "required": ["topic", "subscribers", "next"], "properties": {
+    "SubscriberPage": {"type": "object", "required": ["topic", "subscribers", "next", "total"],
+                       "properties": {
         "topic": {"type": "string"},
+        "total": {"type": "integer", "minimum": 0, "description": "How many users are subscribed"},
         "subscribers": {"type": "array", "items": {"type": "string"}, "description": "In user id order"},
         "next": {"type": ["string", "null"], "description": "Pass as `after` for the next page"}}},
     "Fanout": {

@@ -18,7 +18,7 @@ from pymongo.errors import PyMongoError
 from app.errors import ApiError
 from app.store.models import id_chunks
 from app.store.serialization import utc_now_ms
-from app.topics.models import SUBSCRIBER_INDEX, subscribers_collection
+from app.topics.models import SUBSCRIBER_INDEX, subscribers_collection, topics_collection
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,7 @@ class Subscribers:
                     for user in chunk
                 ]
                 added += subscribers_collection().bulk_write(ops, ordered=False).upserted_count
+            self._count_change(topic, added)
         return added
 
     def unsubscribe(self, topic: str, user_ids: list[str]) -> int:
@@ -58,7 +59,13 @@ class Subscribers:
             for chunk in id_chunks(user_ids):
                 query = {"topic": topic, "user_id": {"$in": chunk}}
                 removed += subscribers_collection().delete_many(query).deleted_count
+            self._count_change(topic, -removed)
         return removed
+
+    @staticmethod
+    def _count_change(topic: str, change: int) -> None:
+        if change:
+            topics_collection().update_one({"_id": topic}, {"$inc": {"subscribers": change}}, upsert=True)
 
     def page(self, topic: str, after: str, limit: int) -> list[str]:
         """Up to ``limit`` subscribers of ``topic`` after the user id ``after``, in order."""
@@ -68,11 +75,16 @@ class Subscribers:
         return [doc["user_id"] for doc in cursor]
 
     def listed(self, topic: str, after: str, limit: int) -> dict[str, object]:
-        """One page for the API: ``{"topic", "subscribers", "next"}`` (``next``: pass as ``after``)."""
+        """One page for the API: ``{"topic", "subscribers", "next", "total"}`` (``next``: pass
+        as ``after``)."""
         with store_errors():
             users = self.page(topic, after, limit + 1)
+            total = self.count(topic)
         page = users[:limit]
-        return {"topic": topic, "subscribers": page, "next": page[-1] if len(users) > limit else None}
+        nxt = page[-1] if len(users) > limit else None
+        return {"topic": topic, "subscribers": page, "next": nxt, "total": total}
 
     def count(self, topic: str) -> int:
-        return subscribers_collection().count_documents({"topic": topic})
+        """How many users are subscribed to ``topic``."""
+        doc = topics_collection().find_one({"_id": topic})
+        return max(doc["subscribers"], 0) if doc else 0
