@@ -200,7 +200,8 @@ def test_the_dashboard_overview_shows_fanouts(make_app, auth):
         client, "POST", "/api/notifications", {"topic": "release-notes", "message": "m"}, auth
     ).get_json()
     page = signed_in(app).get("/dashboard").text
-    assert 'id="fanouts"' in page and fanout["id"] in page and "release-notes" in page and "pending" in page
+    assert page.count('id="fanouts"') == 1 and "<title>Overview" in page
+    assert fanout["id"] in page and "release-notes" in page and "pending" in page
 
 
 def _stream_users(url: str, server: Any, users: list[str]) -> dict[str, SSEClient]:
