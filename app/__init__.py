@@ -88,7 +88,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 def start_background(app: Flask) -> None:
     """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
-    sweeper); once per process, after fork."""
+    sweeper, topic fan-out); once per process, after fork."""
     app.extensions["indexes"].start()
     from app.ops import metrics
 

@@ -7,6 +7,7 @@ import signal
 from collections.abc import Callable
 from typing import Any
 
+import gevent
 import orjson
 import pytest
 import requests
@@ -120,6 +121,17 @@ def test_a_topic_post_answers_at_once_and_a_retry_gets_the_same_fanout(client, a
     other = {**body, "message": "another"}
     conflict = send(client, "POST", "/api/notifications", other, auth, **{"Idempotency-Key": "fan-1"})
     assert conflict.status_code == 409
+    assert fanouts_collection().count_documents({}) == 1
+
+
+def test_concurrent_topic_posts_with_one_key_make_one_fanout(client, auth):
+    body = {"topic": "t", "message": "once"}
+    key = {"Idempotency-Key": "same"}
+    posts = gevent.joinall(
+        [gevent.spawn(send, client, "POST", "/api/notifications", body, auth, **key) for _ in range(6)]
+    )
+    assert {p.value.status_code for p in posts} == {202}
+    assert len({p.value.get_json()["id"] for p in posts}) == 1
     assert fanouts_collection().count_documents({}) == 1
 
 

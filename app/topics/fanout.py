@@ -38,10 +38,18 @@ from app.errors import ApiError
 from app.extensions import RedisBudget
 from app.ops.mongocalls import long_mongo_calls
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
-from app.store.models import ensure_key_index, id_chunks, notifications_collection
+from app.store.models import create_missing, ensure_key_index, id_chunks, notifications_collection
 from app.store.publishing import Publisher
 from app.store.serialization import iso, new_document, utc_now_ms
-from app.topics.models import DONE, FANOUT_STATE_INDEX, OPEN_STATES, PENDING, RUNNING, fanouts_collection
+from app.topics.models import (
+    DONE,
+    FANOUT_STATE_INDEX,
+    OPEN_STATES,
+    PENDING,
+    RUNNING,
+    Fanout,
+    fanouts_collection,
+)
 from app.topics.subscribers import Subscribers, store_errors
 
 log = logging.getLogger(__name__)
@@ -80,6 +88,7 @@ class Fanouts:
 
     def __init__(self, config: Config) -> None:
         self.config = config
+        self._key_index_ready = False
 
     def create(
         self, owner: str, topic: str, content: dict[str, Any], key: tuple[str, bytes] | None
@@ -105,6 +114,9 @@ class Fanouts:
             doc["idem"] = f"{owner}:{key[0]}"
             doc["idem_hash"] = hashlib.sha256(key[1]).hexdigest()
         with store_errors():
+            if key is not None and not self._key_index_ready:  # without it a key would not hold
+                create_missing(Fanout)
+                self._key_index_ready = True
             try:
                 fanouts_collection().insert_one(doc)
             except DuplicateKeyError:
