@@ -43,7 +43,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["config"] = config
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
-    from app import dashboard, pages, push
+    from app import dashboard, pages, push, topics
     from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
@@ -80,6 +80,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     body.init_app(app)  # outermost: every reader of a request body is under its deadline
     apikeys.init_app(app)
     ops_cli.register_ops_cli(app)
+    topics.init_app(app)
     dashboard.init_app(app)
     staff_cli.register_cli(app)
     push.init_app(app)
@@ -88,7 +89,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 def start_background(app: Flask) -> None:
     """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
-    sweeper); once per process, after fork."""
+    sweeper, topic fan-out); once per process, after fork."""
     app.extensions["indexes"].start()
     from app.ops import metrics
 
@@ -97,6 +98,7 @@ def start_background(app: Flask) -> None:
     app.extensions["notifications"].retention.start()
     app.extensions["notifications"].receipts.start()
     app.extensions["hub"].start()
+    app.extensions["topics"].start()
     from app import dashboard, push
 
     dashboard.start_background(app)
@@ -110,6 +112,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["presence"].stop()
     app.extensions["hub"].shutdown()
     app.extensions["notifications"].publisher.stop()
+    app.extensions["topics"].stop()
     app.extensions["notifications"].retention.stop()
     app.extensions["notifications"].receipts.stop()
     app.extensions["indexes"].stop()
@@ -118,18 +121,21 @@ def stop_background(app: Flask) -> None:
 
 
 def drain_background(app: Flask, timeout: float = 5.0) -> None:
-    """At worker exit: finish the outbox clean-up of the last publishes now.
+    """At worker exit: hand the fan-out being sent back, finish the outbox clean-up of the
+    last publishes now.
 
     A marker left behind would make a relay publish its batch a second time once the
     lease ran out (gunicorn's ``worker_exit``; the clean-up waits a moment by design,
     ``OUTBOX_CLEANUP_DELAY_SECONDS``)."""
+    app.extensions["topics"].worker.hand_off()  # first: its last page goes into the flush
     if not app.extensions["notifications"].publisher.outbox.flush(timeout):
         log.warning("outbox clean-up not finished at exit; the relay will repeat it")
     app.extensions["notifications"].receipts.flush()  # the last second's delivery records
 
 
 def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) -> None:
-    """Close every stream as soon as the worker is told to stop (gunicorn SIGTERM).
+    """Close every stream, and hand the fan-out being sent to another worker, as soon as the
+    worker is told to stop (gunicorn SIGTERM).
 
     gunicorn waits ``graceful_timeout`` for open connections; streams never finish on
     their own, so without this a deploy would hang for the whole timeout.
@@ -139,5 +145,6 @@ def watch_worker_exit(app: Flask, alive: Callable[[], bool], poll: float = 0.2) 
         while alive():
             gevent.sleep(poll)
         app.extensions["hub"].shutdown()
+        app.extensions["topics"].worker.hand_off()  # another worker goes on with it at once
 
     gevent.spawn(watch)

@@ -80,6 +80,12 @@ class Config:
     PRESENCE_INTERVAL_SECONDS: float = 5.0
     INSTANCE_NAME: str = ""  # this instance in presence and delivery traces; empty: the host name
     DASHBOARD_TICK_SECONDS: float = 2.0
+    # Topic fan-out (app/topics/fanout.py): subscribers per page, a claim's lease, how often
+    # idle workers look for fan-outs to resume, and an optional pause between pages.
+    FANOUT_PAGE_SIZE: int = 1000
+    FANOUT_LEASE_SECONDS: float = 30.0
+    FANOUT_POLL_SECONDS: float = 1.0
+    FANOUT_PAGE_INTERVAL_SECONDS: float = 0.0
     TEST_CRASH_AFTER_INSERT: int = 0
     LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
@@ -185,6 +191,7 @@ class Config:
             raise ConfigError("INSTANCE_NAME must be 1-100 characters of A-Z a-z 0-9 _ . -")
         self._validate_redis_mode()
         self._validate_push()
+        self._validate_fanout()
         if self.is_production:
             missing = [
                 name
@@ -200,6 +207,14 @@ class Config:
                     + " and ".join(missing)
                     + " (dev defaults are not accepted)"
                 )
+
+    def _validate_fanout(self) -> None:
+        if not 1 <= self.FANOUT_PAGE_SIZE <= 1000:
+            raise ConfigError("FANOUT_PAGE_SIZE must be from 1 to 1000 (the largest bulk POST)")
+        if not 0 < self.FANOUT_POLL_SECONDS < self.FANOUT_LEASE_SECONDS:
+            raise ConfigError("FANOUT_POLL_SECONDS must be above 0 and below FANOUT_LEASE_SECONDS")
+        if not 0 <= self.FANOUT_PAGE_INTERVAL_SECONDS < self.FANOUT_LEASE_SECONDS:
+            raise ConfigError("FANOUT_PAGE_INTERVAL_SECONDS must be from 0 to below FANOUT_LEASE_SECONDS")
 
     def _validate_redis_mode(self) -> None:
         if self.REDIS_MODE not in REDIS_MODES:

@@ -18,6 +18,9 @@ EXPECTED = [
     "notifications.created",
     "audit_log.newest",
     "audit_log.target_newest",
+    "topic_subscribers.topic_user",
+    "fanouts.state_lease",
+    "fanouts.idem",
 ]
 
 

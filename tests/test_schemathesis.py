@@ -24,7 +24,7 @@ CONFIG = """
 [checks.negative_data_rejection]
 expected-statuses = [400, 401, 403, 404, 405, 406, 409, 413, 415, 422, 428, 429]
 [checks.positive_data_acceptance]
-expected-statuses = [200, 201, 401, 403, 404, 409, 413, 429]
+expected-statuses = [200, 201, 202, 401, 403, 404, 409, 413, 429]
 """
 
 

@@ -18,6 +18,7 @@ from app.extensions import RedisBudget
 from app.store.idempotency import RequestKey
 
 FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data", "priority", "actions"})
+TOPIC_FIELDS = FIELDS | {"topic"}
 REPLAYED = ("Idempotent-Replayed", "true")
 
 
@@ -36,7 +37,9 @@ def create_notification(
     limiter(extensions).check_post(owner, budget)
     key = None if idempotency_key is None else v.idempotency_key(idempotency_key)
     body, raw = read_body()
-    v.known_fields(body, FIELDS)
+    v.known_fields(body, TOPIC_FIELDS)
+    if "topic" in body:
+        return publish_to_topic(extensions, owner, key, body, raw)
     if "user_id" in body and "user_ids" in body:
         raise v.invalid("user_ids", "send either user_id or user_ids, not both")
     users = v.user_ids(body["user_ids"]) if "user_ids" in body else [v.user_id(body.get("user_id"))]
@@ -55,3 +58,18 @@ def create_notification(
     if "user_ids" in body:
         return 201, orjson.dumps({"notifications": stored.notifications}), headers
     return 201, orjson.dumps(stored.notifications[0]), headers
+
+
+def publish_to_topic(
+    extensions: dict[str, Any], owner: str, key: str | None, body: dict[str, Any], raw: bytes
+) -> tuple[int, bytes, list[tuple[str, str]]]:
+    """``"topic"`` instead of users: 202 with the fan-out, which every instance works on
+    in the background (``app/topics/fanout.py``)."""
+    if "user_id" in body or "user_ids" in body:
+        raise v.invalid("topic", "send one of user_id, user_ids or topic")
+    topic = v.topic(body["topic"])
+    content = v.notification_content(body)
+    request_key = None if key is None else (key, raw)
+    fanout, replayed = extensions["topics"].publish(owner, topic, content, request_key)
+    headers = [("Location", f"/api/fanouts/{fanout['id']}"), *([REPLAYED] if replayed else [])]
+    return 202, orjson.dumps(fanout), headers

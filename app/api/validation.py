@@ -238,3 +238,26 @@ def _fits_int64(value: Any) -> bool:
     if isinstance(value, float):
         return not value.is_integer() or -(2.0**63) < value < 2.0**63
     return not isinstance(value, int) or INT64_MIN <= value <= INT64_MAX
+
+
+# -- topics (app/topics/) -------------------------------------------------------------
+TOPIC_RE = re.compile(r"^[A-Za-z0-9_.:@-]{1,128}$")
+MAX_TOPIC_PAGE = 1000
+
+
+def topic(value: Any, field: str = "topic") -> str:
+    if not isinstance(value, str) or not TOPIC_RE.fullmatch(value):
+        raise invalid(field, "must be 1-128 characters of A-Z a-z 0-9 _ . : @ -")
+    return value
+
+
+def notification_content(body: dict[str, Any]) -> dict[str, Any]:
+    """A notification's own fields (all but whom it is for), validated, as stored."""
+    return {
+        "message": text(body, "message", 4000, required=True),
+        "title": text(body, "title", 200, required=False),
+        "category": text(body, "category", 64, required=False),
+        "data": data_object(body.get("data")),
+        "priority": priority(body.get("priority")),
+        "actions": actions(body.get("actions")),
+    }

@@ -158,3 +158,49 @@ def create_token() -> Response:
     token, expires_at = mint_token(user_id, ttl)
     expires = iso(datetime.fromtimestamp(expires_at, timezone.utc))
     return json_response({"token": token, "user_id": user_id, "expires_at": expires}, 201)
+
+
+# -- topics (app/topics/) ---------------------------------------------------------------
+TOPIC_FIELDS = frozenset({"user_ids"})
+
+
+def topics() -> Any:
+    return current_app.extensions["topics"]
+
+
+def _topic_users(topic: str) -> tuple[str, list[str]]:
+    """The path's topic and the body's ``{"user_ids": [...]}``, validated."""
+    topic = v.topic(topic)
+    body = v.json_body()
+    v.known_fields(body, TOPIC_FIELDS)
+    return topic, v.user_ids(body.get("user_ids"))
+
+
+@bp.put("/topics/<topic>/subscribers")
+@require_api_key
+def subscribe(topic: str) -> Response:
+    topic, users = _topic_users(topic)
+    return json_response({"topic": topic, "subscribed": topics().subscribers.subscribe(topic, users)})
+
+
+@bp.delete("/topics/<topic>/subscribers")
+@require_api_key
+def unsubscribe(topic: str) -> Response:
+    topic, users = _topic_users(topic)
+    return json_response({"topic": topic, "unsubscribed": topics().subscribers.unsubscribe(topic, users)})
+
+
+@bp.get("/topics/<topic>/subscribers")
+@require_api_key
+def subscribers(topic: str) -> Response:
+    topic = v.topic(topic)
+    after = v.single_arg("after")
+    after = "" if not after else v.user_id(after, "after")
+    limit = v.int_arg("limit", 100, 1, v.MAX_TOPIC_PAGE)
+    return json_response(topics().subscribers.listed(topic, after, limit))
+
+
+@bp.get("/fanouts/<fanout_id>")
+@require_api_key
+def fanout(fanout_id: str) -> Response:
+    return json_response(topics().fanouts.get(fanout_id))

@@ -147,7 +147,10 @@ def logout() -> Any:
 @bp.get("")
 @security.staff_page
 def overview() -> str:
-    return render_template("dashboard/overview.html", stats=svc().overview(), recent=svc().recent())
+    fanouts = current_app.extensions["topics"].fanouts.recent()
+    return render_template(
+        "dashboard/overview.html", stats=svc().overview(), recent=svc().recent(), fanouts=fanouts
+    )
 
 
 @bp.get("/")

@@ -475,6 +475,85 @@ PATHS: dict[str, Any] = {
     "/api/docs": {"get": _op("Human-readable API docs", _text("text/html", "HTML page"), (), security=[])},
 }
 
+
+
+# -- topics (app/topics/) -------------------------------------------------------------
+TOPIC_PARAM = {"name": "topic", "in": "path", "required": True,
+               "schema": {"type": "string", "pattern": v.TOPIC_RE.pattern, "example": "deploys"}}
+TOPIC_SCHEMAS: dict[str, Any] = {
+    "TopicUsers": {
+        "type": "object", "required": ["user_ids"], "additionalProperties": False,
+        "properties": {"user_ids": {"type": "array", "items": USER_ID, "minItems": 1,
+                                    "maxItems": v.MAX_USER_IDS, "uniqueItems": True}},
+        "example": {"user_ids": ["alice", "bob"]},
+    },
+    "Subscribed": {"type": "object", "required": ["topic", "subscribed"], "properties": {
+        "topic": {"type": "string"},
+        "subscribed": {"type": "integer", "minimum": 0, "description": "How many were not subscribed yet"}}},
+    "Unsubscribed": {"type": "object", "required": ["topic", "unsubscribed"], "properties": {
+        "topic": {"type": "string"},
+        "unsubscribed": {"type": "integer", "minimum": 0, "description": "How many were subscribed"}}},
+    "SubscriberPage": {"type": "object", "required": ["topic", "subscribers", "next", "total"],
+                       "properties": {
+        "topic": {"type": "string"},
+        "total": {"type": "integer", "minimum": 0, "description": "How many users are subscribed"},
+        "subscribers": {"type": "array", "items": {"type": "string"}, "description": "In user id order"},
+        "next": {"type": ["string", "null"], "description": "Pass as `after` for the next page"}}},
+    "Fanout": {
+        "type": "object",
+        "description": "A notification published to a topic, sent to its subscribers page by page by "
+        "whichever instance holds its lease; a fan-out whose worker died is resumed by another",
+        "required": ["id", "topic", "state", "done", "total", "created_at", "started_at", "finished_at"],
+        "properties": {
+            "id": OBJECT_ID, "topic": {"type": "string"},
+            "state": {"enum": ["pending", "running", "done", "failed"]},
+            "done": {"type": "integer", "minimum": 0, "description": "Subscribers whose copy is stored"},
+            "total": {"type": ["integer", "null"], "description": "Subscribers when it started (null "
+                      "until then); at the end, the copies sent"},
+            **{k: {"type": ["string", "null"], "format": "date-time"}
+               for k in ("created_at", "started_at", "finished_at")},
+        },
+    },
+}
+SUBSCRIBER_PAGE_PARAMS = [
+    {"name": "after", "in": "query", "schema": {"type": "string", "pattern": "^$|" + v.USER_ID_RE.pattern},
+     "description": "`next` of the previous page"},
+    {"name": "limit", "in": "query",
+     "schema": {"type": "integer", "minimum": 1, "maximum": v.MAX_TOPIC_PAGE, "default": 100}},
+]
+TOPIC_PATHS: dict[str, Any] = {
+    "/api/topics/{topic}/subscribers": {
+        "parameters": [TOPIC_PARAM],
+        "put": _op("Subscribe users to a topic (idempotent)", {"200": _json("Subscribed", "Subscribed")},
+                   POST_ERRORS, security=API_KEY, requestBody=_body("TopicUsers")),
+        "delete": _op("Unsubscribe users from a topic", {"200": _json("Unsubscribed", "Unsubscribed")},
+                      POST_ERRORS, security=API_KEY, requestBody=_body("TopicUsers")),
+        "get": _op("A page of the topic's subscribers, in user id order",
+                   {"200": _json("SubscriberPage", "A page")}, (401, 422, 503), security=API_KEY,
+                   parameters=SUBSCRIBER_PAGE_PARAMS),
+    },
+    "/api/fanouts/{fanout_id}": {
+        "parameters": [{"name": "fanout_id", "in": "path", "required": True, "schema": OBJECT_ID}],
+        "get": _op("A topic fan-out's progress", {"200": _json("Fanout", "Its state and counts")},
+                   (401, 404, 422, 503), security=API_KEY),
+    },
+}
+
+
+def _with_topics(schemas: dict[str, Any], paths: dict[str, Any]) -> None:
+    """``"topic"`` as a third way to name the recipients of ``POST /api/notifications``."""
+    schemas.update(copy.deepcopy(TOPIC_SCHEMAS))
+    new = schemas["NewNotification"]
+    new["description"] = "Send exactly one of `user_id`, `user_ids` or `topic` (every subscriber, 202)."
+    new["properties"]["topic"] = TOPIC_PARAM["schema"]
+    new["oneOf"].append({"required": ["topic"]})
+    post = paths["/api/notifications"]["post"]
+    post["summary"] += "; or for a topic's subscribers (202 Fanout)"
+    post["responses"]["202"] = _json("Fanout", "Accepted: sent in the background; progress at Location",
+                                     headers={"Location": {"schema": {"type": "string"},
+                                                           "description": "/api/fanouts/{id}"}})
+    paths.update(copy.deepcopy(TOPIC_PATHS))
+
 # fmt: on
 
 
@@ -482,6 +561,8 @@ def build_spec(config: Config) -> dict[str, Any]:
     """The document for this app's settings (limits that are configurable are filled in)."""
     schemas = copy.deepcopy(SCHEMAS)
     schemas["TokenRequest"]["properties"]["ttl_seconds"]["maximum"] = config.TOKEN_MAX_TTL_SECONDS
+    paths = copy.deepcopy(PATHS)
+    _with_topics(schemas, paths)
     responses = {f"E{code}": _json("Error", text) for code, text in _ERROR_TEXT.items()}
     responses["E413"]["description"] = f"Body larger than {config.MAX_BODY_BYTES} bytes"
     responses["E429"]["headers"] = {"Retry-After": {"schema": {"type": "integer"}, "description": "Seconds"}}
@@ -496,7 +577,7 @@ def build_spec(config: Config) -> dict[str, Any]:
             '`POST /api/tokens`. Errors are always `{"error": {"code", "message", "field"?}}`.',
         },
         "servers": [{"url": "/"}],
-        "paths": PATHS,
+        "paths": paths,
         "components": {
             "schemas": schemas,
             "responses": responses,

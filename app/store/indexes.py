@@ -31,10 +31,18 @@ from app.store.models import (
     index_name,
     missing_specs,
 )
+from app.topics.models import Fanout, TopicSubscriber
 
 log = logging.getLogger(__name__)
 
-DOCUMENTS: tuple[type[Document], ...] = (Notification, ApiKey, AuditEntry, PushSubscription)
+DOCUMENTS: tuple[type[Document], ...] = (
+    Notification,
+    ApiKey,
+    AuditEntry,
+    PushSubscription,
+    TopicSubscriber,
+    Fanout,
+)
 RECHECK_SECONDS = 5.0  # /readyz looks again at most this often
 RETRY_SECONDS = 2.0
 BUILD_SECONDS = 600.0  # a worker that could not reach MongoDB at start tries again
@@ -55,9 +63,8 @@ def create_indexes() -> None:
     deadline."""
     with long_mongo_calls(BUILD_SECONDS):
         ensure_indexes()
-        create_missing(ApiKey)
-        create_missing(AuditEntry)
-        create_missing(PushSubscription)
+        for document in DOCUMENTS[1:]:
+            create_missing(document)
 
 
 class IndexGuard:
