@@ -16,8 +16,10 @@ from app.access.ratelimit import limiter
 from app.api import validation as v
 from app.extensions import RedisBudget
 from app.store.idempotency import RequestKey
+from app.store.serialization import utc_now_ms
 
 FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data", "priority", "actions"})
+TIMING_FIELDS = frozenset({"send_at", "expires_at", "collapse_key"})  # scheduled, expiring, collapsing
 REPLAYED = ("Idempotent-Replayed", "true")
 
 
@@ -36,7 +38,7 @@ def create_notification(
     limiter(extensions).check_post(owner, budget)
     key = None if idempotency_key is None else v.idempotency_key(idempotency_key)
     body, raw = read_body()
-    v.known_fields(body, FIELDS)
+    v.known_fields(body, FIELDS | TIMING_FIELDS)
     if "user_id" in body and "user_ids" in body:
         raise v.invalid("user_ids", "send either user_id or user_ids, not both")
     users = v.user_ids(body["user_ids"]) if "user_ids" in body else [v.user_id(body.get("user_id"))]
@@ -50,8 +52,20 @@ def create_notification(
         actions=v.actions(body.get("actions")),
         key=None if key is None else RequestKey.of(owner, key, raw),
         budget=budget,
+        **_timing(body),
     )
     headers = [REPLAYED] if stored.replayed else []
     if "user_ids" in body:
         return 201, orjson.dumps({"notifications": stored.notifications}), headers
     return 201, orjson.dumps(stored.notifications[0]), headers
+
+
+def _timing(body: dict[str, Any]) -> dict[str, Any]:
+    """``send_at`` (None: now), ``expires_at`` and ``collapse_key``, validated."""
+    now = utc_now_ms()
+    send_at = v.send_at(body.get("send_at"), now)
+    return {
+        "send_at": send_at,
+        "expires_at": v.expires_at(body.get("expires_at"), now, send_at),
+        "collapse_key": v.collapse_key(body.get("collapse_key")),
+    }

@@ -17,6 +17,7 @@ but still marked (its clean-up not done yet) is in the list, and must come from 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -25,13 +26,14 @@ from pymongo.errors import PyMongoError
 
 from app.delivery.events import NOTIFICATION, Event
 from app.ops import metrics
+from app.store.inbox import expired_json
 from app.store.models import (
     EITHER_READ,
     PUBLIC_PROJECTION,
     notifications_collection,
     still_marked,
 )
-from app.store.serialization import public_json
+from app.store.serialization import iso, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
 
@@ -47,10 +49,11 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
     ``strict``) the cursor names no event we still keep. ``cursor`` 0 means "from the start".
     """
     recent, counter = _recent(service, user_id)
+    now = utc_now_ms()
     if strict and counter is not None and cursor > counter:
         return None  # a cursor from the future: not one we issued
     if recent and recent[0][0] <= cursor:
-        return [_event(user_id, seq, json) for seq, json in recent if seq > cursor]
+        return [_event(user_id, seq, json) for seq, json in _unexpired(recent, now) if seq > cursor]
     since = {"$gte" if strict and cursor else "$gt": cursor}
     query: dict[str, Any] = {"user_id": user_id, "read": EITHER_READ, "seq": since}
     try:
@@ -61,12 +64,27 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         if not docs or docs[0]["seq"] != cursor:
             return None  # older than what is kept, or never issued
         docs = docs[1:]
-    docs = _published_only([d for d in docs if d.get("deleted_at") is None])  # deleted by the user
+    docs = _published_only([d for d in docs if d.get("deleted_at") is None and not _expired(d, now)])
     if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
         docs = [d for d in docs if d["seq"] < recent[0][0]]
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
-    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > cursor)
+    events.extend(_event(user_id, seq, json) for seq, json in _unexpired(recent, now) if seq > cursor)
     return None if len(events) > limit else events
+
+
+def _expired(doc: dict[str, Any], now: datetime) -> bool:
+    return doc.get("expires_at") is not None and doc["expires_at"] <= now
+
+
+def _unexpired(recent: list[tuple[int, bytes]], now: datetime) -> list[tuple[int, bytes]]:
+    """The Redis list's events but the notifications past their ``expires_at`` (parsed only
+    when the entry has one)."""
+    now_iso = iso(now)
+    return [
+        (seq, json)
+        for seq, json in recent
+        if b'"expires_at":' not in json or json[:1] != b"{" or not expired_json(orjson.loads(json), now_iso)
+    ]
 
 
 def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:
