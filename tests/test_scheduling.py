@@ -60,6 +60,9 @@ def test_scheduled_notification_arrives_on_time_not_before(live):
         assert counts == {"unseen": 0, "unread": 0, "total": 0}
         trace = api(server, "GET", f"/api/notifications/{created['id']}").json()
         assert (trace["send_at"], trace["sent"], trace["sent_at"]) == (created["send_at"], False, None)
+        now = server.notify("sched-now", "at once")
+        trace_now = api(server, "GET", f"/api/notifications/{now['id']}").json()
+        assert "send_at" not in trace_now and (trace_now["sent"], trace_now["sent_at"]) == (True, None)
 
         for client in (sse, ws):
             client.wait_count(1, timeout=10)
@@ -133,7 +136,9 @@ def test_two_instances_never_both_send_one(live, stack):
         published = [n["id"] for n in replayed(stack, "race")]
         assert sorted(published) == sorted(ids), "each published exactly once"
         db = MongoClient(stack.mongo_uri).get_default_database()
-        assert db.notifications.count_documents({"user_id": "race", "due_at": {"$exists": True}}) == 0
+        waiting = {"user_id": "race", "due_at": {"$exists": True}}
+        wait_until(lambda: not db.notifications.count_documents(waiting))
+        assert sorted(n["id"] for n in replayed(stack, "race")) == sorted(ids), "and no later second send"
     finally:
         sse.close()
 

@@ -68,7 +68,7 @@ class NotificationService:
         self.publisher.on_published = self.receipts.published
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
-        self.scheduler = scheduling.Scheduler(config, self._publish_due, self._retire)
+        self.scheduler = scheduling.Scheduler(config, self.publisher, self._retire)
         self._key_index_ready = False
 
     # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
@@ -154,11 +154,6 @@ class NotificationService:
             self.change(user_id, "delete", ids)
         except ApiError:
             log.warning("replaced notifications of %s stay in the inbox: MongoDB unavailable", user_id)
-
-    def _publish_due(self, docs: list[dict[str, Any]]) -> bool:
-        """Publish scheduled notifications that are due (no outbox marker: their claim is one)."""
-        self.publisher.propose_cursors(docs)
-        return self.publisher.publish(docs, [])
 
     def _ensure_key_index(self) -> None:
         """Before the first keyed insert: without the unique index a key would not hold."""
@@ -361,8 +356,7 @@ class NotificationService:
             if doc is None or is_marker(doc):
                 raise ApiError(404, "not_found", "no such notification")
             delivery = self.receipts.trace(doc)
-            schedule = {
-                "send_at": iso(doc["send_at"]) if doc.get("send_at") else None,
+            schedule = {  # its send_at, if scheduled, is in public_json
                 "sent": doc.get("read") is not None,
                 "sent_at": iso(doc["sent_at"]) if doc.get("sent_at") else None,
             }

@@ -12,9 +12,10 @@ A scheduler greenlet in every worker claims what is due as the outbox relay clai
 markers: one update moves ``due_at`` a lease ahead (``SCHEDULE_LEASE_SECONDS``) and names
 its claim, and only what carries its claim is published by it, so two instances never
 both send one. An instance that dies holding a claim leaves it due again when the lease
-ends, for whichever instance is up. Once published (the same publish call as every
-notification: cursors, replay list, caches), the notification becomes an ordinary one:
-``read`` False, ``due_at`` and the claim removed, ``sent_at`` set.
+ends, for whichever instance is up. The claimant puts it in the inbox (``read`` False, a
+proposed cursor, ``sent_at``), publishes it with the same call as every notification
+(cursors, replay list, caches), and then removes ``due_at`` and the claim: from then on
+it is an ordinary notification.
 
 A waiting notification can be cancelled (deleted) until a scheduler claims it.
 """
@@ -24,7 +25,6 @@ from __future__ import annotations
 import logging
 import os
 import uuid
-from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -40,6 +40,7 @@ from app.store.collapsing import Delete, mark_replaced, retire
 from app.store.idempotency import is_key_taken
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable, unreachable
 from app.store.models import PUBLIC_PROJECTION, notifications_collection
+from app.store.publishing import Publisher
 from app.store.serialization import utc_now_ms
 
 log = logging.getLogger(__name__)
@@ -78,21 +79,18 @@ def cancel(oid: Any) -> str:
     coll = notifications_collection()
     if coll.delete_one({"_id": oid, **WAITING, "claim": None}).deleted_count:
         return "cancelled"
-    doc = coll.find_one({"_id": oid}, {"read": 1, "user_id": 1})
+    doc = coll.find_one({"_id": oid}, {"claim": 1, "user_id": 1})
     if doc is None or doc["user_id"] >= "~":
         return "missing"
-    return "sending" if doc.get("read") is None else "sent"
-
-
-Publish = Callable[[list[dict[str, Any]]], bool]  # proposes cursors and publishes, in order
+    return "sending" if doc.get("claim") else "sent"
 
 
 class Scheduler:
     """One greenlet per worker: claims due notifications and publishes them."""
 
-    def __init__(self, config: Config, publish: Publish, delete: Delete) -> None:
+    def __init__(self, config: Config, publisher: Publisher, delete: Delete) -> None:
         self.config = config
-        self.publish = publish
+        self.publisher = publisher
         self.delete = delete  # what a collapse_key replaces leaves the inbox this way
         self.sent = 0
         self._wakeup = Wakeup()
@@ -142,6 +140,12 @@ class Scheduler:
         return max(0.0, (min(later, default=horizon) - utc_now_ms()).total_seconds())
 
     def _send(self, due: list[Any], now: datetime) -> None:
+        """Claim ``due``, put it in the inbox, publish it, release the claim.
+
+        It is in the inbox (``read`` False, its proposed cursor) before its publish, so a
+        client that gets the event finds it in its history; its claim is released only
+        after the publish. An instance that dies in between leaves the claim to expire:
+        another publishes it then, under a new cursor, so nothing is lost."""
         coll = notifications_collection()
         claim = uuid.uuid4().hex
         lease = now + timedelta(seconds=self.config.SCHEDULE_LEASE_SECONDS)
@@ -154,28 +158,22 @@ class Scheduler:
             log.warning("TEST_CRASH_AFTER_CLAIM set: exiting holding a claim")
             os._exit(70)
         docs.sort(key=lambda doc: (doc["send_at"], doc["_id"]))
-        for doc in docs:
-            doc["read"] = False
+        self.publisher.propose_cursors(docs)
         replaced = mark_replaced(docs)
-        if not self.publish(docs):  # Redis failed: due again at once, for the next pass
-            coll.update_many({"_id": {"$in": due}, "claim": claim}, {"$set": {"due_at": now}})
-            return
         sent_at = utc_now_ms()
-        ops = [
-            UpdateOne(
-                {"_id": doc["_id"], "claim": claim},
-                {
-                    "$set": {**_sent(doc), "sent_at": sent_at},
-                    "$unset": {"due_at": "", "claim": ""},
-                },
-            )
-            for doc in docs
-        ]
+        for doc in docs:
+            doc.update(read=False, sent_at=sent_at)
+        ops = [UpdateOne({"_id": doc["_id"], "claim": claim}, {"$set": _sent(doc)}) for doc in docs]
         coll.bulk_write(ops, ordered=False)
+        mine = {"_id": {"$in": [doc["_id"] for doc in docs]}, "claim": claim}
+        if not self.publisher.publish(docs, []):  # Redis failed: due again soon, for the next pass
+            coll.update_many(mine, {"$set": {"due_at": now + timedelta(seconds=POLL_SECONDS)}})
+            return
+        coll.update_many(mine, {"$unset": {"due_at": "", "claim": ""}})  # a replaced cursor: the outbox
         self.sent += len(docs)
         retire(replaced, self.delete)
 
 
 def _sent(doc: dict[str, Any]) -> dict[str, Any]:
     """What a sent notification keeps: its place in the inbox, and whom it replaced."""
-    return {"read": False, "seq": doc["seq"], "replaces": doc.get("replaces")}
+    return {"read": False, "seq": doc["seq"], "sent_at": doc["sent_at"], "replaces": doc.get("replaces")}
