@@ -107,6 +107,7 @@ def test_a_long_delay_is_kept_in_mongodb_until_due(live, stack):
     db = MongoClient(stack.mongo_uri).get_default_database()
     doc = db.notifications.find_one({"_id": ObjectId(far["id"])})
     assert doc["read"] is None and doc["due_at"] == doc["send_at"]
+    wait_until(lambda: "due" in db.notifications.index_information())  # the worker's index set-up
     plan = db.notifications.find({"due_at": {"$lte": datetime.now(timezone.utc)}}).explain()
     assert '"indexName":"due"' in orjson.dumps(plan["queryPlanner"]["winningPlan"], default=str).decode()
     server.kill()

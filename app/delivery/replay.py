@@ -64,7 +64,7 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
         if not docs or docs[0]["seq"] != cursor:
             return None  # older than what is kept, or never issued
         docs = docs[1:]
-    docs = _published_only([d for d in docs if d.get("deleted_at") is None and not _expired(d, now)])
+    docs = _published_only([d for d in docs if _replayable(d, now)])
     if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
         docs = [d for d in docs if d["seq"] < recent[0][0]]
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in docs]
@@ -72,8 +72,11 @@ def events_after(service: Any, user_id: str, cursor: int, limit: int, strict: bo
     return None if len(events) > limit else events
 
 
-def _expired(doc: dict[str, Any], now: datetime) -> bool:
-    return doc.get("expires_at") is not None and doc["expires_at"] <= now
+def _replayable(doc: dict[str, Any], now: datetime) -> bool:
+    """Not deleted by the user, not expired, and not a scheduled one whose publish is under
+    way (``due_at`` until it is published: it comes live or from the Redis list)."""
+    expired = doc.get("expires_at") is not None and doc["expires_at"] <= now
+    return doc.get("deleted_at") is None and doc.get("due_at") is None and not expired
 
 
 def _unexpired(recent: list[tuple[int, bytes]], now: datetime) -> list[tuple[int, bytes]]:

@@ -126,15 +126,17 @@ class Scheduler:
         """Send what is due; the seconds until the next one is due (at most ``POLL_SECONDS``).
 
         The query reaches only ``POLL_SECONDS`` ahead: the dev server applies ``limit``
-        after it has read every match, so the range itself is what keeps a pass short."""
+        after it has read every match, so the range itself is what keeps a pass short.
+        Oldest due first, ``CLAIM_BATCH`` at a time."""
         now = utc_now_ms()
         horizon = now + timedelta(seconds=POLL_SECONDS)
         coll = notifications_collection()
-        soon = list(coll.find({"due_at": {"$lte": horizon}}, {"due_at": 1}))
-        due = sorted(d["_id"] for d in soon if d["due_at"] <= now)[:CLAIM_BATCH]
+        found = coll.find({"due_at": {"$lte": horizon}}, {"due_at": 1}).sort("due_at", 1)
+        soon = list(found.limit(CLAIM_BATCH))
+        due = [d["_id"] for d in soon if d["due_at"] <= now]
         if due:
             self._send(due, now)
-            if len(due) == CLAIM_BATCH:
+            if len(due) == CLAIM_BATCH:  # a backlog (every instance was down): on at once
                 return 0.0
         later = [d["due_at"] for d in soon if d["due_at"] > now]
         return max(0.0, (min(later, default=horizon) - utc_now_ms()).total_seconds())
