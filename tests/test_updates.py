@@ -157,3 +157,23 @@ def test_collapse_key_on_a_scheduled_notification_replaces_when_sent(live):
         assert inbox(server, "col-s") == [later["id"]]
     finally:
         sse.close()
+
+
+def test_scheduled_send_and_update_event_on_standalone_and_cluster(live, redis_mode):
+    server = live(workers=1, **redis_mode)
+    sse = SSEClient(server.url, server.token("upd-c"))
+    try:
+        waiting = schedule(server, "upd-c", 1.0, "scheduled")
+        sse.wait_count(1)
+        assert patch(server, waiting["id"], {"title": "changed"}).status_code == 200
+        sse.wait_for(
+            lambda: (
+                [e["type"] for e in sse.events if e["type"] in ("notification", "update")][-1:] == ["update"]
+            )
+        )
+        update = next(e for e in sse.events if e["type"] == "update")["data"]
+        assert update["notification"]["title"] == "changed" and int(update["seq"]) > int(
+            sse.notifications()[0]["id"]
+        )
+    finally:
+        sse.close()
