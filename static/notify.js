@@ -527,6 +527,7 @@
       }
 
       disconnectedCallback() {
+        clearTimeout(this._expiry);
         document.removeEventListener('keydown', this._onKey);
         document.removeEventListener('click', this._onClick);
         if (this.client) this.client.close();
@@ -633,6 +634,9 @@
         list.textContent = '';
         const now = Date.now();
         this.items = this.items.filter((n) => !n.expires_at || Date.parse(n.expires_at) > now);
+        const expiries = this.items.filter((n) => n.expires_at).map((n) => Date.parse(n.expires_at));
+        clearTimeout(this._expiry);
+        if (expiries.length) this._expiry = setTimeout(() => this._render(), Math.min(...expiries) - now + 50);
         this.items.forEach((n) => list.appendChild(this._item(n)));
         this.$('.empty').hidden = this.items.length > 0;
         this.$('.more').hidden = !this._next;

@@ -5,11 +5,13 @@ actions as links, the empty and offline states. Waits on what the element shows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import requests
 
+from app.store.serialization import iso
 from tests.browser import make_page, page  # noqa: F401
 from tests.test_cors import OtherOrigin
 
@@ -148,3 +150,9 @@ def test_the_inbox_updates_entries_in_place_and_replaces_collapsed_ones(page, li
     ]
     assert shown(page, "li .message").all_text_contents() == ["upload done", "other"]
     assert [e.get_attribute("data-id") for e in shown(page, "li").all()] == [done.json()["id"], other["id"]]
+
+    expires = iso(datetime.now(timezone.utc) + timedelta(seconds=2))
+    brief = server.post("/api/notifications", {"user_id": user, "message": "brief", "expires_at": expires})
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 3")
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2", timeout=10000)
+    assert brief.json()["id"] not in [e.get_attribute("data-id") for e in shown(page, "li").all()]
