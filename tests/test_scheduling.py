@@ -63,19 +63,26 @@ def test_scheduled_notification_arrives_on_time_not_before(live):
         now = server.notify("sched-now", "at once")
         trace_now = api(server, "GET", f"/api/notifications/{now['id']}").json()
         assert "send_at" not in trace_now and (trace_now["sent"], trace_now["sent_at"]) == (True, None)
+        other = server.notify("sched", "sent at once")
+        resumed = SSEClient(server.url, token, last_event_id="0")  # a replay from the start
+        try:
+            resumed.wait_count(1)
+            assert [e["notification"]["id"] for e in resumed.notifications()] == [other["id"]]
+        finally:
+            resumed.close()
 
         for client in (sse, ws):
-            client.wait_count(1, timeout=10)
+            client.wait_count(2, timeout=10)
         arrived = datetime.now(timezone.utc)
         assert send_at - timedelta(milliseconds=50) <= arrived < send_at + timedelta(seconds=2.5)
         for client in (sse, ws):
-            (event,) = client.notifications()
+            _, event = client.notifications()
             assert event["notification"]["id"] == created["id"] and event["notification"]["seq"] is not None
-        assert inbox(server, "sched") == [created["id"]]
-        assert api(server, "GET", "/api/users/sched/counts").json()["unread"] == 1
+        assert inbox(server, "sched") == [created["id"], other["id"]]
+        assert api(server, "GET", "/api/users/sched/counts").json()["unread"] == 2
         trace = api(server, "GET", f"/api/notifications/{created['id']}").json()
         assert trace["sent"] is True and trace["sent_at"] >= created["send_at"]
-        assert trace["seq"] == sse.notifications()[0]["notification"]["seq"]
+        assert trace["seq"] == sse.notifications()[1]["notification"]["seq"]
     finally:
         sse.close()
         ws.close()
