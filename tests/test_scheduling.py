@@ -17,6 +17,9 @@ from pymongo import MongoClient
 
 from app.store.serialization import iso
 from tests.support import SSEClient, WSClient, wait_until
+from tests.test_metrics import sample
+
+SENT = "notify_notifications_scheduled_sent_total"
 
 
 def at(seconds: float) -> str:
@@ -147,6 +150,8 @@ def test_two_instances_never_both_send_one(live, stack):
         waiting = {"user_id": "race", "due_at": {"$exists": True}}
         wait_until(lambda: not db.notifications.count_documents(waiting))
         assert sorted(n["id"] for n in replayed(stack, "race")) == sorted(ids), "and no later second send"
+        sent = [sample(requests.get(s.url + "/metrics", timeout=5).text, SENT) for s in (a, b)]
+        assert sum(sent) == 40
     finally:
         sse.close()
 

@@ -36,6 +36,7 @@ from pymongo import UpdateOne
 from pymongo.errors import PyMongoError
 
 from app.config import Config
+from app.ops import metrics
 from app.store.collapsing import Delete, mark_replaced, retire
 from app.store.idempotency import is_key_taken
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable, unreachable
@@ -173,6 +174,7 @@ class Scheduler:
             return
         coll.update_many(mine, {"$unset": {"due_at": "", "claim": ""}})  # a replaced cursor: the outbox
         self.sent += len(docs)
+        metrics.SCHEDULED_SENT.inc(len(docs))
         retire(replaced, self.delete)
 
 
