@@ -89,13 +89,14 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
 
 def start_background(app: Flask) -> None:
     """Start this worker's greenlets (index check, hub listener, batcher, relay, retention
-    sweeper, topic fan-out); once per process, after fork."""
+    sweeper, topic fan-out, scheduler); once per process, after fork."""
     app.extensions["indexes"].start()
     from app.ops import metrics
 
     app.extensions["mongo_watch"] = metrics.watch_mongo_calls()
     app.extensions["notifications"].publisher.start()
     app.extensions["notifications"].retention.start()
+    app.extensions["notifications"].scheduler.start()
     app.extensions["notifications"].receipts.start()
     app.extensions["hub"].start()
     app.extensions["topics"].start()
@@ -114,6 +115,7 @@ def stop_background(app: Flask) -> None:
     app.extensions["notifications"].publisher.stop()
     app.extensions["topics"].stop()
     app.extensions["notifications"].retention.stop()
+    app.extensions["notifications"].scheduler.stop()
     app.extensions["notifications"].receipts.stop()
     app.extensions["indexes"].stop()
     if "mongo_watch" in app.extensions:

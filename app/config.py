@@ -87,6 +87,8 @@ class Config:
     FANOUT_POLL_SECONDS: float = 1.0
     FANOUT_PAGE_INTERVAL_SECONDS: float = 0.0
     TEST_CRASH_AFTER_INSERT: int = 0
+    TEST_CRASH_AFTER_CLAIM: int = 0  # a scheduler exits holding its claim (app/store/scheduling.py)
+    SCHEDULE_LEASE_SECONDS: float = 30.0  # a scheduled notification's claim, then another instance's
     LEAN_API: int = 1  # POST /api/notifications served in front of Flask's dispatch (app/api/fastpath.py)
     RATE_LIMIT_POSTS_PER_MINUTE: int = 6000  # per API key; 0 disables
     MAX_STREAMS_PER_USER: int = 20  # concurrent /stream + /ws per user, all instances; 0 disables
@@ -162,6 +164,7 @@ class Config:
             "RECEIPT_FLUSH_SECONDS",
             "RECEIPT_FOLD_SECONDS",
             "RECEIPT_FOLD_BATCH",
+            "SCHEDULE_LEASE_SECONDS",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")

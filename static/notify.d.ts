@@ -28,6 +28,24 @@ declare namespace Notify {
     archived: boolean;
     priority: Priority;
     actions: Action[];
+    /** set when it was scheduled: the time it was sent at (its created_at too) */
+    send_at?: string;
+    /** it leaves the inbox at this time */
+    expires_at?: string;
+    /** set once it was changed in place (PATCH /api/notifications/<id>) */
+    updated_at?: string;
+    /** a newer notification with the same key replaces it */
+    collapse_key?: string;
+    /** the id of the notification this one replaced (same collapse_key) */
+    replaces?: string;
+  }
+
+  /** What onUpdate is told: the id changed in place, or (collapse_key) the id replaced. */
+  interface UpdateMeta {
+    id: string;
+    /** null: the notification changed in place; else the id of the one it replaces */
+    replaces: string | null;
+    cursor: string | null;
   }
 
   interface Counts {
@@ -68,6 +86,8 @@ declare namespace Notify {
     ackInterval?: number;
     onNotification?(notification: Notification, meta: { cursor: string | null }): void;
     onState?(change: StateChange): void;
+    /** a notification changed in place (PATCH), or a new one replaced an older one (collapse_key) */
+    onUpdate?(notification: Notification, meta: UpdateMeta): void;
     onReset?(reset: { reason?: string; cursor: string | null }): void;
     onHistory?(list: Notification[], page: HistoryPage): void;
     onStatus?(status: Status, info: Record<string, unknown>): void;

@@ -7,6 +7,8 @@
  *     transport: 'sse',              // or 'ws'
  *     getToken: async () => '...',   // optional: a fresh token when the current one expires
  *     onNotification(n, meta) {}, onState(change) {}, onReset(r) {}, onHistory(list) {},
+ *     onUpdate(n, meta) {},          // n changed in place (meta.replaces: null), or n replaced
+ *                                    // the notification meta.replaces (its collapse_key)
  *     onStatus(status, info) {}, onUnread(count) {}, onCounts(counts) {}, onError(err) {},
  *     ack: true,                     // tell the service what arrived (batched, once a second at most)
  *   });
@@ -21,13 +23,17 @@
  * drops notifications whose id it has already seen, and keeps the inbox counts
  * ({unseen, unread, total}) in step with every state change made anywhere (onState: the
  * change, its ids or all, and the counts after it), in the same cursor order as notifications.
+ * A notification the service updated (PATCH) arrives as onUpdate(n, {id, replaces: null});
+ * one that replaces an older one (collapse_key) as onNotification(n) then
+ * onUpdate(n, {id: n.id, replaces: oldId}).
  * Receipts: the ids of notifications that arrived are acknowledged in one message per
  * second at most (a WebSocket frame, or POST /api/me/ack for SSE).
  * Statuses: loading, connecting, open, reconnecting, refreshing, unauthorized, closed.
  *
  * A drop-in inbox, the same script: <notify-inbox token="..." url="https://notify.example"
  * transport="ws" limit="20"></notify-inbox> renders a bell with the unseen badge and a popover list
- * (mark read / unread, archive, load more, actions as links, empty and offline states),
+ * (mark read / unread, archive, load more, actions as links, empty and offline states; entries
+ * updated in place, replaced by their collapse_key's newer one, gone once expired),
  * keyboard accessible (Enter/Space opens, Escape closes), themed by CSS variables
  * (--notify-accent, --notify-bg, --notify-fg, --notify-badge-bg, --notify-width, ...) and
  * ::part(bell|badge|panel). Set element.getToken = async () => '...' to refresh tokens.
@@ -49,7 +55,7 @@
     ackInterval: 1000, // ms: at most one acknowledgement per this
   };
   const NOOP = function () {};
-  const CALLBACKS = ['onNotification', 'onState', 'onReset', 'onHistory', 'onStatus', 'onUnread', 'onCounts', 'onError'];
+  const CALLBACKS = ['onNotification', 'onState', 'onUpdate', 'onReset', 'onHistory', 'onStatus', 'onUnread', 'onCounts', 'onError'];
   const CHANGES = ['read', 'seen', 'unread', 'archive', 'unarchive'];
   const MAX_ACK_IDS = 1000;
   const WS_TOKEN_EXPIRED = 4401;
@@ -70,7 +76,7 @@
 
   /** The cursor as the server wrote it: JSON.parse would round integers above 2^53. */
   function wsCursor(text, parsed) {
-    const match = /^\{"type":"(?:notification","id|state","seq)":(\d+)[,}]/.exec(text);
+    const match = /^\{"type":"(?:notification","id|state","seq|update","seq)":(\d+)[,}]/.exec(text);
     return match ? match[1] : String(parsed);
   }
 
@@ -271,6 +277,7 @@
       es.addEventListener('notification', mine((e) => this._notification(JSON.parse(e.data), e.lastEventId)));
       es.addEventListener('connected', mine((e) => { this._connection = JSON.parse(e.data).connection || null; }));
       es.addEventListener('state', mine((e) => this._state(JSON.parse(e.data), e.lastEventId)));
+      es.addEventListener('update', mine((e) => this._update(JSON.parse(e.data), e.lastEventId)));
       es.addEventListener('reset', mine((e) => this._reset(JSON.parse(e.data))));
       es.addEventListener('expired', mine(() => this._expired()));
       // EventSource would retry on its own, without backoff; we close it and retry ourselves.
@@ -291,6 +298,7 @@
         try { frame = JSON.parse(event.data); } catch (err) { this._call('onError', err); return; }
         if (frame.type === 'notification') this._notification(frame.notification, wsCursor(event.data, frame.id));
         else if (frame.type === 'state') this._state(frame, wsCursor(event.data, frame.seq));
+        else if (frame.type === 'update') this._update(frame, wsCursor(event.data, frame.seq));
         else if (frame.type === 'reset') this._reset(frame);
         else if (frame.type === 'error') this._call('onError', new Error(frame.code + ': ' + frame.message));
       };
@@ -391,6 +399,14 @@
         this._setCounts({ unseen: c.unseen + (n.seen ? 0 : 1), unread: c.unread + (n.read ? 0 : 1), total: c.total + 1 });
       }
       this._call('onNotification', n, { cursor: cursor || null });
+      if (n.replaces) this._call('onUpdate', n, { id: n.id, replaces: n.replaces, cursor: cursor || null });
+    }
+
+    /** A notification changed in place: the same id, its new content and state. */
+    _update(body, cursor) {
+      if (cursor) this.cursor = cursor;
+      if (this._reloading || !body || !body.notification) return; // the history being reloaded has it as it is now
+      this._call('onUpdate', body.notification, { id: body.id, replaces: null, cursor: cursor || null });
     }
 
     _state(body, cursor) {
@@ -582,6 +598,7 @@
       }
 
       disconnectedCallback() {
+        clearTimeout(this._expiry);
         document.removeEventListener('keydown', this._onKey);
         document.removeEventListener('click', this._onClick);
         if (this.client) this.client.close();
@@ -629,6 +646,7 @@
           onHistory: (list, page) => { this.items = []; this._next = (page && page.next) || null; this._add(list, false); },
           onNotification: (n) => this._add([n], true),
           onState: (change) => this._apply(change),
+          onUpdate: (n, meta) => this._update(n, meta),
           onCounts: (counts) => this._badge(counts.unseen),
           onStatus: (status) => this._status(status),
           onError: (err) => this.dispatchEvent(new CustomEvent('notify-error', { detail: err })),
@@ -657,6 +675,13 @@
         this._render();
       }
 
+      /** An entry changed in place keeps its place; one replaced (collapse_key) leaves. */
+      _update(n, meta) {
+        if (meta.replaces) this.items = this.items.filter((item) => item.id !== meta.replaces);
+        else this.items = this.items.map((item) => (item.id === n.id ? n : item));
+        this._render();
+      }
+
       _badge(unseen) {
         const badge = this.$('.badge');
         badge.hidden = !unseen;
@@ -678,6 +703,11 @@
         const focused = this.shadowRoot.activeElement;
         const at = focused && list.contains(focused) ? Array.from(list.children).indexOf(focused.closest('li')) : -1;
         list.textContent = '';
+        const now = Date.now();
+        this.items = this.items.filter((n) => !n.expires_at || Date.parse(n.expires_at) > now);
+        const expiries = this.items.filter((n) => n.expires_at).map((n) => Date.parse(n.expires_at));
+        clearTimeout(this._expiry);
+        if (expiries.length) this._expiry = setTimeout(() => this._render(), Math.min(...expiries) - now + 50);
         this.items.forEach((n) => list.appendChild(this._item(n)));
         this.$('.empty').hidden = this.items.length > 0;
         this.$('.more').hidden = !this._next;

@@ -16,6 +16,7 @@ EXPECTED = [
     "notifications.user_read_seq",
     "notifications.idem",
     "notifications.created",
+    "notifications.due",
     "audit_log.newest",
     "audit_log.target_newest",
     "topic_subscribers.topic_user",

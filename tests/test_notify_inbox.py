@@ -5,11 +5,13 @@ actions as links, the empty and offline states. Waits on what the element shows.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import pytest
 import requests
 
+from app.store.serialization import iso
 from tests.browser import make_page, page  # noqa: F401
 from tests.test_cors import OtherOrigin
 
@@ -106,3 +108,51 @@ def test_the_inbox_element_on_another_origin(page, live, site, transport, artifa
     page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'reconnecting'")
     shown(page, ".bell").click()
     assert "Offline" in shown(page, ".status").text_content()
+
+
+@pytest.mark.parametrize("transport", ["sse", "ws"])
+def test_the_inbox_updates_entries_in_place_and_replaces_collapsed_ones(page, live, site, transport):  # noqa: F811
+    server = live(ALLOWED_ORIGINS=site.origin)
+    user = f"upd-{transport}"
+    progress = server.post(
+        "/api/notifications", {"user_id": user, "message": "upload 10%", "collapse_key": "up"}
+    )
+    other = server.notify(user, "other")
+    site.fill = {"service": server.url, "token": server.token(user), "transport": transport}
+    page.goto(site.origin + "/")
+    page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'open'")
+    page.evaluate(
+        """() => { const el = document.querySelector('notify-inbox'); window.updates = [];
+        const inner = el.client.opts.onUpdate;
+        el.client.opts.onUpdate = (n, meta) => {
+          window.updates.push([n.id, meta.replaces]); inner(n, meta); }; }"""
+    )
+    shown(page, ".bell").click()
+    assert shown(page, "li .message").all_text_contents() == ["other", "upload 10%"]
+
+    resp = requests.patch(
+        f"{server.url}/api/notifications/{progress.json()['id']}",
+        json={"message": "upload 50%"},
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+    page.wait_for_function("() => window.updates.length === 1")
+    assert shown(page, "li .message").all_text_contents() == ["other", "upload 50%"], "in place"
+
+    done = server.post(
+        "/api/notifications", {"user_id": user, "message": "upload done", "collapse_key": "up"}
+    )
+    page.wait_for_function("() => window.updates.length === 2")
+    assert page.evaluate("window.updates") == [
+        [progress.json()["id"], None],
+        [done.json()["id"], progress.json()["id"]],
+    ]
+    assert shown(page, "li .message").all_text_contents() == ["upload done", "other"]
+    assert [e.get_attribute("data-id") for e in shown(page, "li").all()] == [done.json()["id"], other["id"]]
+
+    expires = iso(datetime.now(timezone.utc) + timedelta(seconds=2))
+    brief = server.post("/api/notifications", {"user_id": user, "message": "brief", "expires_at": expires})
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 3")
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2", timeout=10000)
+    assert brief.json()["id"] not in [e.get_attribute("data-id") for e in shown(page, "li").all()]

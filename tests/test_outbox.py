@@ -17,6 +17,7 @@ from app.config import Config, ConfigError
 from app.store import outbox
 from app.store.models import (
     CREATED_INDEX,
+    DUE_INDEX,
     LEGACY_OUTBOX,
     MARKERS,
     OUTBOX_PARTITIONS,
@@ -176,7 +177,7 @@ def upgrade_from(app: Any, legacy: list[dict[str, Any]], indexes: dict[str, list
     for name, keys in indexes.items():
         coll.create_index(keys, name=name)
     ensure_indexes()  # the old indexes go
-    assert set(coll.index_information()) == {"_id_", "user_read_seq", "idem", CREATED_INDEX}
+    assert set(coll.index_information()) == {"_id_", "user_read_seq", "idem", CREATED_INDEX, DUE_INDEX}
     return publisher
 
 

@@ -16,9 +16,11 @@ from app.access.ratelimit import limiter
 from app.api import validation as v
 from app.extensions import RedisBudget
 from app.store.idempotency import RequestKey
+from app.store.serialization import utc_now_ms
 
 FIELDS = frozenset({"user_id", "user_ids", "message", "title", "category", "data", "priority", "actions"})
 TOPIC_FIELDS = FIELDS | {"topic"}
+TIMING_FIELDS = frozenset({"send_at", "expires_at", "collapse_key"})  # scheduled, expiring, collapsing
 REPLAYED = ("Idempotent-Replayed", "true")
 
 
@@ -37,7 +39,7 @@ def create_notification(
     limiter(extensions).check_post(owner, budget)
     key = None if idempotency_key is None else v.idempotency_key(idempotency_key)
     body, raw = read_body()
-    v.known_fields(body, TOPIC_FIELDS)
+    v.known_fields(body, TOPIC_FIELDS | TIMING_FIELDS)
     if "topic" in body:
         return publish_to_topic(extensions, owner, key, body, raw)
     if "user_id" in body and "user_ids" in body:
@@ -53,6 +55,7 @@ def create_notification(
         actions=v.actions(body.get("actions")),
         key=None if key is None else RequestKey.of(owner, key, raw),
         budget=budget,
+        **_timing(body),
     )
     headers = [REPLAYED] if stored.replayed else []
     if "user_ids" in body:
@@ -67,9 +70,22 @@ def publish_to_topic(
     in the background (``app/topics/fanout.py``)."""
     if "user_id" in body or "user_ids" in body:
         raise v.invalid("topic", "send one of user_id, user_ids or topic")
+    for field in sorted(TIMING_FIELDS & body.keys()):  # a fan-out is sent now, to each copy alike
+        raise v.invalid(field, "not supported with topic: a fan-out is sent at once")
     topic = v.topic(body["topic"])
     content = v.notification_content(body)
     request_key = None if key is None else (key, raw)
     fanout, replayed = extensions["topics"].publish(owner, topic, content, request_key)
     headers = [("Location", f"/api/fanouts/{fanout['id']}"), *([REPLAYED] if replayed else [])]
     return 202, orjson.dumps(fanout), headers
+
+
+def _timing(body: dict[str, Any]) -> dict[str, Any]:
+    """``send_at`` (None: now), ``expires_at`` and ``collapse_key``, validated."""
+    now = utc_now_ms()
+    send_at = v.send_at(body.get("send_at"), now)
+    return {
+        "send_at": send_at,
+        "expires_at": v.expires_at(body.get("expires_at"), now, send_at),
+        "collapse_key": v.collapse_key(body.get("collapse_key")),
+    }

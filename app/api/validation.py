@@ -9,6 +9,7 @@ cannot encode (an integer outside int64, a key MongoDB refuses) is named by its 
 from __future__ import annotations
 
 import re
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import orjson
@@ -261,3 +262,69 @@ def notification_content(body: dict[str, Any]) -> dict[str, Any]:
         "priority": priority(body.get("priority")),
         "actions": actions(body.get("actions")),
     }
+
+
+# -- scheduling, expiry and updates (``send_at``, ``expires_at``, ``collapse_key``, PATCH) --------
+MAX_SCHEDULE_AHEAD = timedelta(days=366)  # "up to a year ahead", a leap year's day included
+MAX_COLLAPSE_KEY = 128
+UPDATABLE_FIELDS = frozenset({"title", "message", "data", "priority", "actions"})
+
+
+def timestamp(value: Any, field: str) -> datetime | None:
+    """An ISO 8601 time with its offset (``Z`` or ``+02:00``), in UTC; None when absent.
+
+    Without an offset the time would depend on the server's zone: refused."""
+    if value is None:
+        return None
+    if not isinstance(value, str) or len(value) > 40:
+        raise invalid(field, "must be an ISO 8601 time with an offset, e.g. 2030-01-31T09:00:00Z")
+    try:
+        parsed = datetime.fromisoformat(value[:-1] + "+00:00" if value[-1:] in "Zz" else value)
+    except ValueError:
+        raise invalid(field, "must be an ISO 8601 time with an offset, e.g. 2030-01-31T09:00:00Z") from None
+    if parsed.tzinfo is None:
+        raise invalid(field, "must name its offset from UTC (Z or +hh:mm)")
+    try:
+        utc = parsed.astimezone(timezone.utc)
+    except OverflowError:
+        raise invalid(field, "is out of range") from None
+    return utc.replace(microsecond=utc.microsecond // 1000 * 1000)  # what MongoDB stores
+
+
+def send_at(value: Any, now: datetime) -> datetime | None:
+    """When to send: None (now) for an absent or past time, else at most a year ahead."""
+    when = timestamp(value, "send_at")
+    if when is not None and when > now + MAX_SCHEDULE_AHEAD:
+        raise invalid("send_at", "must be at most a year ahead")
+    return when if when is not None and when > now else None
+
+
+def expires_at(value: Any, now: datetime, sent_at: datetime | None) -> datetime | None:
+    """When the notification leaves the inbox: after it is sent (now, or ``send_at``)."""
+    when = timestamp(value, "expires_at")
+    if when is not None and when <= (sent_at or now):
+        raise invalid("expires_at", "must be later than now and than send_at")
+    return when
+
+
+def collapse_key(value: Any) -> str:
+    if value is None:
+        return ""
+    if not isinstance(value, str) or not 1 <= len(value) <= MAX_COLLAPSE_KEY:
+        raise invalid("collapse_key", f"must be a string of 1-{MAX_COLLAPSE_KEY} characters")
+    return value
+
+
+def update_fields(body: dict[str, Any]) -> dict[str, Any]:
+    """The fields a PATCH changes, validated as a create validates them."""
+    known_fields(body, UPDATABLE_FIELDS)
+    if not body:
+        raise invalid("body", "name at least one of " + ", ".join(sorted(UPDATABLE_FIELDS)))
+    checks = {
+        "title": lambda: text(body, "title", 200, required=False),
+        "message": lambda: text(body, "message", 4000, required=True),
+        "data": lambda: data_object(body.get("data")),
+        "priority": lambda: priority(body.get("priority")),
+        "actions": lambda: actions(body.get("actions")),
+    }
+    return {name: checks[name]() for name in body}

@@ -54,6 +54,21 @@ def notification_trace(notification_id: str) -> Response:
     return json_response(service().traced(notification_id))
 
 
+@bp.patch("/notifications/<notification_id>")
+@require_api_key
+def update_notification(notification_id: str) -> Response:
+    """Change a notification in place; its user's open clients get an ``update`` event."""
+    return json_response(service().update(notification_id, v.update_fields(v.json_body())))
+
+
+@bp.delete("/notifications/<notification_id>")
+@require_api_key
+def cancel_notification(notification_id: str) -> Response:
+    """Cancel a scheduled notification before it is sent (409 once it was)."""
+    service().cancel(notification_id)
+    return json_response({"cancelled": notification_id})
+
+
 @bp.post("/me/ack")
 @require_subscriber
 def my_ack() -> Response:

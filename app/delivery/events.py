@@ -16,12 +16,13 @@ _SERVER_FRAMES = FrameProtocol(client=False, extensions=[])
 
 NOTIFICATION = "notification"
 STATE = "state"  # an inbox state change (seen, read, unread, archive, unarchive, delete)
+UPDATE = "update"  # a notification changed in place (PATCH /api/notifications/<id>)
 RESET = "reset"
 PROBE = "probe"
 DISCONNECT = "disconnect"  # a command to the worker that holds one connection: close it
 
-_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"p": PROBE, b"x": DISCONNECT}
-CURSORED = (NOTIFICATION, STATE)  # kinds whose seq is a place in the user's stream
+_WIRE_KINDS = {b"n": NOTIFICATION, b"s": STATE, b"u": UPDATE, b"p": PROBE, b"x": DISCONNECT}
+CURSORED = (NOTIFICATION, STATE, UPDATE)  # kinds whose seq is a place in the user's stream
 _KIND_CODES = {v: k.decode() for k, v in _WIRE_KINDS.items()}
 
 SSE_HEARTBEAT = b": ping\n\n"

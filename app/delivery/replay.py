@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -31,13 +32,14 @@ from pymongo.errors import PyMongoError
 
 from app.delivery.events import NOTIFICATION, Event
 from app.ops import metrics
+from app.store.inbox import expired_json
 from app.store.models import (
     EITHER_READ,
     PUBLIC_PROJECTION,
     notifications_collection,
     still_marked,
 )
-from app.store.serialization import public_json
+from app.store.serialization import iso, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
 
@@ -68,10 +70,11 @@ def _events_after(
 ) -> tuple[list[Event] | None, bool]:
     """The events, and whether documents of the range were left out as still marked."""
     recent, counter = _recent(service, user_id)
+    now = utc_now_ms()
     if strict and counter is not None and cursor > counter:
         return None, False  # a cursor from the future: not one we issued
     if recent and recent[0][0] <= cursor:
-        return [_event(user_id, seq, json) for seq, json in recent if seq > cursor], False
+        return [_event(user_id, seq, json) for seq, json in _unexpired(recent, now) if seq > cursor], False
     since = {"$gte" if strict and cursor else "$gt": cursor}
     query: dict[str, Any] = {"user_id": user_id, "read": EITHER_READ, "seq": since}
     try:
@@ -84,11 +87,30 @@ def _events_after(
         docs = docs[1:]
     if recent:  # the Redis list holds every event from its first one on: MongoDB only before it
         docs = [d for d in docs if d["seq"] < recent[0][0]]
-    kept = _published_only([d for d in docs if d.get("deleted_at") is None])  # deleted by the user
-    marked = len(kept) < sum(1 for d in docs if d.get("deleted_at") is None)
+    replayable = [d for d in docs if _replayable(d, now)]
+    kept = _published_only(replayable)
+    marked = len(kept) < len(replayable)
     events = [Event(NOTIFICATION, user_id, d["seq"], orjson.dumps(public_json(d))) for d in kept]
-    events.extend(_event(user_id, seq, json) for seq, json in recent if seq > cursor)
+    events.extend(_event(user_id, seq, json) for seq, json in _unexpired(recent, now) if seq > cursor)
     return (None if len(events) > limit else events), marked
+
+
+def _replayable(doc: dict[str, Any], now: datetime) -> bool:
+    """Not deleted by the user, not expired, and not a scheduled one whose publish is under
+    way (``due_at`` until it is published: it comes live or from the Redis list)."""
+    expired = doc.get("expires_at") is not None and doc["expires_at"] <= now
+    return doc.get("deleted_at") is None and doc.get("due_at") is None and not expired
+
+
+def _unexpired(recent: list[tuple[int, bytes]], now: datetime) -> list[tuple[int, bytes]]:
+    """The Redis list's events but the notifications past their ``expires_at`` (parsed only
+    when the entry has one)."""
+    now_iso = iso(now)
+    return [
+        (seq, json)
+        for seq, json in recent
+        if b'"expires_at":' not in json or json[:1] != b"{" or not expired_json(orjson.loads(json), now_iso)
+    ]
 
 
 def _published_only(docs: list[dict[str, Any]]) -> list[dict[str, Any]]:

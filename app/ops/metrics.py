@@ -53,6 +53,7 @@ RESEQUENCED = Counter(
     "Proposed cursors replaced at publish (another worker published a later one first), written back.",
 )
 RELAYED = Counter("notify_notifications_relayed", "Published late by the outbox relay (insert-publish gap).")
+SCHEDULED_SENT = Counter("notify_notifications_scheduled_sent", "Scheduled notifications published when due.")
 REPLAYED = Counter("notify_notifications_replayed", "Missed notifications replayed to a resuming client.")
 RESETS = Counter("notify_stream_resets", "Streams told to reset (cursor unknown or expired).")
 CATCH_UPS = Counter(

@@ -341,8 +341,9 @@ HISTORY_PARAMS = [
     {"name": "limit", "in": "query", "schema": {"type": "integer", "minimum": 1, "maximum": 100}},
     {"name": "before", "in": "query", "schema": {**OBJECT_ID, "pattern": "^([0-9a-fA-F]{24})?$"},
      "description": "`next` from the previous page"},
-    {"name": "state", "in": "query", "schema": {"enum": list(v.STATES)},
-     "description": "`unread` or `read` (of the inbox), `archived`; absent: the inbox (all but archived)"},
+    {"name": "state", "in": "query", "schema": {"enum": ["", *v.STATES]},
+     "description": "`unread` or `read` (of the inbox), `archived`; absent or empty: the inbox (all but "
+     "archived)"},
     {"name": "category", "in": "query", "schema": {"type": "string", "maxLength": 64},
      "description": "Only this category"},
     {"name": "unread", "in": "query", "schema": {"type": "boolean", "default": False},
@@ -447,7 +448,8 @@ PATHS: dict[str, Any] = {
     "/stream": {"get": _op(
         "Server-Sent Events: `connected` (the stream's id, for receipts), `notification` (id = cursor), "
         "`state` (an inbox change made anywhere: "
-        "`change`, `ids`, `all` and the counts after it; id = cursor), `reset`, `expired` events; "
+        "`change`, `ids`, `all` and the counts after it; id = cursor), `update` (a notification changed "
+        "in place: `id` and the `notification` as it is now; id = cursor), `reset`, `expired` events; "
         "`disconnected` when support staff closed the stream",
         {"200": {"description": "An endless event stream", "content": {"text/event-stream": {
             "schema": {"type": "string"},
@@ -458,7 +460,8 @@ PATHS: dict[str, Any] = {
     "/ws": {"get": _op(
         "WebSocket (GET with Upgrade: websocket). Server frames: "
         '`{"type":"notification","id":cursor,"notification":{...}}`, '
-        '`{"type":"state","seq":cursor,"change",...}`, `reset`, `error`. Client frames: '
+        '`{"type":"state","seq":cursor,"change",...}`, `{"type":"update","seq":cursor,"id",'
+        '"notification":{...}}`, `reset`, `error`. Client frames: '
         '`{"type":"read"|"seen"|"unread"|"archive"|"unarchive","ids":[...]}` (or `"all":true`), '
         '`{"type":"delete","ids":[...]}`, `{"type":"ack","ids":[...]}` (receipts). Close codes: '
         "1008 slow consumer, 1009 frame too large, 4401 token expired, 4000 closed by support staff.",
@@ -554,6 +557,60 @@ def _with_topics(schemas: dict[str, Any], paths: dict[str, Any]) -> None:
                                                            "description": "/api/fanouts/{id}"}})
     paths.update(copy.deepcopy(TOPIC_PATHS))
 
+# fmt: on
+
+
+# -- scheduled, expiring and updatable notifications (issue 22.2) -----------------------------
+# fmt: off
+TIME = {"type": ["string", "null"], "format": "date-time",
+        "description": "ISO 8601 with its offset (`Z` or `+hh:mm`)"}
+SCHEDULE_FIELDS: dict[str, Any] = {
+    "send_at": {**TIME, "description": "Send at this time (ISO 8601 with its offset), at most a year ahead; "
+                "a past time sends now. Until then it is in no inbox, count or replay, and "
+                "`DELETE /api/notifications/{notification_id}` cancels it"},
+    "expires_at": {**TIME, "description": "After this time it leaves the inbox and the counts and is not "
+                   "replayed; later than now and than `send_at`"},
+    "collapse_key": {"type": ["string", "null"], "minLength": 1, "maxLength": v.MAX_COLLAPSE_KEY,
+                     "description": "A new notification with the same key for the same user replaces the "
+                     "previous one (which leaves the inbox; the new one names it in `replaces`)"},
+}
+SCHEMAS["NewNotification"]["properties"].update(SCHEDULE_FIELDS)
+SCHEMAS["Notification"]["properties"].update({
+    "send_at": {"type": "string", "format": "date-time", "description": "Only on a scheduled one"},
+    "expires_at": {"type": "string", "format": "date-time", "description": "Only when it expires"},
+    "updated_at": {"type": "string", "format": "date-time", "description": "Only once it was updated"},
+    "collapse_key": {"type": "string", "description": "Only when sent with one"},
+    "replaces": {**OBJECT_ID, "description": "The notification it replaced (same `collapse_key`)"},
+})
+SCHEMAS["Traced"]["required"] += ["sent", "sent_at"]
+SCHEMAS["Traced"]["properties"].update({
+    "sent": {"type": "boolean", "description": "false while a scheduled one waits for its `send_at`"},
+    "sent_at": {**TIME, "description": "When a scheduled one was sent"},
+})
+SCHEMAS["NotificationUpdate"] = {
+    "type": "object",
+    "description": "The fields to change (at least one), validated as on create",
+    "minProperties": 1,
+    "additionalProperties": False,
+    "properties": {name: SCHEMAS["NewNotification"]["properties"][name]
+                   for name in ("title", "data", "priority", "actions")}
+    | {"message": {"type": "string", "minLength": 1, "maxLength": 4000}},
+    "example": {"message": "Upload 90% done", "data": {"progress": 90}},
+}
+SCHEMAS["Cancelled"] = {"type": "object", "required": ["cancelled"], "properties": {"cancelled": OBJECT_ID}}
+ALREADY_SENT = {"409": _json("Error", "Sent already (or being sent now): `already_sent`")}
+PATHS["/api/notifications/{notification_id}"].update({
+    "patch": _op(
+        "Update a notification in place (title, message, data, priority, actions): stored, and once sent "
+        "an `update` event reaches every open client of the user, in their cursor order",
+        {"200": _json("Notification", "The notification as it is now")}, (*POST_ERRORS, 404),
+        security=API_KEY, requestBody=_body("NotificationUpdate")),
+    "delete": _op(
+        "Cancel a scheduled notification before it is sent (409 once it was: a user's inbox entry is "
+        "deleted with `DELETE /api/users/{user_id}/notifications/{notification_id}`)",
+        {"200": _json("Cancelled", "Cancelled: it will not be sent"), **ALREADY_SENT},
+        (401, 404, 422, 503), security=API_KEY),
+})
 # fmt: on
 
 

@@ -9,6 +9,7 @@ a missing field). Every query names the read state, so MongoDB walks the one
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Any
 
 from bson import ObjectId
@@ -43,3 +44,15 @@ COUNT_QUERIES = {
 def by_ids(query: dict[str, Any], oids: list[ObjectId] | None) -> list[dict[str, Any]]:
     """``query``, or one query per chunk of ``oids`` (``MAX_IDS_PER_CALL``)."""
     return [query] if oids is None else [{**query, "_id": {"$in": c}} for c in id_chunks(oids)]
+
+
+def unexpired(now: datetime) -> dict[str, Any]:
+    """What has not passed its ``expires_at`` at ``now`` (most have none)."""
+    return {"$or": [{"expires_at": None}, {"expires_at": {"$gt": now}}]}
+
+
+def expired_json(note: dict[str, Any], now_iso: str) -> bool:
+    """Whether a notification as published (its JSON) has expired: ISO times in UTC with
+    milliseconds (``serialization.iso``) compare as strings."""
+    expires = note.get("expires_at")
+    return expires is not None and expires <= now_iso

@@ -89,10 +89,11 @@ end
 
 # ARGV: prefix, recent limit, replay buffer size, replay buffer TTL, oldest acceptable
 # age (µs), furthest acceptable future (µs), the events' kind ('n' notifications, 's' an
-# inbox state change: on the same channel, cursors and replay list, not in the global
-# part), publish command, global (1 / 0), then (user id, proposed cursor or '', JSON
-# without seq) per event. Returns the cursors published, in order, and (global 0) the
-# wire messages for the GLOBAL call (none for state events).
+# inbox state change, 'u' a notification updated in place: on the same channel, cursors
+# and replay list, not in the global part), publish command, global (1 / 0), then
+# (user id, proposed cursor or '', JSON without seq) per event. Returns the cursors
+# published, in order, and (global 0) the wire messages for the GLOBAL call (none for
+# state and update events).
 PUBLISH = (
     r"""
 redis.replicate_commands()

@@ -21,6 +21,7 @@ from pymongo.errors import OperationFailure
 KEY_INDEX = "idem"
 HISTORY_INDEX = "user_read_seq"  # a user's notifications in cursor order, per read state
 CREATED_INDEX = "created"  # retention walks it (app/store/retention.py)
+DUE_INDEX = "due"  # scheduled notifications not sent yet, by when due (app/store/scheduling.py)
 
 
 class Notification(Document):
@@ -42,7 +43,12 @@ class Notification(Document):
     on a partial index, and only documents that have an ``idem`` are in either.
 
     ``created`` (``created_at``): the retention pass walks it in time windows
-    (``app/store/retention.py``); the dev server serves no range on ``_id``.
+    (``app/store/retention.py``); the dev server serves no range on ``_id``. A scheduled
+    notification's ``created_at`` is its ``send_at``, so retention counts from then.
+
+    ``due`` (``due_at``, sparse): only scheduled notifications not sent yet have the field,
+    so the scheduler's look for what is due reads a few index entries however many
+    notifications are stored (``app/store/scheduling.py``).
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -55,6 +61,7 @@ class Notification(Document):
     seq = IntField()
     idem = StringField()  # "<api key fingerprint>:<Idempotency-Key>:<index in the request>"
     idem_hash = StringField()  # the request body's hash, on the request's first notification
+    due_at = DateTimeField()  # a scheduled notification's due time (its claim's lease), until sent
 
     meta = {
         "collection": "notifications",
@@ -64,6 +71,7 @@ class Notification(Document):
             {"fields": ["user_id", "read", "seq"], "name": HISTORY_INDEX},
             {"fields": ["idem"], "name": KEY_INDEX, "unique": True, "sparse": True},
             {"fields": ["created_at"], "name": CREATED_INDEX},
+            {"fields": ["due_at"], "name": DUE_INDEX, "sparse": True},
         ],
     }
 

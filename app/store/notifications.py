@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 import orjson
@@ -23,11 +24,13 @@ from pymongo.errors import PyMongoError
 from app.config import Config
 from app.errors import ApiError
 from app.extensions import RedisBudget
-from app.store import lua
+from app.store import lua, scheduling, updates
+from app.store.collapsing import mark_replaced, retire
 from app.store.idempotency import RequestKey, stored_under
-from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids
+from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids, expired_json, unexpired
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
 from app.store.models import (
+    EITHER_READ,
     OUTBOX_PARTITIONS,
     PUBLIC_PROJECTION,
     by_history_index,
@@ -38,7 +41,7 @@ from app.store.models import (
 from app.store.publishing import Publisher, Stored
 from app.store.receipts import Receipts
 from app.store.retention import Sweeper
-from app.store.serialization import new_document, public_json, utc_now_ms
+from app.store.serialization import iso, new_document, public_json, utc_now_ms
 
 log = logging.getLogger(__name__)
 
@@ -65,6 +68,7 @@ class NotificationService:
         self.publisher.on_published = self.receipts.published
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
+        self.scheduler = scheduling.Scheduler(config, self.publisher, self._retire)
         self._key_index_ready = False
 
     # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
@@ -110,21 +114,36 @@ class NotificationService:
         priority: str = "normal",
         actions: list[dict[str, str]] | None = None,
         sent_by: str = "",
+        send_at: datetime | None = None,
+        expires_at: datetime | None = None,
+        collapse_key: str = "",
     ) -> Stored:
         """Store one notification per user (MongoDB first), then publish them.
 
         With ``key``, an earlier attempt's notifications are the answer if it stored them.
-        ``sent_by``: the staff member who sent it from the dashboard (shown in its trace)."""
+        ``sent_by``: the staff member who sent it from the dashboard (shown in its trace).
+        ``send_at`` (future): stored now, published when due (``app/store/scheduling.py``);
+        ``expires_at``: when it leaves the inbox; ``collapse_key``: it replaces the user's
+        previous one with that key (``app/store/collapsing.py``)."""
         now = utc_now_ms()
         fields = (message, title, category, data or {}, now, priority, actions)
         docs = [new_document(u, *fields) for u in user_ids]
-        for doc in docs if sent_by else ():
-            doc["sent_by"] = sent_by
+        optional = {"sent_by": sent_by, "expires_at": expires_at, "collapse_key": collapse_key}
+        for name, value in optional.items():
+            for doc in docs if value else ():
+                doc[name] = value
+        if send_at is not None:
+            scheduling.schedule(docs, send_at)
         if key is not None:
             self._ensure_key_index()
             key.mark(docs)
         try:
-            return self.publisher.store(docs, budget)
+            if send_at is not None:
+                scheduling.store_waiting(docs, self.config)
+                self.scheduler.wake()
+                return Stored([public_json(d) for d in docs], False)
+            replaced = mark_replaced(docs) if collapse_key else {}
+            stored = self.publisher.store(docs, budget)
         except KeyTaken:
             assert key is not None
             return self._replay(key, len(docs))
@@ -133,6 +152,17 @@ class NotificationService:
             raise ApiError(422, "unstorable", message) from None
         except StoreUnavailable as exc:
             raise _unavailable(exc) from None
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        retire(replaced, self._retire)
+        return stored
+
+    def _retire(self, user_id: str, ids: list[str]) -> None:
+        """Notifications a ``collapse_key`` replaced leave the inbox, as a delete does."""
+        try:
+            self.change(user_id, "delete", ids)
+        except ApiError:
+            log.warning("replaced notifications of %s stay in the inbox: MongoDB unavailable", user_id)
 
     def _ensure_key_index(self) -> None:
         """Before the first keyed insert: without the unique index a key would not hold."""
@@ -170,7 +200,7 @@ class NotificationService:
         ``state`` None is the inbox (all but archived), else ``unread``, ``read`` or
         ``archived``; deleted ones are never listed. ``unread`` keeps only unread ones of those
         (none of ``read``)."""
-        query = {"user_id": user_id, **STATE_QUERIES[state]}
+        query = {"user_id": user_id, **STATE_QUERIES[state], **unexpired(utc_now_ms())}
         if unread:
             query["read"] = False if state != "read" else {"$in": []}
         if category is not None:
@@ -217,7 +247,16 @@ class NotificationService:
         try:
             coll = notifications_collection()
             counts = COUNT_QUERIES.items()
-            return {name: coll.count_documents({"user_id": user_id, **q}) for name, q in counts}
+            live = unexpired(utc_now_ms())
+
+            def count(index: str | None) -> dict[str, int]:
+                named = {"hint": index} if index else {}
+                return {
+                    name: coll.count_documents({"user_id": user_id, **q, **live}, **named)
+                    for name, q in counts
+                }
+
+            return by_history_index(count)
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
@@ -229,10 +268,27 @@ class NotificationService:
         if version is not None:
             try:
                 key = f"{self.key('cache', user_id)}:{version}{suffix}"
-                self.redis.set(key, body, ex=self.config.CACHE_TTL_SECONDS)
+                self.redis.set(key, body, px=self._cache_ttl_ms(user_id))
             except redis.RedisError as exc:
                 log.warning("cache fill failed: %s", exc)
         return body, False
+
+    def _cache_ttl_ms(self, user_id: str) -> int:
+        """``CACHE_TTL_SECONDS``, or less: a cached page or count must not outlive the first
+        ``expires_at`` in the user's inbox (an expired notification is never served)."""
+        ttl_ms = self.config.CACHE_TTL_SECONDS * 1000
+        now = utc_now_ms()
+        query = {"user_id": user_id, "read": EITHER_READ, "deleted_at": None, "expires_at": {"$gt": now}}
+        try:
+            find = notifications_collection().find(query, {"expires_at": 1})
+            first = by_history_index(
+                lambda index: min((doc["expires_at"] for doc in find.clone().hint(index)), default=None)
+            )
+        except PyMongoError:
+            return 1  # cannot tell: nothing worth caching
+        if first is None:
+            return ttl_ms
+        return max(1, min(ttl_ms, int((first - now).total_seconds() * 1000)))
 
     def _read_version(self, user_id: str, suffix: str) -> bytes | int | None:
         """The cached value (bytes), or the version to fill under (int), or None if Redis is down."""
@@ -286,6 +342,27 @@ class NotificationService:
         if not self.change(user_id, "delete", [notification_id]):
             raise ApiError(404, "not_found", "no such notification in this inbox")
 
+    # -- after create: update in place, cancel ------------------------------------------
+    def update(self, notification_id: str, fields: dict[str, Any]) -> dict[str, Any]:
+        """Change a notification (``app/store/updates.py``) and tell its user's open clients."""
+        oid = _object_id(notification_id, "id")
+        try:
+            doc = updates.update(oid, fields)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+        event = updates.update_event(doc)
+        if event is not None:
+            self.publisher.publish_state(doc["user_id"], event, updates.UPDATE)
+        return public_json(doc)
+
+    def cancel(self, notification_id: str) -> None:
+        """Cancel a scheduled notification before it is sent; 409 once it was."""
+        oid = _object_id(notification_id, "id")
+        try:
+            updates.cancel(oid)
+        except PyMongoError as exc:
+            raise _unavailable(exc) from None
+
     # -- delivery trace --------------------------------------------------------------
     def traced(self, notification_id: str) -> dict[str, Any]:
         """The notification with its delivery record (``app/store/receipts.py``); 404 if none."""
@@ -295,7 +372,11 @@ class NotificationService:
             if doc is None or is_marker(doc):
                 raise ApiError(404, "not_found", "no such notification")
             delivery = self.receipts.trace(doc)
-            return {**public_json(doc), "sent_by": doc.get("sent_by"), "delivery": delivery}
+            schedule = {  # its send_at, if scheduled, is in public_json; due_at until published
+                "sent": doc.get("read") is not None and doc.get("due_at") is None,
+                "sent_at": iso(doc["sent_at"]) if doc.get("sent_at") else None,
+            }
+            return {**public_json(doc), **schedule, "sent_by": doc.get("sent_by"), "delivery": delivery}
         except PyMongoError as exc:
             raise _unavailable(exc) from None
 
@@ -317,7 +398,8 @@ class NotificationService:
         except redis.RedisError as exc:
             log.warning("recent list unavailable, reading MongoDB: %s", exc)
             return self._recent_from_mongo()
-        notes = [orjson.loads(item) for item in items]
+        now_iso = iso(utc_now_ms())
+        notes = [note for note in map(orjson.loads, items) if not expired_json(note, now_iso)]
         ids = [ObjectId(n["id"]) for n in notes]
         try:
             read = notifications_collection().find({"_id": {"$in": ids}, "read": True}, {"_id": 1})
@@ -338,10 +420,18 @@ class NotificationService:
             # walk of the _id index that a filter might trade for another plan
             limit = self.config.RECENT_LIMIT
             newest = notifications_collection().find({}, PUBLIC_PROJECTION).sort("_id", -1)
-            docs = [d for d in newest.limit(2 * limit + OUTBOX_PARTITIONS) if not is_marker(d)][:limit]
+            now = utc_now_ms()
+            newest_docs = newest.limit(2 * limit + OUTBOX_PARTITIONS)
+            docs = [d for d in newest_docs if not is_marker(d) and _listed(d, now)][:limit]
             return orjson.dumps({"notifications": [public_json(d) for d in docs]})
         except PyMongoError as exc:
             raise _unavailable(exc) from None
+
+
+def _listed(doc: dict[str, Any], now: datetime) -> bool:
+    """Sent (not waiting for its ``send_at``) and not expired."""
+    expires = doc.get("expires_at")
+    return doc.get("read") is not None and (expires is None or expires > now)
 
 
 def _object_id(value: str, field: str) -> ObjectId:

@@ -235,13 +235,15 @@ class Publisher:
             kind,
         ]
 
-    def publish_state(self, user_id: str, payload: bytes) -> int | None:
+    def publish_state(self, user_id: str, payload: bytes, kind: str = "s") -> int | None:
         """Publish an inbox state change of ``user_id`` (a JSON object) as the next event of
         that user's stream: the same script, channel and cursors as notifications, so every
         client sees changes and notifications in one order, and the user's cached pages and
-        counts are invalidated in the same step. The cursor, or None if Redis failed."""
+        counts are invalidated in the same step. The cursor, or None if Redis failed.
+
+        ``kind``: ``s`` a state change, ``u`` a notification updated in place."""
         try:
-            (seq,) = self._script(self._script_head("s"), [(user_id, "", payload)])
+            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload)])
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("state publish failed: %s", exc)

@@ -67,7 +67,24 @@ def new_document(
     return doc
 
 
+# Fields a notification has only when its sender set them (scheduled, expiring, collapsing,
+# replacing an older one): left out otherwise, so the common notification stays as small.
+OPTIONAL_TIMES = ("send_at", "expires_at", "updated_at")
+OPTIONAL_TEXTS = ("collapse_key", "replaces")
+
+
 def public_json(doc: dict[str, Any]) -> dict[str, Any]:
+    body = _public_fields(doc)
+    for name in OPTIONAL_TIMES:
+        if doc.get(name) is not None:
+            body[name] = iso(doc[name])
+    for name in OPTIONAL_TEXTS:
+        if doc.get(name):
+            body[name] = doc[name]
+    return body
+
+
+def _public_fields(doc: dict[str, Any]) -> dict[str, Any]:
     return {
         "id": str(doc["_id"]),
         "seq": doc.get("seq"),
