@@ -10,6 +10,7 @@ import logging
 
 import orjson
 from flask import Flask, Response, render_template, request
+from pymongo.errors import ConnectionFailure, PyMongoError
 from werkzeug.exceptions import HTTPException
 
 log = logging.getLogger(__name__)
@@ -99,6 +100,18 @@ def register_error_handlers(app: Flask) -> None:
         if status == 405 and err.valid_methods:  # type: ignore[attr-defined]
             resp.headers["Allow"] = ", ".join(err.valid_methods)  # type: ignore[attr-defined]
         return resp
+
+    @app.errorhandler(PyMongoError)
+    def _database_error(err: PyMongoError) -> Response:
+        """A view that did not say what MongoDB failing means for it: a timeout or a lost
+        connection is the database being unavailable (503, retry), anything else a bug."""
+        if not (isinstance(err, ConnectionFailure) or err.timeout):
+            return _unexpected(err)
+        log.error("MongoDB unavailable on %s %s: %s", request.method, request.path, err)
+        message = "the database is unavailable, retry later"
+        if _wants_html():
+            return _html_error(503, message)
+        return error_response(503, "unavailable", message)
 
     @app.errorhandler(Exception)
     def _unexpected(err: Exception) -> Response:

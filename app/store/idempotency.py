@@ -57,7 +57,13 @@ def stored_under(key: RequestKey, count: int) -> tuple[list[dict[str, Any]], boo
     names = key.names(count)
     found = {doc["idem"]: doc for doc in coll.find({"idem": {"$in": names}})}
     first = found.get(names[0])
-    if first is None or first.get("idem_hash") != key.body_hash:
+    if first is None:
+        # Taken a moment ago, gone now: the batch that stored it removed its part to store it
+        # again without a neighbour MongoDB refused (app/store/inserting.py). Soon back.
+        raise ApiError(
+            503, "unavailable", "the notifications of this Idempotency-Key are being stored, retry"
+        )
+    if first.get("idem_hash") != key.body_hash:
         raise ApiError(409, "idempotency_conflict", "Idempotency-Key was already used with a different body")
     docs = [found[name] for name in names if name in found]  # all, unless a crash cut the insert
     return docs, not still_marked(docs)
