@@ -6,8 +6,10 @@ from __future__ import annotations
 
 import time
 from datetime import datetime, timedelta, timezone
+from typing import Any
 
 import gevent
+from pymongo import monitoring
 
 from app.store.serialization import iso
 from tests.support import SSEClient
@@ -61,3 +63,47 @@ def test_scheduled_with_expiry_is_sent_then_expires(live):
         assert inbox(server, "sx") == []
     finally:
         sse.close()
+
+
+class _ExpiryReads(monitoring.CommandListener):
+    """The users whose notifications were read to find their first expiry."""
+
+    def __init__(self) -> None:
+        self.users: list[str] = []
+
+    def started(self, event: Any) -> None:
+        query = event.command.get("filter") or {}
+        if event.command_name == "find" and "expires_at" in query:
+            self.users.append(query.get("user_id"))
+
+    def succeeded(self, event: Any) -> None:
+        pass
+
+    def failed(self, event: Any) -> None:
+        pass
+
+
+def test_only_users_with_an_expiry_pay_for_it_and_only_once_it_passed(make_app, auth):
+    """Finding a user's first expiry reads every notification of theirs: a cache fill
+    asks MongoDB only when the user's first expiry (kept in Redis) has passed."""
+    reads = _ExpiryReads()
+    monitoring.register(reads)  # for the clients made from now on
+    client = make_app().test_client()
+
+    def page(user: str) -> list[str]:
+        resp = client.get(f"/api/users/{user}/notifications", headers=auth)
+        assert resp.status_code == 200
+        return [n["message"] for n in resp.get_json()["notifications"]]
+
+    client.post("/api/notifications", json={"user_id": "plain", "message": "stays"}, headers=auth)
+    assert page("plain") == ["stays"] and reads.users == []
+    soon = datetime.now(timezone.utc) + timedelta(seconds=1)
+    for message, expires in (("goes", soon), ("later", soon + timedelta(days=1))):
+        body = {"user_id": "timed", "message": message, "expires_at": iso(expires)}
+        assert client.post("/api/notifications", json=body, headers=auth).status_code == 201
+    assert page("timed") == ["later", "goes"] and reads.users == []  # the mark is ahead
+    while datetime.now(timezone.utc) <= soon:  # the clock passing the time
+        time.sleep(0.05)
+    assert page("timed") == ["later"]
+    assert reads.users == ["timed"]  # once, for the next mark (a day ahead)
+    assert page("timed") == ["later"] and reads.users == ["timed"]

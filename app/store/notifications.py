@@ -10,6 +10,7 @@ with a writer can only fill a key nobody will read again.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 from dataclasses import dataclass
 from datetime import datetime
@@ -26,6 +27,7 @@ from app.errors import ApiError
 from app.extensions import RedisBudget
 from app.store import lua, scheduling, updates
 from app.store.collapsing import mark_replaced, retire
+from app.store.expiring import ExpiryMarks, epoch_ms
 from app.store.idempotency import RequestKey, stored_under
 from app.store.inbox import CHANGES, COUNT_QUERIES, NOW, STATE_QUERIES, by_ids, expired_json, unexpired
 from app.store.inserting import KeyTaken, StoreRefused, StoreUnavailable
@@ -69,6 +71,7 @@ class NotificationService:
         self.retention = Sweeper(config, redis_client, self.key("retention-lock"))
         self._cache_get = redis_client.register_script(lua.CACHE_GET)
         self.scheduler = scheduling.Scheduler(config, self.publisher, self._retire)
+        self.expiry = ExpiryMarks(redis_client, lambda user_id: self.key("exp", user_id))
         self._key_index_ready = False
 
     # Keys and pub/sub channels (the publish script, app/store/lua.py, names them the same
@@ -134,6 +137,8 @@ class NotificationService:
                 doc[name] = value
         if send_at is not None:
             scheduling.schedule(docs, send_at)
+        if expires_at is not None:
+            self._note_expiry(user_ids, expires_at, now)
         if key is not None:
             self._ensure_key_index()
             key.mark(docs)
@@ -156,6 +161,13 @@ class NotificationService:
             raise _unavailable(exc) from None
         retire(replaced, self._retire)
         return stored
+
+    def _note_expiry(self, user_ids: list[str], expires_at: datetime, now: datetime) -> None:
+        """Before the insert, so that no page cached after it outlives the expiry."""
+        try:
+            self.expiry.note(user_ids, expires_at, now)
+        except redis.RedisError as exc:
+            log.warning("expiry not noted; cached pages may outlive it by CACHE_TTL_SECONDS: %s", exc)
 
     def _retire(self, user_id: str, ids: list[str]) -> None:
         """Notifications a ``collapse_key`` replaced leave the inbox, as a delete does."""
@@ -275,20 +287,35 @@ class NotificationService:
 
     def _cache_ttl_ms(self, user_id: str) -> int:
         """``CACHE_TTL_SECONDS``, or less: a cached page or count must not outlive the first
-        ``expires_at`` in the user's inbox (an expired notification is never served)."""
+        ``expires_at`` in the user's inbox (an expired notification is never served). The
+        first is kept in Redis (``app/store/expiring.py``); MongoDB is read only once it passed."""
         ttl_ms = self.config.CACHE_TTL_SECONDS * 1000
         now = utc_now_ms()
-        query = {"user_id": user_id, "read": EITHER_READ, "deleted_at": None, "expires_at": {"$gt": now}}
         try:
-            find = notifications_collection().find(query, {"expires_at": 1})
-            first = by_history_index(
-                lambda index: min((doc["expires_at"] for doc in find.clone().hint(index)), default=None)
-            )
-        except PyMongoError:
+            mark = self.expiry.first(user_id)
+        except redis.RedisError:
             return 1  # cannot tell: nothing worth caching
-        if first is None:
+        if mark is not None and mark <= epoch_ms(now):
+            try:
+                following = self._first_expiry(user_id, now)
+            except PyMongoError:
+                return 1
+            with contextlib.suppress(redis.RedisError):  # asked again at the next fill
+                self.expiry.replace(user_id, mark, following, now)
+            mark = None if following is None else epoch_ms(following)
+        if mark is None:
             return ttl_ms
-        return max(1, min(ttl_ms, int((first - now).total_seconds() * 1000)))
+        return max(1, min(ttl_ms, mark - epoch_ms(now)))
+
+    @staticmethod
+    def _first_expiry(user_id: str, now: datetime) -> datetime | None:
+        """The first ``expires_at`` after ``now`` in the user's inbox: every notification of
+        the user read (none of the indexes holds ``expires_at``)."""
+        query = {"user_id": user_id, "read": EITHER_READ, "deleted_at": None, "expires_at": {"$gt": now}}
+        find = notifications_collection().find(query, {"expires_at": 1})
+        return by_history_index(
+            lambda index: min((doc["expires_at"] for doc in find.clone().hint(index)), default=None)
+        )
 
     def _read_version(self, user_id: str, suffix: str) -> bytes | int | None:
         """The cached value (bytes), or the version to fill under (int), or None if Redis is down."""
