@@ -505,3 +505,23 @@ def test_verdict_in_plain_words() -> None:
     assert verdict(one) == "sent to 1 connection, no receipt yet; seen at 10:43:00, not yet read"
     archived = {**one, "archived_at": "2026-12-07T11:00:00.000Z"}
     assert verdict(archived).endswith("; archived at 11:00:00")
+
+
+def test_user_page_shows_what_is_scheduled_and_the_push_browsers(dash: Flask) -> None:
+    from datetime import datetime, timedelta, timezone
+
+    from app.push import subscriptions
+
+    client = signed_in(dash)
+    assert "Nothing scheduled." in client.get("/dashboard/users/sched").text
+    send_at = datetime.now(timezone.utc) + timedelta(days=3)
+    with dash.app_context():
+        dash.extensions["notifications"].create(["sched"], "in three days", title="Later", send_at=send_at)
+        notify(dash, "sched", "sent now")
+        endpoint = "https://push.example.net/wpush/secret-token-123"
+        subscriptions.save(subscriptions.Subscription("sub1", "sched", endpoint, "p" * 87, "a" * 22), keep=10)
+    page = client.get("/dashboard/users/sched").text
+    scheduled = page[page.index('id="scheduled-list"') : page.index("Web Push browsers")]
+    assert "in three days" in scheduled and "sent now" not in scheduled
+    assert send_at.strftime("%Y-%m-%d %H:%M") in scheduled
+    assert "push.example.net" in page and "secret-token-123" not in page  # the endpoint is a secret

@@ -31,6 +31,7 @@ from app.api import validation as v
 from app.dashboard import bootstrap_admin, bp, security, streams
 from app.dashboard.actions import StaffActions, page_user
 from app.dashboard.history import OBJECT_ID_RE, STATES
+from app.dashboard.reach import reach
 from app.dashboard.service import DashboardService
 from app.delivery import sse
 from app.delivery.session import StreamSession, parse_cursor
@@ -181,7 +182,8 @@ def user(user_id: str) -> Any:
     history = svc().history_page(user_id, request.args, view)
     if history.owner is not None:  # a notification id: its user's page, from it on
         return _at_notification(history.owner, history.focus)
-    page = {"view": view, "history": history, "states": STATES, "presence": actions().connections(user_id)}
+    presence = actions().connections(user_id)
+    page = {"view": view, "history": history, "states": STATES, "presence": presence, "reach": reach(user_id)}
     html = render_template("dashboard/user.html", **page)
     return html, history.status
 
