@@ -19,8 +19,6 @@ Writes ``routing-<time>.json`` to ``$NOTIFY_BENCH_OUT`` (default: the git-ignore
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 import urllib.request
@@ -33,10 +31,8 @@ sys.path.insert(0, str(ROOT))
 import redis  # noqa: E402
 from prometheus_client.parser import text_string_to_metric_families  # noqa: E402
 
-from bench.measure import speed_probe_ms  # noqa: E402
-from bench.report import results_dir  # noqa: E402
 from bench.run import API_KEY, SECRET, LoadProc, Service, all_call, pcts_ms, say, split  # noqa: E402
-from tools.devservers import mongo_server, redis_server  # noqa: E402
+from bench.standalone import run_standalone  # noqa: E402
 
 RECEIVED = "notify_hub_messages_received_total"
 PUBLISHED = "notify_notifications_published_total"
@@ -201,36 +197,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--broadcasts", type=int, default=3)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
-    workdir = ROOT / ".devdata" / "bench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    rds, mongo = redis_server(), mongo_server()
-    rds.start()
-    mongo.start()
-    started, speed_start = time.time(), speed_probe_ms()
-    bench = None
-    try:
-        bench = Routing(args, rds.url, mongo.url, workdir)
-        result = bench.run()
-    finally:
-        if bench is not None:
-            bench.close()
-        mongo.stop()
-        rds.stop()
-    result["meta"] = {
-        "command": "bench/routing.py " + " ".join(argv),
-        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-        "seconds": round(time.time() - started),
-        "speed_probe_ms": [speed_start, speed_probe_ms()],
-        "load_avg_at_end": os.getloadavg(),
-        "note": args.note,
-    }
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"routing-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    say(f"wrote {path}")
-    return 0
+    return run_standalone(
+        "routing", argv, args.note, lambda rds, mongo, workdir: Routing(args, rds, mongo, workdir)
+    )
 
 
 if __name__ == "__main__":

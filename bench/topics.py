@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import threading
 import time
@@ -38,10 +37,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from bench.measure import ProcStats, speed_probe_ms  # noqa: E402
-from bench.report import results_dir  # noqa: E402
+from bench.measure import ProcStats  # noqa: E402
 from bench.run import API_KEY, SECRET, LoadProc, Service, all_call, say, split  # noqa: E402
-from tools.devservers import mongo_server, redis_server  # noqa: E402
+from bench.standalone import run_standalone  # noqa: E402
 
 TOPIC = "bench-topic"
 
@@ -199,36 +197,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--max-minutes", type=float, default=30)
     parser.add_argument("--note", default="")
     args = parser.parse_args(argv)
-    workdir = ROOT / ".devdata" / "bench"
-    workdir.mkdir(parents=True, exist_ok=True)
-    rds, mongo = redis_server(), mongo_server()
-    rds.start()
-    mongo.start()
-    started, speed_start = time.time(), speed_probe_ms()
-    bench = None
-    try:
-        bench = TopicBench(args, rds.url, mongo.url, workdir)
-        result = bench.run()
-    finally:
-        if bench is not None:
-            bench.close()
-        mongo.stop()
-        rds.stop()
-    result["meta"] = {
-        "command": "bench/topics.py " + " ".join(argv),
-        "started_utc": time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(started)),
-        "seconds": round(time.time() - started),
-        "speed_probe_ms": [speed_start, speed_probe_ms()],
-        "load_avg_at_end": os.getloadavg(),
-        "note": args.note,
-    }
-    out = results_dir()
-    out.mkdir(parents=True, exist_ok=True)
-    path = out / f"topics-{time.strftime('%Y%m%d-%H%M%S', time.gmtime(started))}.json"
-    path.write_text(json.dumps(result, indent=1))
-    print(json.dumps(result, indent=1))
-    say(f"wrote {path}")
-    return 0
+    return run_standalone(
+        "topics", argv, args.note, lambda rds, mongo, workdir: TopicBench(args, rds, mongo, workdir)
+    )
 
 
 if __name__ == "__main__":

@@ -383,6 +383,15 @@ def marked(coll: Any, user: str) -> list[dict[str, Any]]:
     return list(coll.find({**MARKERS, "ids": {"$in": ids}}))
 
 
+def winning_stages(plan: dict[str, Any]) -> list[str]:
+    """The stages of a query plan (``explain()``'s ``winningPlan``), outermost first."""
+    stages = []
+    while plan:
+        stages.append(plan["stage"])
+        plan = plan.get("inputStage") or {}
+    return stages
+
+
 def wait_until(predicate: Any, timeout: float = 10.0) -> None:
     with gevent.Timeout(timeout):
         while not predicate():

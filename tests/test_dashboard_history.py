@@ -16,6 +16,7 @@ from pymongo import monitoring
 from app.dashboard.history import History, parse_filters
 from app.store.models import notifications_collection
 from app.store.serialization import new_document
+from tests.support import winning_stages
 from tests.test_dashboard import ADMIN, PASSWORD, notify, signed_in
 
 USER = "pat"
@@ -257,14 +258,6 @@ def test_parse_filters_checks_every_field() -> None:
         "to": "2026-01-01",
         "tz": "UTC",
     }
-
-
-def winning_stages(plan: dict[str, Any]) -> list[str]:
-    stages = []
-    while plan:
-        stages.append(plan["stage"])
-        plan = plan.get("inputStage") or {}
-    return stages
 
 
 def assert_indexed(dash: Flask, finds: Finds) -> None:

@@ -8,7 +8,7 @@ import requests
 from pymongo import MongoClient
 
 from app.store.models import EITHER_READ, MARKERS
-from tests.support import wait_until
+from tests.support import wait_until, winning_stages
 from tests.test_metrics import sample
 
 # api_keys' unique indexes are made by mongoengine itself when the collection is first used.
@@ -27,14 +27,6 @@ EXPECTED = [
 
 def ready(url: str) -> requests.Response:
     return requests.get(url + "/readyz", timeout=5)
-
-
-def winning_stages(plan: dict[str, Any]) -> list[str]:
-    stages = []
-    while plan:
-        stages.append(plan["stage"])
-        plan = plan.get("inputStage") or {}
-    return stages
 
 
 def test_worker_started_without_cli_step_creates_indexes(live: Any, stack: Any) -> None:
