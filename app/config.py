@@ -165,6 +165,10 @@ class Config:
             "RECEIPT_FOLD_SECONDS",
             "RECEIPT_FOLD_BATCH",
             "SCHEDULE_LEASE_SECONDS",
+            "PUSH_TTL_SECONDS",
+            "PUSH_MAX_SUBSCRIPTIONS_PER_USER",
+            "PUSH_MAX_ATTEMPTS",
+            "PUSH_CONCURRENCY",
         ):
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be positive")
@@ -233,14 +237,6 @@ class Config:
             raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINEL_MASTER: the monitored primary's name")
 
     def _validate_push(self) -> None:
-        for name in (
-            "PUSH_TTL_SECONDS",
-            "PUSH_MAX_SUBSCRIPTIONS_PER_USER",
-            "PUSH_MAX_ATTEMPTS",
-            "PUSH_CONCURRENCY",
-        ):
-            if getattr(self, name) <= 0:
-                raise ConfigError(f"{name} must be positive")
         if self.PUSH_TTL_SECONDS > 28 * 86400:
             raise ConfigError("PUSH_TTL_SECONDS must be at most 28 days (2419200)")
         if not 0 < self.PUSH_TIMEOUT_SECONDS <= 60:
