@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import orjson
@@ -46,6 +46,9 @@ from app.store.inserting import StoreUnavailable, insert_isolated
 from app.store.outbox import Outbox
 from app.store.serialization import public_json
 from app.store.sharded import publish_runner
+
+if TYPE_CHECKING:
+    from app.preferences.store import PreferenceCache
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,9 @@ class Publisher:
         self.outbox = Outbox(config, self.publish, self.stats)
         # The delivery trace's record of each publish: (ids, when the publish call started).
         self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
+        # Users' preferences (app/preferences/): a category whose live channel is off is
+        # stored and replayed but not published on the user's channel.
+        self.preferences: PreferenceCache | None = None
         # What else follows a publish (Web Push, app/push/); must not block.
         self.after_publish: list[Callable[[list[dict[str, Any]]], None]] = []
 
@@ -243,7 +249,7 @@ class Publisher:
 
         ``kind``: ``s`` a state change, ``u`` a notification updated in place."""
         try:
-            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload)])
+            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload, "1")])
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("state publish failed: %s", exc)
@@ -260,11 +266,15 @@ class Publisher:
         if not docs:
             return True
         head = self._script_head("n")
+        prefs = self.preferences.get_many({doc["user_id"] for doc in docs}) if self.preferences else {}
         notes = []
         for doc in docs:
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
-            notes.append((doc["user_id"], "" if doc.get("seq") is None else doc["seq"], orjson.dumps(body)))
+            user_prefs = prefs.get(doc["user_id"])
+            live = "1" if user_prefs is None or user_prefs.live(doc.get("category")) else "0"
+            seq = "" if doc.get("seq") is None else doc["seq"]
+            notes.append((doc["user_id"], seq, orjson.dumps(body), live))
         publishing_at = time.time()  # the message is on the channel before the script returns
         try:
             seqs = self._script(head, notes)
