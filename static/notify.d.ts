@@ -132,6 +132,22 @@ declare namespace Notify {
     registerWorker(options?: PushOptions): Promise<ServiceWorkerRegistration>;
     /** removes this browser's subscription here and on the service; false if there was none */
     disablePush(options?: { scope?: string }): Promise<boolean>;
+    /** the user's notification preferences (GET /api/me/preferences) */
+    getPreferences(): Promise<Preferences>;
+    /** replaces them all (PUT /api/me/preferences; left out: the default); what is stored */
+    setPreferences(preferences: Partial<Preferences>): Promise<Preferences>;
+  }
+
+  /** `live`: open streams; `push`: Web Push; `["muted"]`: neither (still in the inbox) */
+  type Channels = Array<'live' | 'push'> | ['muted'];
+
+  interface Preferences {
+    /** for uncategorised notifications and unlisted categories */
+    default: Channels;
+    /** per notification `category`, at most 100 */
+    categories: Record<string, Channels>;
+    /** Web Push waits until `end` (HH:MM local time in `timezone`, an IANA name) */
+    quiet_hours: { start: string; end: string; timezone: string } | null;
   }
 
   interface PushOptions {
@@ -160,6 +176,9 @@ interface NotifyInboxElement extends HTMLElement {
   getToken?: () => Promise<string>;
   toggle(force?: boolean): void;
   loadMore(): Promise<void>;
+  /** the preferences panel in place of the list (or back to the list with false) */
+  showPreferences(show?: boolean): Promise<void>;
+  savePreferences(): Promise<void>;
 }
 
 interface HTMLElementTagNameMap {
