@@ -5,7 +5,7 @@ of the quiet hours), so a restart loses none. Every worker's loop claims what is
 the scheduler claims scheduled notifications (``app/store/scheduling.py``): one update
 moves ``due_at`` a lease ahead and names its claim, so two instances never both send
 one, and one that dies holding a claim leaves it due again when the lease ends. The
-claimant reads the notification again (deleted or expired meanwhile: nothing is sent),
+claimant reads the notification again (deleted, read or expired meanwhile: nothing is sent),
 hands it to the sender, which looks at the user's preferences and presence again, and
 removes the entry. A user holds at most ``MAX_PER_USER``; beyond, a push is dropped (the
 notification stays in the inbox).
@@ -110,8 +110,8 @@ class DeferredPushes:
             notes = notifications_collection().find({"_id": {"$in": mine}})
         for doc in notes:
             expires = doc.get("expires_at")
-            if expires is not None and expires.replace(tzinfo=timezone.utc) <= now:
-                continue
+            if doc.get("read") or (expires is not None and expires.replace(tzinfo=timezone.utc) <= now):
+                continue  # read in the inbox meanwhile, or expired: nothing to tell
             self.deliver(doc)
         with pymongo.timeout(self.timeout):
             coll.delete_many({"_id": {"$in": mine}, "claim": self.claim})
