@@ -248,3 +248,24 @@ def test_quiet_hours_hold_the_push_until_they_end_even_across_a_restart(live, pu
     assert browser.decrypt(push_service.received[0])["message"] == "at the end of quiet hours"
     with pymongo.MongoClient(after.stack.mongo_uri) as mongo:
         wait_until(lambda: mongo.get_default_database()["pending_pushes"].count_documents({}) == 0)
+
+
+def test_an_update_of_a_muted_notification_is_not_streamed_either(live):
+    server = live()
+    put(server, "upd", MUTE_PROMO)
+    sse = SSEClient(server.url, server.token("upd"))
+    try:
+        muted = server.post("/api/notifications", {"user_id": "upd", "message": "sale", "category": "promo"})
+        resp = requests.patch(
+            f"{server.url}/api/notifications/{muted.json()['id']}",
+            json={"message": "bigger sale"},
+            headers={"Authorization": f"Bearer {server.stack.api_key}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200
+        server.notify("upd", "marker")
+        sse.wait_count(1)
+        assert sse.messages() == ["marker"]
+        assert [e["type"] for e in sse.events if e["type"] == "update"] == []
+    finally:
+        sse.close()

@@ -241,15 +241,26 @@ class Publisher:
             kind,
         ]
 
-    def publish_state(self, user_id: str, payload: bytes, kind: str = "s") -> int | None:
+    def live_flags(self, docs: list[dict[str, Any]]) -> list[str]:
+        """Per document, ``"1"`` if its user takes its category live (their preferences, one
+        read for the batch), else ``"0"``: the publish script's per-event flag."""
+        prefs = self.preferences.get_many({doc["user_id"] for doc in docs}) if self.preferences else {}
+        flags = []
+        for doc in docs:
+            user_prefs = prefs.get(doc["user_id"])
+            flags.append("1" if user_prefs is None or user_prefs.live(doc.get("category")) else "0")
+        return flags
+
+    def publish_state(self, user_id: str, payload: bytes, kind: str = "s", live: str = "1") -> int | None:
         """Publish an inbox state change of ``user_id`` (a JSON object) as the next event of
         that user's stream: the same script, channel and cursors as notifications, so every
         client sees changes and notifications in one order, and the user's cached pages and
         counts are invalidated in the same step. The cursor, or None if Redis failed.
 
-        ``kind``: ``s`` a state change, ``u`` a notification updated in place."""
+        ``kind``: ``s`` a state change, ``u`` a notification updated in place; ``live``
+        ``"0"``: replayed, not sent to open streams (a category whose live channel is off)."""
         try:
-            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload, "1")])
+            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload, live)])
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("state publish failed: %s", exc)
@@ -266,13 +277,10 @@ class Publisher:
         if not docs:
             return True
         head = self._script_head("n")
-        prefs = self.preferences.get_many({doc["user_id"] for doc in docs}) if self.preferences else {}
         notes = []
-        for doc in docs:
+        for doc, live in zip(docs, self.live_flags(docs), strict=True):
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
-            user_prefs = prefs.get(doc["user_id"])
-            live = "1" if user_prefs is None or user_prefs.live(doc.get("category")) else "0"
             seq = "" if doc.get("seq") is None else doc["seq"]
             notes.append((doc["user_id"], seq, orjson.dumps(body), live))
         publishing_at = time.time()  # the message is on the channel before the script returns
