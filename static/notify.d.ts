@@ -163,7 +163,8 @@ declare namespace Notify {
 
 /**
  * <notify-inbox token="..." url="https://notify.example" transport="sse|ws" limit="20">:
- * a bell with the unseen badge and a popover inbox. Themed by CSS variables (--notify-accent,
+ * a bell with the unseen badge and a popover inbox, with a Preferences panel (per category:
+ * in app, push, muted; quiet hours). Themed by CSS variables (--notify-accent,
  * --notify-bg, --notify-fg, --notify-border, --notify-muted, --notify-badge-bg,
  * --notify-badge-fg, --notify-unread-bg, --notify-warn-bg, --notify-font, --notify-width,
  * --notify-height, --notify-z) and ::part(bell), ::part(badge), ::part(panel). Its

@@ -16,6 +16,8 @@
  *   client.markUnread([id]); client.archive([id]); client.unarchive([id]); client.remove(id);
  *   client.setTransport('ws'); client.close();
  *   client.enablePush();  // Web Push while no tab is open (service worker /notify-sw.js)
+ *   await client.getPreferences();   // {default, categories: {promo: ['muted']}, quiet_hours}
+ *   await client.setPreferences({categories: {chat: ['live']}});  // replaces them all
  *
  * Without a cursor it first loads the newest page of history (onHistory) and resumes after its
  * newest cursor, so nothing created meanwhile is lost. It keeps the last cursor, reconnects
@@ -33,7 +35,8 @@
  * A drop-in inbox, the same script: <notify-inbox token="..." url="https://notify.example"
  * transport="ws" limit="20"></notify-inbox> renders a bell with the unseen badge and a popover list
  * (mark read / unread, archive, load more, actions as links, empty and offline states; entries
- * updated in place, replaced by their collapse_key's newer one, gone once expired),
+ * updated in place, replaced by their collapse_key's newer one, gone once expired; a
+ * Preferences panel: per category in app / push / muted, and quiet hours),
  * keyboard accessible (Enter/Space opens, Escape closes), themed by CSS variables
  * (--notify-accent, --notify-bg, --notify-fg, --notify-badge-bg, --notify-width, ...) and
  * ::part(bell|badge|panel). Set element.getToken = async () => '...' to refresh tokens.
