@@ -43,7 +43,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     app.extensions["config"] = config
     # Imported here, not at module level: metrics must not be imported before gunicorn
     # has set PROMETHEUS_MULTIPROC_DIR (app/ops/metrics.py).
-    from app import dashboard, pages, push, topics
+    from app import dashboard, pages, preferences, push, topics
     from app.access import apikeys, cors, headers
     from app.api import fastpath
     from app.api import views as api_views
@@ -83,6 +83,7 @@ def create_app(config: Config | dict[str, Any] | None = None) -> Flask:
     topics.init_app(app)
     dashboard.init_app(app)
     staff_cli.register_cli(app)
+    preferences.init_app(app)  # before push: the sender reads them
     push.init_app(app)
     return app
 

@@ -113,6 +113,8 @@ class Config:
     PUSH_RETRY_BASE_SECONDS: float = 1.0  # the first backoff; doubled at each attempt
     PUSH_CONCURRENCY: int = 10  # pushes in flight per worker
     PUSH_TIMEOUT_SECONDS: float = 10.0  # one request to a push service
+    PREFERENCES_CACHE_SECONDS: float = 5.0  # a worker's copy of a user's preferences (app/preferences/)
+    PUSH_DEFERRED_POLL_SECONDS: float = 1.0  # how often a worker looks for pushes whose quiet hours ended
     PUSH_ALLOW_LOCAL_ENDPOINTS: int = 0  # http and private addresses as endpoints (tests; never production)
     extra: dict[str, Any] = field(default_factory=dict)
 
@@ -237,6 +239,10 @@ class Config:
             raise ConfigError("REDIS_MODE=sentinel needs REDIS_SENTINEL_MASTER: the monitored primary's name")
 
     def _validate_push(self) -> None:
+        if not 0 <= self.PREFERENCES_CACHE_SECONDS <= 300:
+            raise ConfigError("PREFERENCES_CACHE_SECONDS must be 0-300")
+        if not 0 < self.PUSH_DEFERRED_POLL_SECONDS <= 60:
+            raise ConfigError("PUSH_DEFERRED_POLL_SECONDS must be above 0 and at most 60")
         if self.PUSH_TTL_SECONDS > 28 * 86400:
             raise ConfigError("PUSH_TTL_SECONDS must be at most 28 days (2419200)")
         if not 0 < self.PUSH_TIMEOUT_SECONDS <= 60:

@@ -132,6 +132,22 @@ declare namespace Notify {
     registerWorker(options?: PushOptions): Promise<ServiceWorkerRegistration>;
     /** removes this browser's subscription here and on the service; false if there was none */
     disablePush(options?: { scope?: string }): Promise<boolean>;
+    /** the user's notification preferences (GET /api/me/preferences) */
+    getPreferences(): Promise<Preferences>;
+    /** replaces them all (PUT /api/me/preferences; left out: the default); what is stored */
+    setPreferences(preferences: Partial<Preferences>): Promise<Preferences>;
+  }
+
+  /** `live`: open streams; `push`: Web Push; `["muted"]`: neither (still in the inbox) */
+  type Channels = Array<'live' | 'push'> | ['muted'];
+
+  interface Preferences {
+    /** for uncategorised notifications and unlisted categories */
+    default: Channels;
+    /** per notification `category`, at most 100 */
+    categories: Record<string, Channels>;
+    /** Web Push waits until `end` (HH:MM local time in `timezone`, an IANA name) */
+    quiet_hours: { start: string; end: string; timezone: string } | null;
   }
 
   interface PushOptions {
@@ -147,7 +163,8 @@ declare namespace Notify {
 
 /**
  * <notify-inbox token="..." url="https://notify.example" transport="sse|ws" limit="20">:
- * a bell with the unseen badge and a popover inbox. Themed by CSS variables (--notify-accent,
+ * a bell with the unseen badge and a popover inbox, with a Preferences panel (per category:
+ * in app, push, muted; quiet hours). Themed by CSS variables (--notify-accent,
  * --notify-bg, --notify-fg, --notify-border, --notify-muted, --notify-badge-bg,
  * --notify-badge-fg, --notify-unread-bg, --notify-warn-bg, --notify-font, --notify-width,
  * --notify-height, --notify-z) and ::part(bell), ::part(badge), ::part(panel). Its
@@ -160,6 +177,9 @@ interface NotifyInboxElement extends HTMLElement {
   getToken?: () => Promise<string>;
   toggle(force?: boolean): void;
   loadMore(): Promise<void>;
+  /** the preferences panel in place of the list (or back to the list with false) */
+  showPreferences(show?: boolean): Promise<void>;
+  savePreferences(): Promise<void>;
 }
 
 interface HTMLElementTagNameMap {

@@ -16,6 +16,8 @@
  *   client.markUnread([id]); client.archive([id]); client.unarchive([id]); client.remove(id);
  *   client.setTransport('ws'); client.close();
  *   client.enablePush();  // Web Push while no tab is open (service worker /notify-sw.js)
+ *   await client.getPreferences();   // {default, categories: {promo: ['muted']}, quiet_hours}
+ *   await client.setPreferences({categories: {chat: ['live']}});  // replaces them all
  *
  * Without a cursor it first loads the newest page of history (onHistory) and resumes after its
  * newest cursor, so nothing created meanwhile is lost. It keeps the last cursor, reconnects
@@ -33,7 +35,8 @@
  * A drop-in inbox, the same script: <notify-inbox token="..." url="https://notify.example"
  * transport="ws" limit="20"></notify-inbox> renders a bell with the unseen badge and a popover list
  * (mark read / unread, archive, load more, actions as links, empty and offline states; entries
- * updated in place, replaced by their collapse_key's newer one, gone once expired),
+ * updated in place, replaced by their collapse_key's newer one, gone once expired; a
+ * Preferences panel: per category in app / push / muted, and quiet hours),
  * keyboard accessible (Enter/Space opens, Escape closes), themed by CSS variables
  * (--notify-accent, --notify-bg, --notify-fg, --notify-badge-bg, --notify-width, ...) and
  * ::part(bell|badge|panel). Set element.getToken = async () => '...' to refresh tokens.
@@ -161,6 +164,14 @@
     reconnect(options) {
       if (options && options.cursor !== undefined) this.cursor = options.cursor == null ? null : String(options.cursor);
       this._reconnectNow();
+    }
+
+    /** The user's preferences: {default, categories: {name: channels}, quiet_hours}. */
+    getPreferences() { return this._fetch('/api/me/preferences'); }
+
+    /** Replace all of them (what is left out takes its default); resolves to what is stored. */
+    setPreferences(preferences) {
+      return this._fetch('/api/me/preferences', { method: 'PUT', body: JSON.stringify(preferences) });
     }
 
     /**
@@ -536,7 +547,17 @@
       color: var(--notify-accent, #0969da); font-size: 12px; }
     .empty { padding: 24px 12px; text-align: center; color: var(--notify-muted, #656d76); }
     .more { display: block; width: 100%; padding: 8px; }
-    .more[hidden], .empty[hidden] { display: none; }
+    .more[hidden], .empty[hidden], .all-read[hidden], ul[hidden] { display: none; }
+    .head-tools { display: flex; gap: 12px; }
+    form.prefs { padding: 8px 12px; }
+    form.prefs[hidden] { display: none; }
+    form.prefs fieldset { border: 0; border-bottom: 1px solid var(--notify-border, #d0d7de); margin: 0;
+      padding: 6px 0; display: flex; flex-wrap: wrap; gap: 4px 12px; }
+    form.prefs legend { font-weight: 600; padding: 0; float: left; width: 100%; overflow-wrap: anywhere; }
+    form.prefs input:focus-visible { outline: 2px solid var(--notify-accent, #0969da); outline-offset: 2px; }
+    form.prefs .buttons { display: flex; gap: 8px; margin-top: 8px; }
+    form.prefs .buttons button { padding: 2px 10px; }
+    .prefs-result { font-size: 12px; margin: 6px 0 0; }
   `;
   const BELL_SVG = '<svg width="20" height="20" viewBox="0 0 24 24" aria-hidden="true" fill="currentColor">' +
     '<path d="M12 22a2.5 2.5 0 0 0 2.45-2h-4.9A2.5 2.5 0 0 0 12 22Zm7-6V11a7 7 0 0 0-5.5-6.84V3a1.5 1.5 0 0 0-3 0' +
@@ -571,17 +592,23 @@
           <button class="bell" part="bell" aria-haspopup="true" aria-expanded="false" aria-label="Notifications">
             ${BELL_SVG}<span class="badge" part="badge" hidden></span></button>
           <div class="panel" part="panel" role="region" aria-label="Notifications" hidden>
-            <header><span>Notifications</span><button class="all-read" type="button">Mark all read</button></header>
+            <header><span>Notifications</span><span class="head-tools">
+              <button class="prefs-open" type="button" aria-expanded="false" aria-controls="prefs">Preferences</button>
+              <button class="all-read" type="button">Mark all read</button></span></header>
             <div class="status" role="status" hidden></div>
             <ul role="list"></ul>
             <div class="empty">No notifications</div>
             <button class="more" type="button" hidden>Load more</button>
+            <form class="prefs" id="prefs" aria-label="Notification preferences" hidden></form>
           </div>`;
         this.$ = (selector) => shadow.querySelector(selector);
         this.$('.bell').addEventListener('click', () => this.toggle());
         this.$('.all-read').addEventListener('click', () => this.client && this.client.markAllRead());
         this.$('.more').addEventListener('click', () => this.loadMore());
         this.$('ul').addEventListener('click', (event) => this._tool(event));
+        this.$('.prefs-open').addEventListener('click', () => this.showPreferences(!this._prefsShown));
+        this.$('form.prefs').addEventListener('submit', (event) => { event.preventDefault(); this.savePreferences(); });
+        this.$('form.prefs').addEventListener('change', (event) => this._prefsToggle(event.target));
         // Escape and a click elsewhere close it, wherever the focus went meanwhile
         this._onKey = (event) => {
           if (event.key === 'Escape' && this.open) { this.toggle(false); this.$('.bell').focus(); }
@@ -630,6 +657,107 @@
         const page = await this.client.history(this._next);
         this._next = page.next || null;
         this._add(page.notifications || [], false);
+      }
+
+      /** The preferences panel in place of the list (per category: in-app, push, muted; quiet hours). */
+      async showPreferences(show) {
+        show = show === undefined ? true : !!show;
+        this._prefsShown = show;
+        this.$('.prefs-open').setAttribute('aria-expanded', String(show));
+        this.$('.prefs-open').textContent = show ? 'Back' : 'Preferences';
+        ['ul', '.all-read'].forEach((sel) => { this.$(sel).hidden = show; });
+        this.$('.empty').hidden = show || this.items.length > 0;
+        this.$('.more').hidden = show || !this._next;
+        const form = this.$('form.prefs');
+        form.hidden = !show;
+        if (!show || !this.client) return;
+        form.textContent = 'Loading…';
+        try {
+          this._renderPrefs(await this.client.getPreferences());
+          const first = form.querySelector('input');
+          if (first) first.focus();
+        } catch (err) {
+          form.textContent = 'Preferences could not be loaded';
+          this.dispatchEvent(new CustomEvent('notify-error', { detail: err }));
+        }
+      }
+
+      _renderPrefs(prefs) {
+        const form = this.$('form.prefs');
+        form.textContent = '';
+        const el = (tag, props) => Object.assign(document.createElement(tag), props || {});
+        const seen = this.items.map((n) => n.category).filter(Boolean);
+        const names = Array.from(new Set(Object.keys(prefs.categories || {}).concat(seen))).sort().slice(0, 100);
+        const rows = [['', 'Any category', prefs.default]].concat(
+          names.map((name) => [name, name, (prefs.categories || {})[name] || prefs.default]));
+        rows.forEach(([key, label, channels]) => {
+          const set = el('fieldset');
+          set.dataset.category = key;
+          set.appendChild(el('legend', { textContent: label }));
+          [['live', 'In app'], ['push', 'Push'], ['muted', 'Muted']].forEach(([channel, text]) => {
+            const box = el('input', { type: 'checkbox', name: channel, checked: channels.indexOf(channel) >= 0 });
+            const tag = el('label');
+            tag.append(box, ' ' + text);
+            set.appendChild(tag);
+          });
+          form.appendChild(set);
+        });
+        const quiet = prefs.quiet_hours;
+        const zone = (typeof Intl !== 'undefined' && Intl.DateTimeFormat().resolvedOptions().timeZone) || 'UTC';
+        const set = el('fieldset', { className: 'quiet' });
+        set.appendChild(el('legend', { textContent: 'Quiet hours (push waits until they end)' }));
+        const field = (text, input) => { const tag = el('label'); tag.append(text + ' ', input); set.appendChild(tag); return input; };
+        field('On', el('input', { type: 'checkbox', name: 'quiet', checked: !!quiet }));
+        field('From', el('input', { type: 'time', name: 'start', value: quiet ? quiet.start : '22:00' }));
+        field('to', el('input', { type: 'time', name: 'end', value: quiet ? quiet.end : '07:00' }));
+        field('Time zone', el('input', { type: 'text', name: 'timezone', value: quiet ? quiet.timezone : zone, size: 16 }));
+        form.appendChild(set);
+        const buttons = el('div', { className: 'buttons' });
+        buttons.appendChild(el('button', { type: 'submit', textContent: 'Save' }));
+        form.appendChild(buttons);
+        form.appendChild(el('p', { className: 'prefs-result', hidden: true }));
+        form.lastChild.setAttribute('role', 'status');
+      }
+
+      /** Muted turns the channels off; a channel turned on unmutes. */
+      _prefsToggle(box) {
+        const set = box.closest('fieldset');
+        if (!set || set.classList.contains('quiet') || !box.checked) return;
+        const others = box.name === 'muted' ? ['live', 'push'] : ['muted'];
+        others.forEach((name) => { set.querySelector(`input[name="${name}"]`).checked = false; });
+      }
+
+      /** What the panel shows, as preferences: categories only where they differ from the default. */
+      _prefsFromForm() {
+        const form = this.$('form.prefs');
+        const channels = (set) => {
+          const on = ['live', 'push'].filter((name) => set.querySelector(`input[name="${name}"]`).checked);
+          return on.length ? on : ['muted'];
+        };
+        const sets = Array.from(form.querySelectorAll('fieldset[data-category]'));
+        const fallback = channels(sets[0]);
+        const categories = {};
+        sets.slice(1).forEach((set) => {
+          const own = channels(set);
+          if (own.join() !== fallback.join()) categories[set.dataset.category] = own;
+        });
+        const value = (name) => form.querySelector(`input[name="${name}"]`).value;
+        const quiet = form.querySelector('input[name="quiet"]').checked
+          ? { start: value('start'), end: value('end'), timezone: value('timezone') } : null;
+        return { default: fallback, categories: categories, quiet_hours: quiet };
+      }
+
+      async savePreferences() {
+        const result = this.$('.prefs-result');
+        if (!this.client || !result) return;
+        try {
+          await this.client.setPreferences(this._prefsFromForm());
+          result.textContent = 'Saved';
+        } catch (err) {
+          result.textContent = String(err.message || err).replace(/^\/api\/me\/preferences failed: \w+: /, '');
+          this.dispatchEvent(new CustomEvent('notify-error', { detail: err }));
+        }
+        result.hidden = false;
       }
 
       _connect() {
@@ -709,8 +837,8 @@
         clearTimeout(this._expiry);
         if (expiries.length) this._expiry = setTimeout(() => this._render(), Math.min(...expiries) - now + 50);
         this.items.forEach((n) => list.appendChild(this._item(n)));
-        this.$('.empty').hidden = this.items.length > 0;
-        this.$('.more').hidden = !this._next;
+        this.$('.empty').hidden = this._prefsShown || this.items.length > 0;
+        this.$('.more').hidden = this._prefsShown || !this._next;
         if (at >= 0) { // the keyboard stays in the list: the same row's (or the next) first button
           const row = list.children[Math.min(at, list.children.length - 1)];
           (row ? row.querySelector('button') : this.$('.all-read')).focus();

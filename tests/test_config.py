@@ -127,3 +127,16 @@ def test_instance_name_defaults_to_the_host_name_and_is_checked() -> None:
     for bad in ("eu 1", "a:b", "a~b", "x" * 101):
         with pytest.raises(ConfigError, match="INSTANCE_NAME"):
             Config(INSTANCE_NAME=bad).validate()
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"PREFERENCES_CACHE_SECONDS": "-1"}, "PREFERENCES_CACHE_SECONDS"),
+        ({"PREFERENCES_CACHE_SECONDS": "301"}, "PREFERENCES_CACHE_SECONDS"),
+        ({"PUSH_DEFERRED_POLL_SECONDS": "0"}, "PUSH_DEFERRED_POLL_SECONDS"),
+    ],
+)
+def test_preference_settings_out_of_range_are_refused(env: dict[str, str], named: str) -> None:
+    with pytest.raises(ConfigError, match=named):
+        Config.from_env(env).validate()

@@ -217,6 +217,21 @@ def test_user_page_escapes_content_and_shows_cache_state(dash: Flask) -> None:
     assert status["cache"] == {"cached": False, "ttl": None} and status["unread"] == 2
 
 
+def test_user_page_shows_the_users_preferences(dash: Flask) -> None:
+    client = signed_in(dash)
+    page = client.get("/dashboard/users/erin").get_data(as_text=True)
+    assert '<dd data-category="">live, push</dd>' in page and '<dd id="quiet-hours">none</dd>' in page
+    body = {
+        "categories": {"<promo>": ["muted"]},
+        "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+    }
+    auth = {"Authorization": f"Bearer {dash.extensions['config'].API_KEYS[0]}"}
+    assert dash.test_client().put("/api/users/erin/preferences", json=body, headers=auth).status_code == 200
+    page = client.get("/dashboard/users/erin").get_data(as_text=True)
+    assert '<dt>&lt;promo&gt;</dt><dd data-category="&lt;promo&gt;">muted</dd>' in page
+    assert "22:00–07:00 (Europe/Paris)" in page
+
+
 def test_unknown_and_invalid_users_get_clear_messages(dash: Flask) -> None:
     client = signed_in(dash)
     page = client.get("/dashboard/users/never-seen")

@@ -19,6 +19,8 @@ EXPECTED = [
     "notifications.due",
     "audit_log.newest",
     "audit_log.target_newest",
+    "pending_pushes.due",
+    "pending_pushes.user",
     "topic_subscribers.topic_user",
     "fanouts.state_lease",
     "fanouts.idem",

@@ -156,3 +156,64 @@ def test_the_inbox_updates_entries_in_place_and_replaces_collapsed_ones(page, li
     page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 3")
     page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2", timeout=10000)
     assert brief.json()["id"] not in [e.get_attribute("data-id") for e in shown(page, "li").all()]
+
+
+def test_the_preferences_panel_by_keyboard(page, live, site):  # noqa: F811
+    server = live(ALLOWED_ORIGINS=site.origin)
+    user = "pref-panel"
+    resp = server.post("/api/notifications", {"user_id": user, "message": "20% off", "category": "promo"})
+    assert resp.status_code == 201
+    site.fill = {"service": server.url, "token": server.token(user), "transport": "sse"}
+    page.goto(site.origin + "/")
+    page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'open'")
+    shown(page, ".bell").focus()
+    page.keyboard.press("Enter")
+    shown(page, ".prefs-open").focus()
+    page.keyboard.press("Enter")
+    assert shown(page, ".prefs-open").get_attribute("aria-expanded") == "true"
+    promo = shown(page, 'fieldset[data-category="promo"]')  # a category of the inbox, offered
+    promo.wait_for()
+    assert shown(page, "ul").is_hidden()
+    assert shown(page, 'fieldset[data-category=""] legend').text_content() == "Any category"
+    assert (
+        page.evaluate("() => document.querySelector('notify-inbox').shadowRoot.activeElement.name") == "live"
+    ), "the first toggle has the focus"
+
+    promo.locator('input[name="muted"]').focus()
+    page.keyboard.press("Space")
+    assert promo.locator('input[name="live"]').is_checked() is False
+    assert promo.locator('input[name="push"]').is_checked() is False
+    shown(page, 'input[name="quiet"]').focus()
+    page.keyboard.press("Space")
+    page.allow_console_errors(r"status of 422")  # the refused time zone below
+    shown(page, 'input[name="timezone"]').fill("Mars/Olympus")
+    shown(page, 'input[name="timezone"]').press("Enter")  # submits the form
+    result = shown(page, ".prefs-result")
+    result.wait_for()
+    assert result.text_content() == "quiet_hours.timezone: unknown time zone 'Mars/Olympus'"
+    assert result.get_attribute("role") == "status"
+
+    shown(page, 'input[name="timezone"]').fill("Europe/Paris")
+    shown(page, 'form.prefs button[type="submit"]').focus()
+    page.keyboard.press("Enter")
+    page.wait_for_function(
+        "() => document.querySelector('notify-inbox').shadowRoot.querySelector('.prefs-result').textContent"
+        " === 'Saved'"
+    )
+    stored = requests.get(
+        f"{server.url}/api/users/{user}/preferences",
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    ).json()
+    assert stored == {
+        "default": ["live", "push"],
+        "categories": {"promo": ["muted"]},
+        "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
+    }
+
+    shown(page, ".prefs-open").click()  # back to the list
+    assert shown(page, "form.prefs").is_hidden() and shown(page, "ul").is_visible()
+    server.post("/api/notifications", {"user_id": user, "message": "another sale", "category": "promo"})
+    server.post("/api/notifications", {"user_id": user, "message": "your invoice", "category": "billing"})
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2")
+    assert shown(page, "li .message").all_text_contents() == ["your invoice", "20% off"], "muted: not live"

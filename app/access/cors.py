@@ -19,7 +19,7 @@ from collections.abc import Collection
 
 from flask import Flask, Response, current_app, request
 
-ALLOW_METHODS = "GET, POST, DELETE"
+ALLOW_METHODS = "GET, POST, PUT, DELETE"
 ALLOW_HEADERS = "Authorization, Content-Type, Last-Event-ID"
 EXPOSE_HEADERS = "X-Request-ID, Retry-After"
 PREFLIGHT_MAX_AGE = "600"

@@ -20,6 +20,7 @@ from pymongo.errors import PyMongoError
 from app.dashboard.history import History, HistoryPage
 from app.delivery.presence import Presence
 from app.errors import ApiError
+from app.preferences import store as preferences_store
 from app.store.models import notifications_collection
 from app.store.notifications import NotificationService
 
@@ -41,6 +42,7 @@ class UserView:
     unread: int | None
     connections: int | None
     error: str | None = None
+    preferences: dict[str, Any] | None = None  # None: the store could not be read
 
 
 class DashboardService:
@@ -102,6 +104,7 @@ class DashboardService:
             unread=status["unread"],
             connections=status["connections"],
             error=status["error"],
+            preferences=_preferences(user_id),
         )
 
     # -- one user's history (support console) ------------------------------------------
@@ -165,6 +168,15 @@ class DashboardService:
             return [row["_id"] for row in rows]
         except PyMongoError as exc:
             raise ApiError(503, "unavailable", "the notification store is unavailable, retry later") from exc
+
+
+def _preferences(user_id: str) -> dict[str, Any] | None:
+    """The user's preferences as the API shows them; None if MongoDB cannot say."""
+    try:
+        return preferences_store.load(user_id).to_json()
+    except PyMongoError as exc:
+        log.warning("preferences of %s unreadable for the dashboard: %s", user_id, exc)
+        return None
 
 
 def _clock(iso_time: str) -> str:

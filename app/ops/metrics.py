@@ -85,8 +85,12 @@ MONGO_OLDEST_CALL = Gauge(
 PUSH_SENT = Counter("notify_push_sent", "Web Push messages a push service accepted.")
 PUSH_SKIPPED = Counter(
     "notify_push_skipped",
-    "Notifications not pushed: online (the user has a live stream), rate_limited (per recipient).",
+    "Notifications not pushed: online (the user has a live stream), rate_limited (per recipient),"
+    " preferences (the user turned push off for the category), deferred_full (too many held back).",
     ["reason"],
+)
+PUSH_DEFERRED = Counter(
+    "notify_push_deferred", "Pushes held back by the user's quiet hours, to be sent when they end."
 )
 PUSH_FAILED = Counter(
     "notify_push_failed",

@@ -15,6 +15,7 @@ from flask import Blueprint, Response, current_app, send_from_directory
 
 from app.api import validation as v
 from app.config import Config
+from app.preferences import model as prefs
 from app.push.endpoints import MAX_ENDPOINT_LENGTH
 
 bp = Blueprint("docs", __name__, url_prefix="/api")
@@ -611,6 +612,48 @@ PATHS["/api/notifications/{notification_id}"].update({
         {"200": _json("Cancelled", "Cancelled: it will not be sent"), **ALREADY_SENT},
         (401, 404, 422, 503), security=API_KEY),
 })
+
+# -- preferences (app/preferences/) ----------------------------------------------------------
+CHANNELS = {"description": "The channels that deliver it: `live` (open streams), `push` (Web Push); "
+            '`["muted"]` (or `[]`) for neither: still stored, in the inbox and history',
+            "anyOf": [{"type": "array", "items": {"enum": list(prefs.CHANNELS)},
+                       "maxItems": len(prefs.CHANNELS), "uniqueItems": True}, {"const": [prefs.MUTED]}]}
+HHMM = {"type": "string", "pattern": prefs.HHMM_RE.pattern, "example": "22:00"}
+SCHEMAS["Preferences"] = {
+    "type": "object",
+    "additionalProperties": False,
+    "description": "A PUT replaces them all: what it leaves out takes the default (every channel on, "
+    "no quiet hours)",
+    "properties": {
+        "default": {**CHANNELS, "description": "For uncategorised notifications and unlisted categories. "
+                    + CHANNELS["description"]},
+        "categories": {"type": "object", "maxProperties": prefs.MAX_CATEGORIES,
+                       "propertyNames": {"minLength": 1, "maxLength": prefs.MAX_CATEGORY},
+                       "additionalProperties": CHANNELS, "description": "Per notification `category`"},
+        "quiet_hours": {"oneOf": [{"type": "null"}, {
+            "type": "object", "required": ["start", "end", "timezone"], "additionalProperties": False,
+            "description": "Web Push waits until `end` (local time in `timezone`; the window may cross "
+            "midnight); live delivery and the inbox go on",
+            "properties": {"start": HHMM, "end": {**HHMM, "example": "07:00"},
+                           "timezone": {"type": "string", "minLength": 1, "maxLength": 64,
+                                        "description": "An IANA time zone", "example": "Europe/Paris"}},
+        }]},
+    },
+    "example": {"default": ["live", "push"], "categories": {"promo": ["muted"], "chat": ["live"]},
+                "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"}},
+}
+PREFERENCES_OK = {"200": _json("Preferences", "The preferences (defaults when none are stored)")}
+PATHS["/api/me/preferences"] = {
+    "get": _op("The subscriber's notification preferences", PREFERENCES_OK, (401, 503), security=SUBSCRIBER),
+    "put": _op("Replace the subscriber's notification preferences", PREFERENCES_OK, POST_ERRORS,
+               security=SUBSCRIBER, requestBody=_body("Preferences")),
+}
+PATHS["/api/users/{user_id}/preferences"] = {
+    "parameters": [USER_PARAM],
+    "get": _op("A user's notification preferences", PREFERENCES_OK, (401, 422, 503), security=API_KEY),
+    "put": _op("Replace a user's notification preferences", PREFERENCES_OK, POST_ERRORS, security=API_KEY,
+               requestBody=_body("Preferences")),
+}
 # fmt: on
 
 

@@ -3,7 +3,9 @@
 The publisher hands each batch it published to ``PushSender.published`` (no I/O there:
 the documents go into a bounded queue). One dispatcher greenlet per worker takes them
 and runs each in a pool of ``PUSH_CONCURRENCY`` greenlets: a user with an open stream on
-any instance (this worker's hub, else presence) gets nothing; else, within the
+any instance (this worker's hub, else presence) gets nothing, nor one whose preferences
+turn push off for the notification's category (``app/preferences/``); one in quiet hours
+gets it when they end (``deferred.py``); else, within the
 per-recipient rate limit, every subscription of the user gets the notification,
 encrypted (RFC 8291, aes128gcm) and signed (VAPID, RFC 8292) by pywebpush, with
 ``PUSH_TTL_SECONDS`` as its TTL (pywebpush's default of 0 lets a push service drop a push
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import time
+from datetime import datetime, timezone
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -30,7 +33,9 @@ from pywebpush import WebPushException, webpush
 
 from app.config import Config
 from app.ops import metrics
+from app.preferences.store import PreferenceCache
 from app.push import subscriptions
+from app.push.deferred import DeferredPushes
 from app.push.endpoints import EndpointRefused, EndpointUnresolved, check_endpoint
 from app.push.transport import push_session
 from app.push.vapid import VapidKeys
@@ -82,6 +87,12 @@ class PushSender:
         self.pool = Pool(config.PUSH_CONCURRENCY)
         self.prefix = config.KEY_PREFIX + "push:rl:"
         self._greenlet: gevent.Greenlet | None = None
+        self.preferences: PreferenceCache = extensions["preferences"].cache
+        self.deferred = DeferredPushes(
+            config.PUSH_DEFERRED_POLL_SECONDS,
+            config.MONGO_OP_TIMEOUT_MS / 1000,
+            lambda doc: self.pool.spawn(self.deliver, doc),
+        )
 
     # -- the publisher's hook: no I/O ---------------------------------------------------
     def published(self, docs: list[dict[str, Any]]) -> None:
@@ -95,8 +106,10 @@ class PushSender:
     def start(self) -> None:
         if self._greenlet is None or self._greenlet.dead:
             self._greenlet = gevent.spawn(self._dispatch)
+        self.deferred.start()
 
     def stop(self) -> None:
+        self.deferred.stop()
         if self._greenlet is not None:
             self._greenlet.kill(block=False)
             self._greenlet = None
@@ -111,8 +124,16 @@ class PushSender:
     def deliver(self, doc: dict[str, Any]) -> None:
         user_id = doc["user_id"]
         try:
+            prefs = self.preferences.get(user_id)  # cached by the publish of its batch
+            if not prefs.push(doc.get("category")):
+                metrics.PUSH_SKIPPED.labels("preferences").inc()
+                return
             if self.online(user_id):
                 metrics.PUSH_SKIPPED.labels("online").inc()
+                return
+            now = datetime.now(timezone.utc)
+            if prefs.quiet_hours is not None and prefs.quiet_hours.active(now):
+                self.deferred.defer(doc, prefs.quiet_hours.ends_after(now))
                 return
             targets = subscriptions.for_user(user_id, self.config.PUSH_MAX_SUBSCRIPTIONS_PER_USER)
             if not targets or not self.within_rate(user_id):

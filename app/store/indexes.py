@@ -23,6 +23,7 @@ from app.config import Config
 from app.dashboard.audit import AuditEntry
 from app.ops import metrics
 from app.ops.mongocalls import long_mongo_calls
+from app.push.deferred import PendingPush
 from app.push.subscriptions import PushSubscription
 from app.store.models import (
     Notification,
@@ -40,6 +41,7 @@ DOCUMENTS: tuple[type[Document], ...] = (
     ApiKey,
     AuditEntry,
     PushSubscription,
+    PendingPush,
     TopicSubscriber,
     Fanout,
 )

@@ -91,7 +91,11 @@ end
 # age (µs), furthest acceptable future (µs), the events' kind ('n' notifications, 's' an
 # inbox state change, 'u' a notification updated in place: on the same channel, cursors
 # and replay list, not in the global part), publish command, global (1 / 0), then
-# (user id, proposed cursor or '', JSON without seq) per event. Returns the cursors
+# (user id, proposed cursor or '', JSON without seq, live '1' / '0') per event. An event
+# with live '0' (its category's ``live`` channel is off, app/preferences/) gets its cursor
+# and its place in the replay list like any other but is not published on the user's
+# channel: open streams do not receive it, a stream that resumes from an earlier cursor
+# replays it, as the inbox lists it. Returns the cursors
 # published, in order, and (global 0) the wire messages for the GLOBAL call (none for
 # state and update events).
 PUBLISH = (
@@ -113,10 +117,11 @@ local t = redis.call('TIME')
 local now_us = tonumber(t[1]) * 1000000 + tonumber(t[2])
 local seqs = {}
 local wires = {}
-for i = 10, #ARGV, 3 do
+for i = 10, #ARGV, 4 do
   local user = ARGV[i]
   local s = ARGV[i + 1]
   local body = ARGV[i + 2]
+  local live = ARGV[i + 3] == '1'
   local tag = ':{' .. user .. '}'
   local ckey = prefix .. 'seq' .. tag
   local seq = tonumber(s)
@@ -129,7 +134,7 @@ for i = 10, #ARGV, 3 do
   redis.call('SET', ckey, s, 'EX', 2592000)
   local json = '{"seq":' .. s .. ',' .. string.sub(body, 2)
   local wire = kind .. '\t' .. user .. '\t' .. s .. '\t' .. json
-  redis.call(pubcmd, prefix .. 'u' .. tag, wire)
+  if live then redis.call(pubcmd, prefix .. 'u' .. tag, wire) end
   local rkey = prefix .. 'replay' .. tag
   redis.call('RPUSH', rkey, s .. '\t' .. (notes and '' or kind) .. json)
   redis.call('LTRIM', rkey, -replay_size, -1)

@@ -379,7 +379,8 @@ class NotificationService:
             raise _unavailable(exc) from None
         event = updates.update_event(doc)
         if event is not None:
-            self.publisher.publish_state(doc["user_id"], event, updates.UPDATE)
+            (live,) = self.publisher.live_flags([doc])  # as the notification itself went out
+            self.publisher.publish_state(doc["user_id"], event, updates.UPDATE, live)
         return public_json(doc)
 
     def cancel(self, notification_id: str) -> None:

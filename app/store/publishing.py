@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gevent
 import orjson
@@ -46,6 +46,9 @@ from app.store.inserting import StoreUnavailable, insert_isolated
 from app.store.outbox import Outbox
 from app.store.serialization import public_json
 from app.store.sharded import publish_runner
+
+if TYPE_CHECKING:
+    from app.preferences.store import PreferenceCache
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +102,9 @@ class Publisher:
         self.outbox = Outbox(config, self.publish, self.stats)
         # The delivery trace's record of each publish: (ids, when the publish call started).
         self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
+        # Users' preferences (app/preferences/): a category whose live channel is off is
+        # stored and replayed but not published on the user's channel.
+        self.preferences: PreferenceCache | None = None
         # What else follows a publish (Web Push, app/push/); must not block.
         self.after_publish: list[Callable[[list[dict[str, Any]]], None]] = []
 
@@ -235,15 +241,26 @@ class Publisher:
             kind,
         ]
 
-    def publish_state(self, user_id: str, payload: bytes, kind: str = "s") -> int | None:
+    def live_flags(self, docs: list[dict[str, Any]]) -> list[str]:
+        """Per document, ``"1"`` if its user takes its category live (their preferences, one
+        read for the batch), else ``"0"``: the publish script's per-event flag."""
+        prefs = self.preferences.get_many({doc["user_id"] for doc in docs}) if self.preferences else {}
+        flags = []
+        for doc in docs:
+            user_prefs = prefs.get(doc["user_id"])
+            flags.append("1" if user_prefs is None or user_prefs.live(doc.get("category")) else "0")
+        return flags
+
+    def publish_state(self, user_id: str, payload: bytes, kind: str = "s", live: str = "1") -> int | None:
         """Publish an inbox state change of ``user_id`` (a JSON object) as the next event of
         that user's stream: the same script, channel and cursors as notifications, so every
         client sees changes and notifications in one order, and the user's cached pages and
         counts are invalidated in the same step. The cursor, or None if Redis failed.
 
-        ``kind``: ``s`` a state change, ``u`` a notification updated in place."""
+        ``kind``: ``s`` a state change, ``u`` a notification updated in place; ``live``
+        ``"0"``: replayed, not sent to open streams (a category whose live channel is off)."""
         try:
-            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload)])
+            (seq,) = self._script(self._script_head(kind), [(user_id, "", payload, live)])
         except redis.RedisError as exc:
             metrics.redis_error("publish")
             log.warning("state publish failed: %s", exc)
@@ -261,10 +278,11 @@ class Publisher:
             return True
         head = self._script_head("n")
         notes = []
-        for doc in docs:
+        for doc, live in zip(docs, self.live_flags(docs), strict=True):
             body = public_json(doc)
             del body["seq"]  # the script puts the cursor it publishes in front
-            notes.append((doc["user_id"], "" if doc.get("seq") is None else doc["seq"], orjson.dumps(body)))
+            seq = "" if doc.get("seq") is None else doc["seq"]
+            notes.append((doc["user_id"], seq, orjson.dumps(body), live))
         publishing_at = time.time()  # the message is on the channel before the script returns
         try:
             seqs = self._script(head, notes)

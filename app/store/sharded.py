@@ -29,7 +29,8 @@ from app.store import lua
 log = logging.getLogger(__name__)
 
 HEAD = 7  # prefix, recent limit, replay size, replay TTL, max age, max ahead, kind
-Run = Callable[[list[Any], list[tuple[Any, Any, Any]]], list[Any]]
+Note = tuple[Any, Any, Any, str]  # user, proposed cursor, JSON, live '1' / '0'
+Run = Callable[[list[Any], list[Note]], list[Any]]
 
 
 def publish_runner(client: Any, cluster: bool) -> Run:
@@ -37,7 +38,7 @@ def publish_runner(client: Any, cluster: bool) -> Run:
     if not cluster:
         script = lua.LeanScript(client, lua.PUBLISH)
 
-        def run(head: list[Any], notes: list[tuple[Any, Any, Any]]) -> list[Any]:
+        def run(head: list[Any], notes: list[Note]) -> list[Any]:
             return script([*head, "PUBLISH", "1", *(v for note in notes for v in note)])[0]
 
         return run
@@ -52,10 +53,10 @@ class SlotPublish:
             for src in (lua.PUBLISH, lua.GLOBAL)
         }
 
-    def __call__(self, head: list[Any], notes: list[tuple[Any, Any, Any]]) -> list[Any]:
+    def __call__(self, head: list[Any], notes: list[Note]) -> list[Any]:
         prefix = head[0]
         by_slot: dict[int, list[int]] = defaultdict(list)
-        for i, (user, _seq, _body) in enumerate(notes):
+        for i, (user, *_rest) in enumerate(notes):
             by_slot[key_slot(f"{prefix}seq:{{{user}}}".encode())].append(i)
         calls = []
         for indexes in by_slot.values():

@@ -1,0 +1,167 @@
+"""A user's notification preferences: which channels deliver each category, and quiet hours.
+
+Channels are ``live`` (the user's open SSE / WebSocket streams) and ``push`` (Web Push);
+a category with neither is muted: still stored, so it is in the inbox and history, but
+sent on no channel. ``default`` applies to uncategorised notifications and to every
+category not listed. Quiet hours (``start`` to ``end``, local time in ``timezone``) hold
+Web Push back until they end; live delivery and the inbox go on. A user with no stored
+preferences has every channel on and no quiet hours.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from datetime import datetime, time, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+CHANNELS = ("live", "push")
+MUTED = "muted"
+MAX_CATEGORIES = 100
+MAX_CATEGORY = 64  # as a notification's category
+HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
+FIELDS = frozenset({"default", "categories", "quiet_hours"})
+QUIET_FIELDS = frozenset({"start", "end", "timezone"})
+
+
+class PreferencesInvalid(ValueError):
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+@dataclass(frozen=True)
+class QuietHours:
+    start: time
+    end: time
+    zone: str
+
+    def active(self, now: datetime) -> bool:
+        """Whether ``now`` (aware) is inside the window, in the user's local time."""
+        local = now.astimezone(ZoneInfo(self.zone)).time().replace(second=0, microsecond=0)
+        if self.start < self.end:
+            return self.start <= local < self.end
+        return local >= self.start or local < self.end  # across midnight
+
+    def ends_after(self, now: datetime) -> datetime:
+        """The first end of the window after ``now``, in UTC."""
+        local = now.astimezone(ZoneInfo(self.zone))
+        end = datetime.combine(local.date(), self.end, tzinfo=ZoneInfo(self.zone))
+        if end <= local:
+            end = datetime.combine(local.date() + timedelta(days=1), self.end, tzinfo=ZoneInfo(self.zone))
+        return end.astimezone(timezone.utc)
+
+    def to_json(self) -> dict[str, str]:
+        return {
+            "start": self.start.strftime("%H:%M"),
+            "end": self.end.strftime("%H:%M"),
+            "timezone": self.zone,
+        }
+
+
+@dataclass(frozen=True)
+class Preferences:
+    default: frozenset[str] = frozenset(CHANNELS)
+    categories: dict[str, frozenset[str]] = field(default_factory=dict)
+    quiet_hours: QuietHours | None = None
+
+    def channels(self, category: str | None) -> frozenset[str]:
+        if category and category in self.categories:
+            return self.categories[category]
+        return self.default
+
+    def live(self, category: str | None) -> bool:
+        return "live" in self.channels(category)
+
+    def push(self, category: str | None) -> bool:
+        return "push" in self.channels(category)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "default": _channels_json(self.default),
+            "categories": {name: _channels_json(c) for name, c in sorted(self.categories.items())},
+            "quiet_hours": self.quiet_hours.to_json() if self.quiet_hours else None,
+        }
+
+    def to_doc(self) -> dict[str, Any]:
+        """What MongoDB stores: the API's shape, categories as a list of ``[name, channels]``
+        (a category is free text, and not every name is a field name MongoDB accepts)."""
+        body = self.to_json()
+        body["categories"] = [[name, channels] for name, channels in body["categories"].items()]
+        return body
+
+
+DEFAULTS = Preferences()
+
+
+def _channels_json(channels: frozenset[str]) -> list[str]:
+    return [c for c in CHANNELS if c in channels] or [MUTED]
+
+
+def _channels(value: Any, name: str) -> frozenset[str]:
+    """``["live"]``, ``["push"]``, both (each once), ``["muted"]`` or ``[]`` (muted too)."""
+    if not isinstance(value, list) or len(value) > len(CHANNELS):
+        raise PreferencesInvalid(name, 'must be a list of channels: "live", "push", or ["muted"]')
+    for item in value:
+        if item not in (*CHANNELS, MUTED):
+            raise PreferencesInvalid(
+                name, f'unknown channel {str(item)[:40]!r} (allowed: "live", "push", "muted")'
+            )
+    if MUTED in value and len(value) > 1:
+        raise PreferencesInvalid(name, '"muted" stands alone: it turns every channel off')
+    if len(set(value)) < len(value):
+        raise PreferencesInvalid(name, "must not repeat a channel")
+    return frozenset(v for v in value if v != MUTED)
+
+
+def _hhmm(value: Any, name: str) -> time:
+    match = HHMM_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise PreferencesInvalid(name, "must be a time of day as HH:MM (00:00-23:59)")
+    return time(int(match.group(1)), int(match.group(2)))
+
+
+def _quiet_hours(value: Any) -> QuietHours | None:
+    if value is None:
+        return None
+    if not isinstance(value, dict):
+        raise PreferencesInvalid("quiet_hours", "must be null or an object with start, end and timezone")
+    for name in value:
+        if name not in QUIET_FIELDS:
+            raise PreferencesInvalid(f"quiet_hours.{name}", "unknown field (allowed: end, start, timezone)")
+    start = _hhmm(value.get("start"), "quiet_hours.start")
+    end = _hhmm(value.get("end"), "quiet_hours.end")
+    if start == end:
+        raise PreferencesInvalid("quiet_hours.end", "must differ from start")
+    zone = value.get("timezone")
+    if not isinstance(zone, str) or not 0 < len(zone) <= 64:
+        raise PreferencesInvalid("quiet_hours.timezone", "must be an IANA time zone name, e.g. Europe/Paris")
+    try:
+        ZoneInfo(zone)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise PreferencesInvalid("quiet_hours.timezone", f"unknown time zone {zone[:64]!r}") from None
+    return QuietHours(start, end, zone)
+
+
+def parse(body: Any) -> Preferences:
+    """Preferences from a PUT body (or a stored document); PreferencesInvalid names the field.
+    Absent fields take their defaults: a PUT replaces all of a user's preferences."""
+    if not isinstance(body, dict):
+        raise PreferencesInvalid("body", "must be a JSON object")
+    for name in body:
+        if name not in FIELDS:
+            raise PreferencesInvalid(name, "unknown field (allowed: categories, default, quiet_hours)")
+    default = _channels(body["default"], "default") if "default" in body else DEFAULTS.default
+    raw = body.get("categories", {})
+    if not isinstance(raw, dict):
+        raise PreferencesInvalid("categories", "must be an object of category: channels")
+    if len(raw) > MAX_CATEGORIES:
+        raise PreferencesInvalid("categories", f"must name at most {MAX_CATEGORIES} categories")
+    categories = {}
+    for name, channels in raw.items():
+        if not 0 < len(name) <= MAX_CATEGORY:
+            raise PreferencesInvalid("categories", f"a category name must be 1-{MAX_CATEGORY} characters")
+        categories[name] = _channels(channels, f"categories.{name}")
+    return Preferences(frozenset(default), categories, _quiet_hours(body.get("quiet_hours")))

@@ -1,0 +1,271 @@
+"""Users' preferences (app/preferences/): the API and its validation, and their effect at
+send time on live servers: a muted category stored but neither pushed nor sent on open
+streams, on every path (single, bulk, topic, scheduled); quiet hours holding Web Push back
+until they end, across a restart; a change taking effect at once."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any
+from zoneinfo import ZoneInfo
+
+import pymongo
+import pytest
+import requests
+
+from tests.push_service import PushService
+from tests.support import SSEClient, wait_until
+from tests.test_push import PUSH, metric, subscribe
+
+MUTE_PROMO = {"categories": {"promo": ["muted"]}}
+
+
+@pytest.fixture
+def push_service() -> Iterator[PushService]:
+    service = PushService()
+    yield service
+    service.stop()
+
+
+def token(client: Any, auth: dict[str, str], user: str) -> dict[str, str]:
+    resp = client.post("/api/tokens", json={"user_id": user}, headers=auth)
+    return {"Authorization": f"Bearer {resp.get_json()['token']}"}
+
+
+def test_defaults_round_trip_and_both_endpoints(client, auth):
+    me = token(client, auth, "ada")
+    defaults = {"default": ["live", "push"], "categories": {}, "quiet_hours": None}
+    assert client.get("/api/me/preferences", headers=me).get_json() == defaults
+    body = {
+        "default": ["live"],
+        "categories": {"billing": ["push", "live"], "promo": ["muted"], "chat": [], "a.b $c": ["push"]},
+        "quiet_hours": {"start": "22:00", "end": "07:30", "timezone": "Europe/Paris"},
+    }
+    resp = client.put("/api/me/preferences", json=body, headers=me)
+    assert resp.status_code == 200
+    categories = {"a.b $c": ["push"], "billing": ["live", "push"], "chat": ["muted"], "promo": ["muted"]}
+    expected = {**body, "categories": categories}
+    assert resp.get_json() == expected
+    assert client.get("/api/me/preferences", headers=me).get_json() == expected
+    assert client.get("/api/users/ada/preferences", headers=auth).get_json() == expected
+    resp = client.put("/api/users/ada/preferences", json={}, headers=auth)
+    assert resp.get_json() == defaults, "a PUT replaces everything: what it leaves out is the default"
+    assert client.get("/api/me/preferences", headers=me).get_json() == defaults
+    assert client.get("/api/me/preferences").status_code == 401
+    assert client.get("/api/users/ada/preferences", headers=me).status_code == 401
+    assert client.get("/api/users/bad%20id/preferences", headers=auth).status_code == 422
+
+
+@pytest.mark.parametrize(
+    ("body", "field"),
+    [
+        ({"default": ["email"]}, "default"),
+        ({"default": "live"}, "default"),
+        ({"categories": {"promo": ["live", "muted"]}}, "categories.promo"),
+        ({"categories": {"promo": ["live", "live"]}}, "categories.promo"),
+        ({"categories": {"promo": ["sms"]}}, "categories.promo"),
+        ({"categories": {f"c{i}": ["live"] for i in range(101)}}, "categories"),
+        ({"categories": {"x" * 65: ["live"]}}, "categories"),
+        ({"categories": ["promo"]}, "categories"),
+        ({"categories": None}, "categories"),
+        ({"default": None}, "default"),
+        ({"quiet_hours": {"start": "24:00", "end": "07:00", "timezone": "UTC"}}, "quiet_hours.start"),
+        ({"quiet_hours": {"start": "22:00", "end": "7:00", "timezone": "UTC"}}, "quiet_hours.end"),
+        ({"quiet_hours": {"start": "22:00", "end": "22:00", "timezone": "UTC"}}, "quiet_hours.end"),
+        (
+            {"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Mars/Olympus"}},
+            "quiet_hours.timezone",
+        ),
+        ({"quiet_hours": {"start": "22:00", "end": "07:00"}}, "quiet_hours.timezone"),
+        ({"quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "UTC", "x": 1}}, "quiet_hours.x"),
+        ({"quiet_hours": "nights"}, "quiet_hours"),
+        ({"channels": ["live"]}, "channels"),
+    ],
+)
+def test_bad_input_is_refused_naming_the_field(client, auth, body, field):
+    resp = client.put("/api/users/bob/preferences", json=body, headers=auth)
+    assert resp.status_code == 422, resp.get_data(as_text=True)
+    assert resp.get_json()["error"]["field"] == field
+    assert client.get("/api/users/bob/preferences", headers=auth).get_json()["categories"] == {}
+
+
+def test_browsers_may_put_preferences_from_an_allowed_origin(make_app):
+    client = make_app(ALLOWED_ORIGINS=("https://app.example.com",)).test_client()
+    resp = client.options(
+        "/api/me/preferences",
+        headers={"Origin": "https://app.example.com", "Access-Control-Request-Method": "PUT"},
+    )
+    assert resp.headers["Access-Control-Allow-Origin"] == "https://app.example.com"
+    assert "PUT" in resp.headers["Access-Control-Allow-Methods"]
+
+
+# -- at send time, on live servers ----------------------------------------------------------
+def put(server: Any, user: str, body: dict[str, Any]) -> None:
+    resp = requests.put(
+        f"{server.url}/api/users/{user}/preferences",
+        json=body,
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200, resp.text
+
+
+def inbox(server: Any, user: str) -> list[str]:
+    resp = requests.get(
+        server.url + "/api/me/notifications",
+        headers={"Authorization": f"Bearer {server.token(user)}"},
+        timeout=10,
+    )
+    return sorted(n["message"] for n in resp.json()["notifications"])
+
+
+def send(server: Any, path: str, users: list[str], message: str, **extra: Any) -> None:
+    """``message`` to ``users`` by ``path``; the scheduled path sends it in ``extra["delay"]`` s."""
+    content = {"message": message, **{k: v for k, v in extra.items() if k != "delay"}}
+    if path == "topic":
+        resp = server.post("/api/notifications", {"topic": "news", **content})
+        assert resp.status_code == 202, resp.text
+        return
+    if path == "scheduled":
+        at = datetime.now(timezone.utc) + timedelta(seconds=extra["delay"])
+        content["send_at"] = at.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    bodies = (
+        [{"user_ids": users, **content}] if path == "bulk" else [{"user_id": u, **content} for u in users]
+    )
+    for body in bodies:
+        resp = server.post("/api/notifications", body)
+        assert resp.status_code == 201, resp.text
+
+
+@pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
+def test_a_muted_category_is_stored_but_not_pushed_nor_streamed(live, push_service, path):
+    server = live(**PUSH)
+    for user in ("onl", "off"):
+        put(server, user, MUTE_PROMO)
+    if path == "topic":
+        resp = requests.put(
+            server.url + "/api/topics/news/subscribers",
+            json={"user_ids": ["onl", "off"]},
+            headers={"Authorization": f"Bearer {server.stack.api_key}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200
+    browser = subscribe(server, "off", push_service)
+    sse = SSEClient(server.url, server.token("onl"))
+    try:
+        server.notify("onl", "hello")
+        sse.wait_count(1)
+        before = sse.last_id()
+        send(server, path, ["onl", "off"], "sale", category="promo", delay=0.5)
+        send(server, path, ["onl", "off"], "invoice", category="billing", delay=1.0)
+        sse.wait_count(2)
+        wait_until(lambda: push_service.received)
+        wait_until(lambda: metric(server, "notify_push_skipped", "preferences") == 2)  # the sale, for each
+        assert [browser.decrypt(m)["message"] for m in push_service.received] == ["invoice"]
+        everything = ["hello", "invoice", "sale"]
+        wait_until(lambda: inbox(server, "onl") == everything and inbox(server, "off") == ["invoice", "sale"])
+        assert sse.messages() == ["hello", "invoice"], "the muted one is not sent on the open stream"
+    finally:
+        sse.close()
+    replay = SSEClient(server.url, server.token("onl"), last_event_id=before)
+    try:
+        replay.wait_count(2)
+        assert sorted(replay.messages()) == ["invoice", "sale"], (
+            "a stream catching up replays it, like the inbox"
+        )
+        seqs = [int(e["id"]) for e in replay.notifications()]
+        assert seqs == sorted(seqs)
+    finally:
+        replay.close()
+
+
+def test_live_off_keeps_push_and_a_change_takes_effect_at_once(live, push_service):
+    server = live(**PUSH)
+    browser = subscribe(server, "cy", push_service)
+    put(server, "cy", {"default": ["push"]})
+    server.notify("cy", "pushed only")
+    wait_until(lambda: len(push_service.received) == 1)
+    put(server, "cy", {"default": ["live"]})
+    sse = SSEClient(server.url, server.token("cy"))
+    try:
+        server.notify("cy", "streamed only")
+        sse.wait_count(1)
+        assert sse.messages() == ["streamed only"]
+    finally:
+        sse.close()
+    wait_until(
+        lambda: (
+            not requests.get(
+                server.url + "/api/users/cy/presence",
+                headers={"Authorization": f"Bearer {server.stack.api_key}"},
+                timeout=5,
+            ).json()["online"]
+        )
+    )
+    server.notify("cy", "no push: push is off")
+    wait_until(lambda: metric(server, "notify_push_skipped", "preferences") == 2)  # and "streamed only"
+    put(server, "cy", {})
+    server.notify("cy", "pushed again")
+    wait_until(lambda: len(push_service.received) == 2)
+    assert [browser.decrypt(m)["message"] for m in push_service.received] == ["pushed only", "pushed again"]
+
+
+def quiet_window(zone: str) -> tuple[dict[str, str], datetime]:
+    """Quiet hours in ``zone`` from a minute ago to the next minute at least 5 s away; its end (UTC)."""
+    now = datetime.now(ZoneInfo(zone))
+    end = now.replace(second=0, microsecond=0) + timedelta(minutes=1)
+    if (end - now).total_seconds() < 5:
+        end += timedelta(minutes=1)
+    start = now - timedelta(minutes=1)
+    window = {"start": start.strftime("%H:%M"), "end": end.strftime("%H:%M"), "timezone": zone}
+    return window, end.astimezone(timezone.utc)
+
+
+def test_quiet_hours_hold_the_push_until_they_end_even_across_a_restart(live, push_service):
+    server = live(**PUSH, PUSH_DEFERRED_POLL_SECONDS="0.2")
+    browser = subscribe(server, "qu", push_service)
+    window, end = quiet_window("Asia/Kathmandu")  # UTC+05:45
+    put(server, "qu", {"quiet_hours": window})
+    put(server, "qv", {"quiet_hours": window})
+    sse = SSEClient(server.url, server.token("qv"))
+    try:
+        server.notify("qv", "live in quiet hours")
+        sse.wait_count(1)  # live delivery goes on
+    finally:
+        sse.close()
+    server.notify("qu", "at the end of quiet hours")
+    wait_until(lambda: metric(server, "notify_push_deferred") == 1)
+    assert push_service.received == [] and inbox(server, "qu") == ["at the end of quiet hours"]
+    with pymongo.MongoClient(server.stack.mongo_uri, tz_aware=True) as mongo:
+        (pending,) = mongo.get_default_database()["pending_pushes"].find()
+    assert pending["user_id"] == "qu" and pending["due_at"] == end
+    server.kill()
+    after = live(**PUSH, PUSH_DEFERRED_POLL_SECONDS="0.2")
+    wait_until(lambda: push_service.received, timeout=90)
+    assert time.time() >= end.timestamp()
+    assert browser.decrypt(push_service.received[0])["message"] == "at the end of quiet hours"
+    with pymongo.MongoClient(after.stack.mongo_uri) as mongo:
+        wait_until(lambda: mongo.get_default_database()["pending_pushes"].count_documents({}) == 0)
+
+
+def test_an_update_of_a_muted_notification_is_not_streamed_either(live):
+    server = live()
+    put(server, "upd", MUTE_PROMO)
+    sse = SSEClient(server.url, server.token("upd"))
+    try:
+        muted = server.post("/api/notifications", {"user_id": "upd", "message": "sale", "category": "promo"})
+        resp = requests.patch(
+            f"{server.url}/api/notifications/{muted.json()['id']}",
+            json={"message": "bigger sale"},
+            headers={"Authorization": f"Bearer {server.stack.api_key}"},
+            timeout=10,
+        )
+        assert resp.status_code == 200
+        server.notify("upd", "marker")
+        sse.wait_count(1)
+        assert sse.messages() == ["marker"]
+        assert [e["type"] for e in sse.events if e["type"] == "update"] == []
+    finally:
+        sse.close()
