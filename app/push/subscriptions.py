@@ -31,7 +31,13 @@ class PushSubscription(Document):
     auth = StringField(required=True)
     created_at = DateTimeField(required=True)
 
-    meta = {"collection": "push_subscriptions", "indexes": [{"fields": ["user_id", "-created_at"]}]}
+    # Made by the workers' index set-up (app/store/indexes.py), not by mongoengine on first
+    # use: two makers race, and SecantusDB refuses one whose options differ (a 500).
+    meta = {
+        "collection": "push_subscriptions",
+        "auto_create_index": False,
+        "indexes": [{"fields": ["user_id", "-created_at"], "name": "user_newest"}],
+    }
 
 
 class SubscriptionInvalid(ValueError):
