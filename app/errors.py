@@ -81,6 +81,16 @@ def _html_error(status: int, message: str) -> Response:
     return Response(html, status=status, mimetype="text/html")
 
 
+class FieldInvalid(ValueError):
+    """A value of one field is wrong, found below the view (a push subscription, a
+    preference set): the view answers it as a 422 naming ``field``."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
 def register_error_handlers(app: Flask) -> None:
     @app.errorhandler(ApiError)
     def _api_error(err: ApiError) -> Response:

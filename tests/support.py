@@ -186,6 +186,15 @@ class LiveServer:
             timeout=10,
         )
 
+    def call(self, method: str, path: str, body: Any = None) -> requests.Response:
+        """``path`` with the service's API key, a JSON ``body`` if given."""
+        headers = {"Authorization": f"Bearer {self.stack.api_key}"}
+        return requests.request(method, self.url + path, json=body, headers=headers, timeout=10)
+
+    def online(self, user_id: str) -> bool:
+        """Whether presence has an open stream of ``user_id`` on any instance."""
+        return self.call("GET", f"/api/users/{user_id}/presence").json()["online"]
+
     def notify(self, user_id: str, message: str) -> dict[str, Any]:
         resp = self.post("/api/notifications", {"user_id": user_id, "message": message})
         assert resp.status_code == 201, resp.text

@@ -130,12 +130,7 @@ def test_the_inbox_updates_entries_in_place_and_replaces_collapsed_ones(page, li
     shown(page, ".bell").click()
     assert shown(page, "li .message").all_text_contents() == ["other", "upload 10%"]
 
-    resp = requests.patch(
-        f"{server.url}/api/notifications/{progress.json()['id']}",
-        json={"message": "upload 50%"},
-        headers={"Authorization": f"Bearer {server.stack.api_key}"},
-        timeout=10,
-    )
+    resp = server.call("PATCH", f"/api/notifications/{progress.json()['id']}", {"message": "upload 50%"})
     assert resp.status_code == 200
     page.wait_for_function("() => window.updates.length === 1")
     assert shown(page, "li .message").all_text_contents() == ["other", "upload 50%"], "in place"

@@ -195,15 +195,7 @@ def test_live_off_keeps_push_and_a_change_takes_effect_at_once(live, push_servic
         assert sse.messages() == ["streamed only"]
     finally:
         sse.close()
-    wait_until(
-        lambda: (
-            not requests.get(
-                server.url + "/api/users/cy/presence",
-                headers={"Authorization": f"Bearer {server.stack.api_key}"},
-                timeout=5,
-            ).json()["online"]
-        )
-    )
+    wait_until(lambda: not server.online("cy"))
     server.notify("cy", "no push: push is off")
     wait_until(lambda: metric(server, "notify_push_skipped", "preferences") == 2)  # and "streamed only"
     put(server, "cy", {})
@@ -256,12 +248,7 @@ def test_an_update_of_a_muted_notification_is_not_streamed_either(live):
     sse = SSEClient(server.url, server.token("upd"))
     try:
         muted = server.post("/api/notifications", {"user_id": "upd", "message": "sale", "category": "promo"})
-        resp = requests.patch(
-            f"{server.url}/api/notifications/{muted.json()['id']}",
-            json={"message": "bigger sale"},
-            headers={"Authorization": f"Bearer {server.stack.api_key}"},
-            timeout=10,
-        )
+        resp = server.call("PATCH", f"/api/notifications/{muted.json()['id']}", {"message": "bigger sale"})
         assert resp.status_code == 200
         server.notify("upd", "marker")
         sse.wait_count(1)

@@ -141,15 +141,7 @@ def test_a_user_with_a_live_stream_gets_no_push(live, push_service, where):
         assert push_service.received == []
     finally:
         sse.close()
-    wait_until(
-        lambda: (
-            not requests.get(
-                posts.url + "/api/users/lou/presence",
-                headers={"Authorization": f"Bearer {posts.stack.api_key}"},
-                timeout=5,
-            ).json()["online"]
-        )
-    )
+    wait_until(lambda: not posts.online("lou"))
     started = time.time()
     posts.notify("lou", "after the tab closed")
     wait_until(lambda: push_service.received)

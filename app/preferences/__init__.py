@@ -13,7 +13,7 @@ from pymongo.errors import PyMongoError
 from app.api import validation as v
 from app.errors import ApiError
 from app.preferences import store
-from app.preferences.model import DEFAULTS, Preferences, PreferencesInvalid, parse
+from app.preferences.model import DEFAULTS, FieldInvalid, Preferences, parse
 
 __all__ = ["DEFAULTS", "PreferenceService", "Preferences", "init_app"]
 
@@ -35,7 +35,7 @@ class PreferenceService:
         """Validate and store ``body`` as all of ``user_id``'s preferences; 422 names the field."""
         try:
             prefs = parse(body)
-        except PreferencesInvalid as exc:
+        except FieldInvalid as exc:
             raise v.invalid(exc.field, exc.message) from None
         try:
             store.save(user_id, prefs)

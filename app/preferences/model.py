@@ -16,6 +16,8 @@ from datetime import datetime, time, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
+from app.errors import FieldInvalid
+
 CHANNELS = ("live", "push")
 MUTED = "muted"
 MAX_CATEGORIES = 100
@@ -23,13 +25,6 @@ MAX_CATEGORY = 64  # as a notification's category
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
 FIELDS = frozenset({"default", "categories", "quiet_hours"})
 QUIET_FIELDS = frozenset({"start", "end", "timezone"})
-
-
-class PreferencesInvalid(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
 
 
 @dataclass(frozen=True)
@@ -103,23 +98,21 @@ def _channels_json(channels: frozenset[str]) -> list[str]:
 def _channels(value: Any, name: str) -> frozenset[str]:
     """``["live"]``, ``["push"]``, both (each once), ``["muted"]`` or ``[]`` (muted too)."""
     if not isinstance(value, list) or len(value) > len(CHANNELS):
-        raise PreferencesInvalid(name, 'must be a list of channels: "live", "push", or ["muted"]')
+        raise FieldInvalid(name, 'must be a list of channels: "live", "push", or ["muted"]')
     for item in value:
         if item not in (*CHANNELS, MUTED):
-            raise PreferencesInvalid(
-                name, f'unknown channel {str(item)[:40]!r} (allowed: "live", "push", "muted")'
-            )
+            raise FieldInvalid(name, f'unknown channel {str(item)[:40]!r} (allowed: "live", "push", "muted")')
     if MUTED in value and len(value) > 1:
-        raise PreferencesInvalid(name, '"muted" stands alone: it turns every channel off')
+        raise FieldInvalid(name, '"muted" stands alone: it turns every channel off')
     if len(set(value)) < len(value):
-        raise PreferencesInvalid(name, "must not repeat a channel")
+        raise FieldInvalid(name, "must not repeat a channel")
     return frozenset(v for v in value if v != MUTED)
 
 
 def _hhmm(value: Any, name: str) -> time:
     match = HHMM_RE.fullmatch(value) if isinstance(value, str) else None
     if match is None:
-        raise PreferencesInvalid(name, "must be a time of day as HH:MM (00:00-23:59)")
+        raise FieldInvalid(name, "must be a time of day as HH:MM (00:00-23:59)")
     return time(int(match.group(1)), int(match.group(2)))
 
 
@@ -127,41 +120,41 @@ def _quiet_hours(value: Any) -> QuietHours | None:
     if value is None:
         return None
     if not isinstance(value, dict):
-        raise PreferencesInvalid("quiet_hours", "must be null or an object with start, end and timezone")
+        raise FieldInvalid("quiet_hours", "must be null or an object with start, end and timezone")
     for name in value:
         if name not in QUIET_FIELDS:
-            raise PreferencesInvalid(f"quiet_hours.{name}", "unknown field (allowed: end, start, timezone)")
+            raise FieldInvalid(f"quiet_hours.{name}", "unknown field (allowed: end, start, timezone)")
     start = _hhmm(value.get("start"), "quiet_hours.start")
     end = _hhmm(value.get("end"), "quiet_hours.end")
     if start == end:
-        raise PreferencesInvalid("quiet_hours.end", "must differ from start")
+        raise FieldInvalid("quiet_hours.end", "must differ from start")
     zone = value.get("timezone")
     if not isinstance(zone, str) or not 0 < len(zone) <= 64:
-        raise PreferencesInvalid("quiet_hours.timezone", "must be an IANA time zone name, e.g. Europe/Paris")
+        raise FieldInvalid("quiet_hours.timezone", "must be an IANA time zone name, e.g. Europe/Paris")
     try:
         ZoneInfo(zone)
     except (ZoneInfoNotFoundError, ValueError):
-        raise PreferencesInvalid("quiet_hours.timezone", f"unknown time zone {zone[:64]!r}") from None
+        raise FieldInvalid("quiet_hours.timezone", f"unknown time zone {zone[:64]!r}") from None
     return QuietHours(start, end, zone)
 
 
 def parse(body: Any) -> Preferences:
-    """Preferences from a PUT body (or a stored document); PreferencesInvalid names the field.
+    """Preferences from a PUT body (or a stored document); FieldInvalid names the field.
     Absent fields take their defaults: a PUT replaces all of a user's preferences."""
     if not isinstance(body, dict):
-        raise PreferencesInvalid("body", "must be a JSON object")
+        raise FieldInvalid("body", "must be a JSON object")
     for name in body:
         if name not in FIELDS:
-            raise PreferencesInvalid(name, "unknown field (allowed: categories, default, quiet_hours)")
+            raise FieldInvalid(name, "unknown field (allowed: categories, default, quiet_hours)")
     default = _channels(body["default"], "default") if "default" in body else DEFAULTS.default
     raw = body.get("categories", {})
     if not isinstance(raw, dict):
-        raise PreferencesInvalid("categories", "must be an object of category: channels")
+        raise FieldInvalid("categories", "must be an object of category: channels")
     if len(raw) > MAX_CATEGORIES:
-        raise PreferencesInvalid("categories", f"must name at most {MAX_CATEGORIES} categories")
+        raise FieldInvalid("categories", f"must name at most {MAX_CATEGORIES} categories")
     categories = {}
     for name, channels in raw.items():
         if not 0 < len(name) <= MAX_CATEGORY:
-            raise PreferencesInvalid("categories", f"a category name must be 1-{MAX_CATEGORY} characters")
+            raise FieldInvalid("categories", f"a category name must be 1-{MAX_CATEGORY} characters")
         categories[name] = _channels(channels, f"categories.{name}")
     return Preferences(frozenset(default), categories, _quiet_hours(body.get("quiet_hours")))

@@ -49,7 +49,7 @@ def _from_doc(doc: dict[str, Any]) -> Preferences:
             "quiet_hours": doc.get("quiet_hours"),
         }
         return parse(body)
-    except (TypeError, ValueError) as exc:  # PreferencesInvalid too: not written by this version
+    except (TypeError, ValueError) as exc:  # FieldInvalid too: not written by this version
         log.warning("stored preferences of %s unreadable (%s): defaults used", doc.get("_id"), exc)
         return DEFAULTS
 

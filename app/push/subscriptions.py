@@ -16,6 +16,7 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 from mongoengine import DateTimeField, Document, StringField
 
+from app.errors import FieldInvalid
 from app.push.endpoints import EndpointRefused, check_endpoint
 from app.push.vapid import b64url_decode
 
@@ -40,13 +41,6 @@ class PushSubscription(Document):
     }
 
 
-class SubscriptionInvalid(ValueError):
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
-        self.message = message
-
-
 @dataclass(frozen=True)
 class Subscription:
     id: str
@@ -68,42 +62,42 @@ def _key(keys: dict[str, Any], name: str, size: int) -> str:
     value = keys.get(name)
     field = f"keys.{name}"
     if not isinstance(value, str) or len(value) > 128:
-        raise SubscriptionInvalid(field, "must be a base64url string")
+        raise FieldInvalid(field, "must be a base64url string")
     try:
         raw = b64url_decode(value)
     except ValueError:
-        raise SubscriptionInvalid(field, "must be base64url") from None
+        raise FieldInvalid(field, "must be base64url") from None
     if len(raw) != size:
-        raise SubscriptionInvalid(field, f"must encode {size} bytes")
+        raise FieldInvalid(field, f"must encode {size} bytes")
     if name == "p256dh":
         try:
             ec.EllipticCurvePublicKey.from_encoded_point(ec.SECP256R1(), raw)
         except ValueError:
-            raise SubscriptionInvalid(field, "must be an uncompressed P-256 point") from None
+            raise FieldInvalid(field, "must be an uncompressed P-256 point") from None
     return value.rstrip("=")
 
 
 def parse(user_id: str, body: dict[str, Any], allow_local: bool) -> Subscription:
-    """A browser's ``PushSubscription.toJSON()``, checked; SubscriptionInvalid names the field."""
+    """A browser's ``PushSubscription.toJSON()``, checked; FieldInvalid names the field."""
     for name in body:
         if name not in FIELDS:
-            raise SubscriptionInvalid(name, "unknown field (allowed: endpoint, expirationTime, keys)")
+            raise FieldInvalid(name, "unknown field (allowed: endpoint, expirationTime, keys)")
     endpoint = body.get("endpoint")
     if not isinstance(endpoint, str):
-        raise SubscriptionInvalid("endpoint", "must be the subscription's https:// URL")
+        raise FieldInvalid("endpoint", "must be the subscription's https:// URL")
     try:
         check_endpoint(endpoint, allow_local)
     except EndpointRefused as exc:
-        raise SubscriptionInvalid("endpoint", str(exc)) from None
+        raise FieldInvalid("endpoint", str(exc)) from None
     expiration = body.get("expirationTime")
     if expiration is not None and (isinstance(expiration, bool) or not isinstance(expiration, (int, float))):
-        raise SubscriptionInvalid("expirationTime", "must be null or a time in milliseconds")
+        raise FieldInvalid("expirationTime", "must be null or a time in milliseconds")
     keys = body.get("keys")
     if not isinstance(keys, dict):
-        raise SubscriptionInvalid("keys", "must be an object with p256dh and auth")
+        raise FieldInvalid("keys", "must be an object with p256dh and auth")
     for name in keys:
         if name not in KEY_FIELDS:
-            raise SubscriptionInvalid(f"keys.{name}", "unknown field (allowed: auth, p256dh)")
+            raise FieldInvalid(f"keys.{name}", "unknown field (allowed: auth, p256dh)")
     p256dh, auth = _key(keys, "p256dh", 65), _key(keys, "auth", 16)
     return Subscription(endpoint_id(endpoint), user_id, endpoint, p256dh, auth)
 

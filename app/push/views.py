@@ -8,7 +8,7 @@ from flask import Blueprint, Response, current_app, g
 
 from app.access.tokens import require_subscriber
 from app.api import validation as v
-from app.errors import ApiError
+from app.errors import ApiError, FieldInvalid
 from app.push import subscriptions
 from app.push.sender import PushSender
 
@@ -39,7 +39,7 @@ def subscribe() -> Response:
     push = sender()
     try:
         subscription = subscriptions.parse(g.subscriber.user_id, v.json_body(), push.allow_local)
-    except subscriptions.SubscriptionInvalid as exc:
+    except FieldInvalid as exc:
         raise v.invalid(exc.field, exc.message) from None
     subscriptions.save(subscription, push.config.PUSH_MAX_SUBSCRIPTIONS_PER_USER)
     return _json({"subscribed": True, "id": subscription.id}, 201)
