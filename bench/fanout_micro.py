@@ -54,7 +54,7 @@ def main() -> None:
             framing = SseFraming(60.0)
         else:
             framing = WebSocketFraming(lambda message: None, 4096, 0.0, time.monotonic())
-        gevent.spawn_raw(engine.run, conn, b"HTTP/1.1 200 OK\r\n\r\n", session, framing, [])
+        gevent.spawn_raw(engine.run, conn, [b"HTTP/1.1 200 OK\r\n\r\n"], session, framing, [])
         subs.append(session.sub)
         peers.append(b)
     gevent.sleep(0.5)

@@ -74,10 +74,10 @@ def parked_stream(sndbuf: int, transport: str = "sse") -> tuple[Subscription, so
     conn.sock.setblocking(False)
     conn.fd = conn.sock.fileno()
     if transport == "sse":
-        gevent.spawn(engine.run, conn, b"HTTP/1.1 200 OK\r\n\r\n", session, SseFraming(60.0), [])
+        gevent.spawn(engine.run, conn, [b"HTTP/1.1 200 OK\r\n\r\n"], session, SseFraming(60.0), [])
     else:
         framing = WebSocketFraming(lambda message: None, 4096, 0.0, time.monotonic())
-        gevent.spawn(engine.run, conn, b"HTTP/1.1 101 x\r\n\r\n", session, framing, [])
+        gevent.spawn(engine.run, conn, [b"HTTP/1.1 101 x\r\n\r\n"], session, framing, [])
     wait_for(lambda: session.sub.parked is not None)
     return session.sub, client
 

@@ -114,7 +114,9 @@ class Handoff(Response):
         head = _head(status_line, self)
         conn = Conn(environ)  # e.g. out of file descriptors: a 500, the teardown closes the session
         g.pop("stream_session", None)  # from here the stream greenlet owns the session
-        gevent.spawn_raw(run, conn, head, *args)
+        # The greenlet holds its arguments for as long as it runs: the head goes in a list
+        # the stream empties once it is sent.
+        gevent.spawn_raw(run, conn, [head], *args)
         raise StopIteration  # gunicorn: handled, close your copy of the socket
 
 

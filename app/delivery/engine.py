@@ -77,8 +77,11 @@ def _end_of(session: StreamSession) -> End | None:
     return End(SLOW if reason == "slow consumer" else GOING_AWAY, reason)
 
 
-def run(conn: Conn, head: bytes, session: StreamSession, framing: Framing, first: list[bytes]) -> None:
-    """Serve one stream until it ends; the session is released whatever happens."""
+def run(conn: Conn, head: list[bytes], session: StreamSession, framing: Framing, first: list[bytes]) -> None:
+    """Serve one stream until it ends; the session is released whatever happens.
+
+    ``head`` (the response head, one item) and ``first`` (the replay's frames) are emptied
+    once sent: the caller's frame holds the lists for as long as the stream lasts."""
     sub = session.sub
     assert sub is not None
     alarm = Alarm(sub)
@@ -89,8 +92,10 @@ def run(conn: Conn, head: bytes, session: StreamSession, framing: Framing, first
     end: End | None = None
     peer_gone = False
     try:
-        conn.send(head + (framing.frame(first) if first else b""))
-        del head, first  # nothing of the handshake stays referenced while the stream lasts
+        opening = head.pop() + (framing.frame(first) if first else b"")
+        first.clear()  # nothing of the handshake or the replay stays referenced
+        conn.send(opening)
+        del opening
         while True:
             parked.send_pending()
             if out:

@@ -101,7 +101,7 @@ class Publisher:
         self.stats = {"batches": 0, "stored": 0, "published": 0, "relayed": 0, "resequenced": 0}
         self.outbox = Outbox(config, self.publish, self.stats)
         # The delivery trace's record of each publish: (ids, when the publish call started).
-        self.on_published: Callable[[list[str], float], None] = lambda ids, at: None
+        self.on_published: Callable[[list[dict[str, Any]], float], None] = lambda docs, at: None
         # Users' preferences (app/preferences/): a category whose live channel is off is
         # stored and replayed but not published on the user's channel.
         self.preferences: PreferenceCache | None = None
@@ -300,7 +300,7 @@ class Publisher:
             self.stats["resequenced"] += len(fixes)
             metrics.RESEQUENCED.inc(len(fixes))
         self.outbox.published(markers, fixes, wake_cleanup)
-        self.on_published([str(doc["_id"]) for doc in docs], publishing_at)
+        self.on_published(docs, publishing_at)
         for hook in self.after_publish:
             hook(docs)
         self.stats["published"] += len(docs)

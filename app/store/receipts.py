@@ -2,19 +2,24 @@
 received (acknowledged by the client), without a MongoDB write per delivery.
 
 Each worker buffers what happens in memory (a list append per connection write, per ack,
-per published batch) and writes it to Redis once per ``RECEIPT_FLUSH_SECONDS`` in one
-pipeline: a hash per notification, ``{all}:trace:<id>`` (field ``p`` the publish time,
-``s:<conn>`` a write, ``r:<conn>`` a receipt), with a TTL, and the notification's id in the
-sorted set ``{all}:trace:pending`` (scored by when it first became pending); on a Redis
-Cluster they share the slot of ``{all}``, so the fold's transaction runs on one master.
+per published batch) and writes it to Redis once per ``RECEIPT_FLUSH_SECONDS`` as one JSON
+argument of one script call (``RECORD``): a hash per notification, ``{all}:trace:<id>``
+(field ``p`` the publish time, ``u`` its owner, ``s:<conn>`` a write, ``r:<conn>`` a
+receipt), with a TTL, and the notification's id in the sorted set ``{all}:trace:pending``
+(scored by when it first became pending); on a Redis Cluster they share the slot of
+``{all}``, so each script runs on one master. A pipeline of commands per notification,
+and its replies parsed by redis-py, cost the workers a third of their CPU in a broadcast
+(bench/README.md, "Receipts").
+
 A folder greenlet in every worker takes ids pending for ``RECEIPT_FOLD_DELAY_SECONDS`` (by
-then a notification's writes and receipts are in, so most are folded once), reads and deletes their hashes
-atomically (a worker that raced another for an id finds it empty) and stores them in the
-``deliveries`` collection (its own collection, so the write lock notifications' inserts
-wait for is not taken), ``RECEIPT_FOLD_BATCH`` at a time: one ``insert_many``, and an
-update only for the few whose record already exists (SecantusDB takes about ten times as
-long for an upsert as for a document of an ``insert_many``: bench/README.md, "Receipts"). The trace
-(``trace``) reads MongoDB plus what is still in Redis.
+then a notification's writes and receipts are in, so most are folded once), reads and
+deletes their hashes atomically (``TAKE``, one JSON reply; a worker that raced another for
+an id finds it empty) and stores them in the ``deliveries`` collection (its own
+collection, so the write lock notifications' inserts wait for is not taken),
+``RECEIPT_FOLD_BATCH`` at a time: one ``insert_many``, and an update only for the few whose
+record already exists (SecantusDB takes about ten times as long for an upsert as for a
+document of an ``insert_many``: bench/README.md, "Receipts"). The trace (``trace``) reads
+MongoDB plus what is still in Redis.
 
 A receipt names the user who sent it: it counts only for that user's notification (checked
 when folded and when read), so nobody can mark another user's notification received.
@@ -32,6 +37,7 @@ from datetime import datetime, timezone
 from typing import Any
 
 import gevent
+import orjson
 import redis
 from bson import ObjectId
 from pymongo import UpdateOne
@@ -47,9 +53,48 @@ PENDING = "{all}:trace:pending"  # one hash tag with the traces: the fold's tran
 TRACE_TTL_SECONDS = 86400  # a hash the folder never reached (MongoDB down a whole day) expires
 MAX_CONNECTIONS_PER_TRACE = 100  # writes recorded per notification (a client reconnecting in a loop)
 MAX_BUFFERED = 500_000
+RECORD_CHUNK = 2000  # notifications per RECORD call
 STREAM_ID = re.compile(
     r"(sse|ws)~[A-Za-z0-9_-]{1,100}~[0-9]{1,10}~[0-9]{1,19}"
 )  # as ``connection`` names one  # records a worker holds between flushes (Redis away, flusher not started)
+
+
+# One call per flush: the buffered records as one JSON argument ({id: {field: value}}),
+# each field set only if absent (the earliest write and receipt win, as in the fold's
+# merge), each hash given its TTL and its id queued in the pending set. Every key is
+# tagged {all}: on a cluster the script runs on the one master of that slot.
+RECORD = r"""
+local prefix, ttl, now = ARGV[1], tonumber(ARGV[2]), ARGV[3]
+for nid, fields in pairs(cjson.decode(ARGV[4])) do
+  local key = prefix .. '{all}:trace:' .. nid
+  for field, value in pairs(fields) do
+    redis.call('HSETNX', key, field, value)
+  end
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[1], 'NX', now, nid)
+end
+return 0
+"""
+
+# Up to ARGV[3] ids pending since before ARGV[2]: their hashes read and deleted in one
+# atomic step (a worker that raced another for an id finds it gone), as one JSON reply.
+TAKE = r"""
+local nids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+local out, found = {}, false
+for _, nid in ipairs(nids) do
+  local key = ARGV[1] .. '{all}:trace:' .. nid
+  local flat = redis.call('HGETALL', key)
+  if #flat > 0 then
+    local hash = {}
+    for i = 1, #flat, 2 do hash[flat[i]] = flat[i + 1] end
+    out[nid] = hash
+    found = true
+  end
+  redis.call('DEL', key)
+  redis.call('ZREM', KEYS[1], nid)
+end
+return {#nids, found and cjson.encode(out) or '{}'}
+"""
 
 
 def deliveries_collection() -> Collection:
@@ -72,12 +117,14 @@ class Receipts:
         self._ids = itertools.count(1)
         self._sent: list[tuple[str, str, float]] = []  # (notification id, connection, time)
         self._acks: list[tuple[str, str, str, float]] = []  # (user, notification id, connection, time)
-        self._published: list[tuple[list[str], float]] = []
+        self._published: list[tuple[list[tuple[str, str]], float]] = []  # ((id, user), ...), time
         # The latest receipt per connection, for presence (app/delivery/presence.py), which
         # writes them with its periodic snapshot: no Redis write per receipt.
         self._last_receipt: dict[tuple[str, str], float] = {}  # (connection, user) -> time
         self._greenlets: list[gevent.Greenlet] = []
         self.stats = {"flushed": 0, "folded": 0}
+        self._record_script = redis_client.register_script(RECORD)
+        self._take_script = redis_client.register_script(TAKE)
 
     def key(self, nid: str) -> str:
         return f"{self.prefix}{{all}}:trace:{nid}"
@@ -106,9 +153,11 @@ class Receipts:
         taken, self._last_receipt = self._last_receipt, {}
         return taken
 
-    def published(self, nids: list[str], at: float) -> None:
+    def published(self, docs: list[dict[str, Any]], at: float) -> None:
+        """A batch was published: its time, and each notification's owner (so the fold
+        need not ask MongoDB whose it is)."""
         if len(self._published) < MAX_BUFFERED:
-            self._published.append((nids, at))
+            self._published.append(([(str(d["_id"]), d["user_id"]) for d in docs], at))
 
     # -- lifecycle -----------------------------------------------------------------------
     def start(self) -> None:
@@ -138,14 +187,16 @@ class Receipts:
 
     # -- Redis ---------------------------------------------------------------------------
     def flush(self) -> int:
-        """Everything buffered, to Redis in one pipeline; returns how many records."""
+        """Everything buffered, to Redis in one script call; returns how many records."""
         sent, self._sent = self._sent, []
         acks, self._acks = self._acks, []
         published, self._published = self._published, []
         fields: dict[str, dict[str, str]] = defaultdict(dict)
-        for nids, ts in published:
-            for nid in nids:
-                fields[nid]["p"] = str(_ms(ts))
+        for owned, ts in published:
+            ms = str(_ms(ts))
+            for nid, user in owned:
+                fields[nid]["p"] = ms
+                fields[nid]["u"] = user
         for nid, conn, ts in sent:
             fields[nid].setdefault("s:" + conn, str(_ms(ts)))
         for user, nid, conn, ts in acks:
@@ -153,12 +204,7 @@ class Receipts:
         if not fields:
             return 0
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for nid, values in fields.items():
-                pipe.hset(self.key(nid), mapping=values)
-                pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
-            pipe.zadd(self.prefix + PENDING, dict.fromkeys(fields, time.time()), nx=True)
-            pipe.execute()
+            self._record(fields)
         except redis.RedisError as exc:
             log.warning("receipts of %d notifications not recorded: %s", len(fields), exc)
             return 0
@@ -166,47 +212,45 @@ class Receipts:
         self.stats["flushed"] += records
         return records
 
+    def _record(self, fields: dict[str, dict[str, str]]) -> None:
+        """``RECORD`` per ``RECORD_CHUNK`` notifications: a backlog (Redis was away) does not
+        hold Redis in one long script."""
+        items = list(fields.items())
+        for at in range(0, len(items), RECORD_CHUNK):
+            blob = orjson.dumps(dict(items[at : at + RECORD_CHUNK]))
+            self._record_script(
+                keys=[self.prefix + PENDING], args=[self.prefix, TRACE_TTL_SECONDS, time.time(), blob]
+            )
+
     def fold(self) -> int:
         """Move up to ``RECEIPT_FOLD_BATCH`` pending traces from Redis into MongoDB."""
-        pending = self.prefix + PENDING
         ripe = time.time() - self.config.RECEIPT_FOLD_DELAY_SECONDS
         try:
-            batch = self.redis.zrangebyscore(
-                pending, "-inf", ripe, start=0, num=self.config.RECEIPT_FOLD_BATCH
+            taken, blob = self._take_script(
+                keys=[self.prefix + PENDING], args=[self.prefix, ripe, self.config.RECEIPT_FOLD_BATCH]
             )
-            nids = [n.decode() for n in batch]
-            if not nids:
-                return 0
-            pipe = self.redis.pipeline(transaction=True)  # read and delete in one step
-            pipe.zrem(pending, *nids)
-            for nid in nids:
-                pipe.hgetall(self.key(nid))
-                pipe.delete(self.key(nid))
-            replies = pipe.execute()[1::2]
         except redis.RedisError as exc:
             log.warning("receipt fold skipped: %s", exc)
             return 0
-        traces = {nid: _decode(h) for nid, h in zip(nids, replies, strict=True) if h}
+        if not taken:
+            return 0
+        traces: dict[str, dict[str, str]] = orjson.loads(blob) if blob != b"{}" else {}
         try:
-            owners = _owners(list(traces))
+            owners = {nid: t["u"] for nid, t in traces.items() if "u" in t}
+            if len(owners) < len(traces):  # published before its owner was recorded with it
+                owners |= _owners([nid for nid in traces if nid not in owners])
             _store({nid: (owners[nid], t) for nid, t in traces.items() if nid in owners})
         except PyMongoError as exc:
             log.warning("receipt fold of %d notifications failed, kept in Redis: %s", len(traces), exc)
             self._put_back(traces)
             return 0
         self.stats["folded"] += len(traces)
-        return len(nids)
+        return int(taken)
 
     def _put_back(self, traces: dict[str, dict[str, str]]) -> None:
         try:
-            pipe = self.redis.pipeline(transaction=False)
-            for nid, values in traces.items():
-                for field, value in values.items():
-                    pipe.hsetnx(self.key(nid), field, value)
-                pipe.expire(self.key(nid), TRACE_TTL_SECONDS)
             if traces:
-                pipe.zadd(self.prefix + PENDING, dict.fromkeys(traces, time.time()), nx=True)
-            pipe.execute()
+                self._record(traces)
         except redis.RedisError as exc:
             log.warning("receipts of %d notifications lost: %s", len(traces), exc)
 
@@ -223,7 +267,7 @@ class Receipts:
         merged = _merge(folded, fresh, doc["user_id"])
         sent = [
             {**_describe(conn), "at": iso_ms(ms), "received_at": iso_ms(merged["received"].get(conn))}
-            for conn, ms in sorted(merged["sent"].items(), key=lambda item: item[1])
+            for conn, ms in sorted(merged["sent"].items(), key=lambda item: (item[1], item[0]))
         ]
         received = list(merged["received"].values())
         return {
