@@ -8,9 +8,9 @@ next to the server's on a shared machine; the few batch POSTs use aiohttp.
 (the open-file limit is 20,000 per process) and so the load runs on its own CPU budget,
 apart from the server. Every command gets exactly one JSON line back on stdout.
 
-Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send}``
-(the Node.js peer, whose POST body is only ``{userId, message}``: that JSON as the
-``message``); CLOCK_MONOTONIC is system-wide on Linux, so receipt time minus ``t`` is the delivery
+Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send}`` (to
+the Node.js peer, whose POST body is only ``{userId, message}``: that JSON as ``message``);
+CLOCK_MONOTONIC is system-wide on Linux, so receipt time minus ``t`` is the delivery
 latency even though sender and receiver are different processes.
 """
 
@@ -340,7 +340,7 @@ class Load:
         if target == "node":
             return await self.post_each(cmd["url"], cmd["user_ids"], cmd["phase"], ks)
         headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
-        results = []
+        url, results = cmd["url"] + POST_PATHS[target], []
         async with aiohttp.ClientSession() as session:
             starts = range(0, len(cmd["user_ids"]), 1000)
             for k, chunk_start in [(k, i) for k in ks for i in starts]:
@@ -348,7 +348,6 @@ class Load:
                 data = {"p": cmd["phase"], "k": k, "t": time.monotonic_ns()}
                 body = {"user_ids": chunk, "message": "bench", "data": data}
                 t0 = time.monotonic()
-                url = cmd["url"] + POST_PATHS[target]
                 async with session.post(url, data=orjson.dumps(body), headers=headers) as r:
                     await r.read()
                     results.append((r.status, time.monotonic() - t0))

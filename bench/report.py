@@ -306,7 +306,6 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     lat.set_ylabel("fraction delivered")
     lat.set_title("latency distribution (CDF)")
     lat.grid(True, which="both", alpha=0.3)
-    lat.legend()
     for side, name, label in [
         ("ours", "idle_sse", "ours SSE"),
         ("ours", "idle_ws", "ours WS"),
@@ -322,7 +321,9 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     mem.set_ylabel("workers' RSS growth (MB)")
     mem.set_title("memory against connections")
     mem.grid(True, alpha=0.3)
-    mem.legend()
+    for ax in (lat, mem):
+        if ax.get_legend_handles_labels()[0]:  # a measure skipped draws nothing
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -279,7 +279,8 @@ def install_node_peer() -> str:
         return ""
     say("installing bench/peer_node (npm ci) ...")
     try:
-        done = subprocess.run([npm, "ci", "--no-audit", "--no-fund"], cwd=NODE_DIR, timeout=600, check=False)
+        argv = [npm, "ci", "--no-audit", "--no-fund"]  # its output beside ours, not in the table's stdout
+        done = subprocess.run(argv, cwd=NODE_DIR, stdout=sys.stderr, timeout=600, check=False)
     except subprocess.TimeoutExpired:
         return "npm ci took more than 10 minutes"
     if done.returncode != 0:
