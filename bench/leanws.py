@@ -7,6 +7,7 @@ unmasked server frames (fragments joined), pings answered, the close code kept.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import os
 import struct
@@ -35,6 +36,15 @@ class WSClient(StreamClient):
         self.close_code: int | None = None
         self._buf = bytearray()
         self._fragments = bytearray()
+
+    @property
+    def ready(self) -> asyncio.Event:
+        """Set once the stream can receive (here: the upgrade's response) or is closed."""
+        return self.head_seen
+
+    def on_text(self, message: bytes) -> None:
+        """One whole text message; a protocol on top (``leansio.py``) reads it first."""
+        self.on_payload(message)
 
     @classmethod
     def headers(cls) -> str:
@@ -82,11 +92,11 @@ class WSClient(StreamClient):
     def _frame(self, fin: int, opcode: int, payload: bytes) -> None:
         if opcode in (TEXT, CONTINUATION):
             if fin and not self._fragments:
-                self.on_payload(payload)
+                self.on_text(payload)
             else:
                 self._fragments += payload
                 if fin:
-                    self.on_payload(bytes(self._fragments))
+                    self.on_text(bytes(self._fragments))
                     self._fragments.clear()
         elif opcode == PING and self.transport is not None:
             self.transport.write(masked_frame(0xA, payload))

@@ -8,7 +8,8 @@ next to the server's on a shared machine; the few batch POSTs use aiohttp.
 (the open-file limit is 20,000 per process) and so the load runs on its own CPU budget,
 apart from the server. Every command gets exactly one JSON line back on stdout.
 
-Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send}``;
+Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send}`` (to
+the Node.js peer, whose POST body is only ``{userId, message}``: that JSON as ``message``);
 CLOCK_MONOTONIC is system-wide on Linux, so receipt time minus ``t`` is the delivery
 latency even though sender and receiver are different processes.
 """
@@ -22,6 +23,7 @@ import time
 from typing import Any
 
 import aiohttp
+import leansio
 import leansse
 import leanws
 import orjson
@@ -30,6 +32,19 @@ from itsdangerous import URLSafeSerializer
 
 TOKEN_SALT = "subscriber-token"  # app/access/tokens.py
 CONNECT_HOLD = 30.0
+NODE_BATCH_CLIENTS = 16  # the Node.js peer's "batch": concurrent single POSTs
+POST_PATHS = {"ours": "/api/notifications", "peer": "/publish", "node": "/notifications"}
+
+
+def post_request(target: str, url: str, key: str, user: str, message: str, data: Any = None) -> bytes:
+    """One single-user POST as ``target`` takes it: ours, Flask-SSE's ``/publish`` (which
+    reads ``data``) or the Node.js peer's ``{userId, message}`` (the markers in ``message``)."""
+    if target == "node":
+        body: dict[str, Any] = {"userId": user, "message": orjson.dumps(data).decode() if data else message}
+    else:
+        body = {"user_id": user, "message": message, **({"data": data} if data is not None else {})}
+    headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
+    return rawhttp.request_bytes(url, POST_PATHS[target], orjson.dumps(body), headers)
 
 
 class Conn:
@@ -74,12 +89,19 @@ class Load:
             if doc.get("type") != "notification":
                 return
             doc = doc["notification"]
+        elif self.mode == "node-ws":  # ["notify", message]: the message is the markers' JSON
+            if not isinstance(doc, list) or len(doc) < 2 or doc[0] != "notify" or not isinstance(doc[1], str):
+                return
+            try:
+                doc = orjson.loads(doc[1])
+            except orjson.JSONDecodeError:
+                return
         elif "connection" in doc:
             conn.connection = doc["connection"]
             return
         if self.ack and "id" in doc:
             conn.acks.append(doc["id"])
-        data = doc if self.mode == "peer-sse" else doc.get("data")
+        data = doc if self.mode in ("peer-sse", "node-ws") else doc.get("data")
         if not isinstance(data, dict) or "k" not in data:
             return
         key = (data["p"], data["k"])
@@ -113,15 +135,19 @@ class Load:
                 client.close()
             conn.closed = True
 
-    async def ws(self, conn: Conn, url: str, sem: asyncio.Semaphore) -> None:
+    async def ws(self, conn: Conn, url: str, sem: asyncio.Semaphore, cls: type[leanws.WSClient]) -> None:
+        """A WebSocket (``cls``: ours, or Socket.IO's), open once ready to receive."""
         client = None
         try:
             async with sem:
-                client = await leanws.WSClient.connect(url, lambda payload: self.received(conn, payload))
+                client = await cls.connect(url, lambda payload: self.received(conn, payload))
                 conn.client = client
-                await client.head_seen.wait()
+                await client.ready.wait()
             if client.status != 101:
                 conn.error = f"HTTP {client.status}" if client.status else "closed before a response"
+                return
+            if client.closed.done():
+                conn.error = "closed before it was ready"
                 return
             conn.open = True
             await client.closed
@@ -143,6 +169,7 @@ class Load:
         exp = int(time.time()) + 7200
         sem = asyncio.Semaphore(cmd.get("concurrency", 100))
         base, started = cmd["url"], time.monotonic()
+        ws_base = base.replace("http", "ws", 1)
         new: list[Conn] = []
         for user in cmd["users"]:
             token = signer.dumps({"u": user, "exp": exp})
@@ -153,8 +180,11 @@ class Load:
                     coro = self.sse(conn, f"{base}/stream?channel={user}", sem, 0.02)
                 elif self.mode == "ours-sse":
                     coro = self.sse(conn, f"{base}/stream?token={token}", sem, CONNECT_HOLD)
+                elif self.mode == "node-ws":
+                    query = f"EIO=4&transport=websocket&userId={user}"
+                    coro = self.ws(conn, f"{ws_base}/socket.io/?{query}", sem, leansio.SIOClient)
                 else:
-                    coro = self.ws(conn, f"{base.replace('http', 'ws', 1)}/ws?token={token}", sem)
+                    coro = self.ws(conn, f"{ws_base}/ws?token={token}", sem, leanws.WSClient)
                 conn.task = asyncio.create_task(coro)
                 new.append(conn)
         self.conns.extend(new)
@@ -259,8 +289,7 @@ class Load:
     async def post_rate(self, cmd: dict[str, Any]) -> dict[str, Any]:
         """POST ``count`` single-user notifications at ``rate``/s (open loop); marker k -> user k % U."""
         users, rate, count, phase = cmd["users"], cmd["rate"], cmd["count"], cmd["phase"]
-        path = "/publish" if cmd.get("peer") else "/api/notifications"
-        headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
+        target, key = cmd.get("target", "ours"), cmd.get("key", "")
         times: list[float] = []
         errors: dict[str, int] = {}
         idle: list[tuple[float, rawhttp.Connection]] = []  # (idle since, keep-alive connection)
@@ -277,9 +306,8 @@ class Load:
             return rawhttp.Connection(cmd["url"])
 
         async def one(k: int) -> None:
-            body = {"user_id": users[k % len(users)], "message": "bench", "data": None}
-            body["data"] = {"p": phase, "k": k, "t": time.monotonic_ns()}
-            request = rawhttp.request_bytes(cmd["url"], path, orjson.dumps(body), headers)
+            data = {"p": phase, "k": k, "t": time.monotonic_ns()}
+            request = post_request(target, cmd["url"], key, users[k % len(users)], "bench", data)
             t0 = time.monotonic()
             async with slots:
                 conn = take()
@@ -305,41 +333,65 @@ class Load:
         return {"sent": count, "errors": errors, "post_ms": _pcts(times), "seconds": time.monotonic() - start}
 
     async def post_batch(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """One POST naming many users (ours: ``user_ids``; the peer publishes per channel)."""
-        path = "/publish" if cmd.get("peer") else "/api/notifications"
+        """One POST naming many users (ours: ``user_ids``; the peer publishes per channel);
+        the Node.js peer has no bulk POST: one per user, over ``NODE_BATCH_CLIENTS`` connections."""
+        target = cmd.get("target", "ours")
+        ks = cmd.get("ks", [cmd.get("k")])
+        if target == "node":
+            return await self.post_each(cmd["url"], cmd["user_ids"], cmd["phase"], ks)
         headers = {"Authorization": f"Bearer {cmd.get('key', '')}", "Content-Type": "application/json"}
-        results = []
+        url, results = cmd["url"] + POST_PATHS[target], []
         async with aiohttp.ClientSession() as session:
             starts = range(0, len(cmd["user_ids"]), 1000)
-            batches = [(k, i) for k in cmd.get("ks", [cmd.get("k")]) for i in starts]
-            for k, chunk_start in batches:
+            for k, chunk_start in [(k, i) for k in ks for i in starts]:
                 chunk = cmd["user_ids"][chunk_start : chunk_start + 1000]
                 data = {"p": cmd["phase"], "k": k, "t": time.monotonic_ns()}
                 body = {"user_ids": chunk, "message": "bench", "data": data}
                 t0 = time.monotonic()
-                async with session.post(cmd["url"] + path, data=orjson.dumps(body), headers=headers) as r:
+                async with session.post(url, data=orjson.dumps(body), headers=headers) as r:
                     await r.read()
                     results.append((r.status, time.monotonic() - t0))
         return {"statuses": sorted({s for s, _ in results}), "seconds": sum(t for _, t in results)}
 
+    async def post_each(self, url: str, users: list[str], phase: str, ks: list[int]) -> dict[str, Any]:
+        """A POST per user and marker to the Node.js peer, ``NODE_BATCH_CLIENTS`` at a time."""
+        todo = [(k, user) for k in ks for user in users]
+        statuses: set[int] = set()
+        started = time.monotonic()
+
+        async def worker(share: list[tuple[int, str]]) -> None:
+            http = rawhttp.Connection(url)
+            try:
+                for k, user in share:
+                    data = {"p": phase, "k": k, "t": time.monotonic_ns()}
+                    try:
+                        status, _ = await http.send(post_request("node", url, "", user, "bench", data))
+                    except OSError:
+                        status = 0
+                    statuses.add(status)
+            finally:
+                http.close()
+
+        await asyncio.gather(*(worker(todo[i::NODE_BATCH_CLIENTS]) for i in range(NODE_BATCH_CLIENTS)))
+        return {"statuses": sorted(statuses), "seconds": time.monotonic() - started}
+
     async def throughput(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """``clients`` keep-alive clients POSTing single-user notifications for ``seconds``.
+        """``clients`` keep-alive clients POSTing single-user notifications for ``seconds``,
+        client w to ``urls[w % len(urls)]`` (the Node.js peer: both instances in turn).
 
         Lean client (``bench/rawhttp.py``): pre-encoded requests, so the measure spends the
         machine's CPU on the server, not on building requests.
         """
-        headers = {"Authorization": f"Bearer {cmd['key']}", "Content-Type": "application/json"}
-        users, times, errors = cmd["users"], [], [0]
-        path = "/api/notifications"
-        bodies = [orjson.dumps({"user_id": u, "message": "throughput"}) for u in users]
-        requests = [rawhttp.request_bytes(cmd["url"], path, body, headers) for body in bodies]
+        target, urls, key, times, errors = cmd.get("target", "ours"), cmd["urls"], cmd["key"], [], [0]
+        requests = {url: [post_request(target, url, key, u, "throughput") for u in cmd["users"]]
+                    for url in urls}  # fmt: skip
         stop = time.monotonic() + cmd["seconds"]
-        conns = [rawhttp.Connection(cmd["url"]) for _ in range(cmd["clients"])]
+        conns = [rawhttp.Connection(urls[w % len(urls)]) for w in range(cmd["clients"])]
 
         async def worker(w: int) -> None:
-            i = 0
+            mine, i = requests[urls[w % len(urls)]], 0
             while time.monotonic() < stop:
-                request = requests[(w + i) % len(requests)]
+                request = mine[(w + i) % len(mine)]
                 i += 1
                 t0 = time.monotonic()
                 try:

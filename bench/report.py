@@ -178,6 +178,18 @@ ROWS: list[tuple[str, Getter, str, Callable[[float], bool], bool]] = [
 ]
 
 
+# the rows the Node.js peer shares with ours (its streams are WebSockets on one instance)
+NODE_ROWS = {
+    "WS latency p50 (ms)",
+    "WS latency p99 (ms)",
+    "WS lost + duplicate deliveries",
+    "idle WS connections held, all got the final broadcast",
+    "memory per idle WS connection (KB RSS)",
+    "POST throughput, 32 keep-alive clients (/s)",
+}
+PEERS = {"peer": "Flask-SSE", "node": "Node.js"}
+
+
 def _fmt(v: float | None) -> str:
     if v is None:
         return "—"
@@ -187,23 +199,31 @@ def _fmt(v: float | None) -> str:
 
 
 def summarize(results: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per row: each side's median and spread, the target, and how ours compares with the
+    peers measured there ("better" is as good as or better than all of them)."""
     rows = []
     for label, get, target, check, lower in ROWS:
         row: dict[str, Any] = {"measure": label, "target": target}
-        for side in ("ours", "peer"):
-            values = [v for r in results if (v := get(r.get(side, {}))) is not None]
+        for side in ("ours", *PEERS):
+            shared = side != "node" or label in NODE_ROWS
+            values = [v for r in results if shared and (v := get(r.get(side, {}))) is not None]
             row[side] = {
                 "median": statistics.median(values) if values else None,
                 "min": min(values) if values else None,
                 "max": max(values) if values else None,
                 "runs": values,
             }
-        ours, peer = row["ours"]["median"], row["peer"]["median"]
+        ours = row["ours"]["median"]
         row["target_met"] = ours is not None and check(ours)
         sized = label.startswith("idle")  # counts at the sizes each side was run at: no ratio
-        row["better_than_peer"] = (
-            None if ours is None or peer is None or sized else (ours <= peer if lower else ours >= peer)
-        )
+        peers = {side: row[side]["median"] for side in PEERS if row[side]["median"] is not None}
+        row["worse_than"] = [
+            name
+            for side, name in PEERS.items()
+            if side in peers and ours is not None and not sized
+            and not (ours <= peers[side] if lower else ours >= peers[side])
+        ]  # fmt: skip
+        row["better_than_peer"] = None if ours is None or not peers or sized else not row["worse_than"]
         rows.append(row)
     return rows
 
@@ -238,22 +258,26 @@ def markdown(meta: dict[str, Any], rows: list[dict[str, Any]], results: list[dic
     lines += [
         f"Peer idle measures at {sizes.get('peer_idle_connections', '?')} connections "
         "(Flask-SSE holds a Redis connection per client, two sockets per client in its worker).",
-        'Cells: median over runs (min–max). "met?": target met by the median, and compared with '
-        "Flask-SSE where it was measured. Broadcast: POSTs back to back, all deliveries over the time "
-        "from the first POST sent to the last delivery.",
+        "Node.js: the original's stack (Express + Socket.IO + ioredis + mongoose), two instances; "
+        "WebSockets on one, POSTs on the other (throughput: both in turn); idle measures at "
+        f"{sizes.get('node_idle_connections', '?')} connections on the one.",
+        *([f"Node.js peer not run: {meta['node_skipped']}"] if meta.get("node_skipped") else []),
+        'Cells: median over runs (min–max); "—": not measured there. "met?": target met by the '
+        "median, and compared with the peers where they were measured (better: than both). "
+        "Broadcast: POSTs back to back, all deliveries over the time from the first POST sent to "
+        "the last delivery.",
         "",
-        "| measure | ours | Flask-SSE | target | met? |",
-        "|---|---|---|---|---|",
+        "| measure | ours | Flask-SSE | Node.js | target | met? |",
+        "|---|---|---|---|---|---|",
     ]
     for row in rows:
         met = "yes" if row["target_met"] else "**no**"
         if row["better_than_peer"] is False:
-            met += " (**worse than peer**)"
+            met += f" (**worse than {', '.join(row['worse_than'])}**)"
         elif row["better_than_peer"]:
-            met += " (as good as or better than peer)"
-        lines.append(
-            f"| {row['measure']} | {_cell(row['ours'])} | {_cell(row['peer'])} | {row['target']} | {met} |"
-        )
+            met += " (as good as or better than the peers)"
+        cells = " | ".join(_cell(row[side]) for side in ("ours", *PEERS))
+        lines.append(f"| {row['measure']} | {cells} | {row['target']} | {met} |")
     return "\n".join(lines) + "\n"
 
 
@@ -265,11 +289,12 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
 
     fig, (lat, mem) = plt.subplots(1, 2, figsize=(12, 4.5))
     # one colour per series, the same in every run (the legend names each series once)
-    colors = {"ours SSE": "tab:blue", "ours WS": "tab:orange", "Flask-SSE": "tab:green"}
+    colors = {"ours SSE": "tab:blue", "ours WS": "tab:orange", "Flask-SSE": "tab:green", "Node.js": "tab:red"}
     series = [
         ("ours", "latency_sse", "ours SSE"),
         ("ours", "latency_ws", "ours WS"),
         ("peer", "latency_sse", "Flask-SSE"),
+        ("node", "latency_ws", "Node.js"),
     ]
     for side, name, label in series:
         samples = sorted(s for r in results for s in (r.get(side, {}).get(name) or {}).get("hist_ms", []))
@@ -281,22 +306,24 @@ def plot(path: Path, results: list[dict[str, Any]]) -> None:
     lat.set_ylabel("fraction delivered")
     lat.set_title("latency distribution (CDF)")
     lat.grid(True, which="both", alpha=0.3)
-    lat.legend()
     for side, name, label in [
         ("ours", "idle_sse", "ours SSE"),
         ("ours", "idle_ws", "ours WS"),
         ("peer", "idle_sse", "Flask-SSE"),
+        ("node", "idle_ws", "Node.js"),
     ]:
         for i, r in enumerate(results):
             curve = (r.get(side, {}).get(name) or {}).get("curve_mb")
             if curve:
                 xs, ys = zip(*[(x, y - curve[0][1]) for x, y in curve], strict=True)
                 mem.plot(xs, ys, marker="o", label=label if i == 0 else None, alpha=0.8, color=colors[label])
-    mem.set_xlabel("open idle connections (both workers)")
+    mem.set_xlabel("open idle connections (both workers; Node.js: its stream instance)")
     mem.set_ylabel("workers' RSS growth (MB)")
     mem.set_title("memory against connections")
     mem.grid(True, alpha=0.3)
-    mem.legend()
+    for ax in (lat, mem):
+        if ax.get_legend_handles_labels()[0]:  # a measure skipped draws nothing
+            ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=90)
     plt.close(fig)

@@ -1,10 +1,12 @@
-"""The benchmark: this service and Flask-SSE, side by side, on one machine, on loopback.
+"""The benchmark: this service, Flask-SSE and the original's Node.js stack, side by side,
+on one machine, on loopback.
 
-    python3 dev.py bench [--quick] [--runs N] [--only ours|peer] [--skip NAME,...]
+    python3 dev.py bench [--quick] [--runs N] [--only ours|peer|node] [--skip NAME,...]
 
 Starts its own redis-server and SecantusDB (tools/devservers.py), the service (gunicorn,
-gevent, 2 workers) and the Flask-SSE peer (bench/peer_flask_sse/, gunicorn + gevent, same
-Redis), and load generators in separate processes (bench/load.py). Every wait is bounded.
+gevent, 2 workers), the Flask-SSE peer (bench/peer_flask_sse/, gunicorn + gevent, same
+Redis), the Node.js peer (bench/peer_node/, two node instances, installed by ``npm ci``),
+and load generators in separate processes (bench/load.py). Every wait is bounded.
 Writes latest.{md,json,png} to ``$NOTIFY_BENCH_OUT`` (default: the git-ignored .bench-results/),
 never into git; see bench/README.md for what each row means.
 """
@@ -13,10 +15,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import secrets
 import selectors
+import shutil
 import signal
 import statistics
 import subprocess
@@ -39,6 +43,7 @@ from tools.devservers import find_free_port, mongo_server, redis_server  # noqa:
 
 PY = sys.executable
 GUNICORN = str(Path(PY).parent / "gunicorn")
+NODE_DIR = ROOT / "bench" / "peer_node"
 RESULTS = results_dir()
 API_KEY = "bench-" + secrets.token_urlsafe(12)
 SECRET = secrets.token_urlsafe(24)
@@ -49,6 +54,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lat_users": 200, "lat_per_user": 10, "lat_posts": 2000, "lat_rate": 200,
         "idle_users": 2300, "idle_per_user": 10, "idle_steps": 4, "idle_hold": 20.0,
         "peer_idle_users": 600, "peer_idle_per_user": 10,
+        "node_idle_users": 1000, "node_idle_per_user": 10,  # one instance holds them: 20,000 fds
         "bc_users": 1000, "bc_per_user": 10, "bc_repeats": 5,
         "tp_clients": 32, "tp_seconds": 10.0,
         "load_procs": 4, "heartbeat": 15,
@@ -58,6 +64,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "lat_users": 20, "lat_per_user": 10, "lat_posts": 200, "lat_rate": 100,
         "idle_users": 40, "idle_per_user": 10, "idle_steps": 2, "idle_hold": 3.0,
         "peer_idle_users": 20, "peer_idle_per_user": 10,
+        "node_idle_users": 20, "node_idle_per_user": 10,
         "bc_users": 50, "bc_per_user": 4, "bc_repeats": 3,
         "tp_clients": 32, "tp_seconds": 3.0,
         "load_procs": 2, "heartbeat": 2,
@@ -142,6 +149,36 @@ def split(items: list[str], n: int) -> list[list[str]]:
 # --- servers under test --------------------------------------------------------------------
 
 
+def await_ready(
+    proc: subprocess.Popen[bytes], url: str, what: str, log_path: Path, more: Callable[[], bool]
+) -> None:
+    """Until ``url`` answers 200 and ``more()`` holds; 60 s at most, the process killed on failure."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"{what} exited; see {log_path}")
+        try:
+            with urllib.request.urlopen(url, timeout=1) as resp:
+                if resp.status == 200 and more():
+                    return
+        except OSError:
+            pass
+        time.sleep(0.2)
+    stop_group(proc)  # not left running behind the error
+    raise RuntimeError(f"{what} did not start in 60s; see {log_path}")
+
+
+def stop_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGINT to the process group, SIGKILL after 20 s."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGINT)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(5)
+
+
 class Service:
     """A gunicorn instance (ours or the peer) on a free port, its workers' pids known."""
 
@@ -150,6 +187,7 @@ class Service:
         self.mongo_uri = env.get("MONGO_URI", "")
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
+        self.post_url = self.url
         if kind == "ours":
             argv, cwd = [GUNICORN, "-c", "gunicorn.conf.py", "wsgi:app"], ROOT
         else:
@@ -162,23 +200,14 @@ class Service:
         self.log = open(log_path, "ab")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=self.log, stderr=subprocess.STDOUT,
                                      start_new_session=True)  # fmt: skip
-        deadline = time.monotonic() + 60
         probe = "/readyz" if kind == "ours" else "/healthz"  # ours: once its workers made the indexes
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"{kind} gunicorn exited; see {log_path}")
-            try:
-                with urllib.request.urlopen(self.url + probe, timeout=1) as resp:
-                    if resp.status == 200 and len(self.workers()) == int(env.get("WEB_CONCURRENCY", "2")):
-                        break
-            except OSError:
-                pass
-            time.sleep(0.2)
-        else:
-            os.killpg(self.proc.pid, signal.SIGKILL)  # not left running behind the error
-            self.proc.wait(5)
+        n_workers = int(env.get("WEB_CONCURRENCY", "2"))
+        try:
+            await_ready(self.proc, self.url + probe, f"{kind} gunicorn", log_path,
+                        lambda: len(self.workers()) == n_workers)  # fmt: skip
+        except RuntimeError:
             self.log.close()
-            raise RuntimeError(f"{kind} did not start in 60s; see {log_path}")
+            raise
 
     def workers(self) -> list[int]:
         try:
@@ -187,23 +216,93 @@ class Service:
             return []
         return sorted(int(p) for p in text.split())
 
+    def stream_workers(self) -> list[int]:
+        """The processes that hold the streams (their memory per connection is measured)."""
+        return self.workers()
+
     def stop(self) -> None:
-        if self.proc.poll() is None:
-            os.killpg(self.proc.pid, signal.SIGINT)
-            try:
-                self.proc.wait(20)
-            except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
-                self.proc.wait(5)
+        stop_group(self.proc)
         self.log.close()
+
+
+class NodeService:
+    """The original's stack (bench/peer_node/): two node instances, its way to use two cores.
+
+    Streams connect to instance A (``url``), POSTs go to instance B (``post_url``), so every
+    delivery crosses Redis on both sides; the throughput measure alternates between them.
+    """
+
+    kind = "node"
+
+    def __init__(self, env: dict[str, str], log_dir: Path, tag: str) -> None:
+        self.mongo_uri = env["MONGO_URI"]
+        self.procs: list[subprocess.Popen[bytes]] = []
+        self.ports: list[int] = []
+        while len(self.ports) < 2:
+            if (port := find_free_port()) not in self.ports:
+                self.ports.append(port)
+        self.port, self.url, self.post_url = self.ports[0], *(f"http://127.0.0.1:{p}" for p in self.ports)
+        try:
+            for name, port in zip("ab", self.ports, strict=True):
+                log_path = log_dir / f"node-{tag}-{name}.log"
+                with open(log_path, "ab") as log:  # the child keeps its own descriptor
+                    proc = subprocess.Popen(["node", "server.js"], cwd=NODE_DIR, stdout=log,
+                                            stderr=subprocess.STDOUT, start_new_session=True,
+                                            env={**os.environ, **env, "PORT": str(port)})  # fmt: skip
+                self.procs.append(proc)
+                await_ready(proc, f"http://127.0.0.1:{port}/healthz", f"node {name}", log_path, lambda: True)
+        except RuntimeError:
+            self.stop()
+            raise
+
+    def workers(self) -> list[int]:
+        return [proc.pid for proc in self.procs]
+
+    def stream_workers(self) -> list[int]:
+        return self.workers()[:1]
+
+    def stop(self) -> None:
+        for proc in self.procs:
+            stop_group(proc)
+
+
+def install_node_peer() -> str:
+    """``npm ci`` into bench/peer_node/node_modules when missing or the lock changed.
+
+    Returns "" once installed, else why the Node.js peer is skipped."""
+    npm = shutil.which("npm")
+    if shutil.which("node") is None or npm is None:
+        return "node and npm are not on PATH"
+    wanted = hashlib.sha256((NODE_DIR / "package-lock.json").read_bytes()).hexdigest()
+    stamp = NODE_DIR / "node_modules" / ".notify-lock.sha256"
+    if stamp.exists() and stamp.read_text().strip() == wanted:
+        return ""
+    say("installing bench/peer_node (npm ci) ...")
+    try:
+        argv = [npm, "ci", "--no-audit", "--no-fund"]  # its output beside ours, not in the table's stdout
+        done = subprocess.run(argv, cwd=NODE_DIR, stdout=sys.stderr, timeout=600, check=False)
+    except subprocess.TimeoutExpired:
+        return "npm ci took more than 10 minutes"
+    if done.returncode != 0:
+        return f"npm ci failed (exit {done.returncode}, see above)"
+    stamp.write_text(wanted + "\n")
+    return ""
+
+
+# how each stream mode's service takes a POST (bench/load.py post_request)
+TARGETS = {"ours-sse": "ours", "ours-ws": "ours", "peer-sse": "peer", "node-ws": "node"}
+AnyService = Service | NodeService
 
 
 # --- scenarios -------------------------------------------------------------------------------
 
 
 class Bench:
-    def __init__(self, args: argparse.Namespace, redis_url: str, mongo_url: str, workdir: Path) -> None:
+    def __init__(
+        self, args: argparse.Namespace, redis_url: str, mongo_url: str, workdir: Path, node: bool
+    ) -> None:
         self.args = args
+        self.node = node  # the Node.js peer is installed and runs
         self.p = {**PROFILES["quick" if args.quick else "full"], **dict(args.set)}
         self.redis_url = redis_url
         self.mongo_url = mongo_url
@@ -232,11 +331,15 @@ class Bench:
             **dict(self.args.env),
         }
 
-    def start(self, kind: str, tag: str) -> Service:
+    def start(self, kind: str, tag: str) -> AnyService:
+        if kind == "node":  # its own database, always: its collection is named like ours
+            env = {"REDIS_URL": self.redis_url, "NODE_ENV": "production",
+                   "MONGO_URI": f"{self.mongo_url.rstrip('/')}/bench_node{tag}"}  # fmt: skip
+            return NodeService(env, self.workdir, tag)
         return Service(kind, self.env(tag), self.workdir / f"{kind}-{tag}.log")
 
     # -- helpers --------------------------------------------------------------------------
-    def open(self, svc: Service, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
+    def open(self, svc: AnyService, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
         groups = split(users, len(self.loads))
         cmds = [
             {"cmd": "open", "mode": mode, "url": svc.url, "users": g, "per_user": per_user,
@@ -253,18 +356,18 @@ class Bench:
         replies = all_call(self.loads, [{"cmd": "count", "phase": phase}] * len(self.loads), 60)
         return {k: sum(r[k] for r in replies) for k in ("clients", "live", "got")}
 
-    def broadcast(self, svc: Service, users: list[str], phase: str, k: int, peer: bool) -> dict[str, Any]:
+    def broadcast(self, svc: AnyService, users: list[str], phase: str, k: int, target: str) -> dict[str, Any]:
         return self.poster.call(
-            {"cmd": "post_batch", "url": svc.url, "key": API_KEY, "user_ids": users, "phase": phase,
-             "k": k, "peer": peer},
+            {"cmd": "post_batch", "url": svc.post_url, "key": API_KEY, "user_ids": users, "phase": phase,
+             "k": k, "target": target},
             timeout=120,
         )  # fmt: skip
 
-    def barrier(self, svc: Service, users: list[str], peer: bool, timeout: float = 60) -> bool:
+    def barrier(self, svc: AnyService, users: list[str], target: str, timeout: float = 60) -> bool:
         """Broadcast until every client has received one: all are subscribed."""
         deadline, k = time.monotonic() + timeout, 0
         while time.monotonic() < deadline:
-            self.broadcast(svc, users, "w", k, peer)
+            self.broadcast(svc, users, "w", k, target)
             k += 1
             wait_until = time.monotonic() + 3
             while time.monotonic() < wait_until:
@@ -282,16 +385,16 @@ class Bench:
         all_call(self.loads, [{"cmd": "close"}] * len(self.loads), 120)
 
     # -- (a) latency ------------------------------------------------------------------------
-    def latency(self, svc: Service, mode: str) -> dict[str, Any]:
-        p, peer = self.p, mode == "peer-sse"
+    def latency(self, svc: AnyService, mode: str) -> dict[str, Any]:
+        p, target = self.p, TARGETS[mode]
         users = [f"lat{i}" for i in range(p["lat_users"])]
         opened = self.open(svc, mode, users, p["lat_per_user"])
-        self.barrier(svc, users, peer)
+        self.barrier(svc, users, target)
         self.reports({"cmd": "reset"})
         expected = p["lat_posts"] * p["lat_per_user"]
         posted = self.poster.call(
-            {"cmd": "post_rate", "url": svc.url, "key": API_KEY, "users": users, "rate": p["lat_rate"],
-             "count": p["lat_posts"], "phase": "l", "peer": peer},
+            {"cmd": "post_rate", "url": svc.post_url, "key": API_KEY, "users": users, "rate": p["lat_rate"],
+             "count": p["lat_posts"], "phase": "l", "target": target},
             timeout=p["lat_posts"] / p["lat_rate"] + 120,
         )  # fmt: skip
         deadline = time.monotonic() + 15
@@ -329,10 +432,10 @@ class Bench:
         }
 
     # -- (b, c, f) idle connections, memory, Redis connections ------------------------------
-    def idle(self, svc: Service, mode: str, users_n: int, per_user: int) -> dict[str, Any]:
-        peer = mode == "peer-sse"
+    def idle(self, svc: AnyService, mode: str, users_n: int, per_user: int) -> dict[str, Any]:
+        peer, target = mode == "peer-sse", TARGETS[mode]
         users = [f"idle{i}" for i in range(users_n)]
-        workers = svc.workers()
+        workers = svc.stream_workers()
         time.sleep(1.0)
         base = {pid: ProcStats.read(pid, svc.port) for pid in workers}
         curve: list[list[float]] = [[0, sum(s.rss_kb for s in base.values()) / 1024]]
@@ -344,13 +447,13 @@ class Bench:
             opened, failed = opened + res["opened"], failed + res["failed"]
             errors.update(res["errors"])
             if peer:  # the peer sends headers only with the first event
-                self.barrier(svc, [u for s in steps[: steps.index(step_users) + 1] for u in s], True)
+                self.barrier(svc, [u for s in steps[: steps.index(step_users) + 1] for u in s], target)
             time.sleep(1.0)
             now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
             conns = sum(now[pid].sockets - base[pid].sockets for pid in workers)
             curve.append([conns, sum(s.rss_kb for s in now.values()) / 1024])
             say(f"  {mode}: {conns} connections, RSS {curve[-1][1]:.0f} MB (step took {res['seconds']}s)")
-        all_subscribed = self.barrier(svc, users, peer, timeout=120)
+        all_subscribed = self.barrier(svc, users, target, timeout=120)
         now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
         per_worker = {
             str(pid): {
@@ -367,7 +470,7 @@ class Bench:
         time.sleep(hold)
         before_final = self.count("w")
         self.reports({"cmd": "reset"})
-        final = self.broadcast(svc, users, "f", 0, peer)
+        final = self.broadcast(svc, users, "f", 0, target)
         deadline = time.monotonic() + 60
         c = self.count("f")
         while c["got"] < c["clients"] and time.monotonic() < deadline:
@@ -394,7 +497,7 @@ class Bench:
         }
 
     # -- (d) broadcast ------------------------------------------------------------------------
-    def broadcast_rate(self, svc: Service, mode: str) -> dict[str, Any]:
+    def broadcast_rate(self, svc: AnyService, mode: str) -> dict[str, Any]:
         """One POST naming ``bc_users`` users, each with ``bc_per_user`` clients.
 
         First one POST at a time (end to end: POST sent to last delivery; fan-out: first to
@@ -404,7 +507,7 @@ class Bench:
         p = self.p
         users = [f"bc{i}" for i in range(p["bc_users"])]
         opened = self.open(svc, mode, users, p["bc_per_user"])
-        self.barrier(svc, users, False)
+        self.barrier(svc, users, "ours")
         target = opened["opened"]
         single, fanout, complete = [], [], []
 
@@ -419,7 +522,7 @@ class Bench:
 
         for k in range(p["bc_repeats"]):
             self.reports({"cmd": "reset"})
-            post = self.broadcast(svc, users, "b", k, False)
+            post = self.broadcast(svc, users, "b", k, "ours")
             marks = wait_for([k])
             count = sum(m[0] for m in marks)
             e2e_ns = max(m[3] for m in marks) - min(m[1] for m in marks) if marks else 0
@@ -459,7 +562,7 @@ class Bench:
             "all_delivered": all(complete),
         }
 
-    def drain(self, svc: Service, limit: float = 120.0) -> float:
+    def drain(self, svc: AnyService, limit: float = 120.0) -> float:
         """Seconds until MongoDB holds no outbox marker (every batch recorded as published).
 
         After a publish, each batch's marker is removed by a second write; a burst can
@@ -478,7 +581,7 @@ class Bench:
         finally:
             client.close()
 
-    def settle(self, svc: Service, limit: float = 60.0, left: int = 200) -> float:
+    def settle(self, svc: AnyService, limit: float = 60.0, left: int = 200) -> float:
         """Seconds until the service has closed the previous measure's streams (at most
         ``left`` client connections open: the posters' keep-alive pools). Polled, bounded.
 
@@ -493,12 +596,14 @@ class Bench:
         return time.monotonic() - started
 
     # -- (e) POST throughput --------------------------------------------------------------------
-    def throughput(self, svc: Service) -> dict[str, Any]:
+    def throughput(self, svc: AnyService) -> dict[str, Any]:
+        """POSTs from ``tp_clients`` keep-alive clients (the Node.js peer's: to A and B in turn)."""
         users = [f"tp{i}" for i in range(200)]
         pids = svc.workers()
         before = [cpu_seconds([pid]) for pid in pids]
+        urls = [svc.url, svc.post_url] if svc.kind == "node" else [svc.url]
         res = self.poster.call(
-            {"cmd": "throughput", "url": svc.url, "key": API_KEY, "users": users,
+            {"cmd": "throughput", "urls": urls, "key": API_KEY, "users": users, "target": svc.kind,
              "clients": self.p["tp_clients"], "seconds": self.p["tp_seconds"]},
             timeout=self.p["tp_seconds"] + 60,
         )  # fmt: skip
@@ -507,8 +612,11 @@ class Bench:
         res["worker_cpu_seconds"] = [round(u, 2) for u in used]  # how evenly the workers shared it
         return res
 
-    def profile(self, svc: Service, label: str) -> list[subprocess.Popen[bytes]]:
-        """py-spy on every worker for the length of one measure (collapsed stacks)."""
+    def profile(self, svc: AnyService, label: str) -> list[subprocess.Popen[bytes]]:
+        """py-spy on every worker for the length of one measure (collapsed stacks; Python only)."""
+        if svc.kind == "node":
+            say(f"  not profiling {label}: py-spy reads Python processes only")
+            return []
         spy = str(Path(PY).parent / "py-spy")
         (RESULTS / "tmp").mkdir(parents=True, exist_ok=True)
         procs = []
@@ -523,10 +631,11 @@ class Bench:
     def run_once(self) -> dict[str, Any]:
         self.run_no += 1
         tag = f"{int(time.time())}{self.run_no}"
-        p, skip, out = self.p, set(self.args.skip), {"ours": {}, "peer": {}}
+        p, skip, out = self.p, set(self.args.skip), {"ours": {}, "peer": {}, "node": {}}
         n_idle = p["idle_users"] * p["idle_per_user"]
         n_peer = p["peer_idle_users"] * p["peer_idle_per_user"]
-        step: list[tuple[str, str, Callable[[Service], dict[str, Any]]]] = []
+        n_node = p["node_idle_users"] * p["node_idle_per_user"]
+        step: list[tuple[str, str, Callable[[AnyService], dict[str, Any]]]] = []
         if self.args.only in (None, "ours"):
             step += [
                 ("ours", "latency_sse", lambda s: self.latency(s, "ours-sse")),
@@ -543,7 +652,14 @@ class Bench:
                 ("peer", "latency_sse", lambda s: self.latency(s, "peer-sse")),
                 ("peer", "idle_sse", lambda s: self.idle(s, "peer-sse", *peer_idle)),
             ]
-        svc: Service | None = None
+        if self.args.only in (None, "node") and self.node:
+            node_idle = (p["node_idle_users"], p["node_idle_per_user"])
+            step += [
+                ("node", "latency_ws", lambda s: self.latency(s, "node-ws")),
+                ("node", "throughput", self.throughput),
+                ("node", "idle_ws", lambda s: self.idle(s, "node-ws", *node_idle)),
+            ]
+        svc: AnyService | None = None
         for kind, name, fn in step:
             if name in skip:
                 continue
@@ -574,7 +690,11 @@ class Bench:
             say(f"  {kind} {name}: {json.dumps(brief)[:600]}")
         if svc is not None:
             svc.stop()
-        out["sizes"] = {"idle_connections": n_idle, "peer_idle_connections": n_peer}
+        out["sizes"] = {
+            "idle_connections": n_idle,
+            "peer_idle_connections": n_peer,
+            "node_idle_connections": n_node,
+        }
         return out
 
 
@@ -605,7 +725,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument(
         "--runs", type=int, default=None, help="repeat the whole run N times (default 3, quick 1)"
     )
-    parser.add_argument("--only", choices=("ours", "peer"), default=None)
+    parser.add_argument("--only", choices=("ours", "peer", "node"), default=None,
+                        help="one side: ours, the Flask-SSE peer or the Node.js peer")  # fmt: skip
     parser.add_argument("--skip", type=lambda s: [x for x in s.split(",") if x], default=[],
                         help="comma-separated measures to skip, e.g. idle_ws,throughput")  # fmt: skip
     parser.add_argument(
@@ -635,7 +756,9 @@ def main(argv: list[str]) -> int:
         "--mongo-data", default="", help="SecantusDB data directory to start on (default: a fresh one)"
     )
     parser.add_argument(
-        "--mongo-db", default="", help="database every service uses (default: a fresh one per service)"
+        "--mongo-db",
+        default="",
+        help="database ours and Flask-SSE use (default: a fresh one per service; Node.js: always its own)",
     )
     parser.add_argument("--max-minutes", type=float, default=0, help="start no run that would end past this")
     parser.add_argument("--out", default=str(RESULTS / "latest"), help="results path prefix")
@@ -644,13 +767,19 @@ def main(argv: list[str]) -> int:
     runs = args.runs or (1 if args.quick else 3)
     workdir = ROOT / ".devdata" / "bench"
     workdir.mkdir(parents=True, exist_ok=True)
+    wants_node = args.only in (None, "node")
+    node_skipped = install_node_peer() if wants_node else ""
+    if node_skipped:
+        say(f"skipping the Node.js peer: {node_skipped}")
+        if args.only == "node":
+            return 1
     redis = redis_server()
     redis.argv += ["--maxclients", "19000"]  # Flask-SSE holds one Redis connection per client
     mongo = mongo_server(data_dir=Path(args.mongo_data)) if args.mongo_data else mongo_server()
     say(f"starting redis-server and SecantusDB ({workdir})")
     redis.start()
     mongo.start()
-    bench = Bench(args, redis.url, mongo.url, workdir)
+    bench = Bench(args, redis.url, mongo.url, workdir, node=wants_node and not node_skipped)
     results: list[dict[str, Any]] = []
     started = time.time()
     load_at_start, speed_at_start = os.getloadavg(), speed_probe_ms()
@@ -667,6 +796,7 @@ def main(argv: list[str]) -> int:
             "load_avg_at_end": os.getloadavg(),
             "speed_probe_ms": [speed_at_start, speed_probe_ms()],
             "note": args.note,
+            "node_skipped": node_skipped,
             "ack": args.ack,
             "env": dict(args.env),
             "sizes": {**PROFILES["quick" if args.quick else "full"], **dict(args.set)},

@@ -60,12 +60,48 @@ def test_write_results_writes_table_and_json_and_no_readme(tmp_path):
     assert {p.name for p in tmp_path.iterdir()} == {"README.md", "out"}
     assert {p.name for p in (tmp_path / "out").iterdir()} == {"latest.md", "latest.json"}
     table = md.read_text()
-    assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | ≤ 12 | **no**" in table
-    assert "| SSE latency p50 (ms) | 3.5 | — | ≤ 3 | **no** |" in table
+    assert "| memory per idle SSE connection (KB RSS) | 14 | 50 | — | ≤ 12 | **no**" in table
+    assert "| SSE latency p50 (ms) | 3.5 | — | — | ≤ 3 | **no** |" in table
     assert "Note: shared" in table
     assert "231 ms at start, 402 ms at end" in table  # how fast the machine was, beside the figures
     assert json.loads(js.read_text())["runs"][0]["ours"]["latency_sse"]["p50_ms"] == 3.5
     assert "old table" in readme.read_text()  # the benchmark never edits a README
+
+
+def node_run(ours_p50: float, node_p50: float, ours_tp: float, node_tp: float) -> dict:
+    ws = {"lost": 0, "duplicates": 0, "stray": 0, "expected": 10, "received": 10}
+    return {
+        "ours": {"latency_ws": {**ws, "p50_ms": ours_p50}, "throughput": {"per_second": ours_tp}},
+        "peer": {},
+        "node": {
+            "latency_ws": {**ws, "p50_ms": node_p50},
+            "throughput": {"per_second": node_tp},
+            "idle_ws": {"kb_per_connection": 40.0, "per_worker": {"1": {"connections": 200}}},
+        },
+    }
+
+
+def test_node_columns_beside_ours_and_flask_sse(tmp_path):
+    rows = summarize([node_run(2.0, 6.0, 3000.0, 1500.0), node_run(2.2, 5.0, 2500.0, 2800.0)])
+    latency = row(rows, "WS latency p50")
+    assert latency["node"]["median"] == 5.5 and latency["peer"]["median"] is None
+    assert latency["better_than_peer"] and latency["worse_than"] == []
+    throughput = row(rows, "POST throughput")
+    assert throughput["better_than_peer"] and throughput["node"]["runs"] == [1500.0, 2800.0]
+    assert row(rows, "memory per idle WS")["node"]["median"] == 40.0
+    # not a row it shares: one instance holds its streams, it has no "less loaded worker"
+    assert row(rows, "idle WS connections on the less loaded")["node"]["median"] is None
+    meta = {"command": "dev.py bench", "profile": "quick", "runs": 1, "started_utc": "x", "seconds": 1,
+            "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3)}  # fmt: skip
+    (md,) = write_results(tmp_path / "latest", meta, [node_run(2.0, 6.0, 1000.0, 1500.0)], with_plot=False)[
+        :1
+    ]
+    table = md.read_text()
+    assert "| measure | ours | Flask-SSE | Node.js | target | met? |" in table
+    assert "| WS latency p50 (ms) | 2 | — | 6 | ≤ 3 | yes (as good as or better than the peers) |" in table
+    assert "| POST throughput, 32 keep-alive clients (/s) | 1,000 | — | 1,500 | ≥ 2,000 | **no** " in table
+    assert "(**worse than Node.js**)" in table
+    assert "| SSE latency p50 (ms) | — | — | — |" in table
 
 
 def test_results_go_outside_git(monkeypatch, tmp_path):
