@@ -15,6 +15,7 @@ import pymongo
 import pytest
 import requests
 
+from app.preferences import store as prefs_store
 from tests.push_service import PushService
 from tests.support import SSEClient, wait_until
 from tests.test_push import PUSH, metric, subscribe
@@ -36,17 +37,31 @@ def token(client: Any, auth: dict[str, str], user: str) -> dict[str, str]:
 
 def test_defaults_round_trip_and_both_endpoints(client, auth):
     me = token(client, auth, "ada")
-    defaults = {"default": ["live", "push"], "categories": {}, "quiet_hours": None}
+    defaults = {"default": ["inbox", "live", "push"], "categories": {}, "quiet_hours": None}
     assert client.get("/api/me/preferences", headers=me).get_json() == defaults
     body = {
         "default": ["live"],
-        "categories": {"billing": ["push", "live"], "promo": ["muted"], "chat": [], "a.b $c": ["push"]},
+        "categories": {
+            "billing": ["push", "live"],
+            "promo": ["muted"],
+            "news": ["inbox"],
+            "ads": [],
+            "a.b $c": ["push"],
+            "chat": ["live", "inbox"],
+        },
         "quiet_hours": {"start": "22:00", "end": "07:30", "timezone": "Europe/Paris"},
     }
     resp = client.put("/api/me/preferences", json=body, headers=me)
     assert resp.status_code == 200
-    categories = {"a.b $c": ["push"], "billing": ["live", "push"], "chat": ["muted"], "promo": ["muted"]}
-    expected = {**body, "categories": categories}
+    categories = {
+        "a.b $c": ["inbox", "push"],
+        "ads": [],
+        "billing": ["inbox", "live", "push"],
+        "chat": ["inbox", "live"],
+        "news": ["muted"],
+        "promo": ["muted"],
+    }
+    expected = {**body, "default": ["inbox", "live"], "categories": categories}
     assert resp.get_json() == expected
     assert client.get("/api/me/preferences", headers=me).get_json() == expected
     assert client.get("/api/users/ada/preferences", headers=auth).get_json() == expected
@@ -64,6 +79,10 @@ def test_defaults_round_trip_and_both_endpoints(client, auth):
         ({"default": ["email"]}, "default"),
         ({"default": "live"}, "default"),
         ({"categories": {"promo": ["live", "muted"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "muted"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "inbox"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "live", "push", "muted"]}}, "categories.promo"),
+        ({"default": ["Inbox"]}, "default"),
         ({"categories": {"promo": ["live", "live"]}}, "categories.promo"),
         ({"categories": {"promo": ["sms"]}}, "categories.promo"),
         ({"categories": {f"c{i}": ["live"] for i in range(101)}}, "categories"),
@@ -139,19 +158,23 @@ def send(server: Any, path: str, users: list[str], message: str, **extra: Any) -
         assert resp.status_code == 201, resp.text
 
 
+def follow_news(server: Any, users: list[str]) -> None:
+    resp = requests.put(
+        server.url + "/api/topics/news/subscribers",
+        json={"user_ids": users},
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+
+
 @pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
 def test_a_muted_category_is_stored_but_not_pushed_nor_streamed(live, push_service, path):
     server = live(**PUSH)
     for user in ("onl", "off"):
         put(server, user, MUTE_PROMO)
     if path == "topic":
-        resp = requests.put(
-            server.url + "/api/topics/news/subscribers",
-            json={"user_ids": ["onl", "off"]},
-            headers={"Authorization": f"Bearer {server.stack.api_key}"},
-            timeout=10,
-        )
-        assert resp.status_code == 200
+        follow_news(server, ["onl", "off"])
     browser = subscribe(server, "off", push_service)
     sse = SSEClient(server.url, server.token("onl"))
     try:
@@ -256,3 +279,87 @@ def test_an_update_of_a_muted_notification_is_not_streamed_either(live):
         assert [e["type"] for e in sse.events if e["type"] == "update"] == []
     finally:
         sse.close()
+
+
+def test_a_refusal_states_the_rule(client, auth):
+    resp = client.put("/api/users/bob/preferences", json={"default": "inbox"}, headers=auth)
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["field"] == "default"
+    assert '"live" and "push" imply "inbox"' in error["message"] and "[] (off everywhere" in error["message"]
+
+
+def test_preferences_stored_before_the_inbox_was_a_channel_keep_their_meaning(app, client, auth):
+    """Earlier versions stored lists of ``live`` / ``push`` or ``["muted"]``, all meaning in
+    the inbox; what is stored now is written the same way (``[]`` the one new list), so an
+    earlier version reading it back would not refuse it."""
+    old = {
+        "_id": "old-timer",
+        "default": ["live"],
+        "categories": [["promo", ["muted"]], ["alerts", ["push"]], ["chat", ["live", "push"]]],
+        "quiet_hours": None,
+    }
+    with app.app_context():
+        prefs_store.collection().insert_one(old)
+    assert client.get("/api/users/old-timer/preferences", headers=auth).get_json() == {
+        "default": ["inbox", "live"],
+        "categories": {"alerts": ["inbox", "push"], "chat": ["inbox", "live", "push"], "promo": ["muted"]},
+        "quiet_hours": None,
+    }
+    body = {"default": ["inbox", "live", "push"], "categories": {"ads": [], "promo": ["inbox"]}}
+    assert client.put("/api/users/old-timer/preferences", json=body, headers=auth).status_code == 200
+    with app.app_context():
+        stored = prefs_store.collection().find_one({"_id": "old-timer"})
+    assert stored["default"] == ["live", "push"]
+    assert stored["categories"] == [["ads", []], ["promo", ["muted"]]]
+
+
+def hidden(server: Any, message: str) -> list[dict[str, Any]]:
+    """The stored notifications ``message`` that their users' preferences hid (sent, if scheduled)."""
+    with pymongo.MongoClient(server.stack.mongo_uri) as mongo:
+        query = {"message": message, "hidden": "preferences", "read": None, "due_at": None}
+        return list(mongo.get_default_database()["notifications"].find(query))
+
+
+def counts(server: Any, user: str) -> dict[str, Any]:
+    return server.call("GET", f"/api/users/{user}/counts").json()
+
+
+@pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
+def test_a_category_off_everywhere_is_stored_but_in_no_inbox(live, push_service, path):
+    """``[]``: stored (its sender sees why it went nowhere), but not in the inbox, the
+    counts or a replay, not sent on open streams and not pushed."""
+    server = live(**PUSH)
+    for user in ("onl", "off"):
+        put(server, user, {"categories": {"promo": []}})
+    if path == "topic":
+        follow_news(server, ["onl", "off"])
+    browser = subscribe(server, "off", push_service)
+    sse = SSEClient(server.url, server.token("onl"))
+    try:
+        server.notify("onl", "hello")
+        sse.wait_count(1)
+        before = sse.last_id()
+        send(server, path, ["onl", "off"], "sale", category="promo", delay=0.5)
+        send(server, path, ["onl", "off"], "invoice", category="billing", delay=1.0)
+        sse.wait_count(2)
+        wait_until(lambda: push_service.received)
+        wait_until(lambda: len(hidden(server, "sale")) == 2)
+        assert [browser.decrypt(m)["message"] for m in push_service.received] == ["invoice"]
+        assert inbox(server, "onl") == ["hello", "invoice"] and inbox(server, "off") == ["invoice"]
+        assert sse.messages() == ["hello", "invoice"], "not sent on the open stream"
+        assert {k: counts(server, "onl")[k] for k in ("unread", "total")} == {"unread": 2, "total": 2}
+        assert counts(server, "off")["unread"] == 1
+    finally:
+        sse.close()
+    replay = SSEClient(server.url, server.token("onl"), last_event_id=before)
+    try:
+        replay.wait_count(1)
+        assert replay.messages() == ["invoice"], "not replayed (it would come first: its cursor is older)"
+    finally:
+        replay.close()
+    for doc in hidden(server, "sale"):
+        traced = server.call("GET", f"/api/notifications/{doc['_id']}").json()
+        assert traced["hidden"] == "preferences" and traced["sent"] is True
+        assert traced["delivery"]["published_at"] is None and traced["delivery"]["sent"] == []
+    recent = server.call("GET", "/api/recent").json()["notifications"]
+    assert "sale" not in [n["message"] for n in recent] and "invoice" in [n["message"] for n in recent]
