@@ -238,7 +238,8 @@ class Publisher:
         count, state change and replay leaves out (as a scheduled notification not sent
         yet), and ``hidden: "preferences"``, which says why. ``publish`` leaves them out:
         no stream, replay list, recent list or Web Push. One read of the batch's users'
-        preferences, which the publish then finds cached."""
+        preferences, which the publish then finds cached; a preference store that cannot be
+        read leaves the batch in the inbox (the defaults)."""
         if self.preferences is None or not docs:
             return
         prefs = self.preferences.get_many({doc["user_id"] for doc in docs})
