@@ -13,6 +13,10 @@ lists stored by earlier versions keep their meaning. The lists a category may ha
   sender can see what became of it: ``hidden: "preferences"``), but it is in no inbox
   listing, count or replay, not sent on open streams and not pushed.
 
+The choice is made when a notification is sent (for a scheduled one, when it is due) and
+stays with it: turning a category off leaves what is in the inbox there, turning it back
+on does not bring back what was hidden.
+
 ``default`` applies to uncategorised notifications and to every category not listed.
 Quiet hours (``start`` to ``end``, local time in ``timezone``) hold Web Push back until
 they end; live delivery and the inbox go on. A user with no stored preferences has every
