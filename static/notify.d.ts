@@ -138,8 +138,12 @@ declare namespace Notify {
     setPreferences(preferences: Partial<Preferences>): Promise<Preferences>;
   }
 
-  /** `live`: open streams; `push`: Web Push; `["muted"]`: neither (still in the inbox) */
-  type Channels = Array<'live' | 'push'> | ['muted'];
+  /**
+   * `inbox`: the inbox, history, counts and replays; `live`: open streams; `push`: Web Push.
+   * `live` and `push` imply `inbox` (it may be left out); `["muted"]`: the inbox alone;
+   * `[]`: off everywhere (stored, marked `hidden: "preferences"`, but in no inbox).
+   */
+  type Channels = Array<'inbox' | 'live' | 'push'> | ['muted'] | [];
 
   interface Preferences {
     /** for uncategorised notifications and unlisted categories */
@@ -164,7 +168,7 @@ declare namespace Notify {
 /**
  * <notify-inbox token="..." url="https://notify.example" transport="sse|ws" limit="20">:
  * a bell with the unseen badge and a popover inbox, with a Preferences panel (per category:
- * in app, push, muted; quiet hours). Themed by CSS variables (--notify-accent,
+ * inbox, in app, push; quiet hours). Themed by CSS variables (--notify-accent,
  * --notify-bg, --notify-fg, --notify-border, --notify-muted, --notify-badge-bg,
  * --notify-badge-fg, --notify-unread-bg, --notify-warn-bg, --notify-font, --notify-width,
  * --notify-height, --notify-z) and ::part(bell), ::part(badge), ::part(panel). Its

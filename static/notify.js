@@ -16,7 +16,7 @@
  *   client.markUnread([id]); client.archive([id]); client.unarchive([id]); client.remove(id);
  *   client.setTransport('ws'); client.close();
  *   client.enablePush();  // Web Push while no tab is open (service worker /notify-sw.js)
- *   await client.getPreferences();   // {default, categories: {promo: ['muted']}, quiet_hours}
+ *   await client.getPreferences();   // {default, categories: {promo: ['muted'], ads: []}, quiet_hours}
  *   await client.setPreferences({categories: {chat: ['live']}});  // replaces them all
  *
  * Without a cursor it first loads the newest page of history (onHistory) and resumes after its
@@ -36,7 +36,7 @@
  * transport="ws" limit="20"></notify-inbox> renders a bell with the unseen badge and a popover list
  * (mark read / unread, archive, load more, actions as links, empty and offline states; entries
  * updated in place, replaced by their collapse_key's newer one, gone once expired; a
- * Preferences panel: per category in app / push / muted, and quiet hours),
+ * Preferences panel: per category inbox / in app / push, and quiet hours),
  * keyboard accessible (Enter/Space opens, Escape closes), themed by CSS variables
  * (--notify-accent, --notify-bg, --notify-fg, --notify-badge-bg, --notify-width, ...) and
  * ::part(bell|badge|panel). Set element.getToken = async () => '...' to refresh tokens.
@@ -659,7 +659,7 @@
         this._add(page.notifications || [], false);
       }
 
-      /** The preferences panel in place of the list (per category: in-app, push, muted; quiet hours). */
+      /** The preferences panel in place of the list (per category: inbox, in app, push; quiet hours). */
       async showPreferences(show) {
         show = show === undefined ? true : !!show;
         this._prefsShown = show;
@@ -694,8 +694,10 @@
           const set = el('fieldset');
           set.dataset.category = key;
           set.appendChild(el('legend', { textContent: label }));
-          [['live', 'In app'], ['push', 'Push'], ['muted', 'Muted']].forEach(([channel, text]) => {
-            const box = el('input', { type: 'checkbox', name: channel, checked: channels.indexOf(channel) >= 0 });
+          // ['muted'] is the inbox alone, [] off everywhere; live and push come with the inbox
+          [['inbox', 'Inbox'], ['live', 'In app'], ['push', 'Push']].forEach(([channel, text]) => {
+            const on = channel === 'inbox' ? channels.length > 0 : channels.indexOf(channel) >= 0;
+            const box = el('input', { type: 'checkbox', name: channel, checked: on });
             const tag = el('label');
             tag.append(box, ' ' + text);
             set.appendChild(tag);
@@ -719,20 +721,22 @@
         form.lastChild.setAttribute('role', 'status');
       }
 
-      /** Muted turns the channels off; a channel turned on unmutes. */
+      /** In app and Push show it in the inbox too: turning one on turns the inbox on, turning
+       * the inbox off turns them off. */
       _prefsToggle(box) {
         const set = box.closest('fieldset');
-        if (!set || set.classList.contains('quiet') || !box.checked) return;
-        const others = box.name === 'muted' ? ['live', 'push'] : ['muted'];
-        others.forEach((name) => { set.querySelector(`input[name="${name}"]`).checked = false; });
+        if (!set || set.classList.contains('quiet')) return;
+        const input = (name) => set.querySelector(`input[name="${name}"]`);
+        if (box.name === 'inbox' && !box.checked) ['live', 'push'].forEach((name) => { input(name).checked = false; });
+        if (box.name !== 'inbox' && box.checked) input('inbox').checked = true;
       }
 
       /** What the panel shows, as preferences: categories only where they differ from the default. */
       _prefsFromForm() {
         const form = this.$('form.prefs');
         const channels = (set) => {
-          const on = ['live', 'push'].filter((name) => set.querySelector(`input[name="${name}"]`).checked);
-          return on.length ? on : ['muted'];
+          const on = ['inbox', 'live', 'push'].filter((name) => set.querySelector(`input[name="${name}"]`).checked);
+          return on.join() === 'inbox' ? ['muted'] : on;  // the inbox alone is muted; none: not even the inbox
         };
         const sets = Array.from(form.querySelectorAll('fieldset[data-category]'));
         const fallback = channels(sets[0]);

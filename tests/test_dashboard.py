@@ -220,15 +220,17 @@ def test_user_page_escapes_content_and_shows_cache_state(dash: Flask) -> None:
 def test_user_page_shows_the_users_preferences(dash: Flask) -> None:
     client = signed_in(dash)
     page = client.get("/dashboard/users/erin").get_data(as_text=True)
-    assert '<dd data-category="">live, push</dd>' in page and '<dd id="quiet-hours">none</dd>' in page
+    assert '<dd data-category="">inbox, live, push</dd>' in page and '<dd id="quiet-hours">none</dd>' in page
     body = {
-        "categories": {"<promo>": ["muted"]},
+        "categories": {"<promo>": ["muted"], "ads": [], "chat": ["live"]},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
     }
     auth = {"Authorization": f"Bearer {dash.extensions['config'].API_KEYS[0]}"}
     assert dash.test_client().put("/api/users/erin/preferences", json=body, headers=auth).status_code == 200
     page = client.get("/dashboard/users/erin").get_data(as_text=True)
-    assert '<dt>&lt;promo&gt;</dt><dd data-category="&lt;promo&gt;">muted</dd>' in page
+    assert '<dt>&lt;promo&gt;</dt><dd data-category="&lt;promo&gt;">inbox only (muted)</dd>' in page
+    assert '<dd data-category="ads">off: not in the inbox, not sent</dd>' in page
+    assert '<dd data-category="chat">inbox, live</dd>' in page
     assert "22:00–07:00 (Europe/Paris)" in page
 
 

@@ -171,13 +171,24 @@ def test_the_preferences_panel_by_keyboard(page, live, site):  # noqa: F811
     assert shown(page, "ul").is_hidden()
     assert shown(page, 'fieldset[data-category=""] legend').text_content() == "Any category"
     assert (
-        page.evaluate("() => document.querySelector('notify-inbox').shadowRoot.activeElement.name") == "live"
+        page.evaluate("() => document.querySelector('notify-inbox').shadowRoot.activeElement.name") == "inbox"
     ), "the first toggle has the focus"
 
-    promo.locator('input[name="muted"]').focus()
+    def checked() -> list[str]:
+        return [c for c in ("inbox", "live", "push") if promo.locator(f'input[name="{c}"]').is_checked()]
+
+    assert checked() == ["inbox", "live", "push"]
+    promo.locator('input[name="inbox"]').focus()
     page.keyboard.press("Space")
-    assert promo.locator('input[name="live"]').is_checked() is False
-    assert promo.locator('input[name="push"]').is_checked() is False
+    assert checked() == [], "out of the inbox: not live nor pushed either"
+    promo.locator('input[name="live"]').focus()
+    page.keyboard.press("Space")
+    assert checked() == ["inbox", "live"], "live comes with the inbox"
+    page.keyboard.press("Space")
+    assert checked() == ["inbox"], "muted: in the inbox alone"
+    promo.locator('input[name="inbox"]').focus()
+    page.keyboard.press("Space")
+    assert checked() == []
     shown(page, 'input[name="quiet"]').focus()
     page.keyboard.press("Space")
     page.allow_console_errors(r"status of 422")  # the refused time zone below
@@ -201,8 +212,8 @@ def test_the_preferences_panel_by_keyboard(page, live, site):  # noqa: F811
         timeout=10,
     ).json()
     assert stored == {
-        "default": ["live", "push"],
-        "categories": {"promo": ["muted"]},
+        "default": ["inbox", "live", "push"],
+        "categories": {"promo": []},
         "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"},
     }
 
@@ -211,4 +222,9 @@ def test_the_preferences_panel_by_keyboard(page, live, site):  # noqa: F811
     server.post("/api/notifications", {"user_id": user, "message": "another sale", "category": "promo"})
     server.post("/api/notifications", {"user_id": user, "message": "your invoice", "category": "billing"})
     page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2")
-    assert shown(page, "li .message").all_text_contents() == ["your invoice", "20% off"], "muted: not live"
+    assert shown(page, "li .message").all_text_contents() == ["your invoice", "20% off"], "promo: not live"
+    page.reload()  # the history as stored: the promo sent after the change is in no inbox
+    page.wait_for_function("document.querySelector('notify-inbox').getAttribute('status') === 'open'")
+    shown(page, ".bell").click()
+    page.wait_for_function("() => document.querySelector('notify-inbox').items.length === 2")
+    assert shown(page, "li .message").all_text_contents() == ["your invoice", "20% off"]

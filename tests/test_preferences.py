@@ -1,12 +1,16 @@
-"""Users' preferences (app/preferences/): the API and its validation, and their effect at
-send time on live servers: a muted category stored but neither pushed nor sent on open
-streams, on every path (single, bulk, topic, scheduled); quiet hours holding Web Push back
-until they end, across a restart; a change taking effect at once."""
+"""Users' preferences (app/preferences/): the API and its validation, documents stored by
+earlier versions, and their effect at send time on live servers: a muted category stored
+but neither pushed nor sent on open streams, and a category off everywhere (``[]``)
+stored but in no inbox, count, replay or recent list either, on every path (single, bulk,
+topic, scheduled, the relay); quiet hours holding Web Push back until they end, across a
+restart; a change taking effect at once."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from zoneinfo import ZoneInfo
@@ -15,8 +19,11 @@ import pymongo
 import pytest
 import requests
 
+from app.dashboard.reach import waiting_query as reach_query
+from app.preferences import store as prefs_store
+from app.store.models import EITHER_READ, HISTORY_INDEX, MARKERS
 from tests.push_service import PushService
-from tests.support import SSEClient, wait_until
+from tests.support import SSEClient, wait_until, winning_stages
 from tests.test_push import PUSH, metric, subscribe
 
 MUTE_PROMO = {"categories": {"promo": ["muted"]}}
@@ -36,17 +43,31 @@ def token(client: Any, auth: dict[str, str], user: str) -> dict[str, str]:
 
 def test_defaults_round_trip_and_both_endpoints(client, auth):
     me = token(client, auth, "ada")
-    defaults = {"default": ["live", "push"], "categories": {}, "quiet_hours": None}
+    defaults = {"default": ["inbox", "live", "push"], "categories": {}, "quiet_hours": None}
     assert client.get("/api/me/preferences", headers=me).get_json() == defaults
     body = {
         "default": ["live"],
-        "categories": {"billing": ["push", "live"], "promo": ["muted"], "chat": [], "a.b $c": ["push"]},
+        "categories": {
+            "billing": ["push", "live"],
+            "promo": ["muted"],
+            "news": ["inbox"],
+            "ads": [],
+            "a.b $c": ["push"],
+            "chat": ["live", "inbox"],
+        },
         "quiet_hours": {"start": "22:00", "end": "07:30", "timezone": "Europe/Paris"},
     }
     resp = client.put("/api/me/preferences", json=body, headers=me)
     assert resp.status_code == 200
-    categories = {"a.b $c": ["push"], "billing": ["live", "push"], "chat": ["muted"], "promo": ["muted"]}
-    expected = {**body, "categories": categories}
+    categories = {
+        "a.b $c": ["inbox", "push"],
+        "ads": [],
+        "billing": ["inbox", "live", "push"],
+        "chat": ["inbox", "live"],
+        "news": ["muted"],
+        "promo": ["muted"],
+    }
+    expected = {**body, "default": ["inbox", "live"], "categories": categories}
     assert resp.get_json() == expected
     assert client.get("/api/me/preferences", headers=me).get_json() == expected
     assert client.get("/api/users/ada/preferences", headers=auth).get_json() == expected
@@ -64,6 +85,10 @@ def test_defaults_round_trip_and_both_endpoints(client, auth):
         ({"default": ["email"]}, "default"),
         ({"default": "live"}, "default"),
         ({"categories": {"promo": ["live", "muted"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "muted"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "inbox"]}}, "categories.promo"),
+        ({"categories": {"promo": ["inbox", "live", "push", "muted"]}}, "categories.promo"),
+        ({"default": ["Inbox"]}, "default"),
         ({"categories": {"promo": ["live", "live"]}}, "categories.promo"),
         ({"categories": {"promo": ["sms"]}}, "categories.promo"),
         ({"categories": {f"c{i}": ["live"] for i in range(101)}}, "categories"),
@@ -139,19 +164,34 @@ def send(server: Any, path: str, users: list[str], message: str, **extra: Any) -
         assert resp.status_code == 201, resp.text
 
 
-@pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
-def test_a_muted_category_is_stored_but_not_pushed_nor_streamed(live, push_service, path):
+@dataclass
+class Sent:
+    server: Any
+    stream: SSEClient
+    before: str | None  # the stream's last cursor before the sale
+    pushed: list[str]  # the messages pushed when the invoice was
+
+
+def follow_news(server: Any, users: list[str]) -> None:
+    resp = requests.put(
+        server.url + "/api/topics/news/subscribers",
+        json={"user_ids": users},
+        headers={"Authorization": f"Bearer {server.stack.api_key}"},
+        timeout=10,
+    )
+    assert resp.status_code == 200
+
+
+@contextmanager
+def sale_and_invoice(live: Any, push_service: PushService, path: str, promo: list[str]) -> Iterator[Sent]:
+    """Users "onl" (an open stream) and "off" (a push subscription) with ``promo`` as the
+    channels of the promo category; a "sale" (promo) then an "invoice" (billing) sent to
+    both by ``path``, the invoice streamed and pushed."""
     server = live(**PUSH)
     for user in ("onl", "off"):
-        put(server, user, MUTE_PROMO)
+        put(server, user, {"categories": {"promo": promo}})
     if path == "topic":
-        resp = requests.put(
-            server.url + "/api/topics/news/subscribers",
-            json={"user_ids": ["onl", "off"]},
-            headers={"Authorization": f"Bearer {server.stack.api_key}"},
-            timeout=10,
-        )
-        assert resp.status_code == 200
+        follow_news(server, ["onl", "off"])
     browser = subscribe(server, "off", push_service)
     sse = SSEClient(server.url, server.token("onl"))
     try:
@@ -162,13 +202,20 @@ def test_a_muted_category_is_stored_but_not_pushed_nor_streamed(live, push_servi
         send(server, path, ["onl", "off"], "invoice", category="billing", delay=1.0)
         sse.wait_count(2)
         wait_until(lambda: push_service.received)
+        yield Sent(server, sse, before, [browser.decrypt(m)["message"] for m in push_service.received])
+    finally:
+        sse.close()
+
+
+@pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
+def test_a_muted_category_is_stored_but_not_pushed_nor_streamed(live, push_service, path):
+    with sale_and_invoice(live, push_service, path, ["muted"]) as sent:
+        server, sse, before = sent.server, sent.stream, sent.before
         wait_until(lambda: metric(server, "notify_push_skipped", "preferences") == 2)  # the sale, for each
-        assert [browser.decrypt(m)["message"] for m in push_service.received] == ["invoice"]
+        assert sent.pushed == ["invoice"] and len(push_service.received) == 1
         everything = ["hello", "invoice", "sale"]
         wait_until(lambda: inbox(server, "onl") == everything and inbox(server, "off") == ["invoice", "sale"])
         assert sse.messages() == ["hello", "invoice"], "the muted one is not sent on the open stream"
-    finally:
-        sse.close()
     replay = SSEClient(server.url, server.token("onl"), last_event_id=before)
     try:
         replay.wait_count(2)
@@ -254,5 +301,133 @@ def test_an_update_of_a_muted_notification_is_not_streamed_either(live):
         sse.wait_count(1)
         assert sse.messages() == ["marker"]
         assert [e["type"] for e in sse.events if e["type"] == "update"] == []
+    finally:
+        sse.close()
+
+
+def test_a_refusal_states_the_rule(client, auth):
+    resp = client.put("/api/users/bob/preferences", json={"default": "inbox"}, headers=auth)
+    error = resp.get_json()["error"]
+    assert resp.status_code == 422 and error["field"] == "default"
+    assert '"live" and "push" imply "inbox"' in error["message"] and "[] (off everywhere" in error["message"]
+
+
+def test_preferences_stored_before_the_inbox_was_a_channel_keep_their_meaning(app, client, auth):
+    """Earlier versions stored lists of ``live`` / ``push`` or ``["muted"]``, all meaning in
+    the inbox; what is stored now is written the same way (``[]`` the one new list), so an
+    earlier version reading it back would not refuse it."""
+    old = {
+        "_id": "old-timer",
+        "default": ["live"],
+        "categories": [["promo", ["muted"]], ["alerts", ["push"]], ["chat", ["live", "push"]]],
+        "quiet_hours": None,
+    }
+    with app.app_context():
+        prefs_store.collection().insert_one(old)
+    assert client.get("/api/users/old-timer/preferences", headers=auth).get_json() == {
+        "default": ["inbox", "live"],
+        "categories": {"alerts": ["inbox", "push"], "chat": ["inbox", "live", "push"], "promo": ["muted"]},
+        "quiet_hours": None,
+    }
+    body = {"default": ["inbox", "live", "push"], "categories": {"ads": [], "promo": ["inbox"]}}
+    assert client.put("/api/users/old-timer/preferences", json=body, headers=auth).status_code == 200
+    with app.app_context():
+        stored = prefs_store.collection().find_one({"_id": "old-timer"})
+    assert stored["default"] == ["live", "push"]
+    assert stored["categories"] == [["ads", []], ["promo", ["muted"]]]
+
+
+def hidden(server: Any, message: str) -> list[dict[str, Any]]:
+    """The stored notifications ``message`` that their users' preferences hid (sent, if scheduled)."""
+    with pymongo.MongoClient(server.stack.mongo_uri) as mongo:
+        query = {"message": message, "hidden": "preferences", "read": None, "due_at": None}
+        return list(mongo.get_default_database()["notifications"].find(query))
+
+
+def counts(server: Any, user: str) -> dict[str, Any]:
+    return server.call("GET", f"/api/users/{user}/counts").json()
+
+
+@pytest.mark.parametrize("path", ["single", "bulk", "topic", "scheduled"])
+def test_a_category_off_everywhere_is_stored_but_in_no_inbox(live, push_service, path):
+    """``[]``: stored (its sender sees why it went nowhere), but not in the inbox, the
+    counts or a replay, not sent on open streams and not pushed."""
+    with sale_and_invoice(live, push_service, path, []) as sent:
+        server, sse, before = sent.server, sent.stream, sent.before
+        wait_until(lambda: len(hidden(server, "sale")) == 2)
+        assert sent.pushed == ["invoice"] and len(push_service.received) == 1
+        assert inbox(server, "onl") == ["hello", "invoice"] and inbox(server, "off") == ["invoice"]
+        assert sse.messages() == ["hello", "invoice"], "not sent on the open stream"
+        assert {k: counts(server, "onl")[k] for k in ("unread", "total")} == {"unread": 2, "total": 2}
+        assert counts(server, "off")["unread"] == 1
+    replay = SSEClient(server.url, server.token("onl"), last_event_id=before)
+    try:
+        replay.wait_count(1)
+        assert replay.messages() == ["invoice"], "not replayed (it would come first: its cursor is older)"
+    finally:
+        replay.close()
+    for doc in hidden(server, "sale"):
+        traced = server.call("GET", f"/api/notifications/{doc['_id']}").json()
+        assert traced["hidden"] == "preferences" and traced["sent"] is True
+        assert traced["delivery"]["published_at"] is None and traced["delivery"]["sent"] == []
+    recent = server.call("GET", "/api/recent").json()["notifications"]
+    assert "sale" not in [n["message"] for n in recent] and "invoice" in [n["message"] for n in recent]
+
+
+def test_what_is_hidden_leaves_cached_pages_counts_and_state_changes_alone(live):
+    server = live()
+    put(server, "hc", {"categories": {"promo": []}})
+    server.notify("hc", "kept")
+    base = "/api/users/hc/notifications"
+    assert server.call("GET", base).headers["X-Cache"] == "MISS"
+    assert server.call("GET", base).headers["X-Cache"] == "HIT"
+    sse = SSEClient(server.url, server.token("hc"))
+    try:
+        resp = server.post("/api/notifications", {"user_id": "hc", "message": "sale", "category": "promo"})
+        assert resp.status_code == 201 and resp.json()["hidden"] == "preferences", "its sender is told"
+        page = server.call("GET", base)
+        assert page.headers["X-Cache"] == "HIT", "nothing in the inbox changed: the cached page stands"
+        assert [n["message"] for n in page.json()["notifications"]] == ["kept"]
+        patched = server.call("PATCH", f"/api/notifications/{resp.json()['id']}", {"message": "bigger sale"})
+        assert patched.status_code == 200 and patched.json()["hidden"] == "preferences"
+        read = server.call("POST", "/api/users/hc/read", {"all": True})
+        assert read.json() == {"updated": 1}, "only what is in the inbox"
+        assert server.call("DELETE", f"{base}/{resp.json()['id']}").status_code == 404
+        server.notify("hc", "marker")
+        sse.wait_for(lambda: "marker" in sse.messages())
+        assert sse.messages() == ["marker"] and [e for e in sse.events if e["type"] == "update"] == []
+    finally:
+        sse.close()
+    with pymongo.MongoClient(server.stack.mongo_uri) as mongo:
+        coll = mongo.get_default_database()["notifications"]
+        (sale,) = coll.find({"hidden": "preferences"})
+        assert sale["read"] is None and sale["message"] == "bigger sale" and sale.get("read_at") is None
+        for query in (  # the inbox's queries, named to the index as the service names them
+            coll.find({"user_id": "hc", "read": EITHER_READ, "archived_at": None}).sort("seq", -1).limit(21),
+            coll.find({"user_id": "hc", "read": False, "archived_at": None, "deleted_at": None}),
+            coll.find(reach_query("hc")),
+        ):
+            plan = query.hint(HISTORY_INDEX).explain()["queryPlanner"]["winningPlan"]
+            stages = winning_stages(plan)
+            assert "IXSCAN" in stages and "COLLSCAN" not in stages, stages
+        assert list(plan["filter"]) == ["due_at"], "the waiting range: read and seq are its bounds"
+
+
+def test_a_hidden_batch_the_relay_publishes_stays_hidden(live):
+    healthy = live(workers=1, PUBLISH_LEASE_SECONDS="1", RELAY_INTERVAL_SECONDS="0.2")
+    crashing = live(workers=1, TEST_CRASH_AFTER_INSERT="1", PUBLISH_LEASE_SECONDS="1")
+    put(healthy, "rly", {"default": []})
+    sse = SSEClient(healthy.url, healthy.token("rly"))
+    try:
+        with pytest.raises(requests.RequestException):
+            crashing.post("/api/notifications", {"user_id": "rly", "message": "orphan"})
+        with pymongo.MongoClient(healthy.stack.mongo_uri) as mongo:
+            coll = mongo.get_default_database()["notifications"]
+            assert coll.count_documents({"message": "orphan", "hidden": "preferences"}) == 1
+            wait_until(lambda: coll.count_documents(MARKERS) == 0)  # the relay took the batch
+        put(healthy, "rly", {})
+        healthy.notify("rly", "after")
+        sse.wait_count(1)
+        assert sse.messages() == ["after"] and inbox(healthy, "rly") == ["after"]
     finally:
         sse.close()

@@ -33,8 +33,14 @@ def reach(user_id: str) -> dict[str, Any]:
     return view
 
 
+def waiting_query(user_id: str) -> dict[str, Any]:
+    """``seq`` None: what waits has no cursor yet; what the user's preferences hid (also
+    ``read: None``) has one, so the range holds only what waits, however much is hidden."""
+    return {"user_id": user_id, "read": None, "seq": None, "due_at": {"$ne": None}}
+
+
 def _scheduled(user_id: str) -> list[dict[str, Any]]:
-    query = {"user_id": user_id, "read": None, "due_at": {"$ne": None}}
+    query = waiting_query(user_id)
     projection = {"title": 1, "message": 1, "send_at": 1, "expires_at": 1, "category": 1}
     find = notifications_collection().find(query, projection).limit(SHOWN)
     docs = by_history_index(lambda index: list(find.clone().hint(index)))

@@ -582,10 +582,14 @@ SCHEMAS["Notification"]["properties"].update({
     "updated_at": {"type": "string", "format": "date-time", "description": "Only once it was updated"},
     "collapse_key": {"type": "string", "description": "Only when sent with one"},
     "replaces": {**OBJECT_ID, "description": "The notification it replaced (same `collapse_key`)"},
+    "hidden": {"const": "preferences", "description": "Only when its user's preferences keep its category "
+               "out of the inbox (`[]`): stored, but in no inbox, count or replay, not sent on open streams "
+               "and not pushed (`delivery.published_at` stays null)"},
 })
 SCHEMAS["Traced"]["required"] += ["sent", "sent_at"]
 SCHEMAS["Traced"]["properties"].update({
-    "sent": {"type": "boolean", "description": "false while a scheduled one waits for its `send_at`"},
+    "sent": {"type": "boolean", "description": "false while a scheduled one waits for its `send_at` (true "
+             "once due, also when `hidden` kept it from being published)"},
     "sent_at": {**TIME, "description": "When a scheduled one was sent"},
 })
 SCHEMAS["NotificationUpdate"] = {
@@ -614,8 +618,12 @@ PATHS["/api/notifications/{notification_id}"].update({
 })
 
 # -- preferences (app/preferences/) ----------------------------------------------------------
-CHANNELS = {"description": "The channels that deliver it: `live` (open streams), `push` (Web Push); "
-            '`["muted"]` (or `[]`) for neither: still stored, in the inbox and history',
+CHANNELS = {"description": "The channels that deliver it: `inbox` (inbox, history, counts, replays), `live` "
+            "(open streams), `push` (Web Push); `live` and `push` imply `inbox`, which may be left out "
+            '(`["live", "push"]` is all three). `["muted"]` (or `["inbox"]`): in the inbox, sent on no '
+            "channel. "
+            "`[]`: off everywhere: still stored (the notification says `hidden: \"preferences\"`), but in no "
+            "inbox, count or replay, not streamed and not pushed",
             "anyOf": [{"type": "array", "items": {"enum": list(prefs.CHANNELS)},
                        "maxItems": len(prefs.CHANNELS), "uniqueItems": True}, {"const": [prefs.MUTED]}]}
 HHMM = {"type": "string", "pattern": prefs.HHMM_RE.pattern, "example": "22:00"}
@@ -639,7 +647,8 @@ SCHEMAS["Preferences"] = {
                                         "description": "An IANA time zone", "example": "Europe/Paris"}},
         }]},
     },
-    "example": {"default": ["live", "push"], "categories": {"promo": ["muted"], "chat": ["live"]},
+    "example": {"default": ["inbox", "live", "push"],
+                "categories": {"promo": ["muted"], "chat": ["inbox", "live"], "ads": []},
                 "quiet_hours": {"start": "22:00", "end": "07:00", "timezone": "Europe/Paris"}},
 }
 PREFERENCES_OK = {"200": _json("Preferences", "The preferences (defaults when none are stored)")}

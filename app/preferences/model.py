@@ -1,11 +1,26 @@
 """A user's notification preferences: which channels deliver each category, and quiet hours.
 
-Channels are ``live`` (the user's open SSE / WebSocket streams) and ``push`` (Web Push);
-a category with neither is muted: still stored, so it is in the inbox and history, but
-sent on no channel. ``default`` applies to uncategorised notifications and to every
-category not listed. Quiet hours (``start`` to ``end``, local time in ``timezone``) hold
-Web Push back until they end; live delivery and the inbox go on. A user with no stored
-preferences has every channel on and no quiet hours.
+Channels are ``inbox`` (the user's inbox: history pages, counts, replays), ``live`` (the
+user's open SSE / WebSocket streams) and ``push`` (Web Push). ``live`` and ``push`` each
+imply ``inbox``: what pops up or is pushed is something the user can find in the inbox,
+so ``["live", "push"]`` means all three, as it did before the inbox was a channel, and the
+lists stored by earlier versions keep their meaning. The lists a category may have:
+
+- ``["inbox", "live", "push"]`` (the default), ``["inbox", "live"]``, ``["inbox", "push"]``
+  (``inbox`` may be left out of these);
+- ``["muted"]`` (or ``["inbox"]``): in the inbox, sent on no channel;
+- ``[]``: off everywhere. The notification is still stored (MongoDB is the truth, and its
+  sender can see what became of it: ``hidden: "preferences"``), but it is in no inbox
+  listing, count or replay, not sent on open streams and not pushed.
+
+The choice is made when a notification is sent (for a scheduled one, when it is due) and
+stays with it: turning a category off leaves what is in the inbox there, turning it back
+on does not bring back what was hidden.
+
+``default`` applies to uncategorised notifications and to every category not listed.
+Quiet hours (``start`` to ``end``, local time in ``timezone``) hold Web Push back until
+they end; live delivery and the inbox go on. A user with no stored preferences has every
+channel on and no quiet hours.
 """
 
 from __future__ import annotations
@@ -18,8 +33,9 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 from app.errors import FieldInvalid
 
-CHANNELS = ("live", "push")
-MUTED = "muted"
+CHANNELS = ("inbox", "live", "push")
+SENDING = ("live", "push")  # each implies the inbox
+MUTED = "muted"  # the inbox alone
 MAX_CATEGORIES = 100
 MAX_CATEGORY = 64  # as a notification's category
 HHMM_RE = re.compile(r"^([01]\d|2[0-3]):([0-5]\d)$")
@@ -67,6 +83,9 @@ class Preferences:
             return self.categories[category]
         return self.default
 
+    def inbox(self, category: str | None) -> bool:
+        return "inbox" in self.channels(category)
+
     def live(self, category: str | None) -> bool:
         return "live" in self.channels(category)
 
@@ -82,31 +101,55 @@ class Preferences:
 
     def to_doc(self) -> dict[str, Any]:
         """What MongoDB stores: the API's shape, categories as a list of ``[name, channels]``
-        (a category is free text, and not every name is a field name MongoDB accepts)."""
-        body = self.to_json()
-        body["categories"] = [[name, channels] for name, channels in body["categories"].items()]
-        return body
+        (a category is free text, and not every name is a field name MongoDB accepts), and
+        each list without ``inbox``, which the others imply: the lists earlier versions
+        wrote, which ``parse`` reads as they meant, and ``[]`` (off everywhere), which an
+        earlier version would read as muted."""
+        return {
+            "default": _stored_channels(self.default),
+            "categories": [[name, _stored_channels(c)] for name, c in sorted(self.categories.items())],
+            "quiet_hours": self.quiet_hours.to_json() if self.quiet_hours else None,
+        }
 
 
 DEFAULTS = Preferences()
 
 
 def _channels_json(channels: frozenset[str]) -> list[str]:
-    return [c for c in CHANNELS if c in channels] or [MUTED]
+    """The API's list: every channel on, ``["muted"]`` for the inbox alone, ``[]`` for none."""
+    if channels == {"inbox"}:
+        return [MUTED]
+    return [c for c in CHANNELS if c in channels]
+
+
+def _stored_channels(channels: frozenset[str]) -> list[str]:
+    if channels == {"inbox"}:
+        return [MUTED]
+    return [c for c in SENDING if c in channels]
+
+
+CHANNELS_RULE = (
+    'a list of "inbox", "live", "push" ("live" and "push" imply "inbox"), ["muted"] '
+    "(the inbox alone) or [] (off everywhere, not even in the inbox)"
+)
 
 
 def _channels(value: Any, name: str) -> frozenset[str]:
-    """``["live"]``, ``["push"]``, both (each once), ``["muted"]`` or ``[]`` (muted too)."""
+    """The channels a list turns on (see the module's docstring)."""
     if not isinstance(value, list) or len(value) > len(CHANNELS):
-        raise FieldInvalid(name, 'must be a list of channels: "live", "push", or ["muted"]')
+        raise FieldInvalid(name, f"must be {CHANNELS_RULE}")
     for item in value:
         if item not in (*CHANNELS, MUTED):
-            raise FieldInvalid(name, f'unknown channel {str(item)[:40]!r} (allowed: "live", "push", "muted")')
+            allowed = '"inbox", "live", "push", "muted"'
+            raise FieldInvalid(name, f"unknown channel {str(item)[:40]!r} (allowed: {allowed})")
     if MUTED in value and len(value) > 1:
-        raise FieldInvalid(name, '"muted" stands alone: it turns every channel off')
+        raise FieldInvalid(name, '"muted" stands alone: it means the inbox and no other channel')
     if len(set(value)) < len(value):
         raise FieldInvalid(name, "must not repeat a channel")
-    return frozenset(v for v in value if v != MUTED)
+    if MUTED in value:
+        return frozenset({"inbox"})
+    on = frozenset(value)
+    return on | {"inbox"} if on else on
 
 
 def _hhmm(value: Any, name: str) -> time:

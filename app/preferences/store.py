@@ -7,6 +7,10 @@ users in one query, through ``PreferenceCache``: an entry lives
 within that time; through this one, at once). A database that fails the read gives the
 defaults for that batch, uncached: a notification delivered on a channel too many beats
 one lost.
+
+A stored document has the API's shape with each channel list as earlier versions wrote
+it (``Preferences.to_doc``): ``inbox`` is never written, being implied by every list but
+``[]``, so documents stored before the inbox was a channel mean what they meant.
 """
 
 from __future__ import annotations

@@ -49,6 +49,10 @@ class Notification(Document):
     ``due`` (``due_at``, sparse): only scheduled notifications not sent yet have the field,
     so the scheduler's look for what is due reads a few index entries however many
     notifications are stored (``app/store/scheduling.py``).
+
+    ``hidden``: set when its user's preferences keep its category out of the inbox
+    (``app/store/publishing.py``); such a notification has ``read: None``, as one waiting
+    for its ``send_at``, so every inbox query's read range leaves it out, and a cursor.
     """
 
     user_id = StringField(required=True, max_length=128)
@@ -62,6 +66,7 @@ class Notification(Document):
     idem = StringField()  # "<api key fingerprint>:<Idempotency-Key>:<index in the request>"
     idem_hash = StringField()  # the request body's hash, on the request's first notification
     due_at = DateTimeField()  # a scheduled notification's due time (its claim's lease), until sent
+    hidden = StringField()  # "preferences": its user keeps its category out of the inbox (read None)
 
     meta = {
         "collection": "notifications",

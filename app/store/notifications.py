@@ -400,8 +400,9 @@ class NotificationService:
             if doc is None or is_marker(doc):
                 raise ApiError(404, "not_found", "no such notification")
             delivery = self.receipts.trace(doc)
-            schedule = {  # its send_at, if scheduled, is in public_json; due_at until published
-                "sent": doc.get("read") is not None and doc.get("due_at") is None,
+            sent = doc.get("due_at") is None and (doc.get("read") is not None or bool(doc.get("hidden")))
+            schedule = {  # its send_at, if scheduled, is in public_json; due_at until published (or hidden)
+                "sent": sent,
                 "sent_at": iso(doc["sent_at"]) if doc.get("sent_at") else None,
             }
             return {**public_json(doc), **schedule, "sent_by": doc.get("sent_by"), "delivery": delivery}

@@ -55,6 +55,7 @@ log = logging.getLogger(__name__)
 MAX_BATCH_DOCS = 5000
 MAX_UNPUBLISHED_DOCS = 20000  # stored, waiting for a slow Redis; beyond, the relay takes over
 MAX_CLOCK_AHEAD_US = 1_000_000  # a proposed cursor further ahead of Redis time is replaced
+HIDDEN_BY_PREFERENCES = "preferences"  # a notification's ``hidden``: its user keeps it out of the inbox
 
 
 @dataclass
@@ -103,7 +104,8 @@ class Publisher:
         # The delivery trace's record of each publish: (ids, when the publish call started).
         self.on_published: Callable[[list[dict[str, Any]], float], None] = lambda docs, at: None
         # Users' preferences (app/preferences/): a category whose live channel is off is
-        # stored and replayed but not published on the user's channel.
+        # stored and replayed but not published on the user's channel; one whose inbox is
+        # off is stored out of the inbox and not published at all (``hide_from_inbox``).
         self.preferences: PreferenceCache | None = None
         # What else follows a publish (Web Push, app/push/); must not block.
         self.after_publish: list[Callable[[list[dict[str, Any]]], None]] = []
@@ -167,6 +169,7 @@ class Publisher:
                         job.stored.set_exception(StoreUnavailable(str(exc)))
 
     def _process(self, jobs: list[_Job]) -> None:
+        self.hide_from_inbox([doc for job in jobs for doc in job.docs])
         self.propose_cursors([doc for job in jobs for doc in job.docs])
         stored, markers = [], []
         for group, outcome in insert_isolated([job.docs for job in jobs], self.config):
@@ -229,6 +232,22 @@ class Publisher:
             doc["seq"] = last
         self._last_proposed = last
 
+    def hide_from_inbox(self, docs: list[dict[str, Any]]) -> None:
+        """Mark, before they are stored, the ``docs`` whose user keeps their category out of
+        the inbox (``[]`` in app/preferences/): ``read: None``, which every inbox listing,
+        count, state change and replay leaves out (as a scheduled notification not sent
+        yet), and ``hidden: "preferences"``, which says why. ``publish`` leaves them out:
+        no stream, replay list, recent list or Web Push. One read of the batch's users'
+        preferences, which the publish then finds cached; a preference store that cannot be
+        read leaves the batch in the inbox (the defaults)."""
+        if self.preferences is None or not docs:
+            return
+        prefs = self.preferences.get_many({doc["user_id"] for doc in docs})
+        for doc in docs:
+            user_prefs = prefs.get(doc["user_id"])
+            if user_prefs is not None and not user_prefs.inbox(doc.get("category")):
+                doc.update(read=None, hidden=HIDDEN_BY_PREFERENCES)
+
     # -- publish ---------------------------------------------------------------------
     def _script_head(self, kind: str) -> list[Any]:
         return [
@@ -272,9 +291,14 @@ class Publisher:
         the clean-up greenlet is woken unless ``wake_cleanup`` is False: the caller will).
 
         Sets ``doc["seq"]`` to the cursor published (a replaced one is written back to
-        MongoDB). False if Redis failed: nothing is cleaned up and the relay retries.
+        MongoDB). False if Redis failed: nothing is cleaned up and the relay retries. What
+        is ``hidden`` (``hide_from_inbox``) is not published; its markers are cleaned up.
         """
         if not docs:
+            return True
+        docs = [doc for doc in docs if not doc.get("hidden")]
+        if not docs:
+            self.outbox.published(markers, [], wake_cleanup)
             return True
         head = self._script_head("n")
         notes = []

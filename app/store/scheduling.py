@@ -15,7 +15,9 @@ both send one. An instance that dies holding a claim leaves it due again when th
 ends, for whichever instance is up. The claimant puts it in the inbox (``read`` False, a
 proposed cursor, ``sent_at``), publishes it with the same call as every notification
 (cursors, replay list, caches), and then removes ``due_at`` and the claim: from then on
-it is an ordinary notification.
+it is an ordinary notification. If its user's preferences (as they are when it is due)
+keep its category out of the inbox, it gets ``hidden`` instead, keeps ``read`` None and is
+not published (``Publisher.hide_from_inbox``).
 
 A waiting notification can be cancelled (deleted) until a scheduler claims it.
 """
@@ -166,6 +168,7 @@ class Scheduler:
         sent_at = utc_now_ms()
         for doc in docs:
             doc.update(read=False, sent_at=sent_at)
+        self.publisher.hide_from_inbox(docs)  # its user's preferences as they are now
         ops = [UpdateOne({"_id": doc["_id"], "claim": claim}, {"$set": _sent(doc)}) for doc in docs]
         coll.bulk_write(ops, ordered=False)
         mine = {"_id": {"$in": [doc["_id"] for doc in docs]}, "claim": claim}
@@ -179,5 +182,10 @@ class Scheduler:
 
 
 def _sent(doc: dict[str, Any]) -> dict[str, Any]:
-    """What a sent notification keeps: its place in the inbox, and whom it replaced."""
-    return {"read": False, "seq": doc["seq"], "sent_at": doc["sent_at"], "replaces": doc.get("replaces")}
+    """What a sent notification keeps: its place in the inbox (or ``hidden``, out of it by
+    its user's preferences), and whom it replaced."""
+    sent = {"read": doc["read"], "seq": doc["seq"], "sent_at": doc["sent_at"]}
+    sent["replaces"] = doc.get("replaces")
+    if doc.get("hidden"):
+        sent["hidden"] = doc["hidden"]
+    return sent

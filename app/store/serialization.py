@@ -68,9 +68,10 @@ def new_document(
 
 
 # Fields a notification has only when its sender set them (scheduled, expiring, collapsing,
-# replacing an older one): left out otherwise, so the common notification stays as small.
+# replacing an older one) or its user's preferences hid it (``hidden``, app/store/publishing.py):
+# left out otherwise, so the common notification stays as small.
 OPTIONAL_TIMES = ("send_at", "expires_at", "updated_at")
-OPTIONAL_TEXTS = ("collapse_key", "replaces")
+OPTIONAL_TEXTS = ("collapse_key", "replaces", "hidden")
 
 
 def public_json(doc: dict[str, Any]) -> dict[str, Any]:
