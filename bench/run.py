@@ -182,14 +182,16 @@ def stop_group(proc: subprocess.Popen[bytes]) -> None:
 class Service:
     """A gunicorn instance (ours or the peer) on a free port, its workers' pids known."""
 
-    def __init__(self, kind: str, env: dict[str, str], log_path: Path) -> None:
+    def __init__(self, kind: str, env: dict[str, str], log_path: Path, tree: Path = ROOT) -> None:
         self.kind = kind
         self.mongo_uri = env.get("MONGO_URI", "")
         self.port = find_free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.post_url = self.url
         if kind == "ours":
-            argv, cwd = [GUNICORN, "-c", "gunicorn.conf.py", "wsgi:app"], ROOT
+            own = tree / ".venv" / "bin" / "gunicorn"  # an earlier checkout's own dependencies
+            gunicorn = str(own) if tree != ROOT and own.exists() else GUNICORN
+            argv, cwd = [gunicorn, "-c", "gunicorn.conf.py", "wsgi:app"], tree
         else:
             argv = [
                 GUNICORN, "app:app", "--worker-class", "gevent", "--workers", "2",
@@ -336,7 +338,8 @@ class Bench:
             env = {"REDIS_URL": self.redis_url, "NODE_ENV": "production",
                    "MONGO_URI": f"{self.mongo_url.rstrip('/')}/bench_node{tag}"}  # fmt: skip
             return NodeService(env, self.workdir, tag)
-        return Service(kind, self.env(tag), self.workdir / f"{kind}-{tag}.log")
+        tree = Path(self.args.tree) if kind == "ours" and self.args.tree else ROOT
+        return Service(kind, self.env(tag), self.workdir / f"{kind}-{tag}.log", tree)
 
     # -- helpers --------------------------------------------------------------------------
     def open(self, svc: AnyService, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
@@ -754,6 +757,12 @@ def main(argv: list[str]) -> int:
     )
     parser.add_argument(
         "--mongo-data", default="", help="SecantusDB data directory to start on (default: a fresh one)"
+    )
+    parser.add_argument(
+        "--tree",
+        default="",
+        help="serve ours from this checkout instead (a `git worktree` of an earlier commit; its own .venv "
+        "if it has one), with this load generator: before/after figures from alternating runs",
     )
     parser.add_argument(
         "--mongo-db",
