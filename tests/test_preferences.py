@@ -431,3 +431,35 @@ def test_a_hidden_batch_the_relay_publishes_stays_hidden(live):
         assert sse.messages() == ["after"] and inbox(healthy, "rly") == ["after"]
     finally:
         sse.close()
+
+
+def test_the_cache_refreshes_entries_read_late_in_their_life_in_the_background(app, monkeypatch):
+    """An entry read in the second half of its life is served at once and read again in
+    the background: a change made through another worker shows within the TTL, and a
+    user notified that often never waits for MongoDB; a read begun before a local change
+    is not cached over it."""
+    cache = prefs_store.PreferenceCache(ttl=1.0, timeout=5.0)
+    coll = prefs_store.collection
+    with app.app_context():
+        assert cache.get("often").live("chat")
+        coll().insert_one({"_id": "often", "default": ["push"], "categories": [], "quiet_hours": None})
+        assert cache.get("often").live("chat"), "cached: the change is not read yet"
+        assert cache._refresher is None, "early in its life: no refresh"
+        expires = cache._entries["often"][0]
+        wait_until(lambda: time.monotonic() > expires - 0.5, timeout=2)
+        assert cache.get("often").live("chat"), "late in its life: still served from the cache"
+        assert cache._refresher is not None
+        cache._refresher.join(timeout=5)
+        assert not cache.get("often").live("chat"), "the background read brought the change"
+        assert cache._entries["often"][0] > expires, "and a fresh entry"
+
+        real = prefs_store.collection
+
+        def changed_meanwhile() -> Any:  # a change through this worker lands during the read
+            cache.invalidate("often")
+            return real()
+
+        cache.invalidate("often")
+        monkeypatch.setattr(prefs_store, "collection", changed_meanwhile)
+        assert not cache.get("often").live("chat"), "what was read is used for this batch"
+        assert "often" not in cache._entries, "but not cached over the change"

@@ -9,7 +9,6 @@ The request owns the session until the response hands it to its stream greenlet
 from __future__ import annotations
 
 import time
-from functools import partial
 
 from flask import Blueprint, Response, current_app, g, request
 
@@ -84,9 +83,7 @@ def websocket_stream() -> Response:
     require_socket(request.environ)
     session = _session(subscriber, cursor, "ws")
     config = current_app.extensions["config"]
-    service = session.hub.service
-    ack = partial(service.acknowledge, subscriber.user_id, connection=session.connection)
-    on_message = partial(commands.handle, user_id=subscriber.user_id, service=service, ack=ack)
+    on_message = commands.Commands(subscriber.user_id, session.hub.service, session.connection)
     return websocket.response(session, accept, on_message, config, time.monotonic())
 
 
