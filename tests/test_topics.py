@@ -11,6 +11,7 @@ import gevent
 import orjson
 import pytest
 import requests
+from bson import ObjectId
 from flask import Flask
 
 from app.store.indexes import create_indexes
@@ -330,3 +331,24 @@ def test_a_page_stored_by_a_worker_that_died_before_publishing_it_is_sent_once(l
     finally:
         for stream in streams.values():
             stream.close()
+
+
+def test_finished_fanouts_age_out_with_the_notifications(make_app: Callable[..., Flask], auth):
+    """Retention's pass deletes fan-outs that finished longer ago than ``RETENTION_DAYS``
+    (done or failed), not the recent ones nor those still to run."""
+    app = make_app(RETENTION_DAYS=1)
+    client = app.test_client()
+    subscribe(client, "aging", ["a1", "a2"], auth)
+    ids = [send(client, "POST", "/api/notifications", {"topic": "aging", "message": m}, auth).get_json()["id"]
+           for m in ("old", "recent", "waiting")]  # fmt: skip
+    worker = app.extensions["topics"].worker
+    for _ in range(2):
+        worker.run(worker.claim())
+    states = {str(d["_id"]): d for d in fanouts_collection().find({})}
+    assert [states[i]["state"] for i in ids] == ["done", "done", "pending"]
+    assert states[ids[1]]["lease_until"] > 0, "a finished fan-out's lease_until is when it finished"
+    two_days_us = 2 * 86400 * 1_000_000
+    fanouts_collection().update_one({"_id": ObjectId(ids[0])}, {"$inc": {"lease_until": -two_days_us}})
+    fanouts_collection().update_one({"_id": ObjectId(ids[2])}, {"$set": {"lease_until": 1}})
+    assert app.extensions["notifications"].retention.sweep_once() is not None
+    assert sorted(str(d["_id"]) for d in fanouts_collection().find({})) == sorted(ids[1:])

@@ -26,6 +26,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import time
+from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -99,6 +100,9 @@ class Sweeper:
         self.redis = redis_client
         self.lock_key = lock_key
         self._greenlet: gevent.Greenlet | None = None
+        # What else ages with the notifications (``prune(days) -> deleted``), each pass
+        # after them: the topic fan-outs (app/topics/__init__.py).
+        self.also: list[Callable[[float], int]] = []
 
     def start(self) -> None:
         if self.seconds and self._greenlet is None:
@@ -127,6 +131,8 @@ class Sweeper:
         try:
             traces = deliveries_collection()
             deleted = prune(notifications_collection(), self.seconds / DAY, between=self._rest, traces=traces)
+            for other in self.also:
+                other(self.seconds / DAY)
         except PyMongoError as exc:
             log.warning("retention sweep failed, retrying in %.0f s: %s", SWEEP_SECONDS, exc)
             return None

@@ -11,7 +11,7 @@ from typing import Any
 
 from flask import Flask
 
-from app.topics.fanout import Fanouts, FanoutWorker
+from app.topics.fanout import Fanouts, FanoutWorker, prune_finished
 from app.topics.subscribers import Subscribers
 
 
@@ -42,3 +42,4 @@ class Topics:
 
 def init_app(app: Flask) -> None:
     app.extensions["topics"] = Topics(app)
+    app.extensions["notifications"].retention.also.append(prune_finished)  # finished fan-outs age out

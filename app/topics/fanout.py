@@ -250,13 +250,16 @@ class FanoutWorker:
                     self.store_page(fanout, users)
                 except StoreRefused as exc:
                     log.error("fan-out %s refused by the store, stopped: %s", fid, exc)
-                    self._record(fid, claim, {"state": FAILED, "finished_at": utc_now_ms(), "lease_until": 0})
+                    failed = {"state": FAILED, "finished_at": utc_now_ms(), "lease_until": now_us()}
+                    self._record(fid, claim, failed)
                     return
                 after, done = users[-1], done + len(users)
             finished = len(users) < size
             progress.update(after=after, done=done, lease_until=self._lease())
             if finished:
-                progress.update(state=DONE, finished_at=utc_now_ms(), total=done, lease_until=0)
+                # a finished fan-out's lease_until is when it finished: retention finds the
+                # old ones on the state index (prune_finished)
+                progress.update(state=DONE, finished_at=utc_now_ms(), total=done, lease_until=now_us())
             if not self._record(fid, claim, progress, pages=1 if users else 0):
                 log.warning("fan-out %s: lease lost to another worker after %r; leaving it", fid, after)
                 return
@@ -320,3 +323,17 @@ class FanoutWorker:
         for chunk in id_chunks(keys):
             found.update(doc["idem"] for doc in coll.find({"idem": {"$in": chunk}}, {"idem": 1}))
         return found
+
+
+def prune_finished(days: float) -> int:
+    """Delete fan-outs that finished (done or failed) more than ``days`` ago, as retention
+    deletes their notifications: a range of the ``(state, lease_until)`` index per state."""
+    coll = fanouts_collection()
+    before = now_us() - int(days * 86400 * 1_000_000)
+    deleted = 0
+    for state in (DONE, FAILED):
+        old = {"state": state, "lease_until": {"$lt": before}}
+        ids = [d["_id"] for d in coll.find(old, {"_id": 1}).hint(FANOUT_STATE_INDEX)]
+        for chunk in id_chunks(ids):
+            deleted += coll.delete_many({"_id": {"$in": chunk}, **old}).deleted_count
+    return deleted
