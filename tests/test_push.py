@@ -161,3 +161,24 @@ def test_unsubscribe_and_the_key_endpoint(live, push_service):
     off = live()
     resp = me(off, "ula", "GET", "/push-key")
     assert resp.status_code == 404 and resp.json()["error"]["code"] == "push_disabled"
+
+
+def test_a_bulk_send_pushes_to_its_offline_subscribers_only(live, push_service):
+    """One batch of 300 recipients: the one offline subscriber is pushed, the one online is
+    skipped, and the 298 who never enabled push cost nothing of their own (their batch's
+    subscriptions and presence are read once: ``PushSender.deliver_batch``)."""
+    server = live(**{**PUSH, "PRESENCE_INTERVAL_SECONDS": "0.2"})
+    users = [f"bulk{i:03d}" for i in range(300)]
+    offline = subscribe(server, users[7], push_service, "offline")
+    subscribe(server, users[250], push_service, "online")
+    sse = SSEClient(server.url, server.token(users[250]))
+    try:
+        wait_until(lambda: server.online(users[250]))
+        resp = server.post("/api/notifications", {"user_ids": users, "message": "to all"})
+        assert resp.status_code == 201, resp.text
+        wait_until(lambda: metric(server, "notify_push_skipped", "online") == 1)
+        wait_until(lambda: len(push_service.received) == 1)
+        assert push_service.received[0].path == "/push/offline"
+        assert offline.decrypt(push_service.received[0])["message"] == "to all"
+    finally:
+        sse.close()

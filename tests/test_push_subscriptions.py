@@ -101,7 +101,10 @@ def test_a_public_endpoint_is_stored_and_the_newest_are_kept(make_app, auth):
         assert resp.status_code == 201, resp.get_json()
     with app.app_context():
         kept = sorted(s.endpoint for s in subscriptions.for_user("sam", 10))
+        found = subscriptions.for_users(["sam", "nobody"], 1)
+        newest = {u: [s.endpoint for s in subs] for u, subs in found.items()}
     assert kept == ["https://8.8.8.8/push/1", "https://8.8.8.8/push/2"]
+    assert newest == {"sam": ["https://8.8.8.8/push/2"]}, "the newest per user; none for who has none"
     assert client.post("/api/me/push-subscriptions", json={}).status_code == 401
 
 

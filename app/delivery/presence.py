@@ -196,13 +196,22 @@ class Presence:
 
     def user_connections(self, user_id: str) -> int:
         """Open connections of one user across every live worker."""
+        return self.users_connections([user_id])[user_id]
+
+    def users_connections(self, user_ids: list[str]) -> dict[str, int]:
+        """Open connections of each user across every live worker: one ``HMGET`` per worker."""
+        counts = dict.fromkeys(user_ids, 0)
         workers = self.live_workers()
-        if not workers:
-            return 0
+        if not workers or not user_ids:
+            return counts
         pipe = self.redis.pipeline(transaction=False)
         for w in workers:
-            pipe.hget(self._key("w", w), user_id)
-        return sum(int(n) for n in pipe.execute() if n is not None)
+            pipe.hmget(self._key("w", w), user_ids)
+        for values in pipe.execute():
+            for user, n in zip(user_ids, values, strict=True):
+                if n is not None:
+                    counts[user] += int(n)
+        return counts
 
     def user_presence(self, user_id: str) -> dict[str, Any]:
         """``{"online", "connections": [...], "last_seen"}`` of one user, from every live

@@ -53,7 +53,7 @@ def collection() -> Collection:
 
 
 class DeferredPushes:
-    def __init__(self, poll: float, timeout: float, deliver: Callable[[dict[str, Any]], None]) -> None:
+    def __init__(self, poll: float, timeout: float, deliver: Callable[[list[dict[str, Any]]], None]) -> None:
         self.poll = poll
         self.timeout = timeout
         self.deliver = deliver
@@ -108,11 +108,14 @@ class DeferredPushes:
             if not mine:
                 return len(due)
             notes = notifications_collection().find({"_id": {"$in": mine}})
+        ready = []
         for doc in notes:
             expires = doc.get("expires_at")
             if doc.get("read") or (expires is not None and expires.replace(tzinfo=timezone.utc) <= now):
                 continue  # read in the inbox meanwhile, or expired: nothing to tell
-            self.deliver(doc)
+            ready.append(doc)
+        if ready:
+            self.deliver(ready)
         with pymongo.timeout(self.timeout):
             coll.delete_many({"_id": {"$in": mine}, "claim": self.claim})
         return len(due)

@@ -2,7 +2,9 @@
 
 The publisher hands each batch it published to ``PushSender.published`` (no I/O there:
 the documents go into a bounded queue). One dispatcher greenlet per worker takes them
-and runs each in a pool of ``PUSH_CONCURRENCY`` greenlets: a user with an open stream on
+and runs them, up to ``BATCH`` at a time, in a pool of ``PUSH_CONCURRENCY`` greenlets,
+with one read each of subscriptions and presence per batch (a user who never enabled push
+costs no call of its own): a user with an open stream on
 any instance (this worker's hub, else presence) gets nothing, nor one whose preferences
 turn push off for the notification's category (``app/preferences/``); one in quiet hours
 gets it when they end (``deferred.py``); else, within the
@@ -44,6 +46,7 @@ from app.store.serialization import public_json
 log = logging.getLogger(__name__)
 
 QUEUE_SIZE = 10_000
+BATCH = 500  # notifications whose recipients are looked up together
 MAX_PAYLOAD_BYTES = 3000  # a push service takes 4 KB of ciphertext; headroom for the record
 JWT_SECONDS = 12 * 3600
 MAX_RETRY_AFTER = 60.0
@@ -91,7 +94,7 @@ class PushSender:
         self.deferred = DeferredPushes(
             config.PUSH_DEFERRED_POLL_SECONDS,
             config.MONGO_OP_TIMEOUT_MS / 1000,
-            lambda doc: self.pool.spawn(self.deliver, doc),
+            self.deliver_batch,
         )
 
     # -- the publisher's hook: no I/O ---------------------------------------------------
@@ -117,32 +120,56 @@ class PushSender:
 
     def _dispatch(self) -> None:
         while True:
-            doc = self.queue.get()
-            self.pool.spawn(self.deliver, doc)  # waits while the pool is full
+            batch = [self.queue.get()]
+            while len(batch) < BATCH and not self.queue.empty():
+                batch.append(self.queue.get_nowait())
+            self.deliver_batch(batch)  # its pushes go to the pool (and wait while it is full)
 
-    # -- one notification ------------------------------------------------------------
-    def deliver(self, doc: dict[str, Any]) -> None:
+    # -- a batch of notifications --------------------------------------------------------
+    def deliver_batch(self, docs: list[dict[str, Any]]) -> None:
+        """Who of the batch's users gets a push, in one read each of preferences (cached),
+        subscriptions and presence for the whole batch; then each push in the pool."""
+        try:
+            prefs = self.preferences.get_many({doc["user_id"] for doc in docs})  # cached by the publish
+            wanted = []
+            for doc in docs:
+                if prefs[doc["user_id"]].push(doc.get("category")):
+                    wanted.append(doc)
+                else:
+                    metrics.PUSH_SKIPPED.labels("preferences").inc()
+            if not wanted:
+                return
+            limit = self.config.PUSH_MAX_SUBSCRIPTIONS_PER_USER
+            targets = subscriptions.for_users([doc["user_id"] for doc in wanted], limit)
+            wanted = [doc for doc in wanted if doc["user_id"] in targets]  # the rest never enabled push
+            online = self.online_users({doc["user_id"] for doc in wanted})
+            now = datetime.now(timezone.utc)
+            for doc in wanted:
+                user_id = doc["user_id"]
+                quiet = prefs[user_id].quiet_hours
+                if user_id in online:
+                    metrics.PUSH_SKIPPED.labels("online").inc()
+                elif quiet is not None and quiet.active(now):
+                    self.deferred.defer(doc, quiet.ends_after(now))
+                else:
+                    self.pool.spawn(self._push, doc, targets[user_id])
+        except (PyMongoError, redis.RedisError) as exc:
+            metrics.PUSH_FAILED.labels("error").inc(len(docs))
+            log.warning("push for %d notifications not sent: %s", len(docs), exc)
+        except Exception:  # the dispatcher never dies
+            metrics.PUSH_FAILED.labels("error").inc(len(docs))
+            log.exception("push for %d notifications failed", len(docs))
+
+    def _push(self, doc: dict[str, Any], targets: list[subscriptions.Subscription]) -> None:
         user_id = doc["user_id"]
         try:
-            prefs = self.preferences.get(user_id)  # cached by the publish of its batch
-            if not prefs.push(doc.get("category")):
-                metrics.PUSH_SKIPPED.labels("preferences").inc()
-                return
-            if self.online(user_id):
-                metrics.PUSH_SKIPPED.labels("online").inc()
-                return
-            now = datetime.now(timezone.utc)
-            if prefs.quiet_hours is not None and prefs.quiet_hours.active(now):
-                self.deferred.defer(doc, prefs.quiet_hours.ends_after(now))
-                return
-            targets = subscriptions.for_user(user_id, self.config.PUSH_MAX_SUBSCRIPTIONS_PER_USER)
-            if not targets or not self.within_rate(user_id):
+            if not self.within_rate(user_id):
                 return
             payload = payload_of(doc)
             urgency = URGENCY.get(doc.get("priority") or "normal", "normal")
             for target in targets:
                 self.send(target, payload, urgency)
-        except (PyMongoError, redis.RedisError) as exc:
+        except redis.RedisError as exc:
             metrics.PUSH_FAILED.labels("error").inc()
             log.warning("push for %s not sent: %s", user_id, exc)
         except Exception:  # a pool greenlet never dies silently
@@ -150,15 +177,23 @@ class PushSender:
             log.exception("push for %s failed", user_id)
 
     def online(self, user_id: str) -> bool:
-        """An open stream of ``user_id`` here (the hub) or on any instance (presence)."""
-        subs = self.extensions["hub"].users.get(user_id) or ()
-        if any(s.connection and not s.closed for s in list(subs)):
-            return True
+        return user_id in self.online_users({user_id})
+
+    def online_users(self, user_ids: set[str]) -> set[str]:
+        """Those of ``user_ids`` with an open stream here (the hub) or on any instance (presence)."""
+        hub_users = self.extensions["hub"].users
+        here = {
+            u for u in user_ids if any(s.connection and not s.closed for s in list(hub_users.get(u) or ()))
+        }
+        rest = list(user_ids - here)
+        if not rest:
+            return here
         try:
-            return self.extensions["presence"].user_connections(user_id) > 0
+            counts = self.extensions["presence"].users_connections(rest)
         except redis.RedisError as exc:  # unknown: a push too many beats a lost one
-            log.warning("presence unknown for push to %s: %s", user_id, exc)
-            return False
+            log.warning("presence unknown for push to %d users: %s", len(rest), exc)
+            return here
+        return here | {u for u, n in counts.items() if n > 0}
 
     def within_rate(self, user_id: str) -> bool:
         limit = self.config.PUSH_PER_USER_PER_MINUTE

@@ -19,6 +19,7 @@ from mongoengine import DateTimeField, Document, StringField
 from app.errors import FieldInvalid
 from app.push.endpoints import EndpointRefused, check_endpoint
 from app.push.vapid import b64url_decode
+from app.store.models import id_chunks
 
 FIELDS = frozenset({"endpoint", "keys", "expirationTime"})
 KEY_FIELDS = frozenset({"p256dh", "auth"})
@@ -132,8 +133,19 @@ def remove_id(subscription_id: str) -> None:
 
 
 def for_user(user_id: str, limit: int) -> list[Subscription]:
-    docs = collection().find({"user_id": user_id}).sort("created_at", -1).limit(limit)
-    return [Subscription(d["_id"], d["user_id"], d["endpoint"], d["p256dh"], d["auth"]) for d in docs]
+    return for_users([user_id], limit).get(user_id, [])
+
+
+def for_users(user_ids: list[str], limit: int) -> dict[str, list[Subscription]]:
+    """The newest ``limit`` subscriptions of each user who has any: one query per chunk of
+    users (a batch's users, most of whom never enabled push, cost one call, not one each)."""
+    out: dict[str, list[Subscription]] = {}
+    for chunk in id_chunks(sorted(set(user_ids))):
+        for d in collection().find({"user_id": {"$in": chunk}}).sort("created_at", -1):
+            mine = out.setdefault(d["user_id"], [])
+            if len(mine) < limit:
+                mine.append(Subscription(d["_id"], d["user_id"], d["endpoint"], d["p256dh"], d["auth"]))
+    return out
 
 
 def count(user_id: str) -> int:
