@@ -6,8 +6,11 @@ from __future__ import annotations
 
 from typing import Any
 
+import gevent
 import pytest
+from gevent.event import Event
 
+from app.store import notifications as service_module
 from tests.support import SSEClient, WSClient
 from tests.test_scheduling import api, inbox, schedule
 
@@ -177,3 +180,37 @@ def test_scheduled_send_and_update_event_on_standalone_and_cluster(live, redis_m
         )
     finally:
         sse.close()
+
+
+def test_two_posts_racing_with_one_collapse_key_leave_only_the_newest(make_app, auth, monkeypatch):
+    """Two notifications with one key stored at once, each looking up the previous ones
+    before the other is stored (two workers): once both are stored only the newest in
+    cursor order stays in the inbox."""
+    app = make_app()
+    client = app.test_client()
+    body = {"user_id": "racer", "collapse_key": "progress"}
+
+    def post(message: str) -> dict[str, Any]:
+        resp = client.post("/api/notifications", json={**body, "message": message}, headers=auth)
+        assert resp.status_code == 201, resp.get_json()
+        return resp.get_json()
+
+    first = post("10%")
+    real, marked, both = service_module.mark_replaced, [], Event()
+
+    def unaware_of_each_other(docs: list[dict[str, Any]]) -> Any:
+        found = real(docs)
+        marked.append(docs)
+        if len(marked) == 2:
+            both.set()
+        both.wait(10)
+        return found
+
+    monkeypatch.setattr(service_module, "mark_replaced", unaware_of_each_other)
+    racers = gevent.joinall([gevent.spawn(post, "50%"), gevent.spawn(post, "60%")], raise_error=True)
+    monkeypatch.undo()
+    sent = sorted((r.value for r in racers), key=lambda n: n["seq"])
+    assert all(n["replaces"] == first["id"] for n in sent), "neither saw the other"
+    page = client.get("/api/users/racer/notifications", headers=auth).get_json()["notifications"]
+    assert [n["id"] for n in page] == [sent[-1]["id"]]
+    assert client.get("/api/users/racer/counts", headers=auth).get_json()["total"] == 1

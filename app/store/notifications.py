@@ -159,7 +159,8 @@ class NotificationService:
             raise _unavailable(exc) from None
         except PyMongoError as exc:
             raise _unavailable(exc) from None
-        retire(replaced, self._retire)
+        if collapse_key:
+            retire(docs, replaced, self._retire)
         return stored
 
     def _note_expiry(self, user_ids: list[str], expires_at: datetime, now: datetime) -> None:

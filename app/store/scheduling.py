@@ -178,7 +178,7 @@ class Scheduler:
         coll.update_many(mine, {"$unset": {"due_at": "", "claim": ""}})  # a replaced cursor: the outbox
         self.sent += len(docs)
         metrics.SCHEDULED_SENT.inc(len(docs))
-        retire(replaced, self.delete)
+        retire(docs, replaced, self.delete)
 
 
 def _sent(doc: dict[str, Any]) -> dict[str, Any]:
