@@ -408,6 +408,15 @@ class Bench:
             "load_procs": len(self.loads),
         }
 
+    def quiet_cores(self, svc: AnyService, seconds: float) -> float | None:
+        """Cores the workers keep busy over ``seconds`` with the streams open and nothing
+        posted (heartbeats, timers, lease refreshes); None when ``seconds`` is 0."""
+        if seconds <= 0:
+            return None
+        cpu = cpu_seconds(svc.workers())
+        time.sleep(seconds)
+        return round((cpu_seconds(svc.workers()) - cpu) / seconds, 3)
+
     def load_pids(self) -> list[int]:
         return [proc.proc.pid for proc in [*self.loads, self.poster]]
 
@@ -456,6 +465,7 @@ class Bench:
         opened = self.open(svc, mode, users, p["lat_per_user"])
         self.barrier(svc, users, target)
         held = ProcStats.read_many(workers, svc.port)
+        quiet = self.quiet_cores(svc, p.get("lat_quiet", 0))
         self.reports({"cmd": "reset"})
         expected = p["lat_posts"] * p["lat_per_user"]
         self.lag(reset=True)
@@ -508,6 +518,7 @@ class Bench:
             "worker_cpu_us_per_delivery": round(cpu / max(len(samples), 1) * 1e6, 1),
             "worker_cpu_cores": round(cpu / elapsed, 3),  # cores busy while the POSTs ran
             "loadgen_cpu_us_per_delivery": round(gen_cpu / max(len(samples), 1) * 1e6, 1),
+            "quiet_worker_cores": quiet,
             "connections": conns,
             "kb_per_connection": round(growth / conns, 2) if conns else None,
             "sources": opened["sources"],
