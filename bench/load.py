@@ -12,14 +12,20 @@ Notifications carry ``data = {"p": phase, "k": marker, "t": monotonic_ns at send
 the Node.js peer, whose POST body is only ``{userId, message}``: that JSON as ``message``);
 CLOCK_MONOTONIC is system-wide on Linux, so receipt time minus ``t`` is the delivery
 latency even though sender and receiver are different processes.
+
+A receipt is timed when this process's event loop gets to it, so every latency figure is
+only as good as the loop's promptness: ``LagProbe`` sleeps 10 ms in a loop and records how
+late it wakes; ``lag`` reports its p50/p99/max since the last ``lag`` with ``reset``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import sys
 import time
+from collections import deque
 from typing import Any
 
 import aiohttp
@@ -45,6 +51,39 @@ def post_request(target: str, url: str, key: str, user: str, message: str, data:
         body = {"user_id": user, "message": message, **({"data": data} if data is not None else {})}
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     return rawhttp.request_bytes(url, POST_PATHS[target], orjson.dumps(body), headers)
+
+
+class LagProbe:
+    """How late this process's event loop wakes from a ``every`` sleep (µs samples).
+
+    Where the lag's p99 is a fair share of a latency p99, that latency is the load
+    generator's, not the server's (bench/README.md: "The load generator's loop lag")."""
+
+    def __init__(self, every: float = 0.01) -> None:
+        self.every = every
+        self.samples: deque[int] = deque(maxlen=200_000)  # half an hour at 100 a second
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run())
+
+    async def _run(self) -> None:
+        while True:
+            asleep = time.monotonic()
+            await asyncio.sleep(self.every)
+            self.samples.append(int((time.monotonic() - asleep - self.every) * 1e6))
+
+    def summary(self, reset: bool = False) -> dict[str, float | int | None]:
+        s = sorted(self.samples)
+        if reset:
+            self.samples.clear()
+        if not s:
+            return {"p50_ms": None, "p99_ms": None, "max_ms": None, "samples": 0}
+
+        def at(fraction: float) -> float:
+            return round(max(s[min(int(len(s) * fraction), len(s) - 1)], 0) / 1000, 3)
+
+        return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": at(1.0), "samples": len(s)}
 
 
 class Conn:
@@ -115,11 +154,13 @@ class Load:
         self.latency_us.setdefault(data["p"], []).append((now - data["t"]) // 1000)
 
     # -- streams ----------------------------------------------------------------------
-    async def sse(self, conn: Conn, url: str, sem: asyncio.Semaphore, hold: float) -> None:
+    async def sse(self, conn: Conn, url: str, sem: asyncio.Semaphore, hold: float, source: str) -> None:
         client = None
         try:
             async with sem:
-                client = await leansse.SSEClient.connect(url, lambda payload: self.received(conn, payload))
+                client = await leansse.SSEClient.connect(
+                    url, lambda payload: self.received(conn, payload), source
+                )
                 conn.client = client
                 await asyncio.wait({asyncio.ensure_future(client.head_seen.wait())}, timeout=hold)
             await client.head_seen.wait()
@@ -129,18 +170,20 @@ class Load:
             conn.open = True
             await client.closed
         except (OSError, ValueError) as exc:
-            conn.error = conn.error or type(exc).__name__
+            conn.error = conn.error or _why(exc)
         finally:
             if client is not None:
                 client.close()
             conn.closed = True
 
-    async def ws(self, conn: Conn, url: str, sem: asyncio.Semaphore, cls: type[leanws.WSClient]) -> None:
+    async def ws(
+        self, conn: Conn, url: str, sem: asyncio.Semaphore, cls: type[leanws.WSClient], source: str
+    ) -> None:
         """A WebSocket (``cls``: ours, or Socket.IO's), open once ready to receive."""
         client = None
         try:
             async with sem:
-                client = await cls.connect(url, lambda payload: self.received(conn, payload))
+                client = await cls.connect(url, lambda payload: self.received(conn, payload), source)
                 conn.client = client
                 await client.ready.wait()
             if client.status != 101:
@@ -153,14 +196,17 @@ class Load:
             await client.closed
             conn.close_code = client.close_code
         except (OSError, ValueError) as exc:
-            conn.error = type(exc).__name__
+            conn.error = _why(exc)
         finally:
             if client is not None:
                 client.close()
             conn.closed = True
 
     async def open(self, cmd: dict[str, Any]) -> dict[str, Any]:
-        """Open ``per_user`` streams for each user; returns once all are open or failed."""
+        """Open ``per_user`` streams for each user; returns once all are open or failed.
+
+        ``sources``: the loopback addresses to connect from, client i from ``sources[i % n]``
+        (default: the kernel's choice, 127.0.0.1)."""
         self.mode = cmd["mode"]
         self.ack = bool(cmd.get("ack"))
         if self.ack and self.ack_task is None:
@@ -170,21 +216,23 @@ class Load:
         sem = asyncio.Semaphore(cmd.get("concurrency", 100))
         base, started = cmd["url"], time.monotonic()
         ws_base = base.replace("http", "ws", 1)
+        sources = cmd.get("sources") or [""]
         new: list[Conn] = []
         for user in cmd["users"]:
             token = signer.dumps({"u": user, "exp": exp})
             for _ in range(cmd["per_user"]):
                 conn = Conn(user)
                 conn.token = token
+                src = sources[len(new) % len(sources)]
                 if self.mode == "peer-sse":
-                    coro = self.sse(conn, f"{base}/stream?channel={user}", sem, 0.02)
+                    coro = self.sse(conn, f"{base}/stream?channel={user}", sem, 0.02, src)
                 elif self.mode == "ours-sse":
-                    coro = self.sse(conn, f"{base}/stream?token={token}", sem, CONNECT_HOLD)
+                    coro = self.sse(conn, f"{base}/stream?token={token}", sem, CONNECT_HOLD, src)
                 elif self.mode == "node-ws":
                     query = f"EIO=4&transport=websocket&userId={user}"
-                    coro = self.ws(conn, f"{ws_base}/socket.io/?{query}", sem, leansio.SIOClient)
+                    coro = self.ws(conn, f"{ws_base}/socket.io/?{query}", sem, leansio.SIOClient, src)
                 else:
-                    coro = self.ws(conn, f"{ws_base}/ws?token={token}", sem, leanws.WSClient)
+                    coro = self.ws(conn, f"{ws_base}/ws?token={token}", sem, leanws.WSClient, src)
                 conn.task = asyncio.create_task(coro)
                 new.append(conn)
         self.conns.extend(new)
@@ -420,6 +468,12 @@ class Load:
         }
 
 
+def _why(exc: BaseException) -> str:
+    """An error's name and errno name (e.g. ``OSError EADDRNOTAVAIL``: a source address's ports ran out)."""
+    code = getattr(exc, "errno", None)
+    return f"{type(exc).__name__} {errno.errorcode.get(code, code)}" if code else type(exc).__name__
+
+
 def _pcts(times: list[float]) -> dict[str, float]:
     if not times:
         return {}
@@ -428,7 +482,8 @@ def _pcts(times: list[float]) -> dict[str, float]:
 
 
 async def main() -> None:
-    load = Load()
+    load, probe = Load(), LagProbe()
+    probe.start()  # runs as long as the process
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(limit=64 * 1024 * 1024)
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -457,6 +512,8 @@ async def main() -> None:
                 reply = load.report(cmd)
             elif name == "reset":
                 reply = load.reset()
+            elif name == "lag":
+                reply = probe.summary(reset=bool(cmd.get("reset")))
             else:
                 reply = {"error": f"unknown command {name}"}
         except Exception as exc:  # report, don't die: the orchestrator decides

@@ -24,13 +24,21 @@ class ProcStats:
 
     @classmethod
     def read(cls, pid: int, port: int) -> ProcStats:
-        rss = 0
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                rss = int(line.split()[1])
-                break
+        return cls.read_many([pid], port)[pid]
+
+    @classmethod
+    def read_many(cls, pids: list[int], port: int) -> dict[int, ProcStats]:
+        """Each process's figures, the machine's TCP table read once (80,000 lines at 40,000
+        loopback connections)."""
         accepted = {inode for local, remote, inode in _tcp_table() if local == port and remote != 0}
-        return cls(rss, len(socket_inodes(pid) & accepted))
+        return {pid: cls(_rss_kb(pid), len(socket_inodes(pid) & accepted)) for pid in pids}
+
+
+def _rss_kb(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
 
 
 def cpu_seconds(pids: list[int]) -> float:

@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import hashlib
 import json
+import math
 import os
 import secrets
 import selectors
@@ -58,6 +59,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "bc_users": 1000, "bc_per_user": 10, "bc_repeats": 5,
         "tp_clients": 32, "tp_seconds": 10.0,
         "load_procs": 4, "heartbeat": 15,
+        "source_addrs": 0,  # 0: 127.0.0.1 up to ONE_ADDRESS connections, else 127.0.0.2.. (source_addresses)
     },
     # small and fast, for developing the harness on a shared machine
     "quick": {
@@ -68,6 +70,7 @@ PROFILES: dict[str, dict[str, Any]] = {
         "bc_users": 50, "bc_per_user": 4, "bc_repeats": 3,
         "tp_clients": 32, "tp_seconds": 3.0,
         "load_procs": 2, "heartbeat": 2,
+        "source_addrs": 0,
     },
 }  # fmt: skip
 
@@ -144,6 +147,33 @@ def all_call(procs: list[LoadProc], cmds: list[dict[str, Any]], timeout: float =
 
 def split(items: list[str], n: int) -> list[list[str]]:
     return [items[i::n] for i in range(n)]
+
+
+# The open-file limit is 20,000 per process: a load process holds at most this many streams.
+LOAD_SOCKETS = 8000
+# One source address has ~28,000 ports to one server port (ip_local_port_range 32768-60999).
+ONE_ADDRESS = 25_000
+PER_ADDRESS = 20_000
+
+
+def load_procs_for(p: dict[str, Any]) -> int:
+    """The profile's load processes, or more where a measure's clients would put more than
+    ``LOAD_SOCKETS`` streams in one."""
+    measures = ("lat", "idle", "bc", "peer_idle", "node_idle")
+    biggest = max(p[f"{m}_users"] * p[f"{m}_per_user"] for m in measures)
+    return max(p["load_procs"], math.ceil(biggest / LOAD_SOCKETS))
+
+
+def source_addresses(connections: int, count: int = 0) -> list[str]:
+    """Where the load generator connects from: the kernel's choice (127.0.0.1) up to
+    ``ONE_ADDRESS`` connections, else one loopback address per ``PER_ADDRESS`` from
+    127.0.0.2 up, leaving 127.0.0.1's ports to everything else on the machine; ``count``
+    > 0 asks for that many (``--set source_addrs=N``). All of 127.0.0.0/8 is ``lo``."""
+    if not count:
+        if connections <= ONE_ADDRESS:
+            return []
+        count = math.ceil(connections / PER_ADDRESS)
+    return [f"127.0.0.{2 + i}" for i in range(count)]
 
 
 # --- servers under test --------------------------------------------------------------------
@@ -309,7 +339,7 @@ class Bench:
         self.redis_url = redis_url
         self.mongo_url = mongo_url
         self.workdir = workdir
-        self.loads = [LoadProc(f"load{i}", workdir) for i in range(self.p["load_procs"])]
+        self.loads = [LoadProc(f"load{i}", workdir) for i in range(load_procs_for(self.p))]
         self.poster = LoadProc("poster", workdir)
         self.run_no = 0
 
@@ -342,18 +372,56 @@ class Bench:
         return Service(kind, self.env(tag), self.workdir / f"{kind}-{tag}.log", tree)
 
     # -- helpers --------------------------------------------------------------------------
-    def open(self, svc: AnyService, mode: str, users: list[str], per_user: int) -> dict[str, Any]:
+    def open(
+        self, svc: AnyService, mode: str, users: list[str], per_user: int, total: int = 0
+    ) -> dict[str, Any]:
+        """``per_user`` streams per user over the load processes, from the source addresses
+        for ``total`` connections (the measure's; default: these)."""
         groups = split(users, len(self.loads))
+        sources = source_addresses(max(total, len(users) * per_user), self.p["source_addrs"])
         cmds = [
             {"cmd": "open", "mode": mode, "url": svc.url, "users": g, "per_user": per_user,
-             "secret": SECRET, "timeout": 300, "ack": self.args.ack}
+             "secret": SECRET, "timeout": 300, "ack": self.args.ack, "sources": sources}
             for g in groups
         ]  # fmt: skip
         replies = all_call(self.loads, cmds, timeout=400)
         return {k: sum(r[k] for r in replies) for k in ("opened", "failed")} | {
             "errors": sorted({e for r in replies for e in r["errors"]}),
             "seconds": max(r["seconds"] for r in replies),
+            "sources": sources or ["127.0.0.1"],
         }
+
+    def lag(self, reset: bool = False) -> dict[str, Any]:
+        """The load generator's event-loop lag since the last reset (``bench/load.py``
+        LagProbe): the worst process's p50/p99/max, the poster (it stamps send times) and
+        those holding the streams (they stamp receipts) alike, and each one's p99."""
+        procs = [*self.loads, self.poster]
+        replies = all_call(procs, [{"cmd": "lag", "reset": reset}] * len(procs), 60)
+
+        def worst(key: str) -> float | None:
+            return max((r[key] for r in replies if r[key] is not None), default=None)
+
+        return {
+            "loadgen_lag_p50_ms": worst("p50_ms"),
+            "loadgen_lag_p99_ms": worst("p99_ms"),
+            "loadgen_lag_max_ms": worst("max_ms"),
+            "loadgen_lag_p99_by_proc": {
+                proc.name: r["p99_ms"] for proc, r in zip(procs, replies, strict=True)
+            },
+            "load_procs": len(self.loads),
+        }
+
+    def quiet_cores(self, svc: AnyService, seconds: float) -> float | None:
+        """Cores the workers keep busy over ``seconds`` with the streams open and nothing
+        posted (heartbeats, timers, lease refreshes); None when ``seconds`` is 0."""
+        if seconds <= 0:
+            return None
+        cpu = cpu_seconds(svc.workers())
+        time.sleep(seconds)
+        return round((cpu_seconds(svc.workers()) - cpu) / seconds, 3)
+
+    def load_pids(self) -> list[int]:
+        return [proc.proc.pid for proc in [*self.loads, self.poster]]
 
     def count(self, phase: str) -> dict[str, int]:
         replies = all_call(self.loads, [{"cmd": "count", "phase": phase}] * len(self.loads), 60)
@@ -389,12 +457,22 @@ class Bench:
 
     # -- (a) latency ------------------------------------------------------------------------
     def latency(self, svc: AnyService, mode: str) -> dict[str, Any]:
+        """``lat_posts`` single-user POSTs at ``lat_rate``/s to ``lat_users`` users with
+        ``lat_per_user`` clients each: latency, the generator's loop lag, CPU per delivery
+        (workers and generator) and worker RSS per connection (meaningful on a fresh
+        service: bench/curve.py starts one per size)."""
         p, target = self.p, TARGETS[mode]
         users = [f"lat{i}" for i in range(p["lat_users"])]
+        workers = svc.stream_workers()
+        base = ProcStats.read_many(workers, svc.port)
         opened = self.open(svc, mode, users, p["lat_per_user"])
         self.barrier(svc, users, target)
+        held = ProcStats.read_many(workers, svc.port)
+        quiet = self.quiet_cores(svc, p.get("lat_quiet", 0))
         self.reports({"cmd": "reset"})
         expected = p["lat_posts"] * p["lat_per_user"]
+        self.lag(reset=True)
+        cpu, gen_cpu, started = cpu_seconds(svc.workers()), cpu_seconds(self.load_pids()), time.monotonic()
         posted = self.poster.call(
             {"cmd": "post_rate", "url": svc.post_url, "key": API_KEY, "users": users, "rate": p["lat_rate"],
              "count": p["lat_posts"], "phase": "l", "target": target},
@@ -409,11 +487,17 @@ class Bench:
             if got >= expected:
                 break
             time.sleep(0.5)
+        elapsed = time.monotonic() - started
+        cpu, gen_cpu = cpu_seconds(svc.workers()) - cpu, cpu_seconds(self.load_pids()) - gen_cpu
+        lag = self.lag()
         time.sleep(0.5)  # late duplicates would show up now
         reps = self.reports({"cmd": "report", "phase": "l", "n_posts": p["lat_posts"], "users": users})
         samples = sorted(s for r in reps for s in r["latency_us"])
         live = self.count("l")
         self.close_all()
+        conns = sum(held[pid].sockets - base[pid].sockets for pid in workers)
+        growth = sum(held[pid].rss_kb - base[pid].rss_kb for pid in workers)
+        pcts = pcts_ms(samples)
         return {
             "clients": live["clients"],
             "failed": opened["failed"] + live["clients"] - live["live"],
@@ -430,7 +514,17 @@ class Bench:
                 k: sum(r["acks"][k] for r in reps if "acks" in r)
                 for k in ("frames", "posts", "ids", "failed")
             },
-            **pcts_ms(samples),
+            **pcts,
+            **lag,
+            # the figure measures the generator (bench/README.md, "The load generator's loop lag")
+            "loadgen_bound": loadgen_bound(lag, pcts),
+            "worker_cpu_us_per_delivery": round(cpu / max(len(samples), 1) * 1e6, 1),
+            "worker_cpu_cores": round(cpu / elapsed, 3),  # cores busy while the POSTs ran
+            "loadgen_cpu_us_per_delivery": round(gen_cpu / max(len(samples), 1) * 1e6, 1),
+            "quiet_worker_cores": quiet,
+            "connections": conns,
+            "kb_per_connection": round(growth / conns, 2) if conns else None,
+            "sources": opened["sources"],
             "hist_ms": [round(s / 1000, 3) for s in samples[:: max(1, len(samples) // 5000)]],
         }
 
@@ -440,24 +534,26 @@ class Bench:
         users = [f"idle{i}" for i in range(users_n)]
         workers = svc.stream_workers()
         time.sleep(1.0)
-        base = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+        base = ProcStats.read_many(workers, svc.port)
         curve: list[list[float]] = [[0, sum(s.rss_kb for s in base.values()) / 1024]]
         steps = split(users, self.p["idle_steps"])
         opened = failed = 0
         errors: set[str] = set()
+        sources = source_addresses(users_n * per_user, self.p["source_addrs"]) or ["127.0.0.1"]
+        say(f"  {mode}: {users_n * per_user} clients from {', '.join(sources)}, {len(self.loads)} load procs")
         for step_users in steps:
-            res = self.open(svc, mode, step_users, per_user)
+            res = self.open(svc, mode, step_users, per_user, total=users_n * per_user)
             opened, failed = opened + res["opened"], failed + res["failed"]
             errors.update(res["errors"])
             if peer:  # the peer sends headers only with the first event
                 self.barrier(svc, [u for s in steps[: steps.index(step_users) + 1] for u in s], target)
             time.sleep(1.0)
-            now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+            now = ProcStats.read_many(workers, svc.port)
             conns = sum(now[pid].sockets - base[pid].sockets for pid in workers)
             curve.append([conns, sum(s.rss_kb for s in now.values()) / 1024])
             say(f"  {mode}: {conns} connections, RSS {curve[-1][1]:.0f} MB (step took {res['seconds']}s)")
         all_subscribed = self.barrier(svc, users, target, timeout=120)
-        now = {pid: ProcStats.read(pid, svc.port) for pid in workers}
+        now = ProcStats.read_many(workers, svc.port)
         per_worker = {
             str(pid): {
                 "connections": now[pid].sockets - base[pid].sockets,
@@ -497,6 +593,8 @@ class Bench:
             "final_received": c["got"],
             "final_lost": sum(r["lost"] for r in reps),
             "final_duplicates": sum(r["duplicates"] for r in reps),
+            "sources": sources,
+            "load_procs": len(self.loads),
         }
 
     # -- (d) broadcast ------------------------------------------------------------------------
@@ -513,6 +611,7 @@ class Bench:
         self.barrier(svc, users, "ours")
         target = opened["opened"]
         single, fanout, complete = [], [], []
+        self.lag(reset=True)
 
         def wait_for(ks: list[int]) -> list[list[int]]:
             deadline = time.monotonic() + 120
@@ -563,6 +662,7 @@ class Bench:
             "single_all": single,
             "worker_cpu_us_per_delivery": round(cpu / max(count, 1) * 1e6, 1),
             "all_delivered": all(complete),
+            **self.lag(),
         }
 
     def drain(self, svc: AnyService, limit: float = 120.0) -> float:
@@ -593,7 +693,7 @@ class Bench:
         """
         started = time.monotonic()
         while time.monotonic() - started < limit:
-            if sum(ProcStats.read(pid, svc.port).sockets for pid in svc.workers()) <= left:
+            if sum(s.sockets for s in ProcStats.read_many(svc.workers(), svc.port).values()) <= left:
                 break
             time.sleep(0.1)
         return time.monotonic() - started
@@ -704,6 +804,14 @@ class Bench:
 def with_retry_close(bench: Bench) -> None:
     with contextlib.suppress(RuntimeError):
         bench.close_all()
+
+
+def loadgen_bound(lag: dict[str, Any], pcts: dict[str, float | None]) -> bool | None:
+    """True where the generator's loop lag p99 exceeds a quarter of the latency p99: the
+    figure then measures the load generator, not the service."""
+    if lag["loadgen_lag_p99_ms"] is None or pcts["p99_ms"] is None:
+        return None
+    return bool(lag["loadgen_lag_p99_ms"] > pcts["p99_ms"] / 4)
 
 
 def pcts_ms(samples_us: list[int]) -> dict[str, float | None]:

@@ -113,3 +113,29 @@ def test_results_go_outside_git(monkeypatch, tmp_path):
         assert ignored.returncode == 0, f"git does not ignore {written}"
     monkeypatch.setenv("NOTIFY_BENCH_OUT", str(tmp_path / "runs"))
     assert results_dir() == tmp_path / "runs"
+
+
+def test_loop_lag_beside_each_latency_judged_against_a_quarter_of_its_p99(tmp_path):
+    ws = {"lost": 0, "duplicates": 0, "stray": 0, "expected": 10, "received": 10}
+    runs = [
+        {
+            "ours": {
+                "latency_sse": {**ws, "p99_ms": 8.0, "loadgen_lag_p99_ms": 1.5},
+                "latency_ws": {**ws, "p99_ms": 8.0, "loadgen_lag_p99_ms": 3.0},
+            },
+            "node": {"latency_ws": {**ws, "p99_ms": 20.0, "loadgen_lag_p99_ms": 4.0}},
+        }
+    ]
+    rows = summarize(runs)
+    assert row(rows, "SSE: load generator's loop lag")["target_met"]  # 1.5 ≤ 8 / 4
+    ws_lag = row(rows, "WS: load generator's loop lag")
+    assert not ws_lag["target_met"] and ws_lag["better_than_peer"] is None  # 3.0 > 8 / 4
+    assert ws_lag["node"]["median"] == 4.0
+    meta = {"command": "dev.py bench", "profile": "quick", "runs": 1, "started_utc": "x", "seconds": 1,
+            "cpus": 2, "load_avg_at_end": (0.1, 0.2, 0.3)}  # fmt: skip
+    table = write_results(tmp_path / "latest", meta, runs, with_plot=False)[0].read_text()
+    lines = table.splitlines()
+    p99 = next(i for i, line in enumerate(lines) if line.startswith("| WS latency p99 (ms) | 8 | — | 20 |"))
+    assert (
+        lines[p99 + 1] == "| WS: load generator's loop lag p99 (ms) | 3 | — | 4 | ≤ ¼ of the p99 | **no** |"
+    )
