@@ -88,7 +88,7 @@ def bench_args(args: argparse.Namespace) -> argparse.Namespace:
         *not_run,
     ]
     env = [("WEB_CONCURRENCY", str(args.workers)), *args.env]
-    return argparse.Namespace(quick=False, set=sets, env=env, mongo_db="", ack=False)
+    return argparse.Namespace(quick=False, set=sets, env=env, mongo_db="", ack=False, tree="")
 
 
 def point(bench: run.Bench, args: argparse.Namespace, transport: str, size: int, tag: str) -> dict[str, Any]:
