@@ -176,9 +176,6 @@ class PushSender:
             metrics.PUSH_FAILED.labels("error").inc()
             log.exception("push for %s failed", user_id)
 
-    def online(self, user_id: str) -> bool:
-        return user_id in self.online_users({user_id})
-
     def online_users(self, user_ids: set[str]) -> set[str]:
         """Those of ``user_ids`` with an open stream here (the hub) or on any instance (presence)."""
         hub_users = self.extensions["hub"].users
